@@ -1,0 +1,5 @@
+import sys
+
+from yolocompress.cli import main
+
+sys.exit(main())
