@@ -1,0 +1,1 @@
+"""Training and evaluation: NMS, detection metrics, evaluator, predictors."""

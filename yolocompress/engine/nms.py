@@ -1,0 +1,112 @@
+"""Non-maximum suppression over decoded YOLO outputs, with the conventions of Ultralytics ``val.py``.
+
+The whole batch goes through one vectorised pass: candidates of every image are gathered together,
+ranked inside their image, and suppressed with ``torchvision.ops.batched_nms`` keyed on
+``(image, class)`` so boxes of different images or classes never suppress each other. There is no time
+limit: a slow machine gets the same boxes as a fast one.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torchvision
+from torch import Tensor
+
+# Boxes entering NMS per image are capped at this many (highest confidence first), as val.py does.
+MAX_NMS = 30000
+
+
+def xywh2xyxy(boxes: Tensor) -> Tensor:
+    """Convert ``boxes (Tensor[..., 4])`` from centre-x, centre-y, width, height to corners."""
+    xy, half_wh = boxes[..., :2], boxes[..., 2:4] / 2
+    return torch.cat((xy - half_wh, xy + half_wh), -1)
+
+
+def _rank_within_group(group: Tensor) -> Tensor:
+    """Position of each element inside its run of equal ``group`` values (``group`` sorted ascending)."""
+    n = group.numel()
+    positions = torch.arange(n, device=group.device)
+    if n == 0:
+        return positions
+    starts = torch.ones(n, dtype=torch.bool, device=group.device)
+    starts[1:] = group[1:] != group[:-1]
+    # Index of the first element of each run, propagated forward with a running max.
+    first = torch.where(starts, positions, torch.zeros_like(positions)).cummax(0).values
+    return positions - first
+
+
+def _keep_top_per_image(image: Tensor, score: Tensor, limit: int) -> Tensor:
+    """Indices, grouped by image and by descending ``score`` inside each, of at most ``limit`` per image."""
+    order = score.argsort(descending=True)
+    order = order[image[order].argsort(stable=True)]
+    keep = _rank_within_group(image[order]) < limit
+    return order[keep]
+
+
+def non_max_suppression(
+    pred: Tensor,
+    conf_thres: float = 0.001,
+    iou_thres: float = 0.6,
+    max_det: int = 300,
+    multi_label: bool = True,
+    agnostic: bool = False,
+    classes: Sequence[int] | None = None,
+    max_nms: int = MAX_NMS,
+) -> list[Tensor]:
+    """Suppress overlapping detections, image by image, the way ``val.py`` does.
+
+    Args:
+        pred: decoded model output ``Tensor[B, N, 5 + nc]``: ``cx, cy, w, h`` in input pixels, objectness,
+            then per-class scores (both already sigmoid-ed). A ``(decoded, raw)`` tuple is accepted too.
+        conf_thres: a box is a candidate when its objectness exceeds this; each kept (box, class) pair must
+            also have ``obj * cls`` above it.
+        iou_thres: IoU above which a lower-scored box of the same image and class is suppressed.
+        max_det: most detections kept per image.
+        multi_label: every class scoring above ``conf_thres`` yields its own box (val.py's setting);
+            otherwise only the best class of each box is kept.
+        agnostic: suppress across classes as well.
+        classes: keep only these class indices.
+        max_nms: most boxes per image entering NMS (highest confidence first).
+
+    Returns:
+        One ``Tensor[k, 6]`` per image: ``x1, y1, x2, y2`` (input pixels), ``conf``, ``class``, sorted by
+        descending confidence.
+    """
+    if isinstance(pred, (list, tuple)):
+        pred = pred[0]
+    if pred.dim() != 3 or pred.shape[-1] < 6:
+        raise ValueError(f"expected decoded predictions [B, N, 5 + nc], got {tuple(pred.shape)}")
+    batch, _, width = pred.shape
+    nc = width - 5
+    multi_label = multi_label and nc > 1
+
+    image, anchor = (pred[..., 4] > conf_thres).nonzero(as_tuple=True)
+    candidates = pred[image, anchor].float()
+    scores = candidates[:, 5:] * candidates[:, 4:5]  # conf = obj * cls
+    boxes = xywh2xyxy(candidates[:, :4])
+
+    if multi_label:
+        row, cls = (scores > conf_thres).nonzero(as_tuple=True)
+        conf = scores[row, cls]
+    else:
+        conf, cls = scores.max(1)
+        row = (conf > conf_thres).nonzero(as_tuple=True)[0]
+        conf, cls = conf[row], cls[row]
+    boxes, image = boxes[row], image[row]
+
+    if classes is not None:
+        wanted = torch.as_tensor(list(classes), device=cls.device, dtype=cls.dtype)
+        keep = torch.isin(cls, wanted)
+        boxes, conf, cls, image = boxes[keep], conf[keep], cls[keep], image[keep]
+
+    keep = _keep_top_per_image(image, conf, max_nms)
+    boxes, conf, cls, image = boxes[keep], conf[keep], cls[keep], image[keep]
+
+    group = image if agnostic else image * nc + cls
+    keep = torchvision.ops.batched_nms(boxes, conf, group, iou_thres)  # sorted by descending conf
+    keep = keep[_keep_top_per_image(image[keep], conf[keep], max_det)]
+
+    dets = torch.cat((boxes[keep], conf[keep, None], cls[keep, None].to(boxes.dtype)), 1)
+    counts = torch.bincount(image[keep], minlength=batch).tolist()
+    return list(dets.split(counts))
