@@ -1,0 +1,1 @@
+"""Checkpoint input/output and atomic file writing."""
