@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = "--verbose" in argv
+    verbose = "--verbose" in argv  # accepted anywhere on the line, not only before the command
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(["--verbose", *[a for a in argv if a != "--verbose"]] if verbose else argv)
     try:
         code = args.func(args)
         return int(code or 0)
