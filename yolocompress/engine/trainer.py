@@ -1,0 +1,530 @@
+"""Fine-tune (or train) a YOLOv5-family detector: the YOLOv5 recipe with small, explicit extension points.
+
+One epoch: warm-up / scheduled learning rate, forward (AMP on CUDA), ``DetectionLoss`` plus any extra loss
+terms, backward, an optimizer step every ``accumulate`` batches (gradient clipping at norm 10, then the
+``on_after_optimizer_step`` callbacks, then the EMA update); at the end the EMA model is evaluated on the
+validation split and a checkpoint written atomically:
+
+- ``weights/last.pt``: everything needed to continue exactly (model, EMA, optimizer, scaler, pending
+  gradients, RNG states of every process, config); plain data, ``torch.load(weights_only=True)`` reads it,
+  and ``yolocompress.io.checkpoint.load_model`` loads its EMA model;
+- ``weights/best.pt``: the EMA model of the best epoch (fitness = 0.1 mAP@0.5 + 0.9 mAP@0.5:0.95) in our
+  model format;
+- ``results.csv``: one row per epoch.
+
+Resuming from ``last.pt`` on the CPU with the same seed reproduces an uninterrupted run bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from yolocompress.engine import distributed as dist_utils
+from yolocompress.engine.callbacks import Batch, Callback, CallbackList, FeatureCapture, feature_layers
+from yolocompress.engine.ema import ModelEMA, unwrap
+from yolocompress.engine.loss import DetectionLoss, Hyp
+from yolocompress.engine.optim import Schedule, build_optimizer
+from yolocompress.errors import InputError
+from yolocompress.io.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+
+LOGGER = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "yolocompress-train"
+CHECKPOINT_VERSION = 1
+MAX_GRAD_NORM = 10.0
+LOSS_NAMES = ("box", "obj", "cls")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (validated on construction).
+
+    Attributes:
+        epochs: total epochs (a resumed run continues up to this number).
+        imgsz: training and validation image size, pixels (a multiple of the model's largest stride).
+        batch: global batch size (split evenly over the processes of a distributed run).
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun, ``cuda`` means each process's local GPU).
+        workers: data-loading worker processes per training process.
+        seed: seeds Python, NumPy and torch (plus the rank in a distributed run) and the data order.
+        out_dir: the run folder (``weights/``, ``results.csv``, ``config.json``).
+        resume: a ``last.pt`` to continue from.
+        close_mosaic: turn mosaic augmentation off for the last N epochs.
+        patience: stop after this many epochs without a better fitness (0: never).
+        cos_lr: cosine instead of linear learning-rate decay.
+        amp: mixed precision (used on CUDA only).
+        sync_bn: SyncBatchNorm in distributed CUDA runs.
+        val: evaluate after every epoch (otherwise ``best.pt`` is the last EMA model).
+        cache: image cache for the data package (``None``, ``"ram"`` or ``"disk"``).
+        progress: show a progress bar and per-epoch metrics on stderr (rank 0).
+    """
+
+    epochs: int = 100
+    imgsz: int = 640
+    batch: int = 16
+    device: str = "cpu"
+    workers: int = 2
+    seed: int = 0
+    out_dir: str = "runs/train"
+    resume: str | None = None
+    close_mosaic: int = 10
+    patience: int = 100
+    cos_lr: bool = False
+    amp: bool = True
+    sync_bn: bool = False
+    val: bool = True
+    cache: str | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "imgsz", "batch"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("workers", "close_mosaic", "patience"):
+            if int(getattr(self, name)) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.cache not in (None, "ram", "disk"):
+            raise InputError(f"cache must be ram, disk or none, got {self.cache!r}")
+        object.__setattr__(self, "out_dir", str(self.out_dir))
+        if self.resume is not None:
+            object.__setattr__(self, "resume", str(self.resume))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``model`` is the EMA model of the best epoch (eval mode, on the CPU)."""
+
+    out_dir: Path
+    best_path: Path
+    last_path: Path
+    best_fitness: float
+    best_epoch: int
+    epochs_completed: int
+    stopped_early: bool
+    history: list[dict[str, Any]]
+    model: nn.Module
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices); make cuDNN pick deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as plain data (``weights_only``-loadable)."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    np_state = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint (``last.pt``) with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file, or one that needs unpickling code
+        raise InputError(f"cannot read training checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is not a yolocompress training checkpoint (last.pt)")
+    if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise InputError(f"{path} was written by a newer yolocompress")
+    return ckpt
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data (dataclasses, paths and tuples turned into dicts, strings and lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _model_config(model: nn.Module) -> dict[str, Any]:
+    model = unwrap(model)
+    if hasattr(model, "resolved_config"):
+        return model.resolved_config()
+    return copy.deepcopy(getattr(model, "yaml", {}))
+
+
+class Trainer:
+    """Train ``model`` on ``data_cfg``'s train split, validating on its val split.
+
+    Args:
+        model: a ``DetectionModel`` (already pruned, fused away from training, ... as the caller wants).
+        data_cfg: a ``yolocompress.data.DataConfig``.
+        config: run settings.
+        hyp: loss, optimizer and augmentation hyperparameters.
+        callbacks: ``Callback`` objects, called in order.
+        extra_losses: ``ExtraLoss`` terms added to the detection loss (see ``callbacks``).
+        wrap_model: ``fn(model) -> model`` applied once before the optimizer is built (QAT inserts its
+            fake-quant modules here); a resumed run must pass the same function.
+
+    Attributes for callbacks: ``model`` (the bare model being trained), ``train_model`` (the same or its
+    DDP wrapper), ``ema`` (``ModelEMA``, rank 0 only, else ``None``), ``optimizer``, ``epoch``, ``step``
+    (optimizer micro-steps so far), ``config``, ``hyp``, ``device``, ``ctx`` (``DistContext``).
+    """
+
+    def __init__(self, model: nn.Module, data_cfg: Any, config: TrainConfig, hyp: Hyp | None = None,
+                 callbacks: Iterable[Callback] = (), extra_losses: Sequence[Any] = (),
+                 wrap_model: Callable[[nn.Module], nn.Module] | None = None) -> None:
+        self.model = model
+        self.data_cfg = data_cfg
+        self.config = config
+        self.hyp = hyp or Hyp()
+        self.callbacks = CallbackList(callbacks)
+        self.extra_losses = list(extra_losses)
+        for loss in self.extra_losses:
+            if not callable(loss):
+                raise TypeError(f"extra losses must be callable, got {type(loss).__name__}")
+        self.wrap_model = wrap_model
+        self.out_dir = Path(config.out_dir)
+        self.weights_dir = self.out_dir / "weights"
+        self.last_path = self.weights_dir / "last.pt"
+        self.best_path = self.weights_dir / "best.pt"
+        self.ctx = dist_utils.context_from_env()
+        self.device = torch.device("cpu")
+        self.train_model: nn.Module = model
+        self.ema: ModelEMA | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_fitness = 0.0
+        self.best_epoch = -1
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._last_opt_step = -1
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.config
+        self.device = dist_utils.resolve_device(cfg.device, self.ctx)
+        self._owns_process_group = dist_utils.init_process_group(self.ctx, self.device)
+        if cfg.batch % self.ctx.world_size:
+            raise InputError(f"batch {cfg.batch} must be a multiple of the {self.ctx.world_size} processes")
+        seed_everything(cfg.seed + self.ctx.rank)
+        self.model_config = _model_config(self.model)
+        if self.wrap_model is not None:
+            self.model = self.wrap_model(self.model)
+        self.model.to(self.device)
+        stride = int(max(float(s) for s in unwrap(self.model).stride))
+        if cfg.imgsz % stride:
+            raise InputError(f"imgsz {cfg.imgsz} must be a multiple of the model's stride {stride}")
+        self.nc = int(unwrap(self.model).nc)
+        if int(self.data_cfg.nc) != self.nc:
+            raise InputError(f"the model has {self.nc} classes but the data set {self.data_cfg.nc}")
+        self.optimizer = build_optimizer(self.model, self.hyp, batch=cfg.batch)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.ema = ModelEMA(self.model) if self.ctx.is_main else None
+        self.loss_fn = DetectionLoss(self.model, self.hyp, imgsz=cfg.imgsz).to(self.device)
+        self.train_loader = self._build_train_loader(stride)
+        self.val_loader = self._build_val_loader(stride) if (self.ctx.is_main and cfg.val) else None
+        self.schedule = Schedule(self.hyp, cfg.epochs, len(self.train_loader), batch=cfg.batch, cosine=cfg.cos_lr)
+        self.start_epoch = 0
+        if cfg.resume:
+            self._restore(load_checkpoint(cfg.resume))
+        if self.ctx.distributed:
+            self.train_model = dist_utils.wrap_ddp(self.model, self.device, sync_bn=cfg.sync_bn)
+        else:
+            self.train_model = self.model
+
+    def _build_train_loader(self, stride: int):
+        from yolocompress.data import build_train_loader
+
+        cfg = self.config
+        return build_train_loader(
+            self.data_cfg, imgsz=cfg.imgsz, batch=cfg.batch // self.ctx.world_size, stride=stride, hyp=self.hyp,
+            seed=cfg.seed, workers=cfg.workers, rank=self.ctx.rank, world_size=self.ctx.world_size, cache=cfg.cache,
+        )
+
+    def _build_val_loader(self, stride: int):
+        from yolocompress.data import build_eval_loader
+
+        cfg = self.config
+        return build_eval_loader(self.data_cfg, imgsz=cfg.imgsz, batch=max(cfg.batch // self.ctx.world_size * 2, 1),
+                                 stride=stride, rect=True, workers=cfg.workers, cache=cfg.cache)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        try:
+            unwrap(self.model).load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise InputError(f"{self.config.resume}: weights do not fit the model: {str(exc).splitlines()[0]}") from exc
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(ckpt["ema"]["state_dict"])
+            self.ema.updates = int(ckpt["ema_updates"])
+        params = dict(unwrap(self.model).named_parameters())
+        for name, grad in ckpt.get("pending_grads", {}).items():
+            params[name].grad = grad.to(self.device)
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        if self.start_epoch >= self.config.epochs:
+            raise InputError(f"{self.config.resume} already finished epoch {ckpt['epoch'] + 1} of "
+                             f"{self.config.epochs}: nothing to resume")
+        self._last_opt_step = int(ckpt["last_opt_step"])
+        self.step = int(ckpt["step"])
+        self.best_fitness = float(ckpt["best_fitness"])
+        self.best_epoch = int(ckpt["best_epoch"])
+        self.history = [dict(row) for row in ckpt["history"]]
+        if self.ctx.is_main and self.best_path.is_file():
+            from yolocompress.io.checkpoint import load_model
+
+            if self.wrap_model is None:
+                self._best_state = {k: v.cpu() for k, v in load_model(self.best_path).state_dict().items()}
+        states = ckpt["rng"]
+        if len(states) == self.ctx.world_size:
+            set_rng_state(states[self.ctx.rank])
+        else:  # a different number of processes: reproducible, but not the interrupted run
+            seed_everything(self.config.seed + self.ctx.rank + self.start_epoch)
+
+    def _checkpoint(self, epoch: int, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        model = unwrap(self.model)
+        assert self.ema is not None
+        pending = {n: p.grad.detach().cpu() for n, p in model.named_parameters() if p.grad is not None}
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "epoch": epoch,
+            "step": self.step,
+            "last_opt_step": self._last_opt_step,
+            "best_fitness": self.best_fitness,
+            "best_epoch": self.best_epoch,
+            "model_config": self.model_config,
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "ema": self._model_record(self.ema.ema),
+            "ema_updates": self.ema.updates,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "pending_grads": pending,
+            "rng": rng,
+            "train_config": self.config.to_dict(),
+            "hyp": self.hyp.to_dict(),
+            "data": _plain(self.data_cfg),
+            "wrapped": self.wrap_model is not None,
+            "history": self.history,
+        }
+
+    def _model_record(self, model: nn.Module, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The model in our checkpoint format (a wrapped model keeps its raw state_dict and original config)."""
+        from yolocompress.io.checkpoint import history_entry, model_to_dict
+
+        entry = history_entry("train", epochs=self.epoch + 1, imgsz=self.config.imgsz,
+                              data=_plain(getattr(self.data_cfg, "path", None)))
+        if self.wrap_model is None:
+            return model_to_dict(model, imgsz=self.config.imgsz, history=[entry], metrics=metrics)
+        return {"config": self.model_config, "wrapped": True,
+                "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "history": [entry], "metrics": dict(metrics or {})}
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> TrainResult:
+        """Run (or continue) training; returns where the weights went and the best EMA model."""
+        self._setup()
+        cfg = self.config
+        main = self.ctx.is_main
+        if main:
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json({"train": cfg.to_dict(), "hyp": self.hyp.to_dict(), "data": _plain(self.data_cfg)},
+                              self.out_dir / "config.json")
+        layers = feature_layers(self.extra_losses)
+        capture = FeatureCapture(self.model, layers) if layers else None
+        stopped_early = False
+        try:
+            self.callbacks.on_train_start(self)
+            for epoch in range(self.start_epoch, cfg.epochs):
+                self.epoch = epoch
+                losses, extra, elapsed = self._train_epoch(epoch, capture)
+                row, stop = self._end_epoch(epoch, losses, extra, elapsed)
+                self.callbacks.on_epoch_end(self, row)
+                if stop:
+                    stopped_early = epoch + 1 < cfg.epochs
+                    break
+            result = self._finish(stopped_early)
+            self.callbacks.on_train_end(self)
+        finally:
+            if capture is not None:
+                capture.remove()
+            if self._owns_process_group:
+                dist_utils.destroy_process_group()
+        return result
+
+    def _train_epoch(self, epoch: int, capture: FeatureCapture | None) -> tuple[torch.Tensor, dict[str, float], float]:
+        cfg = self.config
+        start = time.perf_counter()
+        self.train_model.train()
+        loader = self.train_loader
+        loader.set_epoch(epoch)
+        if hasattr(loader, "set_mosaic"):
+            loader.set_mosaic(epoch < cfg.epochs - cfg.close_mosaic)
+        self.schedule.start_epoch(self.optimizer, epoch)
+        self.callbacks.on_epoch_start(self, epoch)
+        nb = len(loader)
+        mean_loss = torch.zeros(len(LOSS_NAMES), device=self.device)
+        extra_sums: dict[str, float] = {}
+        bar = None
+        if cfg.progress and self.ctx.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=True,
+                       dynamic_ncols=True)
+        for i, (imgs, targets, paths, shapes) in enumerate(loader):
+            ni = i + nb * epoch  # batches since the start of training
+            self.schedule.warmup(self.optimizer, ni, epoch)
+            accumulate = self.schedule.accumulate_at(ni)
+            batch = Batch(imgs.to(self.device, non_blocking=True).float() / 255,
+                          targets.to(self.device), paths, shapes)
+            with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+                if capture is not None:
+                    capture.clear()
+                preds = self.train_model(batch.imgs)
+            loss, items = self.loss_fn(preds, batch.targets)
+            for term in self.extra_losses:
+                extra_loss, extra_items = term(batch, preds, capture.features if capture else {})
+                loss = loss + extra_loss.float() * batch.imgs.shape[0]
+                for key, value in extra_items.items():
+                    extra_sums[key] = extra_sums.get(key, 0.0) + float(value)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {i}: {items.tolist()}")
+            if self.ctx.distributed:
+                loss = loss * self.ctx.world_size  # DDP averages gradients over processes
+            self.scaler.scale(loss).backward()
+            if ni - self._last_opt_step >= accumulate:
+                self._optimizer_step()
+                self._last_opt_step = ni
+            self.step = ni + 1
+            self.callbacks.on_batch_end(self, ni)
+            mean_loss = (mean_loss * i + items) / (i + 1)
+            if bar is not None:
+                bar.set_postfix({**{k: f"{v:.4g}" for k, v in zip(LOSS_NAMES, mean_loss.tolist())},
+                                 **{k: f"{v / (i + 1):.4g}" for k, v in extra_sums.items()},
+                                 "inst": int(targets.shape[0]), "size": int(imgs.shape[-1])}, refresh=False)
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        extra_means = {k: v / max(nb, 1) for k, v in extra_sums.items()}
+        return mean_loss.cpu(), extra_means, time.perf_counter() - start
+
+    def _optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=MAX_GRAD_NORM)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.callbacks.on_after_optimizer_step(self)
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def _validate(self) -> dict[str, float]:
+        from yolocompress.engine.evaluator import evaluate
+        from yolocompress.engine.predictors import TorchPredictor
+
+        assert self.ema is not None and self.val_loader is not None
+        names = list(getattr(self.data_cfg, "names", [])) or [str(i) for i in range(self.nc)]
+        result = evaluate(TorchPredictor(self.ema.ema, device=self.device), self.val_loader, self.nc, names,
+                          device=self.device, imgsz=self.config.imgsz)
+        return {"metrics/precision": result.precision, "metrics/recall": result.recall,
+                "metrics/mAP_0.5": result.map50, "metrics/mAP_0.5:0.95": result.map50_95,
+                "fitness": result.fitness}
+
+    def _end_epoch(self, epoch: int, losses: torch.Tensor, extra: dict[str, float],
+                   elapsed: float) -> tuple[dict[str, Any], bool]:
+        cfg = self.config
+        row: dict[str, Any] | None = None
+        stop = False
+        if self.ctx.is_main:
+            metrics = self._validate() if cfg.val else {}
+            row = {"epoch": epoch, **{f"train/{k}_loss": float(v) for k, v in zip(LOSS_NAMES, losses)},
+                   **{f"train/{k}": v for k, v in extra.items()}, **metrics,
+                   **{f"x/lr{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)},
+                   "time_s": elapsed}
+            self.history.append(row)
+            fitness = metrics.get("fitness", 0.0)
+            if fitness >= self.best_fitness:
+                self.best_fitness, self.best_epoch = fitness, epoch
+                self._best_state = {k: v.detach().cpu().clone() for k, v in self.ema.ema.state_dict().items()}
+                self._save_best(metrics)
+            stop = cfg.patience > 0 and epoch - self.best_epoch >= cfg.patience
+            if cfg.progress:
+                from tqdm import tqdm
+
+                tqdm.write("  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in row.items()
+                                     if k.startswith("metrics/")) or f"epoch {epoch + 1} done")
+        rng = dist_utils.gather_objects(rng_state())
+        if self.ctx.is_main:
+            atomic_torch_save(self._checkpoint(epoch, rng), self.last_path)
+            self._write_csv()
+        row, stop = dist_utils.broadcast_object((row, stop))
+        return row, stop
+
+    def _save_best(self, metrics: dict[str, float]) -> None:
+        atomic_torch_save(self._model_record(self.ema.ema, metrics), self.best_path)
+
+    def _write_csv(self) -> None:
+        fields: list[str] = []
+        for row in self.history:
+            fields += [k for k in row if k not in fields]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")
+        writer.writeheader()
+        for row in self.history:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else v)
+                             for k, v in row.items()})
+        atomic_write_text(buffer.getvalue(), self.out_dir / "results.csv")
+
+    def _finish(self, stopped_early: bool) -> TrainResult:
+        best_model = None
+        if self.ctx.is_main:
+            best_model = copy.deepcopy(self.ema.ema).cpu().eval()
+            if self._best_state is not None:
+                best_model.load_state_dict(self._best_state)
+        dist_utils.barrier()
+        return TrainResult(out_dir=self.out_dir, best_path=self.best_path, last_path=self.last_path,
+                           best_fitness=self.best_fitness, best_epoch=self.best_epoch,
+                           epochs_completed=self.epoch + 1, stopped_early=stopped_early,
+                           history=list(self.history), model=best_model if best_model is not None else
+                           unwrap(self.model))
