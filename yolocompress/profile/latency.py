@@ -1,0 +1,157 @@
+"""CPU inference latency of a PyTorch model (eager) or an ONNX file (ONNX Runtime).
+
+Every measurement uses a fixed thread count, discards ``warmup`` runs, then times ``runs`` single calls
+with ``time.perf_counter`` and reports the median and 90th percentile in milliseconds, so figures from
+different runs and machines are comparable (the CPU model is recorded with them).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from yolocompress.errors import InputError
+from yolocompress.export.ort import create_session
+from yolocompress.profile.inputs import image_hw, input_channels
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Latency of one forward pass.
+
+    Attributes:
+        median_ms, p90_ms, mean_ms: over the timed runs, milliseconds per call (one call = one batch).
+        runs: number of timed calls (warm-up excluded).
+        threads: intra-op threads used.
+        backend: ``"torch"`` or ``"onnxruntime"``.
+        cpu: CPU model name.
+        imgsz: ``(H, W)`` of the input in pixels.
+        batch: images per call.
+    """
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    runs: int
+    threads: int
+    backend: str
+    cpu: str
+    imgsz: tuple[int, int]
+    batch: int = 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["imgsz"] = list(self.imgsz)
+        return d
+
+
+def cpu_name() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` ('model name'), else ``platform.processor()``."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _check_counts(threads: int, warmup: int, runs: int) -> None:
+    if threads < 1:
+        raise InputError(f"threads must be >= 1, got {threads}")
+    if warmup < 0:
+        raise InputError(f"warmup must be >= 0, got {warmup}")
+    if runs < 1:
+        raise InputError(f"runs must be >= 1, got {runs}")
+
+
+def _time_calls(call: Callable[[], object], warmup: int, runs: int) -> np.ndarray:
+    """Milliseconds of each of ``runs`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = np.empty(runs)
+    for k in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times[k] = (time.perf_counter() - t0) * 1e3
+    return times
+
+
+def _result(times: np.ndarray, threads: int, backend: str, imgsz: tuple[int, int], batch: int) -> LatencyResult:
+    return LatencyResult(
+        median_ms=float(np.median(times)),
+        p90_ms=float(np.percentile(times, 90)),
+        mean_ms=float(times.mean()),
+        runs=int(times.size),
+        threads=threads,
+        backend=backend,
+        cpu=cpu_name(),
+        imgsz=imgsz,
+        batch=batch,
+    )
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def measure_torch_latency(model: nn.Module, imgsz: int | Sequence[int] = 640, threads: int = 2,
+                          warmup: int = 10, runs: int = 50, batch: int = 1) -> LatencyResult:
+    """Eager PyTorch CPU latency of ``model`` in eval mode on a ``Tensor[batch, ch, H, W]`` input.
+
+    ``torch.set_num_threads(threads)`` holds only for the measurement; the previous count and the model's
+    train/eval mode are restored afterwards. The model's own dtype and device are used as they are.
+    """
+    _check_counts(threads, warmup, runs)
+    h, w = image_hw(imgsz)
+    param = next(model.parameters(), None)
+    x = torch.rand(batch, input_channels(model), h, w,
+                   dtype=param.dtype if param is not None else torch.float32,
+                   device=param.device if param is not None else "cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with _torch_threads(threads), torch.inference_mode():
+            times = _time_calls(lambda: model(x), warmup, runs)
+    finally:
+        model.train(was_training)
+    return _result(times, threads, "torch", (h, w), batch)
+
+
+def measure_ort_latency(onnx_path: str | os.PathLike, threads: int = 2, warmup: int = 10, runs: int = 50,
+                        batch: int = 1) -> LatencyResult:
+    """ONNX Runtime CPU latency of an ONNX file (full graph optimizations, ``threads`` intra-op threads).
+
+    The input shape is the model's own; a symbolic batch dimension takes ``batch``. Symbolic height or
+    width cannot be guessed and raise ``InputError``.
+    """
+    _check_counts(threads, warmup, runs)
+    session = create_session(onnx_path, threads=threads)
+    inp = session.get_inputs()[0]
+    shape = list(inp.shape)
+    if len(shape) != 4:
+        raise InputError(f"{onnx_path}: expected a 4-D image input, got shape {shape}")
+    if not isinstance(shape[0], int):
+        shape[0] = batch
+    elif shape[0] != batch:
+        raise InputError(f"{onnx_path}: the input batch is fixed at {shape[0]}, cannot measure batch {batch}")
+    if not all(isinstance(d, int) for d in shape[1:]):
+        raise InputError(f"{onnx_path}: input {inp.name} has symbolic image dimensions {shape}; "
+                         "export with a fixed image size")
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    feed = {inp.name: np.random.default_rng(0).random(shape, dtype=np.float32).astype(dtype)}
+    times = _time_calls(lambda: session.run(None, feed), warmup, runs)
+    return _result(times, threads, "onnxruntime", (shape[2], shape[3]), shape[0])
