@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper
+from torch import nn
+
+from yolocompress.errors import InputError
+from yolocompress.export.ort import create_session
+from yolocompress.export.onnx import export_onnx, read_onnx_metadata, verify_onnx
+from yolocompress.models import build_model
+
+IMGSZ = 96
+# Ops that would mean shape arithmetic or grid construction was left in the graph.
+NOT_WANTED = {"Shape", "Gather", "Range", "Expand", "Where", "ConstantOfShape", "Identity", "Constant", "Cast"}
+
+
+@pytest.fixture(scope="module")
+def model():
+    net = build_model("yolov5n", nc=3)
+    net.names = ["circle", "rectangle", "triangle"]
+    return net
+
+
+@pytest.fixture(scope="module")
+def static_onnx(model, tmp_path_factory):
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "n.onnx", imgsz=IMGSZ)
+
+
+def _dims(value_info) -> list:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_static_export_is_a_clean_checked_graph(static_onnx):
+    proto = onnx.load(str(static_onnx))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert [o.name for o in proto.graph.output] == ["output0"]
+    assert _dims(proto.graph.input[0]) == [1, 3, IMGSZ, IMGSZ]
+    n_anchors = 3 * sum((IMGSZ // s) ** 2 for s in (8, 16, 32))
+    assert _dims(proto.graph.output[0]) == [1, n_anchors, 8]
+    ops = {n.op_type for n in proto.graph.node}
+    assert not ops & NOT_WANTED, ops & NOT_WANTED
+    assert "BatchNormalization" not in ops  # folded into the convolutions
+
+
+def test_parity_with_pytorch(model, static_onnx):
+    assert verify_onnx(model, static_onnx, IMGSZ) < 1e-3
+
+
+def test_metadata(static_onnx):
+    meta = read_onnx_metadata(static_onnx)
+    assert meta.names == ["circle", "rectangle", "triangle"]
+    assert meta.stride == 32 and meta.imgsz == (IMGSZ, IMGSZ) and meta.batch == 1
+
+
+def test_dynamic_batch(model, tmp_path):
+    path = export_onnx(model, tmp_path / "dyn.onnx", imgsz=64, dynamic=True)
+    proto = onnx.load(str(path))
+    assert _dims(proto.graph.input[0]) == ["batch", 3, 64, 64]
+    assert not {n.op_type for n in proto.graph.node} & {"Range", "Expand", "ConstantOfShape"}  # grids folded
+    out = create_session(path).run(None, {"images": np.random.rand(2, 3, 64, 64).astype(np.float32)})[0]
+    assert out.shape == (2, 3 * (64 + 16 + 4), 8)
+    assert verify_onnx(model, path, 64, batch=2) < 1e-3
+    assert read_onnx_metadata(path).batch is None
+
+
+def test_model_is_left_untouched_and_fp16_is_exported_as_fp32(tmp_path):
+    net = build_model("yolov5n").half().train()
+    path = export_onnx(net, tmp_path / "h.onnx", imgsz=64)
+    assert net.training and next(net.parameters()).dtype == torch.float16
+    assert create_session(path).get_inputs()[0].type == "tensor(float)"
+
+
+class _NotADetector(nn.Module):
+    def forward(self, x):
+        return x.mean()
+
+
+def test_failed_export_leaves_nothing(tmp_path):
+    with pytest.raises(InputError):
+        export_onnx(_NotADetector(), tmp_path / "bad.onnx", imgsz=64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reads_ultralytics_style_metadata(tmp_path):
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["output0"])], "g",
+                              [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, [1, 3, 32, 32])])
+    proto = helper.make_model(graph)
+    helper.set_model_props(proto, {"stride": "32", "names": str({0: "person", 1: "bicycle"}), "imgsz": "[640, 640]"})
+    onnx.save(proto, str(tmp_path / "u.onnx"))
+    meta = read_onnx_metadata(tmp_path / "u.onnx")
+    assert meta.names == ["person", "bicycle"] and meta.stride == 32 and meta.imgsz == (640, 640)
+
+
+def test_metadata_of_a_non_onnx_file(tmp_path):
+    (tmp_path / "x.onnx").write_text(json.dumps({"not": "onnx"}))
+    with pytest.raises(InputError):
+        read_onnx_metadata(tmp_path / "x.onnx")
