@@ -1,8 +1,9 @@
 """Non-maximum suppression over decoded YOLO outputs, with the conventions of Ultralytics ``val.py``.
 
 The whole batch goes through one vectorised pass: candidates of every image are gathered together,
-ranked inside their image, and suppressed with ``torchvision.ops.batched_nms`` keyed on
-``(image, class)`` so boxes of different images or classes never suppress each other. There is no time
+ranked inside their image, and suppressed with ``torchvision.ops.nms`` run on each ``(image, class)``
+group (class-aware NMS, as ``batched_nms`` defines it) so boxes of different images or classes never
+suppress each other. There is no time
 limit: a slow machine gets the same boxes as a fast one.
 """
 from __future__ import annotations
@@ -42,6 +43,48 @@ def _keep_top_per_image(image: Tensor, score: Tensor, limit: int) -> Tensor:
     order = order[image[order].argsort(stable=True)]
     keep = _rank_within_group(image[order]) < limit
     return order[keep]
+
+
+def _nms_per_group(boxes: Tensor, scores: Tensor, group: Tensor, iou_thres: float) -> Tensor:
+    """Greedy NMS run separately inside each ``group`` value; returns kept indices.
+
+    ``torchvision.ops.batched_nms`` does the same, but on the CPU with many groups (images x classes)
+    its per-group masking of the whole tensor costs far more than the suppression itself. Here the boxes
+    are sorted by group once and each contiguous run is suppressed on its own.
+    """
+    if group.numel() == 0:
+        return group.new_zeros(0)
+    order = group.argsort(stable=True)
+    sizes = torch.unique_consecutive(group[order], return_counts=True)[1].tolist()
+    kept = []
+    for idx in order.split(sizes):
+        kept.append(idx if len(idx) == 1 else idx[torchvision.ops.nms(boxes[idx], scores[idx], iou_thres)])
+    return torch.cat(kept)
+
+
+def _nms_until_max_det(boxes: Tensor, scores: Tensor, group: Tensor, image: Tensor, batch: int,
+                       iou_thres: float, max_det: int) -> Tensor:
+    """Class-aware NMS of each image's best-ranked boxes, widened until ``max_det`` survivors are certain.
+
+    Greedy NMS decides a box from the boxes ranked above it only, so NMS over an image's ``m`` most
+    confident boxes keeps exactly what full NMS keeps among them. Once that is ``max_det`` boxes, nothing
+    ranked lower can reach the output, so the rest of the image never needs suppressing. This is exact,
+    not an approximation, and saves most of the work when a weak model floods NMS with candidates.
+    ``boxes`` etc. must be grouped by ``image`` with descending ``scores`` inside each image.
+    """
+    rank = _rank_within_group(image)
+    per_image = torch.bincount(image, minlength=batch)
+    pending = per_image > 0
+    prefix = max(4 * max_det, 1024)
+    kept = []
+    while bool(pending.any()):
+        sel = (pending[image] & (rank < prefix)).nonzero(as_tuple=True)[0]
+        keep = sel[_nms_per_group(boxes[sel], scores[sel], group[sel], iou_thres)]
+        done = (torch.bincount(image[keep], minlength=batch) >= max_det) | (per_image <= prefix)
+        kept.append(keep[done[image[keep]]])
+        pending &= ~done
+        prefix *= 4
+    return torch.cat(kept) if kept else image.new_zeros(0)
 
 
 def non_max_suppression(
@@ -100,11 +143,11 @@ def non_max_suppression(
         keep = torch.isin(cls, wanted)
         boxes, conf, cls, image = boxes[keep], conf[keep], cls[keep], image[keep]
 
-    keep = _keep_top_per_image(image, conf, max_nms)
+    keep = _keep_top_per_image(image, conf, max_nms)  # grouped by image, descending conf in each
     boxes, conf, cls, image = boxes[keep], conf[keep], cls[keep], image[keep]
 
     group = image if agnostic else image * nc + cls
-    keep = torchvision.ops.batched_nms(boxes, conf, group, iou_thres)  # sorted by descending conf
+    keep = _nms_until_max_det(boxes, conf, group, image, batch, iou_thres, max_det)
     keep = keep[_keep_top_per_image(image[keep], conf[keep], max_det)]
 
     dets = torch.cat((boxes[keep], conf[keep, None], cls[keep, None].to(boxes.dtype)), 1)
