@@ -1,0 +1,185 @@
+"""The evaluator on synthetic batches that follow the loader contract, and the predictors."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from yolocompress.engine.evaluator import EvalResult, evaluate, scale_boxes_to_original
+from yolocompress.engine.predictors import OnnxPredictor, TorchPredictor, onnx_input_shape
+from yolocompress.errors import InputError
+
+NAMES = ["a", "b", "c"]
+
+
+class Replay:
+    """A predictor returning prepared decoded outputs, one per call."""
+
+    def __init__(self, outputs):
+        self.outputs = list(outputs)
+
+    def __call__(self, imgs):
+        out = self.outputs.pop(0)
+        assert out.shape[0] == imgs.shape[0] and imgs.dtype == torch.float32 and imgs.max() <= 1
+        return out
+
+
+def decoded(boxes_per_image, nc=3, n=8):
+    """Decoded head output ``[B, n, 5 + nc]`` holding the given (x1, y1, x2, y2, conf, cls) boxes (input px)."""
+    out = torch.zeros(len(boxes_per_image), n, 5 + nc)
+    for b, boxes in enumerate(boxes_per_image):
+        for k, (x1, y1, x2, y2, conf, cls) in enumerate(boxes):
+            out[b, k, :4] = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
+            out[b, k, 4] = 1.0
+            out[b, k, 5 + int(cls)] = conf
+    return out
+
+
+def batch(labels_per_image, size=(64, 64), shapes=None):
+    """``(imgs, targets, paths, shapes)`` with labels (cls, x1, y1, x2, y2) given in input pixels."""
+    h, w = size
+    rows = []
+    for b, labels in enumerate(labels_per_image):
+        for c, x1, y1, x2, y2 in labels:
+            rows.append([b, c, (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h])
+    targets = torch.tensor(rows, dtype=torch.float32).reshape(-1, 6)
+    imgs = torch.zeros(len(labels_per_image), 3, h, w, dtype=torch.uint8)
+    shapes = shapes or [((h, w), ((1.0, 1.0), (0.0, 0.0)))] * len(labels_per_image)
+    return imgs, targets, [f"{i}.jpg" for i in range(len(labels_per_image))], shapes
+
+
+def run(batches, outputs, **kw):
+    return evaluate(Replay(outputs), batches, nc=3, names=NAMES, **kw)
+
+
+def test_perfect_predictions():
+    labels = [[(0, 5, 5, 20, 20), (1, 30, 30, 50, 60)], [(2, 10, 10, 40, 30)]]
+    dets = [[(*lab[1:], 0.9, lab[0]) for lab in image] for image in labels]
+    r = run([batch(labels)], [decoded(dets)])
+    assert r.map50 == pytest.approx(0.995) and r.map50_95 == pytest.approx(0.995)
+    assert r.precision == pytest.approx(1.0) and r.recall == pytest.approx(1.0)
+    assert r.images == 2 and r.instances == 3
+    assert [c["name"] for c in r.per_class] == NAMES
+    assert [c["images"] for c in r.per_class] == [1, 1, 1]
+    assert r.imgsz == 64
+
+
+def test_image_without_labels_counts_false_positives():
+    labels = [[(0, 5, 5, 20, 20)], []]
+    dets = [[(5, 5, 20, 20, 0.5, 0)], [(5, 5, 20, 20, 0.9, 0)]]
+    r = run([batch(labels)], [decoded(dets)])
+    assert r.map50 == pytest.approx(0.5 * 0.995)  # FP ranked first: precision envelope 1/2
+
+
+def test_image_without_predictions_counts_its_labels():
+    labels = [[(0, 5, 5, 20, 20)], [(0, 30, 30, 50, 50)]]
+    dets = [[(5, 5, 20, 20, 0.9, 0)], []]
+    r = run([batch(labels)], [decoded(dets)])
+    # Recall stops at 0.5 with precision 1; val.py interpolates to (1, 0): 0.5 + 0.25.
+    assert r.map50 == pytest.approx(0.75)
+    assert r.per_class[0]["instances"] == 2 and r.per_class[0]["images"] == 2
+
+
+def test_no_true_positive_reports_zeros():
+    labels = [[(0, 5, 5, 20, 20)]]
+    dets = [[(40, 40, 60, 60, 0.9, 0), (5, 5, 20, 20, 0.8, 1)]]
+    r = run([batch(labels)], [decoded(dets)])
+    assert (r.map50, r.map50_95, r.precision, r.recall) == (0, 0, 0, 0)
+    assert [c["name"] for c in r.per_class] == ["a"]  # class b has detections but no labels: not reported
+
+
+def test_boxes_mapped_to_original_image_and_clipped():
+    # Original 50 x 100 (h x w) letterboxed into 64 x 64: gain 0.64 (ratio_h), pad (0, 16) -> 32 x 64 content.
+    shapes = [((50, 100), ((0.64, 0.64), (0.0, 16.0)))]
+    gt_in = (0, 0.0, 10 * 0.64 + 16, 30 * 0.64, 40 * 0.64 + 16)  # original (0, 10, 30, 40): on the left edge
+    # The detection sticks out of the image into the left padding by 20 px: clipped, it is exact.
+    det = (-20.0, gt_in[2], gt_in[3], gt_in[4], 0.9, 0)
+    r = run([batch([[gt_in]], shapes=shapes)], [decoded([[det]])])
+    assert r.map50_95 == pytest.approx(0.995)
+    boxes = torch.tensor([[-20.0, 22.4, 19.2, 41.6]])
+    torch.testing.assert_close(scale_boxes_to_original(boxes, shapes, torch.tensor([0])),
+                               torch.tensor([[0.0, 10.0, 30.0, 40.0]]))
+
+
+def test_many_batches_and_result_dict():
+    rng = np.random.default_rng(0)
+    batches, outputs = [], []
+    for _ in range(3):
+        labels = [[(int(rng.integers(0, 3)), *(lambda x, y: (x, y, x + 12, y + 12))(*rng.uniform(0, 50, 2)))
+                   for _ in range(int(rng.integers(0, 4)))] for _ in range(4)]
+        dets = [[(x1 + rng.normal(0, 1), y1, x2, y2, rng.uniform(0.1, 1), c) for c, x1, y1, x2, y2 in image]
+                for image in labels]
+        batches.append(batch(labels))
+        outputs.append(decoded(dets))
+    r = run(batches, outputs, progress=False)
+    assert isinstance(r, EvalResult) and r.images == 12
+    d = json.loads(json.dumps(r.to_dict()))
+    for key in ("map50", "map50_95", "precision", "recall", "per_class", "imgsz", "images", "speed_ms", "fitness"):
+        assert key in d
+    assert set(d["speed_ms"]) >= {"pre", "inference", "nms"}
+    assert d["fitness"] == pytest.approx(0.1 * r.map50 + 0.9 * r.map50_95)
+
+
+def test_label_class_out_of_range_is_input_error():
+    with pytest.raises(InputError):
+        run([batch([[(5, 1, 1, 9, 9)]])], [decoded([[]])])
+
+
+class TinyDetector(nn.Module):
+    """Stride-8 grid, one anchor: decoded ``[B, H/8 * W/8, 5 + nc]`` like a YOLO head in eval mode."""
+
+    def __init__(self, nc=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 5 + nc, 8, stride=8)
+
+    def forward(self, x):
+        y = self.conv(x).flatten(2).transpose(1, 2).sigmoid()
+        xy = y[..., :2] * x.shape[-1]
+        return torch.cat((xy, y[..., 2:4] * 32, y[..., 4:]), -1), [y]
+
+
+def test_torch_predictor_returns_decoded_tensor_in_eval_mode():
+    model = TinyDetector().train()
+    predict = TorchPredictor(model)
+    out = predict(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 16, 8) and not model.training and not out.requires_grad
+    with pytest.raises(InputError):
+        TorchPredictor(model, "cpu", half=True)
+
+
+def _export(tmp_path, name, batch, dynamic):
+    path = tmp_path / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Decoded(TinyDetector()), (torch.zeros(batch, 3, 32, 32),), str(path), dynamo=False,
+                          input_names=["images"], output_names=["output0", "extra"], opset_version=17,
+                          dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}} if dynamic else None)
+    return path
+
+
+class _Decoded(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out, raw = self.model(x)
+        return out, raw[0]
+
+
+@pytest.mark.parametrize("batch_dim,dynamic", [(1, False), (2, False), (1, True)])
+def test_onnx_predictor_matches_torch(tmp_path, batch_dim, dynamic):
+    path = _export(tmp_path, f"tiny-{batch_dim}-{dynamic}.onnx", batch_dim, dynamic)
+    shape = onnx_input_shape(path)
+    assert (shape.batch, shape.height, shape.width) == (None if dynamic else batch_dim, 32, 32)
+    predict = OnnxPredictor(path, threads=1)
+    x = torch.rand(3, 3, 32, 32)  # 3 images: one by one, padded pairs, or one call
+    ref = TorchPredictor(TinyDetector())(x)
+    torch.testing.assert_close(predict(x), ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="rect=False"):
+        predict(torch.rand(1, 3, 64, 32))
