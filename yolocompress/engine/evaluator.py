@@ -210,3 +210,86 @@ def evaluate(
         imgsz=imgsz if imgsz is not None else (longest or None),
         settings={"conf_thres": conf_thres, "iou_thres": iou_thres, "max_det": max_det},
     )
+
+
+def evaluate_model(
+    model_or_path: nn.Module | str | os.PathLike,
+    data_yaml: Any,
+    split: str = "val",
+    imgsz: int = 640,
+    batch: int = 32,
+    conf_thres: float = 0.001,
+    iou_thres: float = 0.6,
+    max_det: int = 300,
+    device: str | torch.device = "cpu",
+    half: bool = False,
+    threads: int | None = None,
+    workers: int = 0,
+    label_cache: bool = True,
+    progress: bool = False,
+) -> EvalResult:
+    """Evaluate a model, a checkpoint or an ONNX file on a split of a ``data.yaml``.
+
+    The loader follows val.py: rectangular batches with half a stride of padding for PyTorch models
+    (``imgsz`` is the long side). An ONNX file with a fixed image size is evaluated on square letterboxed
+    images at that size (``imgsz`` is ignored and the result records the model's size); a fixed batch of
+    1 runs image by image.
+
+    Args:
+        model_or_path: a detector module, a ``.pt`` checkpoint (ours or Ultralytics') or an ``.onnx`` file.
+        data_yaml: a ``data.yaml`` path or a ``DataConfig``.
+        split: ``val``, ``test`` or ``train``.
+        threads: ONNX Runtime intra-op threads (PyTorch uses the process setting).
+        workers: loader worker processes.
+        label_cache: read/write the label scan cache beside the labels.
+        Others: as :func:`evaluate` and :class:`TorchPredictor`.
+    """
+    from yolocompress.data.config import DataConfig, load_data_config
+    from yolocompress.data.loaders import build_eval_loader
+
+    data = data_yaml if isinstance(data_yaml, DataConfig) else load_data_config(data_yaml)
+    predictor, stride, rect, imgsz = _predictor_for(model_or_path, data.nc, imgsz, device, half, threads)
+    loader = build_eval_loader(data, split, imgsz=imgsz, batch=batch, stride=stride, pad=0.5, rect=rect,
+                               workers=workers, label_cache=label_cache)
+    return evaluate(predictor, loader, data.nc, data.names, conf_thres=conf_thres, iou_thres=iou_thres,
+                    max_det=max_det, device=device, progress=progress, imgsz=imgsz)
+
+
+def _predictor_for(model_or_path: nn.Module | str | os.PathLike, nc: int, imgsz: int,
+                   device: str | torch.device, half: bool, threads: int | None
+                   ) -> tuple[Predictor, int, bool, int]:
+    """The predictor for a model or file, with the loader settings it needs: (predictor, stride, rect, imgsz)."""
+    if isinstance(model_or_path, nn.Module):
+        model = model_or_path
+    else:
+        path = Path(model_or_path)
+        if not path.is_file():
+            raise InputError(f"model file not found: {path}")
+        if path.suffix.lower() == ".onnx":
+            return _onnx_predictor_for(path, nc, imgsz, threads)
+        from yolocompress.io.checkpoint import load_model
+
+        model = load_model(path)
+    model_nc = getattr(model, "nc", None)
+    if model_nc is not None and int(model_nc) != nc:
+        raise InputError(f"the model predicts {model_nc} classes but the data set has {nc}")
+    stride = getattr(model, "stride", None)
+    stride = int(torch.as_tensor(stride).max()) if stride is not None else 32
+    return TorchPredictor(model, device, half=half), stride, True, imgsz
+
+
+def _onnx_predictor_for(path: Path, nc: int, imgsz: int, threads: int | None) -> tuple[Predictor, int, bool, int]:
+    from yolocompress.export.onnx import read_onnx_metadata
+
+    predictor = OnnxPredictor(path, threads=threads)
+    meta = read_onnx_metadata(path)
+    if meta.names is not None and len(meta.names) != nc:
+        raise InputError(f"{path.name} predicts {len(meta.names)} classes but the data set has {nc}")
+    stride = meta.stride or 32
+    shape = predictor.input_shape
+    if not shape.static_size:
+        return predictor, stride, True, imgsz
+    if shape.height != shape.width:
+        raise InputError(f"{path.name} has a fixed non-square input {shape.height}x{shape.width}; "
+                         "export it square (or with a dynamic size) to evaluate it")
+    return predictor, stride, False, shape.height
