@@ -66,7 +66,7 @@ class TrainConfig:
         amp: mixed precision (used on CUDA only).
         sync_bn: SyncBatchNorm in distributed CUDA runs.
         val: evaluate after every epoch (otherwise ``best.pt`` is the last EMA model).
-        cache: image cache for the data package (``None``, ``"ram"`` or ``"disk"``).
+        cache: keep decoded, resized images in RAM.
         progress: show a progress bar and per-epoch metrics on stderr (rank 0).
     """
 
@@ -84,7 +84,7 @@ class TrainConfig:
     amp: bool = True
     sync_bn: bool = False
     val: bool = True
-    cache: str | None = None
+    cache: bool = False
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -94,8 +94,6 @@ class TrainConfig:
         for name in ("workers", "close_mosaic", "patience"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.cache not in (None, "ram", "disk"):
-            raise InputError(f"cache must be ram, disk or none, got {self.cache!r}")
         object.__setattr__(self, "out_dir", str(self.out_dir))
         if self.resume is not None:
             object.__setattr__(self, "resume", str(self.resume))
@@ -277,15 +275,15 @@ class Trainer:
 
         cfg = self.config
         return build_train_loader(
-            self.data_cfg, imgsz=cfg.imgsz, batch=cfg.batch // self.ctx.world_size, stride=stride, hyp=self.hyp,
-            seed=cfg.seed, workers=cfg.workers, rank=self.ctx.rank, world_size=self.ctx.world_size, cache=cfg.cache,
+            self.data_cfg, imgsz=cfg.imgsz, batch=cfg.batch, stride=stride, hyp=self.hyp, seed=cfg.seed,
+            workers=cfg.workers, rank=self.ctx.rank, world_size=self.ctx.world_size, cache=cfg.cache,
         )
 
     def _build_val_loader(self, stride: int):
         from yolocompress.data import build_eval_loader
 
         cfg = self.config
-        return build_eval_loader(self.data_cfg, imgsz=cfg.imgsz, batch=max(cfg.batch // self.ctx.world_size * 2, 1),
+        return build_eval_loader(self.data_cfg, "val", imgsz=cfg.imgsz, batch=cfg.batch // self.ctx.world_size * 2,
                                  stride=stride, rect=True, workers=cfg.workers, cache=cfg.cache)
 
     # ------------------------------------------------------------------ checkpoints
@@ -354,7 +352,7 @@ class Trainer:
         from yolocompress.io.checkpoint import history_entry, model_to_dict
 
         entry = history_entry("train", epochs=self.epoch + 1, imgsz=self.config.imgsz,
-                              data=_plain(getattr(self.data_cfg, "path", None)))
+                              data=_plain(getattr(self.data_cfg, "yaml_path", None)))
         if self.wrap_model is None:
             return model_to_dict(model, imgsz=self.config.imgsz, history=[entry], metrics=metrics)
         return {"config": self.model_config, "wrapped": True,
@@ -399,8 +397,7 @@ class Trainer:
         self.train_model.train()
         loader = self.train_loader
         loader.set_epoch(epoch)
-        if hasattr(loader, "set_mosaic"):
-            loader.set_mosaic(epoch < cfg.epochs - cfg.close_mosaic)
+        loader.mosaic = self.hyp.mosaic > 0 and epoch < cfg.epochs - cfg.close_mosaic
         self.schedule.start_epoch(self.optimizer, epoch)
         self.callbacks.on_epoch_start(self, epoch)
         nb = len(loader)
