@@ -231,3 +231,22 @@ def test_onnx_eval_agrees_with_pytorch(tmp_path):
     torch_result = evaluate(TorchPredictor(model), loader, model.nc, model.names)
     assert abs(onnx_result.map50 - torch_result.map50) <= 0.002
     assert abs(onnx_result.map50_95 - torch_result.map50_95) <= 0.002
+
+
+@pytest.mark.slow
+def test_cli_eval_prints_table_and_writes_json(tmp_path, capsys):
+    import shutil
+
+    from yolocompress.cli import main
+
+    data = shutil.copytree(DATA.parent, tmp_path / "shapes-val") / "data.yaml"  # the label cache goes there
+    out = tmp_path / "metrics.json"
+    code = main(["eval", str(CHECKPOINT), "--data", str(data), "--imgsz", "256", "--batch", "64", "--json", str(out)])
+    assert code == 0
+    assert "rectangle" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    for key in ("map50", "map50_95", "precision", "recall", "per_class", "imgsz", "images", "speed_ms"):
+        assert key in report
+    assert report["imgsz"] == 256 and report["images"] == 128
+    assert main(["eval", str(CHECKPOINT), "--data", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["eval", str(tmp_path / "missing.pt"), "--data", str(data)]) == 2
