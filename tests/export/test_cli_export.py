@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import onnx
+import pytest
 
 from yolocompress.cli import main
 
@@ -20,5 +21,7 @@ def test_bad_inputs_exit_2(tmp_path):
     out = tmp_path / "o.onnx"
     assert main(["export", str(tmp_path / "missing.pt"), "-o", str(out)]) == 2
     assert main(["export", str(not_a_model), "-o", str(out)]) == 2
-    assert main(["export", str(CKPT), "-o", str(out), "--imgsz", "50"]) == 2
+    with pytest.raises(SystemExit) as exc:  # argparse rejects it before anything runs
+        main(["export", str(CKPT), "-o", str(out), "--imgsz", "50"])
+    assert exc.value.code == 2
     assert not out.exists()

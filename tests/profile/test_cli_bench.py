@@ -41,5 +41,11 @@ def test_bad_inputs_exit_2(tmp_path):
     assert main(["bench", str(tmp_path / "missing.pt"), "--json", str(out)]) == 2
     assert main(["bench", str(not_a_model), *FAST, "--json", str(out)]) == 2
     assert main(["bench", str(not_onnx), "--backend", "onnxruntime", *FAST, "--json", str(out)]) == 2
-    assert main(["bench", str(CKPT), "--threads", "0"]) == 2
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option", [["--threads", "0"], ["--runs", "0"], ["--warmup", "-1"], ["--imgsz", "100"]])
+def test_bad_options_exit_2(option):
+    with pytest.raises(SystemExit) as exc:  # argparse rejects them before anything runs
+        main(["bench", str(CKPT), *option])
+    assert exc.value.code == 2

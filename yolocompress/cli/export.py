@@ -4,32 +4,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from yolocompress.errors import CompressionError, InputError
+from yolocompress.cli.common import console, image_size, load_cli_model, positive_int
+from yolocompress.errors import CompressionError
 
 # The decoded output must agree with PyTorch to this maximum relative error (see verify_onnx).
 PARITY_TOLERANCE = 1e-3
 
 
-def load_torch_model(path: str | Path):
-    """Load a ``.pt`` checkpoint (ours or Ultralytics'); ``InputError`` for anything else."""
-    from yolocompress.io.checkpoint import load_model
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"model file not found: {path}")
-    if path.suffix.lower() == ".onnx":
-        raise InputError(f"{path} is an ONNX file; this needs a PyTorch checkpoint (.pt)")
-    return load_model(path)
-
-
 def run(model: str, output: str, imgsz: int = 640, batch: int = 1, dynamic: bool = False, opset: int = 17,
         simplify: bool = False, verify: bool = True) -> tuple[Path, float | None]:
-    """Export ``model`` (a ``.pt`` path) to ``output``; returns the path and the parity error (None if skipped)."""
+    """Export ``model`` (a ``.pt`` path) to ``output``; returns the path and the parity error (None if skipped).
+
+    Raises ``CompressionError`` when ONNX Runtime's output differs from PyTorch's by more than
+    ``PARITY_TOLERANCE`` (the file is kept so it can be inspected).
+    """
     from yolocompress.export.onnx import export_onnx, verify_onnx
 
-    if imgsz < 32 or imgsz % 32:
-        raise InputError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
-    net = load_torch_model(model)
+    net = load_cli_model(model)[0]
     path = export_onnx(net, output, imgsz=imgsz, batch=batch, dynamic=dynamic, opset=opset, simplify=simplify)
     error = verify_onnx(net, path, imgsz) if verify else None
     if error is not None and error > PARITY_TOLERANCE:
@@ -43,7 +34,7 @@ def _main(args: argparse.Namespace) -> int:
                       opset=args.opset, simplify=args.simplify, verify=not args.no_verify)
     shape = f"{'dynamic' if args.dynamic else args.batch}x3x{args.imgsz}x{args.imgsz}"
     parity = "" if error is None else f", max relative error vs PyTorch {error:.1e}"
-    print(f"exported {path} (input images {shape}, opset {args.opset}{parity})")
+    console.print(f"exported {path} (input images {shape}, opset {args.opset}{parity})", highlight=False)
     return 0
 
 
@@ -53,10 +44,10 @@ def register(subparsers) -> None:
                                           "output 'output0' [B,N,5+nc] (cx,cy,w,h px, objectness, class scores).")
     p.add_argument("model", help="checkpoint (.pt)")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
-    p.add_argument("--imgsz", type=int, default=640, help="square input size in pixels (default 640)")
-    p.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1; ignored with --dynamic)")
+    p.add_argument("--imgsz", type=image_size, default=640, help="square input size in pixels (default 640)")
+    p.add_argument("--batch", type=positive_int, default=1, help="fixed batch size (default 1; ignored with --dynamic)")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch dimension (H and W stay fixed)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--simplify", action="store_true", help="also run onnxslim (optional package)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
     p.set_defaults(func=_main)

@@ -25,7 +25,7 @@ from torch import nn
 from yolocompress.errors import CompressionError, InputError
 from yolocompress.export.ort import create_session
 from yolocompress.io.atomic import atomic_path
-from yolocompress.profile.inputs import image_hw, input_channels
+from yolocompress.profile.inputs import check_image_size, image_hw, input_channels
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
@@ -83,6 +83,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, imgsz: int | tuple[in
     import onnx
 
     hw = image_hw(imgsz)
+    check_image_size(model, hw)
     if batch < 1:
         raise InputError(f"batch must be >= 1, got {batch}")
     net = _export_copy(model)
@@ -276,16 +277,18 @@ def read_onnx_metadata(path: str | os.PathLike) -> OnnxMetadata:
     names = props.get("names")
     if isinstance(names, dict):  # Ultralytics: {0: 'person', ...}
         names = [names[k] for k in sorted(names, key=int)]
+    stride = props.get("stride")
+    if isinstance(stride, list) and stride:  # per-level strides
+        stride = max(stride)
     imgsz = props.get("imgsz")
     if isinstance(imgsz, int):
         imgsz = [imgsz, imgsz]
-    stride = props.get("stride")
     batch = props.get("batch")
     return OnnxMetadata(
         names=[str(n) for n in names] if isinstance(names, list) else None,
-        stride=int(max(stride)) if isinstance(stride, list) and stride else (int(stride) if isinstance(stride, int) else None),
+        stride=int(stride) if isinstance(stride, (int, float)) else None,
         imgsz=(int(imgsz[0]), int(imgsz[1])) if isinstance(imgsz, list) and len(imgsz) == 2 else None,
-        batch=int(batch) if isinstance(batch, int) else None,
+        batch=batch if isinstance(batch, int) else None,
     )
 
 

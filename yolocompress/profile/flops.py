@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from yolocompress.profile.inputs import image_hw, input_channels
+from yolocompress.profile.inputs import check_image_size, image_hw, input_channels
 
 
 def _layers(model: nn.Module) -> nn.Module:
@@ -38,9 +38,9 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _count(model: nn.Module, imgsz: int | Sequence[int], by_layer: bool, meta: bool) -> tuple[int, list[int]]:
+def _count(model: nn.Module, hw: tuple[int, int], by_layer: bool, meta: bool) -> tuple[int, list[int]]:
     """Run one counted forward; returns (total FLOPs, FLOPs of each top-level layer or [])."""
-    h, w = image_hw(imgsz)
+    h, w = hw
     device = "meta" if meta else "cpu"
     net = _meta_copy(model) if meta else copy.deepcopy(model).float().cpu()
     net.eval()
@@ -51,13 +51,21 @@ def _count(model: nn.Module, imgsz: int | Sequence[int], by_layer: bool, meta: b
     if by_layer:
         layers = list(_layers(net))
         per_layer = [0] * len(layers)
-        start: dict[int, int] = {}
+        at_entry = [0] * len(layers)
+
+        def enter(i: int):
+            def hook(module, args):
+                at_entry[i] = counter.get_total_flops()
+            return hook
+
+        def leave(i: int):
+            def hook(module, args, output):
+                # Layers do not nest, so what the counter gained since the layer's entry is its own cost.
+                per_layer[i] += counter.get_total_flops() - at_entry[i]
+            return hook
+
         for i, layer in enumerate(layers):
-            # Layers do not nest, so the counter's growth between a layer's entry and exit is its own cost.
-            handles.append(layer.register_forward_pre_hook(
-                lambda m, a, i=i: start.__setitem__(i, counter.get_total_flops())))
-            handles.append(layer.register_forward_hook(
-                lambda m, a, y, i=i: per_layer.__setitem__(i, per_layer[i] + counter.get_total_flops() - start[i])))
+            handles += [layer.register_forward_pre_hook(enter(i)), layer.register_forward_hook(leave(i))]
     try:
         with counter, torch.no_grad():
             net(x)
@@ -68,14 +76,16 @@ def _count(model: nn.Module, imgsz: int | Sequence[int], by_layer: bool, meta: b
 
 
 def _count_any(model: nn.Module, imgsz: int | Sequence[int], by_layer: bool) -> tuple[int, list[int]]:
+    hw = image_hw(imgsz)
+    check_image_size(model, hw)
+    if by_layer:
+        _layers(model)  # a wrong model type is reported as such, not as a meta failure
     try:
-        return _count(model, imgsz, by_layer, meta=True)
-    except (RuntimeError, NotImplementedError, TypeError):
+        return _count(model, hw, by_layer, meta=True)
+    except (RuntimeError, NotImplementedError):
         # A module that keeps unregistered tensors or reads values (`.item()`) cannot run on `meta`;
         # count it with a real forward instead (same numbers, slower).
-        if by_layer:
-            _layers(model)  # re-raise a wrong model type as such, not as a meta failure
-        return _count(model, imgsz, by_layer, meta=False)
+        return _count(model, hw, by_layer, meta=False)
 
 
 def gflops(model: nn.Module, imgsz: int | Sequence[int] = 640) -> float:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
+
+from yolocompress.errors import InputError
 
 
 def image_hw(imgsz: int | Sequence[int]) -> tuple[int, int]:
@@ -12,10 +15,10 @@ def image_hw(imgsz: int | Sequence[int]) -> tuple[int, int]:
         hw = (imgsz, imgsz)
     else:
         if len(imgsz) != 2:
-            raise ValueError(f"imgsz must be an int or (H, W), got {imgsz!r}")
+            raise InputError(f"imgsz must be an int or (H, W), got {imgsz!r}")
         hw = (int(imgsz[0]), int(imgsz[1]))
     if min(hw) < 1:
-        raise ValueError(f"imgsz must be positive, got {imgsz!r}")
+        raise InputError(f"imgsz must be positive, got {imgsz!r}")
     return hw
 
 
@@ -29,3 +32,13 @@ def input_channels(model: nn.Module) -> int:
     if isinstance(cfg, dict) and isinstance(cfg.get("ch"), int):
         return cfg["ch"]
     return 3
+
+
+def check_image_size(model: nn.Module, hw: tuple[int, int]) -> None:
+    """Raise ``InputError`` unless ``(H, W)`` are multiples of the model's largest stride (if it has one)."""
+    stride = getattr(model, "stride", None)
+    if stride is None:
+        return
+    s = int(torch.as_tensor(stride).max())
+    if hw[0] % s or hw[1] % s:
+        raise InputError(f"image size {hw[0]}x{hw[1]} is not a multiple of the model's largest stride {s}")

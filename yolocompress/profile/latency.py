@@ -20,7 +20,7 @@ from torch import nn
 
 from yolocompress.errors import InputError
 from yolocompress.export.ort import create_session
-from yolocompress.profile.inputs import image_hw, input_channels
+from yolocompress.profile.inputs import check_image_size, image_hw, input_channels
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ def measure_torch_latency(model: nn.Module, imgsz: int | Sequence[int] = 640, th
     """
     _check_counts(threads, warmup, runs)
     h, w = image_hw(imgsz)
+    check_image_size(model, (h, w))
     param = next(model.parameters(), None)
     x = torch.rand(batch, input_channels(model), h, w,
                    dtype=param.dtype if param is not None else torch.float32,
