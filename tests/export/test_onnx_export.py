@@ -100,3 +100,19 @@ def test_metadata_of_a_non_onnx_file(tmp_path):
     (tmp_path / "x.onnx").write_text(json.dumps({"not": "onnx"}))
     with pytest.raises(InputError):
         read_onnx_metadata(tmp_path / "x.onnx")
+
+
+def test_onnx_reproduces_ultralytics_reference_output(ultra_dir, tmp_path):
+    from yolocompress.io.checkpoint import load_model
+
+    x = np.load(ultra_dir / "yolov5n-shapes-e12.input.npy")
+    expected = np.load(ultra_dir / "yolov5n-shapes-e12.output.npy")
+    path = export_onnx(load_model(ultra_dir / "yolov5n-shapes-e12.pt"), tmp_path / "u.onnx", imgsz=x.shape[2],
+                       batch=x.shape[0])
+    out = create_session(path).run(None, {"images": x.astype(np.float32)})[0]
+    assert np.max(np.abs(out - expected) / np.maximum(np.abs(expected), 1.0)) < 1e-3
+
+
+def test_image_size_must_fit_the_stride(model, tmp_path):
+    with pytest.raises(InputError, match="stride"):
+        export_onnx(model, tmp_path / "x.onnx", imgsz=80)

@@ -66,3 +66,10 @@ def test_matches_ultralytics_table_at_640(name, published):
 def test_rejects_model_without_layer_list():
     with pytest.raises(TypeError):
         flops_by_layer(_ReadsValues(), 16)
+
+
+def test_image_size_must_fit_the_stride():
+    from yolocompress.errors import InputError
+
+    with pytest.raises(InputError, match="stride"):
+        gflops(build_model("yolov5n"), (64, 80))
