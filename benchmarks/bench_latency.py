@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     args = parser.parse_args(argv)
 
-    print(f"CPU: {cpu_name()}; threads {args.threads}, batch 1, {args.warmup} warm-up + {args.runs} timed runs")
+    print(f"CPU: {cpu_name()}; threads {args.threads}, batch 1, "
+          f"{args.warmup} warm-up + {args.runs} timed runs")
     header = (f"{'model':<10} {'imgsz':>5} {'GFLOPs':>7} | {'torch med':>9} {'p90':>7} | "
               f"{'ORT med':>8} {'p90':>7} | {'ORT/torch':>9}")
     print(header)

@@ -14,7 +14,8 @@ from yolocompress.models import build_model
 
 IMGSZ = 96
 # Ops that would mean shape arithmetic or grid construction was left in the graph.
-NOT_WANTED = {"Shape", "Gather", "Range", "Expand", "Where", "ConstantOfShape", "Identity", "Constant", "Cast"}
+NOT_WANTED = {"Shape", "Gather", "Range", "Expand", "Where", "ConstantOfShape", "Identity", "Constant",
+              "Cast"}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def static_onnx(model, tmp_path_factory):
 
 
 def _dims(value_info) -> list:
-    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value_info.type.tensor_type.shape.dim]
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in shape.dim]
 
 
 def test_static_export_is_a_clean_checked_graph(static_onnx):
@@ -86,11 +88,15 @@ def test_failed_export_leaves_nothing(tmp_path):
 
 
 def test_reads_ultralytics_style_metadata(tmp_path):
+    def tensor(name):
+        return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, 3, 32, 32])
+
     graph = helper.make_graph([helper.make_node("Identity", ["images"], ["output0"])], "g",
-                              [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, [1, 3, 32, 32])])
+                              [tensor("images")], [tensor("output0")])
     proto = helper.make_model(graph)
-    helper.set_model_props(proto, {"stride": "32", "names": str({0: "person", 1: "bicycle"}), "imgsz": "[640, 640]"})
+    # Ultralytics writes Python reprs, not JSON
+    helper.set_model_props(proto, {"stride": "32", "names": str({0: "person", 1: "bicycle"}),
+                                   "imgsz": "[640, 640]"})
     onnx.save(proto, str(tmp_path / "u.onnx"))
     meta = read_onnx_metadata(tmp_path / "u.onnx")
     assert meta.names == ["person", "bicycle"] and meta.stride == 32 and meta.imgsz == (640, 640)
@@ -116,3 +122,14 @@ def test_onnx_reproduces_ultralytics_reference_output(ultra_dir, tmp_path):
 def test_image_size_must_fit_the_stride(model, tmp_path):
     with pytest.raises(InputError, match="stride"):
         export_onnx(model, tmp_path / "x.onnx", imgsz=80)
+
+
+def test_simplify_without_onnxslim_is_an_input_error(model, tmp_path):
+    try:
+        import onnxslim  # noqa: F401
+        pytest.skip("onnxslim is installed")
+    except ImportError:
+        pass
+    with pytest.raises(InputError, match="onnxslim"):
+        export_onnx(model, tmp_path / "s.onnx", imgsz=64, simplify=True)
+    assert list(tmp_path.iterdir()) == []

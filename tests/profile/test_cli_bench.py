@@ -44,7 +44,8 @@ def test_bad_inputs_exit_2(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("option", [["--threads", "0"], ["--runs", "0"], ["--warmup", "-1"], ["--imgsz", "100"]])
+@pytest.mark.parametrize("option", [["--threads", "0"], ["--runs", "0"], ["--warmup", "-1"],
+                                    ["--imgsz", "100"]])
 def test_bad_options_exit_2(option):
     with pytest.raises(SystemExit) as exc:  # argparse rejects them before anything runs
         main(["bench", str(CKPT), *option])

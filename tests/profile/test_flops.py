@@ -11,7 +11,8 @@ TOY_LAYER_FLOPS = [442368, 0, 0, 65536]
 
 
 def _toy() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU(), nn.Conv2d(8, 4, 1))
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU(),
+                         nn.Conv2d(8, 4, 1))
 
 
 class _ReadsValues(nn.Module):

@@ -7,7 +7,8 @@ from yolocompress.profile import ParamCount, count_params
 
 def _toy() -> nn.Sequential:
     # 3*8*3*3 = 216 conv weights, BN 8 + 8, 1x1 conv 8*4 + 4 bias = 36: 268 in all
-    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU(), nn.Conv2d(8, 4, 1))
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU(),
+                         nn.Conv2d(8, 4, 1))
 
 
 def test_counts_toy_net_by_hand():

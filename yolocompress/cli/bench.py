@@ -1,4 +1,4 @@
-"""``yolocompress bench MODEL``: CPU latency of a checkpoint (PyTorch eager) or an ONNX file (ONNX Runtime)."""
+"""``yolocompress bench MODEL``: CPU latency of a checkpoint (PyTorch eager) or an ONNX file (ORT)."""
 from __future__ import annotations
 
 import argparse
@@ -69,7 +69,8 @@ def _non_negative_int(text: str) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure CPU inference latency",
-                              description="Median and p90 latency of one forward pass at a fixed thread count.")
+                              description="Median and p90 latency of one forward pass at a fixed "
+                                          "thread count.")
     p.add_argument("model", help="checkpoint (.pt), or an .onnx file with --backend onnxruntime")
     p.add_argument("--imgsz", type=image_size, default=None,
                    help="square input size in pixels (default 640; an .onnx file's own size)")

@@ -1,4 +1,4 @@
-"""``yolocompress export MODEL -o OUT.onnx``: write an ONNX file of a checkpoint and check it against PyTorch."""
+"""``yolocompress export MODEL -o OUT.onnx``: write an ONNX file of a checkpoint, checked against PyTorch."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ PARITY_TOLERANCE = 1e-3
 
 def run(model: str, output: str, imgsz: int = 640, batch: int = 1, dynamic: bool = False, opset: int = 17,
         simplify: bool = False, verify: bool = True) -> tuple[Path, float | None]:
-    """Export ``model`` (a ``.pt`` path) to ``output``; returns the path and the parity error (None if skipped).
+    """Export ``model`` (a ``.pt`` path) to ``output``; returns the path and the parity error (None: skipped).
 
     Raises ``CompressionError`` when ONNX Runtime's output differs from PyTorch's by more than
     ``PARITY_TOLERANCE`` (the file is kept so it can be inspected).
@@ -40,12 +40,14 @@ def _main(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a checkpoint to ONNX (decoded boxes, no NMS)",
-                              description="Export a .pt checkpoint to ONNX: input 'images' [B,3,H,W] RGB 0..1, "
-                                          "output 'output0' [B,N,5+nc] (cx,cy,w,h px, objectness, class scores).")
+                              description="Export a .pt checkpoint to ONNX: input 'images' [B,3,H,W] RGB "
+                                          "0..1, output 'output0' [B,N,5+nc] (cx,cy,w,h px, objectness, "
+                                          "class scores).")
     p.add_argument("model", help="checkpoint (.pt)")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
     p.add_argument("--imgsz", type=image_size, default=640, help="square input size in pixels (default 640)")
-    p.add_argument("--batch", type=positive_int, default=1, help="fixed batch size (default 1; ignored with --dynamic)")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="fixed batch size (default 1; ignored with --dynamic)")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch dimension (H and W stay fixed)")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--simplify", action="store_true", help="also run onnxslim (optional package)")

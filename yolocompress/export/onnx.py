@@ -52,8 +52,9 @@ def _export_copy(model: nn.Module) -> nn.Module:
 
 
 def _metadata(model: nn.Module, hw: tuple[int, int], batch: int, dynamic: bool) -> dict[str, str]:
-    """``metadata_props`` entries, each value JSON (``stride`` is the largest stride, as Ultralytics writes)."""
-    meta = {"producer": "yolocompress", "imgsz": json.dumps(list(hw)), "batch": json.dumps(None if dynamic else batch)}
+    """``metadata_props`` entries, each value JSON (``stride``: the largest stride, as Ultralytics writes)."""
+    meta = {"producer": "yolocompress", "imgsz": json.dumps(list(hw)),
+            "batch": json.dumps(None if dynamic else batch)}
     names = getattr(model, "names", None)
     if names is not None:
         meta["names"] = json.dumps([str(n) for n in (names.values() if isinstance(names, dict) else names)])
@@ -92,12 +93,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, imgsz: int | tuple[in
     with torch.no_grad():
         y = wrapped(x)
     if not (isinstance(y, torch.Tensor) and y.ndim == 3 and y.shape[0] == batch):
-        raise InputError(f"cannot export {type(model).__name__}: its eval output is not a decoded Tensor[B, N, no]")
+        raise InputError(f"cannot export {type(model).__name__}: its eval output is not a decoded "
+                         "Tensor[B, N, no]")
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
     path = Path(path)
     with atomic_path(path) as tmp:
         with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated upstream but is what gives the cleaner graph here, and the
+            # The TorchScript exporter is deprecated upstream but gives the cleaner graph here, and the
             # tracer's warnings about Python-side shape checks are expected (shapes are fixed by design).
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
@@ -116,11 +118,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, imgsz: int | tuple[in
     return path
 
 
-_NON_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+_NON_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                 "Bernoulli"}
 
 
 def _skip_identities(graph) -> None:
-    """Drop Identity nodes (the tracer adds them for deduplicated initializers) by rewiring their consumers."""
+    """Drop Identity nodes (the tracer adds them for deduplicated initializers); rewire their consumers."""
     outputs = {o.name for o in graph.output}
     rename: dict[str, str] = {}
     kept = []
@@ -149,7 +152,8 @@ def _fold_constant_nodes(proto) -> bool:
     known = {init.name for init in graph.initializer} | {""}  # "" = an omitted optional input
     folded = []
     for node in graph.node:
-        has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                           for a in node.attribute)
         if node.op_type not in _NON_FOLDABLE and not has_subgraph and all(i in known for i in node.input):
             folded.append(node)
             known.update(node.output)
@@ -165,7 +169,8 @@ def _fold_constant_nodes(proto) -> bool:
                                 outputs=[helper.make_value_info(name, onnx.TypeProto()) for name in wanted],
                                 initializer=[init for init in graph.initializer if init.name in used])
         values = ReferenceEvaluator(helper.make_model(sub, opset_imports=proto.opset_import)).run(None, {})
-        graph.initializer.extend(numpy_helper.from_array(np.asarray(v), name) for name, v in zip(wanted, values))
+        graph.initializer.extend(numpy_helper.from_array(np.asarray(v), name)
+                                 for name, v in zip(wanted, values))
     del graph.node[:]
     graph.node.extend(remaining)
     _drop_unused_initializers(graph)
@@ -193,7 +198,8 @@ def _fold_static_dims(proto) -> bool:
     dims: dict[str, list[int | None]] = {}
     for vi in [*inferred.input, *inferred.value_info, *inferred.output]:
         if vi.type.tensor_type.HasField("shape"):
-            dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            shape = vi.type.tensor_type.shape
+            dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
     consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     shapes = {n.output[0]: n for n in graph.node if n.op_type == "Shape"}
     changed = False

@@ -84,7 +84,8 @@ def _time_calls(call: Callable[[], object], warmup: int, runs: int) -> np.ndarra
     return times
 
 
-def _result(times: np.ndarray, threads: int, backend: str, imgsz: tuple[int, int], batch: int) -> LatencyResult:
+def _result(times: np.ndarray, threads: int, backend: str, imgsz: tuple[int, int],
+            batch: int) -> LatencyResult:
     return LatencyResult(
         median_ms=float(np.median(times)),
         p90_ms=float(np.percentile(times, 90)),
