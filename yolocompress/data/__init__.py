@@ -8,9 +8,10 @@ from yolocompress.data.dataset import EvalDataset, SampleKey, TrainDataset, coll
 from yolocompress.data.labels import LabelIssue, LabelReport
 from yolocompress.data.loaders import TrainLoader, build_eval_loader, build_train_loader
 from yolocompress.data.scan import SplitIndex, load_split, scan_split
+from yolocompress.data.synthetic import SHAPES, synthesize_dataset
 
 __all__ = [
-    "AugmentConfig", "DataConfig", "EvalDataset", "LabelIssue", "LabelReport", "SampleKey",
+    "SHAPES", "AugmentConfig", "DataConfig", "EvalDataset", "LabelIssue", "LabelReport", "SampleKey",
     "SplitIndex", "TrainDataset", "TrainLoader", "build_eval_loader", "build_train_loader", "collate",
-    "load_data_config", "load_split", "scan_split",
+    "load_data_config", "load_split", "scan_split", "synthesize_dataset",
 ]
