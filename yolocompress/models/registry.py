@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from yolocompress.models import backbones, common
+from yolocompress.models import backbones, common, elan, rep
 from yolocompress.models.detect import Detect
 
 
@@ -66,3 +66,7 @@ register_module("Upsample", nn.Upsample, ChannelRule.PASS, "nn.Upsample")
 register_module("MaxPool2d", nn.MaxPool2d, ChannelRule.PASS, "nn.MaxPool2d")
 register_module("Identity", nn.Identity, ChannelRule.PASS, "nn.Identity")
 register_module("BatchNorm2d", nn.BatchNorm2d, ChannelRule.BATCHNORM, "nn.BatchNorm2d")
+# Re-parameterizable blocks (RepVGG / YOLOv7 RepConv) and YOLOv7's ELAN
+register_module("RepConv", rep.RepConv, ChannelRule.CONV)
+register_module("C3Rep", rep.C3Rep, ChannelRule.CONV_REPEAT)
+register_module("ELAN", elan.ELAN, ChannelRule.CONV_REPEAT)
