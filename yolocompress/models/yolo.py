@@ -74,6 +74,10 @@ class DetectionModel(nn.Module):
         self.model, self.save = build_layers(specs)
         self.activation = parse_activation(cfg.get("activation"))
         self._apply_activation()
+        if cfg.get("fused"):  # a saved deploy-form model: BN folded, RepConv merged (before sizes and weights)
+            from yolocompress.compress.fuse import fuse_structure
+
+            fuse_structure(self)
         if cfg.get("shapes"):
             apply_shape_spec(self, cfg["shapes"])
         self.nc = int(cfg["nc"])
