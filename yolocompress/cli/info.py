@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         ("layers", str(len(summary["layers"]))),
         ("params", f"{summary['params']:,} ({summary['params_nonzero']:,} non-zero)"),
         ("GFLOPs", f"{summary['gflops']:.2f} at {summary['imgsz']}"),
-        ("fused", "yes" if summary["fused"] else "no"),
+        ("fused", "yes" if summary["fused"] else
+         f"no (fused: {summary['params_fused']:,} params, {summary['gflops_fused']:.2f} GFLOPs)"),
         ("classes", f"{summary['nc']}: {', '.join(summary['names'][:10])}{' ...' if summary['nc'] > 10 else ''}"),
         ("strides", ", ".join(str(int(s)) for s in summary["strides"])),
         ("anchors / level", str(summary["anchors_per_level"])),
