@@ -1,0 +1,111 @@
+"""Train the shipped baseline: yolov5n on the synthetic shapes set at 256 px, with our own trainer.
+
+Writes ``yolocompress/assets/baseline.pt`` (our format, fp16 weights, < 5 MB) and
+``yolocompress/assets/baseline.json`` (metrics, training curve, the exact command). The validation split
+is the generator's default val set (seed 0, 128 images, 256 px): exactly what ``yolocompress demo``
+generates, so the demo reproduces the recorded metrics.
+
+    PYTHONPATH=. python3 benchmarks/train_baseline.py --epochs 60 --n-train 1024
+    PYTHONPATH=. python3 benchmarks/train_baseline.py --epochs 60 --n-train 1024 --resume   # after a kill
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from yolocompress.data import load_data_config
+from yolocompress.data.synthetic import synthesize_dataset
+from yolocompress.engine.evaluator import evaluate_model
+from yolocompress.engine.trainer import TrainConfig, Trainer, seed_everything
+from yolocompress.io.atomic import atomic_write_json
+from yolocompress.io.checkpoint import history_entry, save_model
+from yolocompress.models import build_model
+
+ASSETS = Path(__file__).resolve().parents[1] / "yolocompress" / "assets"
+
+
+def _current_best(run_dir: Path):
+    """(model, epochs done, best epoch, history rows) from a run folder's best.pt and last.pt."""
+    from yolocompress.engine.trainer import load_checkpoint
+    from yolocompress.io.checkpoint import load_model
+
+    last = load_checkpoint(run_dir / "weights" / "last.pt")
+    history = last.get("history", [])
+    best_row = max(history, key=lambda h: h.get("fitness", 0.0)) if history else {"epoch": -1}
+    return load_model(run_dir / "weights" / "best.pt"), len(history), best_row["epoch"], history
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", default="yolov5n")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--n-train", type=int, default=1024)
+    parser.add_argument("--n-val", type=int, default=128)
+    parser.add_argument("--imgsz", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--close-mosaic", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="runs/baseline", help="where data and the training run go")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --work from last.pt")
+    parser.add_argument("--out", default=str(ASSETS / "baseline.pt"))
+    parser.add_argument("--export-only", action="store_true",
+                        help="skip training: export the run's current best.pt (e.g. while it still trains)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(2)
+    work = Path(args.work)
+    data_yaml = work / "data" / "data.yaml"
+    if not data_yaml.is_file():
+        synthesize_dataset(work / "data", n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz, seed=args.seed)
+    data = load_data_config(data_yaml)
+    seed_everything(args.seed)
+    model = build_model(args.cfg, nc=data.nc)
+    model.names = list(data.names)
+    last = work / "train" / "weights" / "last.pt"
+    config = TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu",
+                         workers=args.workers, seed=args.seed, out_dir=str(work / "train"),
+                         resume=str(last) if args.resume and last.is_file() else None,
+                         close_mosaic=args.close_mosaic, patience=0, cache=True, progress=True)
+    start = time.time()
+    if args.export_only:
+        best, epochs, best_epoch, curve_rows = _current_best(work / "train")
+    else:
+        result = Trainer(model, data, config).train()
+        best, epochs, best_epoch, curve_rows = result.model, result.epochs_completed, result.best_epoch, result.history
+    train_s = time.time() - start
+
+    best = best.float().eval()
+    best.names = list(data.names)
+    metrics = evaluate_model(best, data_yaml, imgsz=args.imgsz, batch=32).to_dict()
+    command = "PYTHONPATH=. python3 benchmarks/train_baseline.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    record = {
+        "model": args.cfg, "imgsz": args.imgsz, "epochs": epochs, "best_epoch": best_epoch,
+        "data": {"generator": "yolocompress.data.synthetic", "seed": args.seed, "n_train": args.n_train,
+                 "n_val": args.n_val, "imgsz": args.imgsz},
+        "map50": metrics["map50"], "map50_95": metrics["map50_95"], "precision": metrics["precision"],
+        "recall": metrics["recall"], "per_class": metrics["per_class"],
+        "train_seconds_this_invocation": round(train_s, 1),
+        "curve": [{"epoch": h["epoch"], "box": h.get("train/box_loss"), "obj": h.get("train/obj_loss"),
+                   "cls": h.get("train/cls_loss"), "map50": h.get("metrics/mAP_0.5"),
+                   "map50_95": h.get("metrics/mAP_0.5:0.95")} for h in curve_rows],
+        "command": command,
+    }
+    history = [history_entry("train", cfg=args.cfg, epochs=epochs, imgsz=args.imgsz,
+                             data="synthetic shapes seed %d (%d train)" % (args.seed, args.n_train))]
+    save_model(best, args.out, imgsz=args.imgsz, history=history,
+               metrics={"map50": metrics["map50"], "map50_95": metrics["map50_95"]}, half=True)
+    atomic_write_json(record, Path(args.out).with_suffix(".json"))
+    print(json.dumps({k: record[k] for k in ("map50", "map50_95", "epochs", "best_epoch")}, indent=1))
+    print(f"saved {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

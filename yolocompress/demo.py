@@ -1,0 +1,77 @@
+"""The embedded default: the shipped baseline model and the synthetic demo data set.
+
+``yolocompress demo`` (and the README's main command) runs on these with no arguments and no downloads:
+the data set is generated deterministically on first use into a cache folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from yolocompress.errors import CompressionError
+
+ASSETS = Path(__file__).parent / "assets"
+BASELINE_PATH = ASSETS / "baseline.pt"
+BASELINE_RECORD = ASSETS / "baseline.json"
+
+# The generator settings of the demo set; the baseline's recorded metrics are on exactly this val split.
+DEMO_DATA = {"n_train": 512, "n_val": 128, "imgsz": 256, "seed": 0}
+
+
+def cache_dir() -> Path:
+    """Where generated demo data lives: ``$YOLOCOMPRESS_CACHE`` or ``~/.cache/yolocompress``."""
+    explicit = os.environ.get("YOLOCOMPRESS_CACHE")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yolocompress"
+
+
+def demo_data(root: str | os.PathLike | None = None) -> Path:
+    """The demo data set's ``data.yaml``, generating it (about a minute on 2 cores) if it is not there yet."""
+    from yolocompress.data.synthetic import synthesize_dataset
+
+    d = DEMO_DATA
+    folder = Path(root) if root else cache_dir() / f"synthetic-seed{d['seed']}-{d['n_train']}x{d['n_val']}-{d['imgsz']}px"
+    data_yaml = folder / "data.yaml"
+    if not data_yaml.is_file():
+        synthesize_dataset(folder, n_train=d["n_train"], n_val=d["n_val"], imgsz=d["imgsz"], seed=d["seed"],
+                           overwrite=True)
+    return data_yaml
+
+
+def baseline_path() -> Path:
+    """The shipped baseline checkpoint (our format)."""
+    if not BASELINE_PATH.is_file():
+        raise CompressionError(f"the shipped baseline is missing ({BASELINE_PATH}); reinstall yolocompress")
+    return BASELINE_PATH
+
+
+def baseline_record() -> dict[str, Any]:
+    """The metrics and training record saved with the baseline (``baseline.json``)."""
+    return json.loads(BASELINE_RECORD.read_text()) if BASELINE_RECORD.is_file() else {}
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured."""
+
+    data_yaml: Path
+    summary: dict[str, Any]
+    evaluation: Any  # EvalResult
+    recorded: dict[str, Any]
+
+
+def run_demo(data_root: str | os.PathLike | None = None, imgsz: int = 256) -> DemoResult:
+    """Describe and evaluate the shipped baseline on the demo data."""
+    from yolocompress.engine.evaluator import evaluate_model
+    from yolocompress.io.checkpoint import load_model_with_info
+    from yolocompress.report.model_info import model_summary
+
+    data_yaml = demo_data(data_root)
+    model, info = load_model_with_info(baseline_path())
+    summary = model_summary(model, imgsz=imgsz, source=info.source)
+    evaluation = evaluate_model(model, data_yaml, imgsz=imgsz, batch=32)
+    return DemoResult(data_yaml, summary, evaluation, baseline_record())
