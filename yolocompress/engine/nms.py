@@ -39,8 +39,10 @@ def _rank_within_group(group: Tensor) -> Tensor:
 
 def _keep_top_per_image(image: Tensor, score: Tensor, limit: int) -> Tensor:
     """Indices, grouped by image and by descending ``score`` inside each, of at most ``limit`` per image."""
-    order = score.argsort(descending=True)
-    order = order[image[order].argsort(stable=True)]
+    # One sort on a composite key (image ascending, then score descending); exact in float64.
+    s = score.double()
+    span = float(s.max() - s.min()) + 1.0 if s.numel() else 1.0
+    order = (image.double() * span - s).argsort()
     keep = _rank_within_group(image[order]) < limit
     return order[keep]
 
@@ -75,15 +77,18 @@ def _nms_until_max_det(boxes: Tensor, scores: Tensor, group: Tensor, image: Tens
     rank = _rank_within_group(image)
     per_image = torch.bincount(image, minlength=batch)
     pending = per_image > 0
-    prefix = max(4 * max_det, 1024)
+    prefix = torch.full_like(per_image, max(2 * max_det, 512))
     kept = []
     while bool(pending.any()):
-        sel = (pending[image] & (rank < prefix)).nonzero(as_tuple=True)[0]
+        sel = (pending[image] & (rank < prefix[image])).nonzero(as_tuple=True)[0]
         keep = sel[_nms_per_group(boxes[sel], scores[sel], group[sel], iou_thres)]
-        done = (torch.bincount(image[keep], minlength=batch) >= max_det) | (per_image <= prefix)
+        survivors = torch.bincount(image[keep], minlength=batch)
+        done = (survivors >= max_det) | (per_image <= prefix)
         kept.append(keep[done[image[keep]]])
         pending &= ~done
-        prefix *= 4
+        # Widen an unresolved image by its survival rate so far (with a margin), at least doubling.
+        wanted = prefix * (1.25 * max_det / survivors.clamp(min=1))
+        prefix = torch.maximum(2 * prefix, wanted.ceil().long())
     return torch.cat(kept) if kept else image.new_zeros(0)
 
 
