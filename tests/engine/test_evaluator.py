@@ -147,8 +147,11 @@ class TinyDetector(nn.Module):
 def test_torch_predictor_returns_decoded_tensor_in_eval_mode():
     model = TinyDetector().train()
     predict = TorchPredictor(model)
+    model.conv.register_forward_pre_hook(lambda m, _: seen.append(m.training))
+    seen = []
     out = predict(torch.rand(2, 3, 32, 32))
-    assert out.shape == (2, 16, 8) and not model.training and not out.requires_grad
+    assert out.shape == (2, 16, 8) and seen == [False] and not out.requires_grad
+    assert model.training  # the caller's mode is restored
     with pytest.raises(InputError):
         TorchPredictor(model, "cpu", half=True)
 

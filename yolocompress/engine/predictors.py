@@ -29,7 +29,9 @@ class TorchPredictor:
 
     Args:
         model: a module whose eval-mode forward returns the decoded ``Tensor[B, N, 5 + nc]`` or a
-            ``(decoded, raw)`` tuple (``DetectionModel``). It is moved to ``device`` and put in eval mode.
+            ``(decoded, raw)`` tuple (``DetectionModel``). It is moved to ``device`` (and converted to
+            float16 with ``half``) in place, as val.py does; each call runs it in eval mode and restores the
+            train/eval mode it had.
         device: where to run.
         half: run in float16 (GPU only).
     """
@@ -39,14 +41,19 @@ class TorchPredictor:
         if half and self.device.type == "cpu":
             raise InputError("half precision evaluation needs a GPU device")
         self.half = half
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device)
         if half:
             self.model.half()
 
     def __call__(self, imgs: Tensor) -> Tensor:
-        with torch.inference_mode():
-            imgs = imgs.to(self.device, non_blocking=True)
-            out = self.model(imgs.half() if self.half else imgs.float())
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                imgs = imgs.to(self.device, non_blocking=True)
+                out = self.model(imgs.half() if self.half else imgs.float())
+        finally:
+            self.model.train(was_training)
         if isinstance(out, (list, tuple)):
             out = out[0]
         return out.float()
