@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yolocompress.cli.common import console, image_size, positive_int, write_json
-from yolocompress.engine.evaluator import EvalResult
 from yolocompress.errors import InputError
+from yolocompress.report.tables import eval_table
+
+if TYPE_CHECKING:  # torch is imported only when the command runs
+    from yolocompress.engine.evaluator import EvalResult
 
 
 def _fraction(text: str) -> float:
@@ -41,28 +44,11 @@ def run(model: str, data: str, imgsz: int = 640, batch: int = 32, conf: float = 
                           max_det=max_det, device=device, threads=threads, workers=workers, progress=progress)
 
 
-def _print_table(model: str, result: EvalResult) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{model} @ {result.imgsz}px")
-    for column in ("class", "images", "instances", "P", "R", "mAP50", "mAP50-95"):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    table.add_row("all", str(result.images), str(result.instances), f"{result.precision:.3f}",
-                  f"{result.recall:.3f}", f"{result.map50:.3f}", f"{result.map50_95:.3f}", style="bold")
-    for c in result.per_class:
-        table.add_row(c["name"], str(c["images"]), str(c["instances"]), f"{c['P']:.3f}", f"{c['R']:.3f}",
-                      f"{c['map50']:.3f}", f"{c['map50_95']:.3f}")
-    speed = result.speed_ms
-    table.caption = (f"per image: {speed['pre']:.1f} ms pre, {speed['inference']:.1f} ms inference, "
-                     f"{speed['nms']:.1f} ms NMS, {speed.get('metrics', 0.0):.1f} ms metrics")
-    console.print(table)
-
-
 def _main(args: argparse.Namespace) -> int:
     result = run(args.model, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
                  split=args.split, max_det=args.max_det, threads=args.threads, device=args.device,
                  workers=args.workers, progress=sys.stderr.isatty())
-    _print_table(args.model, result)
+    console.print(eval_table(args.model, result))
     report: dict[str, Any] = {"model": str(args.model), "data": str(args.data), "split": args.split,
                               **result.to_dict()}
     write_json(report, args.json)
