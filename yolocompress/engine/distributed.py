@@ -69,8 +69,11 @@ def resolve_device(device: str, ctx: DistContext) -> torch.device:
     return dev
 
 
-def init_process_group(ctx: DistContext, device: torch.device, timeout_s: float = 1800) -> bool:
-    """Join the process group if this is a distributed run not yet initialised; returns whether it did."""
+def init_process_group(ctx: DistContext, device: torch.device, timeout_s: float = 3 * 3600) -> bool:
+    """Join the process group if this is a distributed run not yet initialised; returns whether it did.
+
+    The timeout is long because the other ranks wait while rank 0 alone validates a whole data set.
+    """
     if not ctx.distributed or dist.is_initialized():
         return False
     backend = "nccl" if device.type == "cuda" else "gloo"

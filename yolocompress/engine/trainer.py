@@ -68,6 +68,8 @@ class TrainConfig:
         val: evaluate after every epoch (otherwise ``best.pt`` is the last EMA model).
         cache: keep decoded, resized images in RAM.
         progress: show a progress bar and per-epoch metrics on stderr (rank 0).
+        nominal_batch: gradients are accumulated to this many images per optimizer step (YOLOv5: 64) and
+            weight decay scaled to match; set it to ``batch`` to step after every batch.
     """
 
     epochs: int = 100
@@ -86,9 +88,10 @@ class TrainConfig:
     val: bool = True
     cache: bool = False
     progress: bool = False
+    nominal_batch: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "imgsz", "batch"):
+        for name in ("epochs", "imgsz", "batch", "nominal_batch"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("workers", "close_mosaic", "patience"):
@@ -203,7 +206,7 @@ class Trainer:
 
     Attributes for callbacks: ``model`` (the bare model being trained), ``train_model`` (the same or its
     DDP wrapper), ``ema`` (``ModelEMA``, rank 0 only, else ``None``), ``optimizer``, ``epoch``, ``step``
-    (optimizer micro-steps so far), ``config``, ``hyp``, ``device``, ``ctx`` (``DistContext``).
+    (batches trained so far), ``config``, ``hyp``, ``device``, ``ctx`` (``DistContext``).
     """
 
     def __init__(self, model: nn.Module, data_cfg: Any, config: TrainConfig, hyp: Hyp | None = None,
@@ -235,6 +238,8 @@ class Trainer:
         self.best_epoch = -1
         self._best_state: dict[str, torch.Tensor] | None = None
         self._last_opt_step = -1
+        self._owns_process_group = False
+        self._stopped = False
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -254,14 +259,15 @@ class Trainer:
         self.nc = int(unwrap(self.model).nc)
         if int(self.data_cfg.nc) != self.nc:
             raise InputError(f"the model has {self.nc} classes but the data set {self.data_cfg.nc}")
-        self.optimizer = build_optimizer(self.model, self.hyp, batch=cfg.batch)
+        self.optimizer = build_optimizer(self.model, self.hyp, batch=cfg.batch, nominal_batch=cfg.nominal_batch)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.ema = ModelEMA(self.model) if self.ctx.is_main else None
         self.loss_fn = DetectionLoss(self.model, self.hyp, imgsz=cfg.imgsz).to(self.device)
         self.train_loader = self._build_train_loader(stride)
         self.val_loader = self._build_val_loader(stride) if (self.ctx.is_main and cfg.val) else None
-        self.schedule = Schedule(self.hyp, cfg.epochs, len(self.train_loader), batch=cfg.batch, cosine=cfg.cos_lr)
+        self.schedule = Schedule(self.hyp, cfg.epochs, len(self.train_loader), batch=cfg.batch, cosine=cfg.cos_lr,
+                                 nominal_batch=cfg.nominal_batch)
         self.start_epoch = 0
         if cfg.resume:
             self._restore(load_checkpoint(cfg.resume))
@@ -301,9 +307,10 @@ class Trainer:
         for name, grad in ckpt.get("pending_grads", {}).items():
             params[name].grad = grad.to(self.device)
         self.start_epoch = int(ckpt["epoch"]) + 1
-        if self.start_epoch >= self.config.epochs:
-            raise InputError(f"{self.config.resume} already finished epoch {ckpt['epoch'] + 1} of "
-                             f"{self.config.epochs}: nothing to resume")
+        if self.start_epoch >= self.config.epochs or ckpt.get("stopped_early"):
+            how = "stopped early" if ckpt.get("stopped_early") else "finished"
+            raise InputError(f"{self.config.resume}: that run {how} after epoch {ckpt['epoch'] + 1} of "
+                             f"{self.config.epochs}; nothing to resume")
         self._last_opt_step = int(ckpt["last_opt_step"])
         self.step = int(ckpt["step"])
         self.best_fitness = float(ckpt["best_fitness"])
@@ -344,6 +351,7 @@ class Trainer:
             "hyp": self.hyp.to_dict(),
             "data": _plain(self.data_cfg),
             "wrapped": self.wrap_model is not None,
+            "stopped_early": self._stopped,
             "history": self.history,
         }
 
@@ -362,17 +370,17 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
         """Run (or continue) training; returns where the weights went and the best EMA model."""
-        self._setup()
         cfg = self.config
-        main = self.ctx.is_main
-        if main:
-            self.weights_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json({"train": cfg.to_dict(), "hyp": self.hyp.to_dict(), "data": _plain(self.data_cfg)},
-                              self.out_dir / "config.json")
-        layers = feature_layers(self.extra_losses)
-        capture = FeatureCapture(self.model, layers) if layers else None
+        capture = None
         stopped_early = False
         try:
+            self._setup()
+            if self.ctx.is_main:
+                self.weights_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_json({"train": cfg.to_dict(), "hyp": self.hyp.to_dict(), "data": _plain(self.data_cfg)},
+                                  self.out_dir / "config.json")
+            layers = feature_layers(self.extra_losses)
+            capture = FeatureCapture(self.model, layers) if layers else None
             self.callbacks.on_train_start(self)
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.epoch = epoch
@@ -486,6 +494,7 @@ class Trainer:
                 self._best_state = {k: v.detach().cpu().clone() for k, v in self.ema.ema.state_dict().items()}
                 self._save_best(metrics)
             stop = cfg.patience > 0 and epoch - self.best_epoch >= cfg.patience
+            self._stopped = stop
             if cfg.progress:
                 from tqdm import tqdm
 
