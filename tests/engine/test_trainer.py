@@ -277,3 +277,67 @@ def test_config_validation(data_cfg, tmp_path):
         Trainer(tiny_model(nc=data_cfg.nc + 1), data_cfg, train_config(tmp_path, epochs=1)).train()
     with pytest.raises(InputError, match="stride"):
         Trainer(tiny_model(nc=data_cfg.nc), data_cfg, train_config(tmp_path, epochs=1, imgsz=48)).train()
+
+
+# ---------------------------------------------------------------- command line
+def test_cli_train_config_and_checkpoint(data_cfg, tmp_path):
+    import yaml
+
+    from yolocompress.cli import main
+    from yolocompress.io.checkpoint import load_model, save_model
+
+    cfg = load_config("yolov5n")
+    cfg["width_multiple"] = 0.0625
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    data_yaml = str(data_cfg.yaml_path)
+    common = ["--data", data_yaml, "--epochs", "1", "--imgsz", "64", "--batch", "4", "--workers", "0"]
+    out = tmp_path / "from_cfg"
+    assert main(["train", str(cfg_path), *common, "--out", str(out)]) == 0
+    trained = load_model(out / "weights" / "best.pt")
+    assert trained.nc == data_cfg.nc and trained.names == data_cfg.names
+    assert main(["train", str(cfg_path), *common, "--out", str(out)]) == 2  # would overwrite the run
+    assert main(["train", str(cfg_path), *common, "--out", str(out), "--exist-ok"]) == 0
+
+    # a checkpoint with another class count gets a new head; everything else is transferred
+    seed_everything(1)
+    source = tiny_model(nc=2)
+    save_model(source, tmp_path / "two_classes.pt", imgsz=64)
+    out = tmp_path / "from_pt"
+    assert main(["train", str(tmp_path / "two_classes.pt"), *common, "--out", str(out), "--epochs", "1"]) == 0
+    last = torch.load(out / "weights" / "last.pt", weights_only=True)
+    assert last["ema"]["config"]["nc"] == data_cfg.nc
+
+    assert main(["train", str(cfg_path), "--data", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "x")]) == 2
+    bad_hyp = tmp_path / "hyp.yaml"
+    bad_hyp.write_text("lr0: 0.01\nlr_zero: 0.02\n")
+    assert main(["train", str(cfg_path), *common, "--out", str(tmp_path / "y"), "--hyp", str(bad_hyp)]) == 2
+
+
+def test_transfer_keeps_backbone_weights(data_cfg):
+    from yolocompress.cli.train import _transfer
+    from yolocompress.io.checkpoint import model_to_dict
+    from yolocompress.models import DetectionModel
+
+    seed_everything(2)
+    source = tiny_model(nc=2)
+    ours = DetectionModel(model_to_dict(source)["config"])  # a resolved config, as loaded from our format
+    ours.load_state_dict(source.state_dict())
+    for src in (source, ours):
+        moved = _transfer(src, nc=5)
+        assert moved.nc == 5
+        torch.testing.assert_close(moved.model[0].conv.weight, source.model[0].conv.weight)
+        assert moved.model[-1].m[0].weight.shape[0] == 3 * (5 + 5)
+
+
+def test_cli_fine_tunes_ultralytics_checkpoint(data_cfg, tmp_path, ultra_dir):
+    from yolocompress.cli import main
+    from yolocompress.io.checkpoint import load_model
+
+    out = tmp_path / "ultra"
+    args = ["train", str(ultra_dir / "yolov5n-shapes-e12.pt"), "--data", str(data_cfg.yaml_path), "--epochs", "1",
+            "--imgsz", "64", "--batch", "8", "--workers", "0", "--out", str(out), "--noval"]
+    assert main(args) == 0
+    model = load_model(out / "weights" / "best.pt")
+    assert model.nc == data_cfg.nc  # 3 classes re-headed to the data set's
+    assert sum(p.numel() for p in model.parameters()) > 1_000_000

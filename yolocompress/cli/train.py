@@ -42,16 +42,28 @@ def _load_hyp(path: str | None):
 
 
 def _transfer(source, nc: int):
-    """A model like ``source`` with an ``nc``-class head; every weight whose shape still fits is copied."""
+    """A model like ``source`` with an ``nc``-class head; every weight outside the head is copied.
+
+    A resolved config (our format) cannot change its class count; its ``source`` (the config it was built
+    from) is used instead, which is only right when the model was not pruned: checked below.
+    """
     from yolocompress.models import DetectionModel
 
+    config = source.yaml
+    if "layers" in config and isinstance(config.get("source"), dict):
+        config = config["source"]
     try:
-        model = DetectionModel(source.yaml, nc=nc)
+        model = DetectionModel(config, nc=nc)
     except InputError as exc:
         raise InputError(f"the model has {source.nc} classes and the data set {nc}, and its head cannot be "
                          f"replaced ({exc})") from exc
     target = model.state_dict()
+    head = f"model.{len(model.model) - 1}."
     fitting = {k: v for k, v in source.state_dict().items() if k in target and v.shape == target[k].shape}
+    lost = [k for k in target if not k.startswith(head) and k not in fitting]
+    if lost:
+        raise InputError(f"the model has {source.nc} classes and the data set {nc}; a new head was built, but "
+                         f"{len(lost)} weights outside it do not fit (a pruned or modified model?), e.g. {lost[0]}")
     model.load_state_dict(fitting, strict=False)
     return model
 
