@@ -162,5 +162,12 @@ def test_hyp_validation():
     with pytest.raises(InputError, match="unknown hyp"):
         Hyp.from_dict({"lr0": 0.01, "lr_0": 0.02})
     assert Hyp.from_dict({"lr0": 0.02, "anchors": 3}).lr0 == 0.02
+    # a whole YOLOv5 hyp file: augmentation keys go to the data package's settings; round trip
+    flat = {**Hyp().to_dict(), "mosaic": 0.5, "copy_paste": 0.0, "lr0": 0.02}
+    hyp = Hyp.from_dict(flat)
+    assert hyp.augment.mosaic == 0.5 and hyp.lr0 == 0.02
+    assert Hyp.from_dict(hyp.to_dict()) == hyp
+    with pytest.raises(InputError):
+        Hyp.from_dict({"fliplr": 2.0})
     with pytest.raises(InputError):
         Hyp(box="0.05")  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from yolocompress.data.augment import AugmentConfig
 from yolocompress.engine.callbacks import Callback, FeatureCapture
 from yolocompress.engine.ema import ModelEMA
 from yolocompress.engine.loss import DetectionLoss, Hyp
@@ -181,7 +182,8 @@ def test_short_run_lowers_loss(data_cfg, tmp_path):
     seed_everything(0)
     model = tiny_model(nc=data_cfg.nc)
     # no augmentation, no warm-up and a step after every batch: 100 steps fitting 8 fixed images
-    hyp = Hyp(warmup_epochs=0, lr0=0.05, hsv_h=0, hsv_s=0, hsv_v=0, translate=0, scale=0, fliplr=0, mosaic=0)
+    hyp = Hyp(warmup_epochs=0, lr0=0.05, augment=AugmentConfig(hsv_h=0, hsv_s=0, hsv_v=0, translate=0, scale=0,
+                                                             fliplr=0, mosaic=0))
     loss_fn = DetectionLoss(model, hyp, imgsz=64)
 
     def train_set_loss(net: nn.Module) -> torch.Tensor:

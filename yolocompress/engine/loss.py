@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from yolocompress.data.augment import AugmentConfig
 from yolocompress.errors import InputError
 
 # Objectness weight of each output level, finest first (YOLOv5: P3-P5, or P3-P7 for more levels).
@@ -30,8 +31,8 @@ class Hyp:
     """Training hyperparameters; defaults are YOLOv5's ``hyp.scratch-low.yaml``.
 
     Loss gains (``box``, ``cls``, ``obj``) are the values for 3 output levels, 80 classes and 640 px;
-    ``DetectionLoss`` rescales them as YOLOv5's ``train.py`` does. The augmentation fields are carried
-    for the data package so that one YOLOv5 hyp file configures a whole run.
+    ``DetectionLoss`` rescales them as YOLOv5's ``train.py`` does. ``augment`` holds the data package's
+    augmentation settings, so that one flat YOLOv5 hyp file (``from_dict``) configures a whole run.
     """
 
     lr0: float = 0.01  # initial learning rate (SGD)
@@ -50,28 +51,18 @@ class Hyp:
     anchor_t: float = 4.0  # max width/height ratio between a target and an anchor it is matched to
     fl_gamma: float = 0.0  # focal loss gamma (0: plain BCE)
     label_smoothing: float = 0.0
-    hsv_h: float = 0.015
-    hsv_s: float = 0.7
-    hsv_v: float = 0.4
-    degrees: float = 0.0
-    translate: float = 0.1
-    scale: float = 0.5
-    shear: float = 0.0
-    perspective: float = 0.0
-    flipud: float = 0.0
-    fliplr: float = 0.5
-    mosaic: float = 1.0
-    mixup: float = 0.0
-    copy_paste: float = 0.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+        if not isinstance(self.augment, AugmentConfig):
+            raise InputError(f"hyp augment must be an AugmentConfig, got {type(self.augment).__name__}")
+        for f in _number_fields():
+            value = getattr(self, f)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InputError(f"hyp {f.name} must be a finite number, got {value!r}")
+                raise InputError(f"hyp {f} must be a finite number, got {value!r}")
             if value < 0:
-                raise InputError(f"hyp {f.name} must be >= 0, got {value}")
-            object.__setattr__(self, f.name, float(value))
+                raise InputError(f"hyp {f} must be >= 0, got {value}")
+            object.__setattr__(self, f, float(value))
         if self.lr0 <= 0:
             raise InputError(f"hyp lr0 must be > 0, got {self.lr0}")
         if not 0 < self.lrf <= 1:
@@ -83,25 +74,29 @@ class Hyp:
             raise InputError(f"hyp anchor_t must be > 1, got {self.anchor_t}")
         if self.label_smoothing >= 1:
             raise InputError(f"hyp label_smoothing must be < 1, got {self.label_smoothing}")
-        for name in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup", "copy_paste"):
-            if getattr(self, name) > 1:
-                raise InputError(f"hyp {name} must be in [0, 1], got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Hyp":
-        """Build from a mapping (a parsed hyp YAML); unknown keys are an error (they catch typos).
+        """Build from a flat mapping (a parsed YOLOv5 hyp YAML); unknown keys are an error (they catch typos).
 
-        YOLOv5's optional ``anchors`` key (anchors per output, used by autoanchor) is accepted and ignored.
+        Augmentation keys go to ``augment``; YOLOv5's ``copy_paste`` (ignored by the data package unless 0)
+        and optional ``anchors`` (used by autoanchor) are accepted.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in values.items() if k != "anchors"}
-        unknown = sorted(set(values) - known)
+        aug_names = {f.name for f in dataclasses.fields(AugmentConfig)} | {"copy_paste"}
+        own = {k: v for k, v in values.items() if k not in aug_names and k != "anchors"}
+        unknown = sorted(set(own) - set(_number_fields()))
         if unknown:
             raise InputError(f"unknown hyp key(s): {', '.join(unknown)}")
-        return cls(**values)
+        augment = AugmentConfig.from_hyp({k: v for k, v in values.items() if k in aug_names})
+        return cls(**own, augment=augment)
 
     def to_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
+        """The flat YOLOv5-style mapping (``from_dict`` reads it back)."""
+        return {**{f: getattr(self, f) for f in _number_fields()}, **dataclasses.asdict(self.augment)}
+
+
+def _number_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(Hyp) if f.name != "augment"]
 
 
 def bbox_ciou(box1: Tensor, box2: Tensor, eps: float = 1e-7) -> Tensor:

@@ -281,7 +281,7 @@ class Trainer:
 
         cfg = self.config
         return build_train_loader(
-            self.data_cfg, imgsz=cfg.imgsz, batch=cfg.batch, stride=stride, hyp=self.hyp, seed=cfg.seed,
+            self.data_cfg, imgsz=cfg.imgsz, batch=cfg.batch, stride=stride, hyp=self.hyp.augment, seed=cfg.seed,
             workers=cfg.workers, rank=self.ctx.rank, world_size=self.ctx.world_size, cache=cfg.cache,
         )
 
@@ -405,7 +405,7 @@ class Trainer:
         self.train_model.train()
         loader = self.train_loader
         loader.set_epoch(epoch)
-        loader.mosaic = self.hyp.mosaic > 0 and epoch < cfg.epochs - cfg.close_mosaic
+        loader.mosaic = self.hyp.augment.mosaic > 0 and epoch < cfg.epochs - cfg.close_mosaic
         self.schedule.start_epoch(self.optimizer, epoch)
         self.callbacks.on_epoch_start(self, epoch)
         nb = len(loader)
