@@ -83,6 +83,14 @@ def test_scan_report_counts_and_skips(make_dataset, caplog):
     assert "9 images" in r.summary()
 
 
+def test_label_file_with_bom_and_crlf(make_dataset):
+    data_yaml = make_dataset({"a.jpg": (16, 16)}, {})
+    (data_yaml.parent / "labels").mkdir()
+    (data_yaml.parent / "labels" / "a.txt").write_bytes(b"\xef\xbb\xbf1 0.5 0.5 0.1 0.1\r\n0 0.2 0.2 0.1 0.1\r\n")
+    index = scan_split(load_data_config(data_yaml), "val", cache=False)
+    assert index.report.ok == 1 and index.labels[0][:, 0].tolist() == [1, 0]
+
+
 def test_all_bad_raises_input_error(make_dataset):
     data_yaml = make_dataset({"a.jpg": (16, 16), "b.jpg": (16, 16)}, {"a": "5 0.5 0.5 0.1 0.1", "b": "0 2 2 2 2"})
     with pytest.raises(InputError, match="no usable images in the val split"):

@@ -59,7 +59,8 @@ class _ImageDataset(Dataset):
     def cache_images(self, workers: int = 0) -> int:
         """Decode and resize every image once into RAM (``workers`` processes help); returns bytes held."""
         loader = DataLoader(_Resized(self), batch_size=None, num_workers=workers, collate_fn=_identity)
-        self._ram = list(loader)
+        # clone: a tensor received from a worker pins a shared-memory file descriptor until it is freed
+        self._ram = [t.clone() if workers else t for t in loader]
         return sum(t.numel() for t in self._ram)
 
 

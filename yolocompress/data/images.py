@@ -21,7 +21,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
@@ -140,7 +139,9 @@ def resize_area(img: Tensor, size: tuple[int, int]) -> Tensor:
     """Shrink ``uint8 Tensor[3, H, W]`` to ``size=(h, w)`` as ``cv2.resize(..., INTER_AREA)`` does.
 
     Each output pixel is the mean of the input area it covers, partial pixels weighted by their
-    covered fraction (OpenCV's weight table, including its 1e-3 cut-off). Separable: rows, then columns.
+    covered fraction (OpenCV's weight table, including its 1e-3 cut-off); separable, rows then columns.
+    Computed with numpy on the channels-last view: single-threaded, so it does not stall like torch's
+    intra-op threads do on a busy machine (measured 30 ms vs 270 ms for 1000x750 -> 640x480 under load).
     """
     h0, w0 = img.shape[-2:]
     h, w = size
@@ -148,34 +149,35 @@ def resize_area(img: Tensor, size: tuple[int, int]) -> Tensor:
         raise ValueError(f"resize_area only shrinks: {(h0, w0)} -> {size}")
     if (h, w) == (h0, w0):
         return img
+    x = img.permute(1, 2, 0).numpy()
     if h0 % h == 0 and w0 % w == 0:
-        # OpenCV's integer-factor fast path: exact integer block sums, then (sum + 2) >> 2 for 2x2
-        # blocks and round-half-even(sum * float32(1 / area)) otherwise.
+        # OpenCV's integer-factor fast path: exact block sums, then (sum + 2) >> 2 for 2x2 blocks and
+        # round-half-even(sum * float32(1 / area)) otherwise
         fy, fx = h0 // h, w0 // w
-        total = F.avg_pool2d(img[None].float(), (fy, fx), divisor_override=1)[0]
+        total = x.astype(np.int32).reshape(h, fy, w, fx, -1).sum(axis=(1, 3))
         if (fy, fx) == (2, 2):
-            return torch.div(total + 2, 4, rounding_mode="floor").to(torch.uint8)
-        scale = torch.tensor(1.0 / (fy * fx), dtype=torch.float32)
-        return (total * scale).round_().clamp_(0, 255).to(torch.uint8)
-    x = img.float()
-    x = _weighted_taps(x, 1, *_area_taps(h0, h))
-    x = _weighted_taps(x.transpose(1, 2).contiguous(), 1, *_area_taps(w0, w)).transpose(1, 2)
-    return x.round_().clamp_(0, 255).to(torch.uint8)
+            out = (total + 2) >> 2
+        else:
+            out = np.rint(total.astype(np.float32) * np.float32(1.0 / (fy * fx)))
+    else:
+        rows = _weighted_taps(x.astype(np.float32), 0, *_area_taps(h0, h))
+        out = np.rint(_weighted_taps(rows, 1, *_area_taps(w0, w)))
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    return torch.from_numpy(out).permute(2, 0, 1)
 
 
-def _weighted_taps(x: Tensor, dim: int, index: Tensor, weight: Tensor) -> Tensor:
-    """``out[..., i, ...] = sum_k weight[i, k] * x[..., index[i, k], ...]`` along ``dim``."""
-    view = [1] * x.dim()
-    view[dim] = -1
-    out = x.index_select(dim, index[:, 0]) * weight[:, 0].view(view)
+def _weighted_taps(x: np.ndarray, axis: int, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``out[i] = sum_k weight[i, k] * x[index[i, k]]`` along ``axis`` (0 or 1) of ``x [H, W, C]``."""
+    shape = (-1, 1, 1) if axis == 0 else (1, -1, 1)
+    out = np.take(x, index[:, 0], axis=axis) * weight[:, 0].reshape(shape)
     for k in range(1, index.shape[1]):
-        out.add_(x.index_select(dim, index[:, k]) * weight[:, k].view(view))
+        out += np.take(x, index[:, k], axis=axis) * weight[:, k].reshape(shape)
     return out
 
 
 @functools.lru_cache(maxsize=256)
-def _area_taps(n_in: int, n_out: int) -> tuple[Tensor, Tensor]:
-    """OpenCV's INTER_AREA weight table for one axis: ``index, weight (Tensor[n_out, K])``."""
+def _area_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's INTER_AREA weight table for one axis: ``index, weight (ndarray[n_out, K])``."""
     scale = n_in / n_out
     rows = []
     for d in range(n_out):
@@ -191,11 +193,12 @@ def _area_taps(n_in: int, n_out: int) -> tuple[Tensor, Tensor]:
             taps.append((s2, min(f2 - s2, 1.0, cell) / cell))
         rows.append(taps)
     k = max(len(t) for t in rows)
-    index = torch.zeros(n_out, k, dtype=torch.long)
-    weight = torch.zeros(n_out, k, dtype=torch.float32)
+    index = np.zeros((n_out, k), dtype=np.int64)
+    weight = np.zeros((n_out, k), dtype=np.float32)
     for d, taps in enumerate(rows):
         for j, (s, wt) in enumerate(taps):
             index[d, j], weight[d, j] = s, wt
+    index.flags.writeable = weight.flags.writeable = False  # shared through the lru_cache
     return index, weight
 
 

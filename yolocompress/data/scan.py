@@ -148,7 +148,7 @@ def check_image(image: str | Path, nc: int) -> tuple[int, np.ndarray | None, tup
     if not label_file.is_file():
         return MISSING, np.zeros((0, 5), np.float32), hw, 0, note
     try:
-        labels, dup = parse_label_text(label_file.read_text(encoding="utf-8"), nc)
+        labels, dup = parse_label_text(label_file.read_text(encoding="utf-8-sig"), nc)
     except (OSError, UnicodeDecodeError) as exc:
         return BAD_LABELS, None, None, 0, f"cannot read label file {label_file}: {exc}"
     except LabelError as exc:
