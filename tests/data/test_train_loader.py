@@ -111,6 +111,19 @@ def test_bad_arguments(data_yaml, kw, message):
         build_train_loader(data_yaml, imgsz=64, label_cache=False, **{"batch": 4, **kw})
 
 
+def test_augment_config_from_hyp_forms(caplog):
+    cfg = AugmentConfig(degrees=3)
+
+    class Nested:  # engine.loss.Hyp holds an AugmentConfig
+        augment = cfg
+
+    assert AugmentConfig.from_hyp(cfg) is cfg and AugmentConfig.from_hyp(Nested()) is cfg
+    flat = AugmentConfig.from_hyp({"lr0": 0.01, "hsv_h": 0.02, "mosaic": 0.5, "copy_paste": 0.1})
+    assert flat == AugmentConfig(hsv_h=0.02, mosaic=0.5) and "copy_paste" in caplog.text
+    with pytest.raises(InputError, match="no augmentation fields"):
+        AugmentConfig.from_hyp(object())
+
+
 @pytest.mark.parametrize("kw, message", [({"scale": 1.0}, "scale must be < 1"), ({"fliplr": 1.5}, "fliplr"),
                                          ({"degrees": -1}, "degrees"), ({"mosaic": "yes"}, "mosaic")])
 def test_bad_augment_config(kw, message):

@@ -65,15 +65,23 @@ class AugmentConfig:
 
     @classmethod
     def from_hyp(cls, hyp: Any) -> "AugmentConfig":
-        """Pick the augmentation fields from a hyp object (e.g. ``engine.loss.Hyp``) or mapping.
+        """Pick the augmentation fields from a flat hyp mapping (a YOLOv5 hyp YAML) or object; an object
+        with an ``augment`` attribute holding an AugmentConfig (``engine.loss.Hyp``) gives that.
 
-        Other keys (learning rate, loss gains) are ignored; ``copy_paste`` needs segment labels and is
-        not supported (a non-zero value is logged and ignored).
+        Missing fields keep their defaults, other keys (learning rate, loss gains) are ignored;
+        ``copy_paste`` needs segment labels and is not supported (a non-zero value is logged and ignored).
+        An object with none of the fields is an InputError (it is not a hyp).
         """
+        if isinstance(hyp, cls):
+            return hyp
+        if isinstance(getattr(hyp, "augment", None), cls):
+            return hyp.augment
         get = hyp.get if isinstance(hyp, Mapping) else (lambda k, d=None: getattr(hyp, k, d))
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(hyp, Mapping) and all(get(k) is None for k in names):
+            raise InputError(f"{type(hyp).__name__} has no augmentation fields ({', '.join(names[:3])}, ...)")
         if get("copy_paste", 0):
             logger.warning("hyp copy_paste=%s ignored: copy-paste needs segment labels", get("copy_paste"))
-        names = [f.name for f in dataclasses.fields(cls)]
         return cls(**{k: get(k) for k in names if get(k) is not None})
 
 

@@ -141,8 +141,7 @@ class TrainDataset(_ImageDataset):
         super().__init__(index, imgsz)
         if seed < 0:
             raise InputError(f"seed must be >= 0, got {seed}")
-        self.hyp = hyp if isinstance(hyp, AugmentConfig) else (
-            AugmentConfig() if hyp is None else AugmentConfig.from_hyp(hyp))
+        self.hyp = AugmentConfig() if hyp is None else AugmentConfig.from_hyp(hyp)
         self.seed = int(seed)
         self.epoch = 0
         self.mosaic = self.hyp.mosaic > 0
