@@ -321,6 +321,7 @@ class Trainer:
 
             if self.wrap_model is None:
                 self._best_state = {k: v.cpu() for k, v in load_model(self.best_path).state_dict().items()}
+        LOGGER.info("resuming %s at epoch %d of %d", self.config.resume, self.start_epoch + 1, self.config.epochs)
         states = ckpt["rng"]
         if len(states) == self.ctx.world_size:
             set_rng_state(states[self.ctx.rank])
@@ -495,6 +496,9 @@ class Trainer:
                 self._save_best(metrics)
             stop = cfg.patience > 0 and epoch - self.best_epoch >= cfg.patience
             self._stopped = stop
+            if stop:
+                LOGGER.info("stopping early: no better fitness for %d epochs (best %.4g at epoch %d)",
+                            cfg.patience, self.best_fitness, self.best_epoch + 1)
             if cfg.progress:
                 from tqdm import tqdm
 
