@@ -173,7 +173,7 @@ class FeatureNorm:
         self.shapes.append(tuple(features[17].shape))
         assert len(student_outputs) == 3 and batch.imgs.dtype == torch.float32
         value = features[17].pow(2).mean() * 1e-3
-        return value, {"feat": float(value)}
+        return value, {"feat": value.item()}
 
 
 def test_short_run_lowers_loss(data_cfg, tmp_path):

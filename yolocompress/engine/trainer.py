@@ -433,6 +433,7 @@ class Trainer:
                 extra_loss, extra_items = term(batch, preds, capture.features if capture else {})
                 loss = loss + extra_loss.float() * batch.imgs.shape[0]
                 for key, value in extra_items.items():
+                    value = value.detach() if isinstance(value, torch.Tensor) else value
                     extra_sums[key] = extra_sums.get(key, 0.0) + float(value)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {i}: {items.tolist()}")
