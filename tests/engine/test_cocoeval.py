@@ -69,7 +69,8 @@ def _scene(seed: int, n_images: int = 40, separated: bool = True):
         for c in rng.permutation(free)[: int(rng.integers(0, 4))]:  # background false positives
             cx, cy = (c % GRID + 0.5) * CELL, (c // GRID + 0.5) * CELL
             w, h = rng.uniform(16, 44, 2)
-            dets.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, rng.beta(1, 4), int(rng.integers(0, NC))))
+            score, cls = rng.beta(1, 4), int(rng.integers(0, NC))
+            dets.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, score, cls))
         gt = torch.tensor(gts, dtype=torch.float64).reshape(-1, 5)
         dt = torch.tensor(dets, dtype=torch.float64).reshape(-1, 6)
         dt = dt[dt[:, 4].argsort(descending=True)]
@@ -98,7 +99,8 @@ def _coco(images):
                                            "category_id": int(c), "bbox": [x1, y1, x2 - x1, y2 - y1],
                                            "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
         for x1, y1, x2, y2, s, c in dt.tolist():
-            dt_json.append({"image_id": i, "category_id": int(c), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
+            dt_json.append({"image_id": i, "category_id": int(c), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": s})
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt_json

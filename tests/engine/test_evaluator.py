@@ -30,7 +30,7 @@ class Replay:
 
 
 def decoded(boxes_per_image, nc=3, n=8):
-    """Decoded head output ``[B, n, 5 + nc]`` holding the given (x1, y1, x2, y2, conf, cls) boxes (input px)."""
+    """Decoded head output ``[B, n, 5 + nc]`` holding the given (x1, y1, x2, y2, conf, cls) boxes, input px."""
     out = torch.zeros(len(boxes_per_image), n, 5 + nc)
     for b, boxes in enumerate(boxes_per_image):
         for k, (x1, y1, x2, y2, conf, cls) in enumerate(boxes):
@@ -119,8 +119,8 @@ def test_many_batches_and_result_dict():
     r = run(batches, outputs, progress=False)
     assert isinstance(r, EvalResult) and r.images == 12
     d = json.loads(json.dumps(r.to_dict()))
-    for key in ("map50", "map50_95", "precision", "recall", "per_class", "imgsz", "images", "speed_ms", "fitness"):
-        assert key in d
+    keys = ("map50", "map50_95", "precision", "recall", "per_class", "imgsz", "images", "speed_ms", "fitness")
+    assert set(keys) <= set(d)
     assert set(d["speed_ms"]) >= {"pre", "inference", "nms"}
     assert d["fitness"] == pytest.approx(0.1 * r.map50 + 0.9 * r.map50_95)
 
@@ -198,7 +198,8 @@ DATA = FIXTURES / "shapes-val" / "data.yaml"
 
 @pytest.fixture(scope="module")
 def reference():
-    return json.loads((FIXTURES / "reference.json").read_text())["yolov5n-shapes-e12.pt"]["ultralytics_val_on_shapes-val"]
+    entry = json.loads((FIXTURES / "reference.json").read_text())["yolov5n-shapes-e12.pt"]
+    return entry["ultralytics_val_on_shapes-val"]
 
 
 @pytest.mark.slow
@@ -209,7 +210,8 @@ def test_parity_with_ultralytics_val(reference):
     R 0.27750 (0.2775). The small remainder comes from image decoding (val.py used OpenCV).
     """
     r = evaluate_model(CHECKPOINT, DATA, imgsz=reference["imgsz"], batch=reference["batch_size"],
-                       conf_thres=reference["conf_thres"], iou_thres=reference["iou_thres"], label_cache=False)
+                       conf_thres=reference["conf_thres"], iou_thres=reference["iou_thres"],
+                       label_cache=False)
     assert r.images == 128
     assert abs(r.map50 - reference["mAP50"]) <= 0.003
     assert abs(r.map50_95 - reference["mAP50_95"]) <= 0.003
@@ -228,7 +230,8 @@ def test_onnx_eval_agrees_with_pytorch(tmp_path):
 
     model = load_model(CHECKPOINT)
     path = export_onnx(model, tmp_path / "m.onnx", imgsz=256, batch=1)
-    onnx_result = evaluate_model(path, DATA, imgsz=640, batch=32, label_cache=False)  # size taken from the file
+    # imgsz 640 is overridden by the file's fixed 256
+    onnx_result = evaluate_model(path, DATA, imgsz=640, batch=32, label_cache=False)
     assert onnx_result.imgsz == 256
     loader = build_eval_loader(DATA, "val", imgsz=256, batch=32, stride=32, rect=False, label_cache=False)
     torch_result = evaluate(TorchPredictor(model), loader, model.nc, model.names)
@@ -244,7 +247,8 @@ def test_cli_eval_prints_table_and_writes_json(tmp_path, capsys):
 
     data = shutil.copytree(DATA.parent, tmp_path / "shapes-val") / "data.yaml"  # the label cache goes there
     out = tmp_path / "metrics.json"
-    code = main(["eval", str(CHECKPOINT), "--data", str(data), "--imgsz", "256", "--batch", "64", "--json", str(out)])
+    code = main(["eval", str(CHECKPOINT), "--data", str(data), "--imgsz", "256", "--batch", "64",
+                 "--json", str(out)])
     assert code == 0
     assert "rectangle" in capsys.readouterr().out
     report = json.loads(out.read_text())

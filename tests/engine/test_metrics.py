@@ -41,8 +41,8 @@ def _random_scene(seed, n_labels=8, n_dets=40, nc=3):
     jitter = torch.randn(n_dets, 4, generator=g) * 6
     boxes = labels[src, 1:] + jitter
     boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)
-    cls = torch.where(torch.rand(n_dets, generator=g) < 0.8, labels[src, 0], torch.randint(0, nc, (n_dets,),
-                                                                                                generator=g).float())
+    other = torch.randint(0, nc, (n_dets,), generator=g).float()
+    cls = torch.where(torch.rand(n_dets, generator=g) < 0.8, labels[src, 0], other)
     conf = torch.rand(n_dets, generator=g).sort(descending=True).values
     return torch.cat((boxes, conf[:, None], cls[:, None]), 1), labels
 
@@ -50,7 +50,8 @@ def _random_scene(seed, n_labels=8, n_dets=40, nc=3):
 @pytest.mark.parametrize("seed", range(12))
 def test_matching_equals_brute_force(seed):
     dets, labels = _random_scene(seed)
-    assert torch.equal(match_predictions(dets, labels, IOU_THRESHOLDS), brute_force_match(dets, labels, IOU_THRESHOLDS))
+    want = brute_force_match(dets, labels, IOU_THRESHOLDS)
+    assert torch.equal(match_predictions(dets, labels, IOU_THRESHOLDS), want)
 
 
 def test_matching_label_goes_to_first_detection_not_best_iou():
@@ -87,8 +88,9 @@ def test_compute_ap_envelope_and_101_point_trapezoid():
     assert compute_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == pytest.approx(
         compute_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 2 / 3, 2 / 3])))
     # Between curve points the envelope is interpolated linearly (not a step as in pycocotools).
+    x = np.linspace(0, 1, 101)
     assert compute_ap(np.array([0.5, 1.0]), np.array([1.0, 0.5])) == pytest.approx(
-        np.trapezoid(np.interp(np.linspace(0, 1, 101), [0, 0.5, 1, 1], [1, 1, 0.5, 0]), np.linspace(0, 1, 101)))
+        np.trapezoid(np.interp(x, [0, 0.5, 1, 1], [1, 1, 0.5, 0]), x))
 
 
 def test_ap_per_class_perfect_predictions():
@@ -102,9 +104,10 @@ def test_ap_per_class_perfect_predictions():
 
 def test_ap_per_class_fp_ranked_above_and_below():
     tp_col = np.array([False, True, True])
-    above = ap_per_class(np.repeat(tp_col[:, None], 10, 1), np.array([0.9, 0.8, 0.7]), np.zeros(3), np.zeros(2))
+    tp = np.repeat(tp_col[:, None], 10, 1)
+    above = ap_per_class(tp, np.array([0.9, 0.8, 0.7]), np.zeros(3), np.zeros(2))
     np.testing.assert_allclose(above.ap, 2 / 3 * 0.995)
-    below = ap_per_class(np.repeat(tp_col[:, None], 10, 1), np.array([0.5, 0.8, 0.7]), np.zeros(3), np.zeros(2))
+    below = ap_per_class(tp, np.array([0.5, 0.8, 0.7]), np.zeros(3), np.zeros(2))
     np.testing.assert_allclose(below.ap, 0.995)
 
 

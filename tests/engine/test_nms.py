@@ -48,7 +48,8 @@ def _random_pred(batch=3, n=400, nc=4, size=128.0, seed=0):
     # Clustered boxes so that suppression has work to do.
     centres = torch.rand(batch, 12, 2, generator=g) * size
     pick = torch.randint(0, 12, (batch, n), generator=g)
-    xy = torch.gather(centres, 1, pick[..., None].expand(-1, -1, 2)) + torch.randn(batch, n, 2, generator=g) * 4
+    xy = torch.gather(centres, 1, pick[..., None].expand(-1, -1, 2))
+    xy = xy + torch.randn(batch, n, 2, generator=g) * 4
     wh = 10 + torch.rand(batch, n, 2, generator=g) * 30
     obj = torch.rand(batch, n, 1, generator=g) ** 2
     cls = torch.rand(batch, n, nc, generator=g)

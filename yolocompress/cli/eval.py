@@ -57,8 +57,8 @@ def _main(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="measure mAP on a labelled data set",
-                              description="mAP@0.5, mAP@0.5:0.95, precision and recall with the conventions of "
-                                          "Ultralytics val.py (rect batches, conf 0.001, NMS IoU 0.6).")
+                              description="mAP@0.5, mAP@0.5:0.95, precision and recall with the conventions "
+                                          "of Ultralytics val.py (rect batches, conf 0.001, NMS IoU 0.6).")
     p.add_argument("model", help="checkpoint (.pt, ours or Ultralytics') or an exported .onnx file")
     p.add_argument("--data", required=True, help="data.yaml of the data set")
     p.add_argument("--imgsz", type=image_size, default=640,
@@ -66,7 +66,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=positive_int, default=32, help="images per batch (default 32)")
     p.add_argument("--conf", type=_fraction, default=0.001, help="confidence threshold (default 0.001)")
     p.add_argument("--iou", type=_fraction, default=0.6, help="NMS IoU threshold (default 0.6)")
-    p.add_argument("--max-det", type=positive_int, default=300, help="detections kept per image (default 300)")
+    p.add_argument("--max-det", type=positive_int, default=300,
+                   help="detections kept per image (default 300)")
     p.add_argument("--split", choices=("val", "test", "train"), default="val", help="split to evaluate")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (PyTorch, or ONNX Runtime intra-op; default: the runtime's own)")

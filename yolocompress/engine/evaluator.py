@@ -93,7 +93,7 @@ class _Stats:
 
     def add_batch(self, dets: list[Tensor], targets: Tensor, shapes: Sequence, height: int, width: int,
                   iouv: Tensor) -> None:
-        """Match one batch. ``dets``: NMS output per image; ``targets``: ``Tensor[n, 6]`` (normalised xywh)."""
+        """Match one batch. ``dets``: NMS output per image; ``targets``: ``Tensor[n, 6]``, normalised xywh."""
         device = iouv.device
         targets = targets.to(device=device, dtype=torch.float32)
         label_image = targets[:, 0].long()
@@ -107,7 +107,8 @@ class _Stats:
         all_dets = torch.cat(dets, 0).to(device) if dets else torch.zeros(0, 6, device=device)
         det_image = torch.repeat_interleave(torch.arange(len(dets), device=device),
                                             torch.tensor(counts, device=device))
-        all_dets = torch.cat((scale_boxes_to_original(all_dets[:, :4], shapes, det_image), all_dets[:, 4:]), 1)
+        det_boxes = scale_boxes_to_original(all_dets[:, :4], shapes, det_image)
+        all_dets = torch.cat((det_boxes, all_dets[:, 4:]), 1)
 
         label_order = label_image.argsort(stable=True)
         labels = torch.cat((label_cls[:, None], label_boxes), 1)[label_order]
@@ -128,7 +129,7 @@ class _Stats:
         pred_cls = torch.cat(self.pred_cls).numpy() if self.pred_cls else np.zeros(0)
         target_cls = torch.cat(self.target_cls).numpy() if self.target_cls else np.zeros(0)
         m = ap_per_class(tp, conf, pred_cls, target_cls)
-        if not tp.any():  # val.py reports zeros, not the few thousandths interpolation gives an all-miss curve
+        if not tp.any():  # val.py reports zeros, not the few thousandths interpolation gives all-miss curves
             m.precision[:], m.recall[:], m.ap[:] = 0.0, 0.0, 0.0
         per_class = [
             {"name": str(names[c]) if c < len(names) else str(c), "class": int(c),
@@ -190,7 +191,8 @@ def evaluate(
             pred = predictor(imgs)
             _sync(device)
             t2 = time.perf_counter()
-            dets = non_max_suppression(pred.to(device), conf_thres, iou_thres, max_det=max_det, multi_label=True)
+            dets = non_max_suppression(pred.to(device), conf_thres, iou_thres, max_det=max_det,
+                                       multi_label=True)
             _sync(device)
             t3 = time.perf_counter()
             stats.add_batch(dets, targets, shapes, height, width, iouv)
@@ -258,7 +260,7 @@ def evaluate_model(
 def _predictor_for(model_or_path: nn.Module | str | os.PathLike, nc: int, imgsz: int,
                    device: str | torch.device, half: bool, threads: int | None
                    ) -> tuple[Predictor, int, bool, int]:
-    """The predictor for a model or file, with the loader settings it needs: (predictor, stride, rect, imgsz)."""
+    """The predictor for a model or file, and the loader settings it needs: predictor, stride, rect, imgsz."""
     if isinstance(model_or_path, nn.Module):
         model = model_or_path
     else:
@@ -278,7 +280,8 @@ def _predictor_for(model_or_path: nn.Module | str | os.PathLike, nc: int, imgsz:
     return TorchPredictor(model, device, half=half), stride, True, imgsz
 
 
-def _onnx_predictor_for(path: Path, nc: int, imgsz: int, threads: int | None) -> tuple[Predictor, int, bool, int]:
+def _onnx_predictor_for(path: Path, nc: int, imgsz: int,
+                        threads: int | None) -> tuple[Predictor, int, bool, int]:
     from yolocompress.export.onnx import read_onnx_metadata
 
     predictor = OnnxPredictor(path, threads=threads)

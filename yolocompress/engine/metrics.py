@@ -19,7 +19,7 @@ IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise IoU of ``boxes1 (Tensor[N, 4])`` and ``boxes2 (Tensor[M, 4])`` (x1, y1, x2, y2) -> ``Tensor[N, M]``."""
+    """Pairwise IoU ``Tensor[N, M]`` of ``boxes1 (Tensor[N, 4])`` and ``boxes2 (Tensor[M, 4])``, x1y1x2y2."""
     return torchvision.ops.box_iou(boxes1, boxes2)
 
 

@@ -95,8 +95,9 @@ def onnx_input_shape(session_or_path) -> OnnxInputShape:
 class OnnxPredictor:
     """Run an exported ONNX detector with ONNX Runtime (CPU).
 
-    With a fixed batch dimension the batch is run in chunks of that size (one image at a time for the usual
-    batch of 1; a short last chunk is padded); with a dynamic one the whole batch goes in one call. A model with a fixed image size needs the data letterboxed square at that size (``rect=False``);
+    With a fixed batch dimension the batch is run in chunks of that size (one image at a time for the
+    usual batch of 1; a short last chunk is padded); with a dynamic one the whole batch goes in one call.
+    A model with a fixed image size needs the data letterboxed square at that size (``rect=False``);
     :attr:`input_shape` tells the caller which size. The first output is taken as the decoded predictions.
 
     Args:
@@ -117,7 +118,8 @@ class OnnxPredictor:
         shape = self.input_shape
         if shape.static_size and tuple(imgs.shape[2:]) != (shape.height, shape.width):
             raise InputError(f"ONNX model takes {shape.height}x{shape.width} images, got "
-                             f"{imgs.shape[2]}x{imgs.shape[3]}: build the loader square (rect=False) at that size")
+                             f"{imgs.shape[2]}x{imgs.shape[3]}: build the loader square (rect=False) at "
+                             "that size")
         array = imgs.detach().cpu().numpy().astype(self._dtype, copy=False)
         step = shape.batch if shape.batch is not None else len(array)
         outputs = []
