@@ -102,3 +102,14 @@ def test_resolved_config_rebuilds_identical_model():
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x)[0], clone(x)[0])
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_exports_to_onnx_and_matches(name, tmp_path):
+    from yolocompress.export.onnx import export_onnx, verify_onnx
+
+    torch.manual_seed(0)
+    model = build_model(name, nc=3).eval()
+    size = 128 if model.stride.max() > 32 else 64
+    path = export_onnx(model, tmp_path / f"{name}.onnx", imgsz=size)
+    assert verify_onnx(model, path, imgsz=size) < 1e-3
