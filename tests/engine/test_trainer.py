@@ -343,3 +343,22 @@ def test_cli_fine_tunes_ultralytics_checkpoint(data_cfg, tmp_path, ultra_dir):
     model = load_model(out / "weights" / "best.pt")
     assert model.nc == data_cfg.nc  # 3 classes re-headed to the data set's
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+def test_cpu_bf16_channels_last_training_runs(tmp_path):
+    """The fast CPU path (bf16 autocast + channels-last) trains and keeps fp32 weights."""
+    import torch
+
+    from yolocompress.data import load_data_config
+    from yolocompress.data.synthetic import synthesize_dataset
+    from yolocompress.engine.trainer import TrainConfig, Trainer
+    from yolocompress.models import build_model
+
+    data = load_data_config(synthesize_dataset(tmp_path / "d", n_train=4, n_val=2, imgsz=64, seed=3))
+    torch.manual_seed(0)
+    model = build_model("yolov5n", nc=data.nc)
+    cfg = TrainConfig(epochs=1, imgsz=64, batch=2, workers=0, out_dir=str(tmp_path / "run"), bf16=True,
+                      channels_last=True, nominal_batch=2)
+    result = Trainer(model, data, cfg).train()
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())

@@ -90,7 +90,8 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
         device: str = "cpu", workers: int = 2, seed: int = 0, out: str = "runs/train", resume: str | None = None,
         patience: int = 100, close_mosaic: int = 10, cos_lr: bool = False, hyp: str | None = None,
         amp: bool = True, sync_bn: bool = False, val: bool = True, cache: bool = False,
-        exist_ok: bool = False, progress: bool = True):
+        exist_ok: bool = False, progress: bool = True, bf16: bool = False, channels_last: bool = False,
+        nominal_batch: int = 64):
     """Train and return the ``TrainResult``; every CLI flag is a keyword here.
 
     ``resume``: a ``last.pt`` to continue; the run's stored settings are used (``device`` and ``workers``
@@ -122,7 +123,8 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
         raise InputError("train needs MODEL_OR_CFG and --data (or --resume)")
     config = TrainConfig(epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=workers, seed=seed,
                          out_dir=out, patience=patience, close_mosaic=close_mosaic, cos_lr=cos_lr, amp=amp,
-                         sync_bn=sync_bn, val=val, cache=cache, progress=progress)
+                         sync_bn=sync_bn, val=val, cache=cache, progress=progress, bf16=bf16,
+                         channels_last=channels_last, nominal_batch=nominal_batch)
     last = Path(out) / "weights" / "last.pt"
     if last.exists() and not exist_ok:
         raise InputError(f"{out} already holds a run ({last}): --resume to continue it, --exist-ok to overwrite, "
@@ -142,7 +144,8 @@ def _main(args: argparse.Namespace) -> int:
                  device=args.device, workers=args.workers, seed=args.seed, out=args.out, resume=resume,
                  patience=args.patience, close_mosaic=args.close_mosaic, cos_lr=args.cos_lr, hyp=args.hyp,
                  amp=not args.no_amp, sync_bn=args.sync_bn, val=not args.noval, cache=args.cache,
-                 exist_ok=args.exist_ok)
+                 exist_ok=args.exist_ok, bf16=args.bf16, channels_last=args.channels_last,
+                 nominal_batch=args.nominal_batch)
     from yolocompress.engine.distributed import context_from_env
 
     if context_from_env().is_main:
@@ -176,4 +179,9 @@ def register(subparsers) -> None:
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm in multi-GPU runs")
     p.add_argument("--noval", action="store_true", help="skip per-epoch validation")
     p.add_argument("--cache", action="store_true", help="keep decoded, resized images in RAM")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast on the CPU (about 1.7x faster with AMX/AVX-512 BF16, with --channels-last)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (oneDNN's fast CPU path)")
+    p.add_argument("--nominal-batch", type=int, default=64,
+                   help="images per optimizer step; gradients are accumulated up to it (default 64, as YOLOv5)")
     p.set_defaults(func=_main)
