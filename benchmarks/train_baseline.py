@@ -5,8 +5,8 @@ Writes ``yolocompress/assets/baseline.pt`` (our format, fp16 weights, < 5 MB) an
 is the generator's default val set (seed 0, 128 images, 256 px): exactly what ``yolocompress demo``
 generates, so the demo reproduces the recorded metrics.
 
-    PYTHONPATH=. python3 benchmarks/train_baseline.py --epochs 30 --n-train 1024
-    PYTHONPATH=. python3 benchmarks/train_baseline.py --epochs 30 --n-train 1024 --resume   # after a kill
+    PYTHONPATH=. python3 benchmarks/train_baseline.py --epochs 80 --n-train 2048 --close-mosaic 10
+    PYTHONPATH=. python3 benchmarks/train_baseline.py --epochs 80 --n-train 2048 --close-mosaic 10 --resume   # after a kill
 """
 from __future__ import annotations
 
@@ -44,15 +44,15 @@ def _current_best(run_dir: Path):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", default="yolov5n")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--n-train", type=int, default=1024)
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--n-train", type=int, default=2048)
     parser.add_argument("--n-val", type=int, default=128)
     parser.add_argument("--imgsz", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--nominal-batch", type=int, default=16,
                         help="images per optimizer step (more steps converge faster on a CPU budget)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--close-mosaic", type=int, default=5)
+    parser.add_argument("--close-mosaic", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast, channels-last)")
     parser.add_argument("--work", default="runs/baseline", help="where data and the training run go")
