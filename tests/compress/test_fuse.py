@@ -18,7 +18,7 @@ from yolocompress.models.rep import RepConv
 from .helpers import TOLERANCE, max_relative_error, outputs_with_features, randomize_batchnorms, randomize_detect
 
 
-def _input(model: nn.Module, batch: int = 2, seed: int = 1) -> torch.Tensor:
+def _input(model: nn.Module, batch: int = 1, seed: int = 1) -> torch.Tensor:
     size = 128 if model.stride.max() > 32 else 64
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
