@@ -54,6 +54,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--close-mosaic", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (1 is faster when other jobs share the cores: no OpenMP barrier stalls)")
     parser.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast, channels-last)")
     parser.add_argument("--work", default="runs/baseline", help="where data and the training run go")
     parser.add_argument("--resume", action="store_true", help="continue the run in --work from last.pt")
@@ -62,7 +64,7 @@ def main() -> int:
                         help="skip training: export the run's current best.pt (e.g. while it still trains)")
     args = parser.parse_args()
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work = Path(args.work)
     data_yaml = work / "data" / "data.yaml"
     if not data_yaml.is_file():
