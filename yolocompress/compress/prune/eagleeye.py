@@ -1,0 +1,258 @@
+"""EagleEye (Li et al., ECCV 2020): sample pruning strategies under a FLOPs budget, score each sub-net after
+adaptive BatchNorm, keep the best.
+
+The pieces, each usable alone:
+
+- ``CostModel``: FLOPs of any keep-mask without building the model (per-layer spatial sizes are measured
+  once on the ``meta`` device; same convention as ``yolocompress.profile.gflops``: 2 x multiply-adds of
+  convolutions and linear layers);
+- ``Strategy`` sampling: one pruning ratio per searchable group; ``uniform_ratios`` and ``sample_ratios``
+  (a random direction ``u ~ U[0, 1]^G`` scaled by the smallest factor that meets the budget, so every
+  candidate sits just under the budget instead of being rejection-sampled);
+- ``adaptive_bn``: reset every BatchNorm's running statistics and re-estimate them as a cumulative average
+  (``momentum=None``) over a few training batches, in train mode, without gradients;
+- ``SubnetScorer``: decoded images of the calibration and held-out batches cached once as uint8 tensors; a
+  candidate costs one BN pass over the calibration batches and one batched evaluation (val.py's NMS and
+  mAP) over the held-out ones.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from yolocompress.compress.prune.apply import ChannelRules
+from yolocompress.compress.prune.graph import ChannelGraph
+from yolocompress.errors import InputError
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+class CostModel:
+    """FLOPs of a pruned model as a function of ``keep`` (``bool[n_units]``), at a fixed image size."""
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, imgsz: int | tuple[int, int]):
+        from yolocompress.profile.flops import _meta_copy
+        from yolocompress.profile.inputs import image_hw
+
+        h, w = image_hw(imgsz)
+        net = _meta_copy(model).eval()
+        modules = dict(net.named_modules())
+        sites: dict[str, int] = {}
+        handles = []
+        for rec in graph.layers:
+            def hook(module, args, out, name=rec.name):
+                sites[name] = int(np.prod(out.shape[2:])) if out.dim() == 4 else int(np.prod(out.shape[:-1]))
+            handles.append(modules[rec.name].register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                net(torch.zeros(1, int(getattr(model, "input_channels", 3)), h, w, device="meta"))
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.graph = graph
+        self.terms: list[tuple[str, np.ndarray, np.ndarray, float]] = []  # kind, in units, out units, factor
+        self.constant = 0.0
+        for rec in graph.layers:
+            m = modules[rec.name]
+            sites_n = sites.get(rec.name, 0)  # a layer the forward never reached costs nothing
+            if rec.kind == "linear":
+                factor = 2.0 * sites_n
+            else:
+                factor = 2.0 * float(np.prod(m.kernel_size)) * sites_n
+            if rec.kind == "fixed":
+                self.constant += factor * (m.in_channels // m.groups) * m.out_channels
+                continue
+            self.terms.append((rec.kind, graph.unit_of[rec.in_ids], graph.unit_of[rec.out_ids], factor))
+
+    def flops(self, keep: np.ndarray) -> float:
+        """FLOPs (not GFLOPs) of the model that keeps the units ``keep`` marks."""
+        total = self.constant
+        for kind, in_u, out_u, factor in self.terms:
+            c_out = float(keep[out_u].sum())
+            total += factor * c_out * (1.0 if kind == "depthwise" else float(keep[in_u].sum()))
+        return total
+
+
+# ---------------------------------------------------------------------------------------------- strategies
+@dataclass
+class Strategy:
+    """One candidate: a ratio per searchable group, the resulting keep counts and FLOPs."""
+
+    ratios: np.ndarray
+    counts: dict[int, int]
+    flops: float
+    kind: str = "random"
+
+
+class StrategySpace:
+    """The searchable groups of a graph and the mapping ratios -> keep mask -> FLOPs."""
+
+    def __init__(self, graph: ChannelGraph, cost: CostModel, importance: np.ndarray, rules: ChannelRules,
+                 searchable: Sequence[int], max_ratio: float):
+        self.graph, self.cost, self.importance, self.rules = graph, cost, importance, rules
+        self.searchable = [g for g in searchable if rules.prunable(graph.groups[g].channels)]
+        self.max_ratio = float(max_ratio)
+        # rank units once: the L1 order never changes between candidates
+        self._order = {}
+        for g in self.searchable:
+            units = graph.groups[g].units
+            self._order[g] = units[np.lexsort((np.arange(len(units)), -importance[units]))]
+
+    def counts(self, ratios: np.ndarray) -> dict[int, int]:
+        return {g: self.rules.keep_count(self.graph.groups[g].channels, float(r))
+                for g, r in zip(self.searchable, ratios)}
+
+    def keep(self, counts: dict[int, int]) -> np.ndarray:
+        keep = self.graph.full_keep()
+        for g, k in counts.items():
+            keep[self._order[g][k:]] = False
+        return keep
+
+    def strategy(self, ratios: np.ndarray, kind: str) -> Strategy:
+        counts = self.counts(ratios)
+        return Strategy(np.asarray(ratios, dtype=np.float64), counts, self.cost.flops(self.keep(counts)), kind)
+
+    def uniform(self, ratio: float) -> Strategy:
+        return self.strategy(np.full(len(self.searchable), ratio), "uniform")
+
+    def smallest_flops(self) -> float:
+        return self.uniform(self.max_ratio).flops
+
+    def uniform_for_budget(self, budget: float) -> Strategy:
+        """The least-pruned uniform strategy with FLOPs <= ``budget``."""
+        return self._scaled(np.ones(len(self.searchable)), budget, "uniform")
+
+    def sample(self, rng: np.random.Generator, budget: float) -> Strategy:
+        """A random direction ``u ~ U[0, 1]^G`` scaled until the FLOPs fit ``budget`` (as closely as possible)."""
+        return self._scaled(rng.uniform(0.0, 1.0, len(self.searchable)), budget, "random")
+
+    def _scaled(self, u: np.ndarray, budget: float, kind: str) -> Strategy:
+        u = np.maximum(u, 1e-6)
+        lo, hi = 0.0, self.max_ratio / float(u.min())   # at hi every group sits at max_ratio
+
+        def at(s: float) -> Strategy:
+            return self.strategy(np.minimum(self.max_ratio, s * u), kind)
+
+        best = at(hi)
+        if best.flops > budget:
+            raise InputError(f"impossible budget: {budget / 1e9:.4g} GFLOPs is below the smallest reachable "
+                             f"({best.flops / 1e9:.4g} GFLOPs at max ratio {self.max_ratio:g})")
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            cand = at(mid)
+            if cand.flops <= budget:
+                hi, best = mid, cand
+            else:
+                lo = mid
+        return best
+
+
+# ---------------------------------------------------------------------------------------------- adaptive BN
+def adaptive_bn(model: nn.Module, batches: Sequence[torch.Tensor], device: str | torch.device = "cpu") -> None:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` (uint8 Tensor[B, 3, H, W]) in place.
+
+    Running stats are reset and accumulated as a plain average over the batches (``momentum=None``), in train
+    mode and without gradients; weights are untouched. The model's momenta and train/eval mode are restored.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        with torch.no_grad():
+            for imgs in batches:
+                model(imgs.to(device).float().div_(255))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+@dataclass
+class CachedData:
+    """Decoded, letterboxed images kept in RAM for the whole search."""
+
+    calib: list[torch.Tensor]                                   # uint8 [B, 3, S, S]
+    eval_batches: list[tuple[torch.Tensor, torch.Tensor, list, list]]   # loader batches
+    calib_images: int
+    eval_images: int
+    load_s: float
+
+
+def _subset_batches(dataset, indices: Sequence[int], batch: int) -> list[tuple]:
+    from yolocompress.data import collate
+
+    return [collate([dataset[i] for i in indices[j:j + batch]]) for j in range(0, len(indices), batch)]
+
+
+def cache_data(data_cfg: Any, imgsz: int, stride: int, calib_batches: int, calib_batch: int, eval_images: int,
+               eval_batch: int, seed: int, eval_split: str = "val") -> CachedData:
+    """Load ``calib_batches`` x ``calib_batch`` random training images and ``eval_images`` random held-out
+    images once, letterboxed to ``imgsz`` squares (no augmentation)."""
+    from yolocompress.data import build_eval_loader
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    train = build_eval_loader(data_cfg, "train", imgsz=imgsz, batch=calib_batch, stride=stride, rect=False).dataset
+    n_calib = min(len(train), calib_batches * calib_batch)
+    idx = np.sort(rng.permutation(len(train))[:n_calib]).tolist() if n_calib < len(train) else list(range(n_calib))
+    calib = [b[0] for b in _subset_batches(train, idx, calib_batch)]
+    held = build_eval_loader(data_cfg, eval_split, imgsz=imgsz, batch=eval_batch, stride=stride, rect=False).dataset
+    n_eval = min(len(held), eval_images)
+    idx = np.sort(rng.permutation(len(held))[:n_eval]).tolist() if n_eval < len(held) else list(range(n_eval))
+    eval_batches = _subset_batches(held, idx, eval_batch)
+    if not calib or not eval_batches:
+        raise InputError("pruning needs at least one training image and one held-out image")
+    return CachedData(calib, eval_batches, n_calib, n_eval, time.perf_counter() - t0)
+
+
+@dataclass
+class SubnetScore:
+    """A candidate's held-out metrics and what scoring it cost (seconds)."""
+
+    map50: float
+    map50_95: float
+    fitness: float
+    bn_s: float
+    inference_s: float
+    nms_map_s: float
+
+    def value(self, metric: str) -> float:
+        return {"map50_95": self.map50_95, "map50": self.map50, "fitness": self.fitness}[metric]
+
+
+@dataclass
+class SubnetScorer:
+    """Score sub-nets on cached data: adaptive BN (optional) then val.py metrics on the held-out batches."""
+
+    data: CachedData
+    nc: int
+    names: list[str]
+    device: str | torch.device = "cpu"
+    conf_thres: float = 0.001
+    iou_thres: float = 0.6
+    extra: dict = field(default_factory=dict)
+
+    def __call__(self, model: nn.Module, recalibrate: bool = True) -> SubnetScore:
+        from yolocompress.engine.evaluator import evaluate
+        from yolocompress.engine.predictors import TorchPredictor
+
+        model.to(self.device)
+        t0 = time.perf_counter()
+        if recalibrate:
+            adaptive_bn(model, self.data.calib, self.device)
+        bn_s = time.perf_counter() - t0
+        result = evaluate(TorchPredictor(model, self.device), self.data.eval_batches, self.nc, self.names,
+                          conf_thres=self.conf_thres, iou_thres=self.iou_thres, device=self.device)
+        n = max(result.images, 1)
+        sp = result.speed_ms
+        return SubnetScore(result.map50, result.map50_95, result.fitness, bn_s,
+                           (sp["pre"] + sp["inference"]) * n / 1000, (sp["nms"] + sp["metrics"]) * n / 1000)

@@ -1,0 +1,375 @@
+"""The pruning entry point: ``prune_model(model, data_cfg, PruneConfig(...)) -> (pruned_model, PruneReport)``.
+
+Dependency analysis (``graph``) -> L1 importance (``importance``) -> EagleEye search over per-group ratios
+(``eagleeye``) -> physical removal (``apply``) -> fine-tuning with the project's ``Trainer``. Nothing here
+prints or writes files (the Trainer's run folder is a temporary directory unless ``finetune_dir`` is given).
+
+Budget. ``ratio=R`` means "remove the fraction R of the prunable channels": the budget is the FLOPs of the
+*uniform* strategy (every searchable group pruned by R, rounded per ``ChannelRules``), and every EagleEye
+candidate has at most that many FLOPs. Since a convolution's cost is ``c_in x c_out``, a layer whose input and
+output groups are both pruned by R costs ``(1 - R)^2`` of the original; layers next to fixed channels (the
+stem reading the image, the Detect convs) cost ``1 - R``; so the total lands between those (about 0.3 of
+the original GFLOPs for YOLOv5 at R = 0.5; the report states the exact figure). ``target_gflops=G`` sets the
+budget directly (at ``imgsz``).
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from yolocompress.compress.prune.apply import ChannelRules, prune_channels
+from yolocompress.compress.prune.eagleeye import CostModel, StrategySpace, SubnetScorer, cache_data
+from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
+from yolocompress.compress.prune.importance import l1_importance
+from yolocompress.errors import InputError
+
+METRICS = ("map50_95", "map50", "fitness")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Settings of one pruning run (validated on construction; see the module doc for the budget).
+
+    Attributes:
+        ratio: fraction of prunable channels removed, 0 < ratio < 1 (the budget is the uniform strategy's FLOPs).
+        target_gflops: alternative budget, GFLOPs at ``imgsz`` (give ``ratio`` or this, not both).
+        imgsz: image size (pixels) for FLOPs, the search and evaluation.
+        candidates: strategies scored (the first is the uniform one when ``include_uniform``).
+        calib_batches, calib_batch: adaptive-BN data, batches x images, from the train split.
+        eval_images, eval_batch: held-out images each candidate is scored on (``eval_split``).
+        metric: the score, ``map50_95``, ``map50`` or ``fitness``.
+        finetune_epochs: epochs of fine-tuning of the winner (0: none); ``finetune_batch`` images per batch.
+        round_to, min_channels: ``ChannelRules`` (kept counts multiple of ``round_to`` and >= ``min_channels``).
+        max_ratio: the most any group is pruned.
+        exclude: layer indices (``"0"``) or module-name prefixes (``"model.9.cv1"``) never pruned.
+        seed: strategy sampling, data subsets and fine-tuning.
+        latency: also measure ONNX Runtime latency (batch 1, ``latency_threads``) before and after (slow).
+        eval_baseline: evaluate the unpruned model on the full val split for the report.
+        finetune_dir: keep the Trainer's run folder here (default: a temporary folder, removed).
+    """
+
+    ratio: float | None = 0.5
+    target_gflops: float | None = None
+    imgsz: int = 640
+    candidates: int = 20
+    calib_batches: int = 8
+    calib_batch: int = 16
+    eval_images: int = 64
+    eval_batch: int = 16
+    eval_split: str = "val"
+    metric: str = "map50_95"
+    finetune_epochs: int = 10
+    finetune_batch: int = 16
+    round_to: int = 8
+    min_channels: int = 8
+    max_ratio: float = 0.8
+    exclude: tuple[str, ...] = ()
+    include_uniform: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 0
+    conf_thres: float = 0.001
+    latency: bool = False
+    latency_threads: int = 2
+    eval_baseline: bool = True
+    finetune_dir: str | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.target_gflops is None):
+            raise InputError("give exactly one budget: a ratio or a target GFLOPs")
+        if self.ratio is not None and not 0.0 < float(self.ratio) < 1.0:
+            raise InputError(f"ratio must be strictly between 0 and 1, got {self.ratio}")
+        if self.target_gflops is not None and not float(self.target_gflops) > 0:
+            raise InputError(f"target GFLOPs must be positive, got {self.target_gflops}")
+        for name in ("imgsz", "candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch",
+                     "finetune_batch", "round_to", "min_channels", "latency_threads"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.imgsz % 32:
+            raise InputError(f"imgsz must be a multiple of 32, got {self.imgsz}")
+        if int(self.finetune_epochs) < 0:
+            raise InputError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        if not 0.0 < float(self.max_ratio) < 1.0:
+            raise InputError(f"max_ratio must be strictly between 0 and 1, got {self.max_ratio}")
+        if self.metric not in METRICS:
+            raise InputError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        object.__setattr__(self, "exclude", tuple(str(e) for e in self.exclude))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["exclude"] = list(self.exclude)
+        return d
+
+
+@dataclass
+class PruneReport:
+    """What a pruning run did and measured (``to_dict()`` is JSON-ready).
+
+    ``baseline`` / ``pruned``: params, GFLOPs at ``imgsz``, ONNX Runtime latency (ms, when measured) and, for the
+    baseline, val mAPs. ``after_search`` / ``after_finetune``: full val-split mAP50 and mAP50-95 of the winner
+    (after adaptive BN, and after fine-tuning). ``groups``: every prunable group with its channels before and
+    after. ``candidates``: every candidate's kind, GFLOPs, held-out score and mean ratio. ``timing_s``: seconds
+    per phase (``bn_recalibration``, ``inference``, ``nms_map`` summed over candidates).
+    """
+
+    config: dict[str, Any]
+    imgsz: int
+    budget_gflops: float
+    baseline: dict[str, Any]
+    pruned: dict[str, Any]
+    after_search: dict[str, float]
+    after_finetune: dict[str, float] | None
+    chosen: int
+    groups: list[dict[str, Any]]
+    candidates: list[dict[str, Any]]
+    timing_s: dict[str, float]
+    distributed_ranks: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def candidates_per_minute(self) -> float:
+        t = self.timing_s.get("search", 0.0)
+        return 60.0 * len(self.candidates) / t if t > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["candidates_per_minute"] = self.candidates_per_minute
+        return d
+
+
+def resolve_exclusions(graph: ChannelGraph, selectors: tuple[str, ...]) -> set[int]:
+    """Indices of groups touched by ``selectors``; a selector that matches no prunable layer is an error."""
+    excluded: set[int] = set()
+    for sel in selectors:
+        hit = False
+        for grp in graph.groups:
+            for name in grp.layers:
+                if (sel.isdigit() and name.startswith(f"model.{int(sel)}.")) or name == sel or \
+                        name.startswith(sel.rstrip(".") + "."):
+                    excluded.add(grp.index)
+                    hit = True
+        if not hit:
+            raise InputError(f"--exclude {sel!r} matches no prunable layer (use a layer index such as 9 or a "
+                             f"module name such as model.9.cv1)")
+    return excluded
+
+
+def _params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _full_eval(model: nn.Module, data: Any, cfg: PruneConfig) -> dict[str, float]:
+    from yolocompress.engine.evaluator import evaluate_model
+
+    r = evaluate_model(model, data, split="val", imgsz=cfg.imgsz, batch=cfg.eval_batch * 2,
+                       conf_thres=cfg.conf_thres, device=cfg.device, workers=cfg.workers, progress=cfg.progress)
+    return {"map50": r.map50, "map50_95": r.map50_95, "fitness": r.fitness}
+
+
+def _ort_latency_ms(model: nn.Module, imgsz: int, threads: int) -> float:
+    from yolocompress.export.onnx import export_onnx
+    from yolocompress.profile.latency import measure_ort_latency
+
+    with tempfile.TemporaryDirectory(prefix="yc-prune-") as tmp:
+        path = export_onnx(model.cpu().eval(), Path(tmp) / "m.onnx", imgsz=imgsz)
+        return float(measure_ort_latency(path, threads=threads, warmup=5, runs=20).median_ms)
+
+
+def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any) -> nn.Module:
+    from yolocompress.engine.trainer import TrainConfig, Trainer
+    from yolocompress.models.shapes import shape_spec
+
+    before = shape_spec(model)
+    with tempfile.TemporaryDirectory(prefix="yc-prune-ft-") as tmp:
+        out_dir = cfg.finetune_dir or tmp
+        tc = TrainConfig(epochs=cfg.finetune_epochs, imgsz=cfg.imgsz, batch=cfg.finetune_batch, device=cfg.device,
+                         workers=cfg.workers, seed=cfg.seed, out_dir=out_dir, close_mosaic=cfg.finetune_epochs // 2,
+                         patience=0, progress=cfg.progress)
+        result = Trainer(model, data, tc, hyp=hyp).train()
+    tuned = result.model.cpu().eval()
+    if shape_spec(tuned) != before:  # the Trainer must not change the architecture
+        raise RuntimeError("fine-tuning changed the pruned architecture")
+    return tuned
+
+
+def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = None, hyp: Any = None,
+                progress_callback: Callable[[int, int], None] | None = None) -> tuple[nn.Module, PruneReport]:
+    """EagleEye channel pruning of ``model`` (a ``DetectionModel`` with BatchNorm; it is not modified).
+
+    Args:
+        model: the unfused model to prune.
+        data_cfg: a ``DataConfig`` or ``data.yaml`` path (train split: adaptive BN and fine-tuning; val split:
+            candidate scores and the reported mAPs).
+        config: ``PruneConfig``.
+        hyp: training hyperparameters for fine-tuning (``engine.loss.Hyp``; default YOLOv5's).
+        progress_callback: ``fn(done, total)`` after each candidate.
+    Returns:
+        ``(pruned model in eval mode on the CPU, PruneReport)``.
+    """
+    from yolocompress.compress.fuse import require_unfused
+    from yolocompress.data import DataConfig, load_data_config
+    from yolocompress.engine import distributed as dist_utils
+    from yolocompress.profile import gflops
+
+    cfg = config or PruneConfig()
+    t_start = time.perf_counter()
+    timing: dict[str, float] = {}
+    require_unfused(model, "pruning")
+    data = data_cfg if isinstance(data_cfg, DataConfig) else load_data_config(data_cfg)
+    if int(getattr(model, "nc", data.nc)) != data.nc:
+        raise InputError(f"the model predicts {model.nc} classes but the data set has {data.nc}")
+    stride = int(max(float(s) for s in model.stride))
+    if cfg.imgsz % stride:
+        raise InputError(f"imgsz {cfg.imgsz} must be a multiple of the model's stride {stride}")
+    ctx = dist_utils.context_from_env()
+    device = dist_utils.resolve_device(cfg.device, ctx)
+    owns_group = dist_utils.init_process_group(ctx, device)
+    try:
+        base = _base_model(model)
+
+        # -- dependency analysis, importance, cost model
+        t0 = time.perf_counter()
+        graph = channel_graph(base)
+        importance = l1_importance(base, graph)
+        rules = ChannelRules(min_channels=cfg.min_channels, round_to=cfg.round_to)
+        excluded = resolve_exclusions(graph, cfg.exclude)
+        cost = CostModel(base, graph, cfg.imgsz)
+        max_ratio = max(cfg.max_ratio, cfg.ratio or 0.0)
+        space = StrategySpace(graph, cost, importance, rules,
+                              [g.index for g in graph.groups if g.index not in excluded], max_ratio)
+        if not space.searchable:
+            raise InputError("nothing to prune: no channel group has more than --min-channels channels")
+        base_flops = cost.flops(graph.full_keep())
+        if cfg.ratio is not None:
+            uniform = space.uniform(cfg.ratio)
+            budget = uniform.flops
+        else:
+            budget = cfg.target_gflops * 1e9
+            if budget >= base_flops:
+                raise InputError(f"impossible budget: target {cfg.target_gflops:g} GFLOPs is not below the "
+                                 f"model's {base_flops / 1e9:.4g} GFLOPs at {cfg.imgsz} px")
+            uniform = space.uniform_for_budget(budget)
+        rng = np.random.default_rng(cfg.seed)
+        strategies = ([uniform] if cfg.include_uniform else []) + \
+            [space.sample(rng, budget) for _ in range(cfg.candidates - (1 if cfg.include_uniform else 0))]
+        timing["analysis"] = time.perf_counter() - t0
+
+        # -- data, cached once
+        data_cache = cache_data(data, cfg.imgsz, stride, cfg.calib_batches, cfg.calib_batch, cfg.eval_images,
+                                cfg.eval_batch, cfg.seed, cfg.eval_split)
+        timing["data"] = data_cache.load_s
+        scorer = SubnetScorer(data_cache, data.nc, list(data.names), device, conf_thres=cfg.conf_thres)
+
+        # -- search: candidates sharded over ranks
+        t0 = time.perf_counter()
+        mine = list(range(ctx.rank, len(strategies), ctx.world_size))
+        local: list[dict[str, Any]] = []
+        phase = {"build": 0.0, "bn_recalibration": 0.0, "inference": 0.0, "nms_map": 0.0}
+        best_local: tuple[float, int, nn.Module] | None = None
+        bar = _bar(len(mine), cfg.progress and ctx.is_main)
+        for i in mine:
+            s = strategies[i]
+            tb = time.perf_counter()
+            sub = prune_channels(base, graph, space.keep(s.counts))
+            phase["build"] += time.perf_counter() - tb
+            score = scorer(sub)
+            phase["bn_recalibration"] += score.bn_s
+            phase["inference"] += score.inference_s
+            phase["nms_map"] += score.nms_map_s
+            value = score.value(cfg.metric)
+            local.append({"index": i, "kind": s.kind, "gflops": s.flops / 1e9, "score": value,
+                          "map50": score.map50, "map50_95": score.map50_95,
+                          "mean_ratio": float(np.mean(s.ratios)) if len(s.ratios) else 0.0})
+            if best_local is None or value > best_local[0]:
+                best_local = (value, i, sub)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(best=f"{best_local[0]:.4f}")
+            if progress_callback is not None:
+                progress_callback(len(local), len(mine))
+        if bar is not None:
+            bar.close()
+        gathered = dist_utils.gather_objects((local, phase))
+        candidates = sorted((c for rows, _ in gathered for c in rows), key=lambda c: c["index"])
+        for key in phase:
+            timing[key] = sum(p[key] for _, p in gathered)
+        chosen = max(candidates, key=lambda c: (c["score"], -c["index"]))["index"]
+        for c in candidates:
+            c["chosen"] = c["index"] == chosen
+        if best_local is not None and best_local[1] == chosen:
+            winner = best_local[2]
+        else:  # another rank scored it: rebuild (deterministic)
+            winner = prune_channels(base, graph, space.keep(strategies[chosen].counts))
+            scorer(winner)
+        timing["search"] = time.perf_counter() - t0
+
+        # -- metrics after the search, fine-tuning, metrics after fine-tuning
+        t0 = time.perf_counter()
+        baseline_metrics = _full_eval(base, data, cfg) if cfg.eval_baseline else {}
+        after_search = _full_eval(winner, data, cfg)
+        timing["eval"] = time.perf_counter() - t0
+        after_finetune = None
+        final = winner
+        if cfg.finetune_epochs > 0:
+            t0 = time.perf_counter()
+            final = _finetune(winner, data, cfg, hyp)
+            timing["finetune"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            after_finetune = _full_eval(final, data, cfg)
+            timing["eval"] += time.perf_counter() - t0
+        final = final.cpu().eval()
+
+        baseline = {"params": _params(base), "gflops": gflops(base, cfg.imgsz), **baseline_metrics}
+        pruned = {"params": _params(final), "gflops": gflops(final, cfg.imgsz)}
+        if cfg.latency:
+            t0 = time.perf_counter()
+            baseline["ort_latency_ms"] = _ort_latency_ms(base, cfg.imgsz, cfg.latency_threads)
+            pruned["ort_latency_ms"] = _ort_latency_ms(final, cfg.imgsz, cfg.latency_threads)
+            timing["latency"] = time.perf_counter() - t0
+        counts = strategies[chosen].counts
+        groups = [{"group": g.index, "name": g.name, "layer": g.layer_index, "channels": g.channels,
+                   "kept": counts.get(g.index, g.channels),
+                   "ratio": 1.0 - counts.get(g.index, g.channels) / g.channels,
+                   "excluded": g.index in excluded, "searchable": g.index in space.searchable}
+                  for g in graph.groups]
+        timing["total"] = time.perf_counter() - t_start
+        report = PruneReport(
+            config=cfg.to_dict(), imgsz=cfg.imgsz, budget_gflops=budget / 1e9, baseline=baseline, pruned=pruned,
+            after_search=after_search, after_finetune=after_finetune, chosen=chosen, groups=groups,
+            candidates=candidates, timing_s=timing, distributed_ranks=ctx.world_size,
+            notes=[f"budget = FLOPs of the uniform strategy ({'ratio ' + str(cfg.ratio) if cfg.ratio else 'target'})"
+                   f" = {budget / base_flops:.3f} of the original"])
+        return final, report
+    finally:
+        if owns_group:
+            dist_utils.destroy_process_group()
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy in eval mode: the original is never modified."""
+    import copy
+
+    return copy.deepcopy(model).float().cpu().eval()
+
+
+def _bar(total: int, show: bool):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="eagleeye", unit="cand", leave=False)
+
+
+def pruned_keep_ratio(report: PruneReport) -> float:
+    """Fraction of prunable channels kept by the chosen strategy (for summaries)."""
+    total = sum(g["channels"] for g in report.groups)
+    return sum(g["kept"] for g in report.groups) / total if total else math.nan
