@@ -24,7 +24,7 @@ from yolocompress.data.synthetic import synthesize_dataset
 from yolocompress.engine.evaluator import evaluate_model
 from yolocompress.engine.trainer import TrainConfig, Trainer, seed_everything
 from yolocompress.io.atomic import atomic_write_json
-from yolocompress.io.checkpoint import history_entry, save_model
+from yolocompress.io.checkpoint import history_entry, load_model, save_model
 from yolocompress.models import build_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "yolocompress" / "assets"
@@ -33,7 +33,6 @@ ASSETS = Path(__file__).resolve().parents[1] / "yolocompress" / "assets"
 def _current_best(run_dir: Path):
     """(model, epochs done, best epoch, history rows) from a run folder's best.pt and last.pt."""
     from yolocompress.engine.trainer import load_checkpoint
-    from yolocompress.io.checkpoint import load_model
 
     last = load_checkpoint(run_dir / "weights" / "last.pt")
     history = last.get("history", [])
@@ -89,7 +88,12 @@ def main() -> int:
 
     best = best.float().eval()
     best.names = list(data.names)
-    metrics = evaluate_model(best, data_yaml, imgsz=args.imgsz, batch=32).to_dict()
+    history = [history_entry("train", cfg=args.cfg, epochs=epochs, imgsz=args.imgsz,
+                             data="synthetic shapes seed %d (%d train)" % (args.seed, args.n_train))]
+    # the metrics are measured on the model exactly as shipped (fp16 weights read back as fp32)
+    save_model(best, args.out, imgsz=args.imgsz, history=history, half=True)
+    shipped = load_model(args.out)
+    metrics = evaluate_model(shipped, data_yaml, imgsz=args.imgsz, batch=32).to_dict()
     command = "PYTHONPATH=. python3 benchmarks/train_baseline.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     record = {
         "model": args.cfg, "imgsz": args.imgsz, "epochs": epochs, "best_epoch": best_epoch,
@@ -103,9 +107,7 @@ def main() -> int:
                    "map50_95": h.get("metrics/mAP_0.5:0.95")} for h in curve_rows],
         "command": command,
     }
-    history = [history_entry("train", cfg=args.cfg, epochs=epochs, imgsz=args.imgsz,
-                             data="synthetic shapes seed %d (%d train)" % (args.seed, args.n_train))]
-    save_model(best, args.out, imgsz=args.imgsz, history=history,
+    save_model(shipped, args.out, imgsz=args.imgsz, history=history,
                metrics={"map50": metrics["map50"], "map50_95": metrics["map50_95"]}, half=True)
     atomic_write_json(record, Path(args.out).with_suffix(".json"))
     print(json.dumps({k: record[k] for k in ("map50", "map50_95", "epochs", "best_epoch")}, indent=1))
