@@ -175,3 +175,18 @@ def test_channel_rules():
     assert rules.keep_count(12, 0.5) == 8  # rounded to a multiple of 8 when possible
     free = ChannelRules(min_channels=1, round_to=1)
     assert free.keep_count(10, 0.55) == 5 and free.keep_count(3, 0.9) == 1
+
+
+@pytest.mark.parametrize("name", ["yolov5s-ghost", "yolov5-mobilenetv3-small", "yolov7-tiny-like"])
+def test_pruned_models_export_and_fuse(name, tmp_path):
+    from yolocompress.compress.fuse import fuse_model
+    from yolocompress.export.onnx import export_onnx, verify_onnx
+
+    model = tiny_model(name)
+    graph = channel_graph(model)
+    pruned = prune_channels(model, graph, random_keep(graph, seed=3))
+    path = export_onnx(pruned, tmp_path / "p.onnx", imgsz=IMGSZ)
+    assert verify_onnx(pruned, path, imgsz=IMGSZ) < 1e-3
+    x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
+    fused = outputs_with_features(fuse_model(pruned), x)
+    assert max_relative_error(fused, outputs_with_features(pruned, x)) < 1e-4

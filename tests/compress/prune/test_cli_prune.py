@@ -1,0 +1,70 @@
+"""``yolocompress prune``: a tiny real run, and bad inputs (one error line, exit 2)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from yolocompress.cli import main
+from yolocompress.compress.fuse import fuse_model
+from yolocompress.io.checkpoint import load_model_with_info, save_model
+
+from .conftest import tiny_model
+
+FAST = ["--imgsz", "64", "--candidates", "3", "--calib-batches", "2", "--eval-images", "8", "--batch", "4",
+        "--min-channels", "1", "--round-to", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tiny_data):
+    root = tmp_path_factory.mktemp("prune-cli")
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
+    save_model(model, root / "tiny.pt", imgsz=64)
+    save_model(fuse_model(model), root / "fused.pt", imgsz=64)
+    return root
+
+
+def test_prune_writes_model_and_report(checkpoints, tiny_data, tmp_path, capsys):
+    out, report = tmp_path / "pruned.pt", tmp_path / "report.json"
+    code = main(["prune", str(checkpoints / "tiny.pt"), "--data", str(tiny_data.yaml_path), "--ratio", "0.5",
+                 "--finetune-epochs", "1", *FAST, "-o", str(out), "--json", str(report)])
+    assert code == 0, capsys.readouterr().err
+    assert "pruned" in capsys.readouterr().out
+    model, info = load_model_with_info(out)
+    r = json.loads(report.read_text())
+    assert r["pruned"]["params"] == sum(p.numel() for p in model.parameters()) < r["baseline"]["params"]
+    assert r["after_finetune"] is not None and len(r["candidates"]) == 3
+    assert info.history[-1]["step"] == "prune" and info.history[-1]["config"]["ratio"] == 0.5
+    raw = torch.load(out, weights_only=True)  # plain data: no pickled modules
+    assert raw["format"] == "yolocompress" and raw["config"]["shapes"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ratio", "1.5"], "ratio must be strictly between 0 and 1"),
+    (["--ratio", "0"], "ratio must be strictly between 0 and 1"),
+    (["--ratio", "-0.2"], "ratio must be strictly between 0 and 1"),
+    (["--target-gflops", "0.000001"], "impossible budget"),
+    (["--target-gflops", "1000"], "impossible budget"),
+    (["--ratio", "0.5", "--target-gflops", "1"], "not both"),
+    (["--ratio", "0.5", "--exclude", "77"], "matches no prunable layer"),
+])
+def test_bad_budgets_exit_2(checkpoints, tiny_data, tmp_path, capsys, args, message):
+    out = tmp_path / "o.pt"
+    code = main(["prune", str(checkpoints / "tiny.pt"), "--data", str(tiny_data.yaml_path), *FAST, *args,
+                 "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_fused_model_missing_data_missing_model_exit_2(checkpoints, tiny_data, tmp_path, capsys):
+    cases = [
+        ([str(checkpoints / "fused.pt"), "--data", str(tiny_data.yaml_path)], "fused"),
+        ([str(checkpoints / "tiny.pt"), "--data", str(tmp_path / "none.yaml")], "data.yaml not found"),
+        ([str(tmp_path / "none.pt"), "--data", str(tiny_data.yaml_path)], "model file not found"),
+    ]
+    for args, message in cases:
+        code = main(["prune", *args, "--ratio", "0.5", *FAST, "-o", str(tmp_path / "o.pt")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,123 @@
+"""EagleEye pieces and the ``prune_model`` loop on a tiny model and a tiny synthetic data set."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from yolocompress.compress.prune import PruneConfig, adaptive_bn, channel_graph, prune_model
+from yolocompress.compress.prune import eagleeye
+from yolocompress.errors import InputError
+from yolocompress.models.shapes import shape_spec
+
+from .conftest import tiny_model
+
+FAST = dict(imgsz=64, candidates=4, calib_batches=2, calib_batch=4, eval_images=8, eval_batch=4,
+            finetune_epochs=0, min_channels=1, round_to=1, eval_baseline=False)
+
+
+def test_adaptive_bn_changes_statistics_not_weights():
+    model = tiny_model("yolov5n", width=0.125)
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in bns]
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=g) for _ in range(3)]
+    adaptive_bn(model, batches)
+    assert all(torch.equal(v, weights[k]) for k, v in model.named_parameters())
+    assert all(not torch.equal(m.running_mean, b) for m, b in zip(bns, before))
+    assert all(m.momentum == 0.03 for m in bns) and not model.training
+    assert all(int(m.num_batches_tracked) == 3 for m in bns)
+    # a cumulative average: the stem BN's running mean is the mean of the three batch means
+    stem = model.model[0]
+    means = [stem.conv(b.float() / 255).mean((0, 2, 3)) for b in batches]
+    assert torch.allclose(stem.bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+
+
+def test_strategies_meet_the_budget():
+    from yolocompress.compress.prune import ChannelRules, l1_importance
+
+    model = tiny_model("yolov5n", width=0.25)
+    graph = channel_graph(model)
+    cost = eagleeye.CostModel(model, graph, 64)
+    space = eagleeye.StrategySpace(graph, cost, l1_importance(model, graph), ChannelRules(8, 8),
+                                   [g.index for g in graph.groups], max_ratio=0.8)
+    budget = space.uniform(0.5).flops
+    rng = np.random.default_rng(0)
+    samples = [space.sample(rng, budget) for _ in range(5)]
+    assert all(s.flops <= budget for s in samples)
+    assert all(s.flops > 0.9 * budget for s in samples)  # scaled up to the budget, not far below it
+    assert len({tuple(s.counts.values()) for s in samples}) == 5
+    with pytest.raises(InputError, match="impossible budget"):
+        space.sample(rng, 0.5 * space.smallest_flops())
+
+
+def test_search_keeps_the_best_candidate_and_respects_the_budget(tiny_data, monkeypatch):
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
+    # untrained models score 0 everywhere: give every candidate a distinct score (its parameter count)
+    real_call = eagleeye.SubnetScorer.__call__
+
+    def scored(self, sub, recalibrate=True):
+        s = real_call(self, sub, recalibrate)
+        s.map50_95 = float(sum(p.numel() for p in sub.parameters())) / 1e6
+        return s
+
+    monkeypatch.setattr(eagleeye.SubnetScorer, "__call__", scored)
+    pruned, report = prune_model(model, tiny_data, PruneConfig(ratio=0.5, **FAST))
+    scores = [c["score"] for c in report.candidates]
+    assert len(scores) == 4 and report.candidates[0]["kind"] == "uniform"
+    assert report.chosen == int(np.argmax(scores)) and report.candidates[report.chosen]["chosen"]
+    assert all(c["gflops"] <= report.budget_gflops * (1 + 1e-9) for c in report.candidates)
+    assert report.pruned["gflops"] == pytest.approx(report.candidates[report.chosen]["gflops"], rel=1e-9)
+    assert report.pruned["params"] == sum(p.numel() for p in pruned.parameters())
+    assert sum(p.numel() for p in pruned.parameters()) == pytest.approx(scores[report.chosen] * 1e6)
+    d = report.to_dict()
+    assert {"bn_recalibration", "inference", "nms_map", "search"} <= set(d["timing_s"])
+    assert d["candidates_per_minute"] > 0 and len(d["groups"]) == len(channel_graph(model).groups)
+
+
+def test_target_gflops_and_exclusions(tiny_data):
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
+    from yolocompress.profile import gflops
+
+    target = 0.75 * gflops(model, 64)
+    pruned, report = prune_model(model, tiny_data, PruneConfig(ratio=None, target_gflops=target,
+                                                               exclude=("0", "model.2.cv1"), **FAST))
+    assert gflops(pruned, 64) <= target
+    for g in report.groups:
+        if g["layer"] == 0 or g["name"].startswith("model.2.cv1"):
+            assert g["excluded"] and g["kept"] == g["channels"]
+    assert pruned.model[0].conv.out_channels == model.model[0].conv.out_channels
+    with pytest.raises(InputError, match="matches no prunable layer"):
+        prune_model(model, tiny_data, PruneConfig(ratio=0.5, exclude=("model.99",), **FAST))
+    with pytest.raises(InputError, match="impossible budget"):
+        prune_model(model, tiny_data, PruneConfig(ratio=None, target_gflops=2 * gflops(model, 64), **FAST))
+
+
+@pytest.mark.parametrize("bad", [dict(ratio=0.0), dict(ratio=1.0), dict(ratio=None),
+                                 dict(ratio=0.5, target_gflops=1.0), dict(candidates=0), dict(imgsz=50)])
+def test_config_validation(bad):
+    with pytest.raises(InputError):
+        PruneConfig(**bad)
+
+
+def test_fused_model_is_refused(tiny_data):
+    from yolocompress.compress.fuse import fuse_model
+
+    with pytest.raises(InputError, match="fused"):
+        prune_model(fuse_model(tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)), tiny_data,
+                    PruneConfig(ratio=0.5, **FAST))
+
+
+def test_same_seed_same_result_and_finetune_keeps_architecture(tiny_data):
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
+    cfg = PruneConfig(ratio=0.4, **{**FAST, "candidates": 3, "finetune_epochs": 1, "finetune_batch": 4})
+    a, ra = prune_model(model, tiny_data, cfg)
+    b, rb = prune_model(model, tiny_data, cfg)
+    assert shape_spec(a) == shape_spec(b)
+    assert [c["gflops"] for c in ra.candidates] == [c["gflops"] for c in rb.candidates]
+    assert ra.after_finetune == rb.after_finetune and ra.after_search == rb.after_search
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert a.detect.m[0].in_channels < model.detect.m[0].in_channels  # fine-tuned, still pruned
+    c, rc = prune_model(model, tiny_data, PruneConfig(ratio=0.4, **{**FAST, "candidates": 3, "seed": 1}))
+    assert [x["gflops"] for x in rc.candidates[1:]] != [x["gflops"] for x in ra.candidates[1:]]

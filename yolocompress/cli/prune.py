@@ -1,0 +1,124 @@
+"""``yolocompress prune MODEL --ratio R --data DATA -o OUT.pt``: EagleEye structured channel pruning."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from yolocompress.cli.common import image_size, positive_int
+from yolocompress.errors import InputError
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return value
+
+
+def run(model: str, output: str, data: str, ratio: float | None = None, target_gflops: float | None = None,
+        imgsz: int = 640, candidates: int = 20, calib_batches: int = 8, eval_images: int = 64,
+        finetune_epochs: int = 10, round_to: int = 8, min_channels: int = 8, exclude: str | None = None,
+        seed: int = 0, device: str = "cpu", batch: int = 16, workers: int = 0, latency: bool = False,
+        json_path: str | None = None, cfg: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Prune the checkpoint ``model`` and save the result (our format, atomically) to ``output``.
+
+    Every keyword is a CLI flag. Returns the report dict (also written to ``json_path`` when given).
+    Only rank 0 writes files in a ``torchrun`` run.
+    """
+    from yolocompress.cli.common import load_cli_model, write_json
+    from yolocompress.compress.fuse import require_unfused
+    from yolocompress.compress.prune import PruneConfig, prune_model
+    from yolocompress.data import load_data_config
+    from yolocompress.engine.distributed import context_from_env
+    from yolocompress.io.checkpoint import history_entry, save_model
+
+    if ratio is not None and target_gflops is not None:
+        raise InputError("give --ratio or --target-gflops, not both")
+    if ratio is None and target_gflops is None:
+        ratio = 0.5
+    if Path(output).suffix.lower() != ".pt":
+        raise InputError(f"output must be a .pt file, got {output}")
+    config = PruneConfig(
+        ratio=ratio, target_gflops=target_gflops, imgsz=imgsz, candidates=candidates, calib_batches=calib_batches,
+        eval_images=eval_images, finetune_epochs=finetune_epochs, round_to=round_to, min_channels=min_channels,
+        exclude=tuple(e.strip() for e in exclude.split(",") if e.strip()) if exclude else (), seed=seed,
+        device=device, calib_batch=batch, eval_batch=batch, finetune_batch=batch, workers=workers,
+        latency=latency, progress=progress)
+    if not Path(model).is_file():
+        raise InputError(f"model file not found: {model}")
+    data_cfg = load_data_config(data)
+    net, info = load_cli_model(model, cfg)
+    require_unfused(net, "pruning")
+    pruned, report = prune_model(net, data_cfg, config)
+    result = report.to_dict()
+    if context_from_env().is_main:
+        summary = {k: result[k] for k in ("budget_gflops", "chosen", "after_search", "after_finetune")}
+        summary.update(baseline=report.baseline, pruned=report.pruned, config=report.config)
+        entry = history_entry("prune", method="eagleeye", file=Path(model).name, **summary)
+        metrics = dict(info.metrics)
+        final = report.after_finetune or report.after_search
+        metrics.update({"metrics/mAP_0.5": final["map50"], "metrics/mAP_0.5:0.95": final["map50_95"]})
+        save_model(pruned, output, imgsz=imgsz, history=[*info.history, entry], metrics=metrics)
+        write_json(result, json_path)
+    return result
+
+
+def _main(args: argparse.Namespace) -> int:
+    r = run(args.model, args.output, args.data, ratio=args.ratio, target_gflops=args.target_gflops,
+            imgsz=args.imgsz, candidates=args.candidates, calib_batches=args.calib_batches,
+            eval_images=args.eval_images, finetune_epochs=args.finetune_epochs, round_to=args.round_to,
+            min_channels=args.min_channels, exclude=args.exclude, seed=args.seed, device=args.device,
+            batch=args.batch, workers=args.workers, latency=args.latency, json_path=args.json, cfg=args.cfg,
+            progress=not args.quiet)
+    from yolocompress.engine.distributed import context_from_env
+
+    if not context_from_env().is_main:
+        return 0
+    b, p = r["baseline"], r["pruned"]
+    print(f"pruned {args.model} -> {args.output}: params {b['params']:,} -> {p['params']:,}, "
+          f"GFLOPs@{r['imgsz']} {b['gflops']:.3f} -> {p['gflops']:.3f} ({p['gflops'] / b['gflops']:.2f}x; "
+          f"budget {r['budget_gflops']:.3f})")
+    if "ort_latency_ms" in b:
+        print(f"ONNX Runtime latency {b['ort_latency_ms']:.1f} ms -> {p['ort_latency_ms']:.1f} ms")
+    scores = sorted((c["score"] for c in r["candidates"]), reverse=True)
+    print(f"EagleEye: {len(r['candidates'])} candidates ({r['candidates_per_minute']:.1f}/min), chosen "
+          f"#{r['chosen']} (score {scores[0]:.4f}; median {scores[len(scores) // 2]:.4f})")
+    line = f"mAP50-95: baseline {b.get('map50_95', float('nan')):.4f}, after search {r['after_search']['map50_95']:.4f}"
+    if r["after_finetune"]:
+        line += f", after fine-tune {r['after_finetune']['map50_95']:.4f}"
+    print(line)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prune", help="EagleEye structured channel pruning (real, smaller convolutions)",
+        description="Remove whole convolution channels. EagleEye samples per-layer-group pruning ratios that meet "
+                    "the FLOPs budget, builds each sub-net by L1 norm, re-estimates its BatchNorm statistics on a "
+                    "few training batches (adaptive BN), scores it on held-out images, keeps the best and "
+                    "fine-tunes it. --ratio R: the budget is the FLOPs of pruning every group by R.")
+    p.add_argument("model", help="unfused checkpoint (.pt: ours, Ultralytics, or a state_dict with --cfg)")
+    p.add_argument("-o", "--output", required=True, help="pruned checkpoint to write (.pt, our format)")
+    p.add_argument("--data", required=True, help="data.yaml (train: BN calibration, fine-tuning; val: scores)")
+    p.add_argument("--ratio", type=_ratio, default=None,
+                   help="fraction of prunable channels removed, 0 < R < 1 (default 0.5)")
+    p.add_argument("--target-gflops", type=float, default=None, help="FLOPs budget at --imgsz instead of --ratio")
+    p.add_argument("--imgsz", type=image_size, default=640, help="image size for FLOPs, search and fine-tuning")
+    p.add_argument("--candidates", type=positive_int, default=20, help="strategies scored (the first is uniform)")
+    p.add_argument("--calib-batches", type=positive_int, default=8, help="training batches for adaptive BN")
+    p.add_argument("--eval-images", type=positive_int, default=64, help="held-out images each candidate is scored on")
+    p.add_argument("--finetune-epochs", type=int, default=10, help="epochs of fine-tuning of the winner (0: none)")
+    p.add_argument("--round-to", type=positive_int, default=8, help="keep channel counts a multiple of this")
+    p.add_argument("--min-channels", type=positive_int, default=8, help="never keep fewer channels in a group")
+    p.add_argument("--exclude", default=None, help="comma-separated layer indices or module names never pruned")
+    p.add_argument("--batch", type=positive_int, default=16, help="batch size (calibration, scoring, fine-tuning)")
+    p.add_argument("--seed", type=int, default=0, help="strategy sampling, data subsets, fine-tuning")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=0, help="data-loading workers for fine-tuning")
+    p.add_argument("--latency", action="store_true", help="also measure ONNX Runtime latency before and after")
+    p.add_argument("--cfg", default=None, help="model config for a bare state_dict")
+    p.add_argument("--json", default=None, help="write the full report as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_main)
