@@ -21,7 +21,8 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
         imgsz: int = 640, candidates: int = 20, calib_batches: int = 8, eval_images: int = 64,
         finetune_epochs: int = 10, round_to: int = 8, min_channels: int = 8, exclude: str | None = None,
         seed: int = 0, device: str = "cpu", batch: int = 16, workers: int = 0, latency: bool = False,
-        json_path: str | None = None, cfg: str | None = None, progress: bool = False) -> dict[str, Any]:
+        json_path: str | None = None, cfg: str | None = None, progress: bool = False, bf16: bool = False,
+        channels_last: bool = False) -> dict[str, Any]:
     """Prune the checkpoint ``model`` and save the result (our format, atomically) to ``output``.
 
     Every keyword is a CLI flag. Returns the report dict (also written to ``json_path`` when given).
@@ -45,7 +46,7 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
         eval_images=eval_images, finetune_epochs=finetune_epochs, round_to=round_to, min_channels=min_channels,
         exclude=tuple(e.strip() for e in exclude.split(",") if e.strip()) if exclude else (), seed=seed,
         device=device, calib_batch=batch, eval_batch=batch, finetune_batch=batch, workers=workers,
-        latency=latency, progress=progress)
+        latency=latency, progress=progress, bf16=bf16, channels_last=channels_last)
     if not Path(model).is_file():
         raise InputError(f"model file not found: {model}")
     data_cfg = load_data_config(data)
@@ -71,7 +72,7 @@ def _main(args: argparse.Namespace) -> int:
             eval_images=args.eval_images, finetune_epochs=args.finetune_epochs, round_to=args.round_to,
             min_channels=args.min_channels, exclude=args.exclude, seed=args.seed, device=args.device,
             batch=args.batch, workers=args.workers, latency=args.latency, json_path=args.json, cfg=args.cfg,
-            progress=not args.quiet)
+            progress=not args.quiet, bf16=args.bf16, channels_last=args.channels_last)
     from yolocompress.engine.distributed import context_from_env
 
     if not context_from_env().is_main:
@@ -117,6 +118,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="strategy sampling, data subsets, fine-tuning")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=0, help="data-loading workers for fine-tuning")
+    p.add_argument("--bf16", action="store_true", help="fine-tune with CPU bf16 autocast (AMX CPUs)")
+    p.add_argument("--channels-last", action="store_true", help="fine-tune in NHWC memory format")
     p.add_argument("--latency", action="store_true", help="also measure ONNX Runtime latency before and after")
     p.add_argument("--cfg", default=None, help="model config for a bare state_dict")
     p.add_argument("--json", default=None, help="write the full report as JSON here")

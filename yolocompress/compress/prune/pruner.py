@@ -47,6 +47,7 @@ class PruneConfig:
         eval_images, eval_batch: held-out images each candidate is scored on (``eval_split``).
         metric: the score, ``map50_95``, ``map50`` or ``fitness``.
         finetune_epochs: epochs of fine-tuning of the winner (0: none); ``finetune_batch`` images per batch.
+        bf16, channels_last: fine-tune with CPU bf16 autocast / NHWC (``TrainConfig``'s options).
         round_to, min_channels: ``ChannelRules`` (kept counts multiple of ``round_to`` and >= ``min_channels``).
         max_ratio: the most any group is pruned.
         exclude: layer indices (``"0"``) or module-name prefixes (``"model.9.cv1"``) never pruned.
@@ -68,6 +69,8 @@ class PruneConfig:
     metric: str = "map50_95"
     finetune_epochs: int = 10
     finetune_batch: int = 16
+    bf16: bool = False
+    channels_last: bool = False
     round_to: int = 8
     min_channels: int = 8
     max_ratio: float = 0.8
@@ -163,6 +166,47 @@ def resolve_exclusions(graph: ChannelGraph, selectors: tuple[str, ...]) -> set[i
     return excluded
 
 
+@dataclass
+class SearchPlan:
+    """What the search works on: the analysed graph, the strategy space, the budget and the candidates."""
+
+    graph: ChannelGraph
+    space: StrategySpace
+    strategies: list
+    budget: float
+    base_flops: float
+    excluded: set[int]
+
+
+def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
+    """Dependency analysis, L1 importance, the FLOPs budget and ``cfg.candidates`` strategies (the first one
+    uniform when ``cfg.include_uniform``), all deterministic in ``cfg.seed``. ``model``: float32, CPU."""
+    graph = channel_graph(model)
+    importance = l1_importance(model, graph)
+    rules = ChannelRules(min_channels=cfg.min_channels, round_to=cfg.round_to)
+    excluded = resolve_exclusions(graph, cfg.exclude)
+    cost = CostModel(model, graph, cfg.imgsz)
+    max_ratio = max(cfg.max_ratio, cfg.ratio or 0.0)
+    space = StrategySpace(graph, cost, importance, rules,
+                          [g.index for g in graph.groups if g.index not in excluded], max_ratio)
+    if not space.searchable:
+        raise InputError("nothing to prune: no channel group has more than --min-channels channels")
+    base_flops = cost.flops(graph.full_keep())
+    if cfg.ratio is not None:
+        uniform = space.uniform(cfg.ratio)
+        budget = uniform.flops
+    else:
+        budget = cfg.target_gflops * 1e9
+        if budget >= base_flops:
+            raise InputError(f"impossible budget: target {cfg.target_gflops:g} GFLOPs is not below the "
+                             f"model's {base_flops / 1e9:.4g} GFLOPs at {cfg.imgsz} px")
+        uniform = space.uniform_for_budget(budget)
+    rng = np.random.default_rng(cfg.seed)
+    n_random = cfg.candidates - (1 if cfg.include_uniform else 0)
+    strategies = ([uniform] if cfg.include_uniform else []) + [space.sample(rng, budget) for _ in range(n_random)]
+    return SearchPlan(graph, space, strategies, budget, base_flops, excluded)
+
+
 def _params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
@@ -193,7 +237,7 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any) -> nn.Mod
         out_dir = cfg.finetune_dir or tmp
         tc = TrainConfig(epochs=cfg.finetune_epochs, imgsz=cfg.imgsz, batch=cfg.finetune_batch, device=cfg.device,
                          workers=cfg.workers, seed=cfg.seed, out_dir=out_dir, close_mosaic=cfg.finetune_epochs // 2,
-                         patience=0, progress=cfg.progress)
+                         patience=0, progress=cfg.progress, bf16=cfg.bf16, channels_last=cfg.channels_last)
         result = Trainer(model, data, tc, hyp=hyp).train()
     tuned = result.model.cpu().eval()
     if shape_spec(tuned) != before:  # the Trainer must not change the architecture
@@ -236,31 +280,12 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
     try:
         base = _base_model(model)
 
-        # -- dependency analysis, importance, cost model
+        # -- dependency analysis, importance, cost model, candidate strategies
         t0 = time.perf_counter()
-        graph = channel_graph(base)
-        importance = l1_importance(base, graph)
-        rules = ChannelRules(min_channels=cfg.min_channels, round_to=cfg.round_to)
-        excluded = resolve_exclusions(graph, cfg.exclude)
-        cost = CostModel(base, graph, cfg.imgsz)
-        max_ratio = max(cfg.max_ratio, cfg.ratio or 0.0)
-        space = StrategySpace(graph, cost, importance, rules,
-                              [g.index for g in graph.groups if g.index not in excluded], max_ratio)
-        if not space.searchable:
-            raise InputError("nothing to prune: no channel group has more than --min-channels channels")
-        base_flops = cost.flops(graph.full_keep())
-        if cfg.ratio is not None:
-            uniform = space.uniform(cfg.ratio)
-            budget = uniform.flops
-        else:
-            budget = cfg.target_gflops * 1e9
-            if budget >= base_flops:
-                raise InputError(f"impossible budget: target {cfg.target_gflops:g} GFLOPs is not below the "
-                                 f"model's {base_flops / 1e9:.4g} GFLOPs at {cfg.imgsz} px")
-            uniform = space.uniform_for_budget(budget)
-        rng = np.random.default_rng(cfg.seed)
-        strategies = ([uniform] if cfg.include_uniform else []) + \
-            [space.sample(rng, budget) for _ in range(cfg.candidates - (1 if cfg.include_uniform else 0))]
+        plan = plan_search(base, cfg)
+        graph, space, strategies, budget, excluded = (plan.graph, plan.space, plan.strategies, plan.budget,
+                                                      plan.excluded)
+        base_flops = plan.base_flops
         timing["analysis"] = time.perf_counter() - t0
 
         # -- data, cached once

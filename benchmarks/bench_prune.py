@@ -1,0 +1,184 @@
+"""EagleEye pruning benchmarks (issue 5). Three parts, each printing a table and writing JSON:
+
+``structure``   yolov5n / yolov5s at 640, ``--ratio 0.5``: GFLOPs and ONNX Runtime latency (batch 1) of the
+                original, the uniform strategy and a random EagleEye strategy at the same budget (random
+                weights: cost does not depend on them).
+``accuracy``    the shipped baseline on the synthetic demo data: EagleEye (N candidates) vs uniform pruning at
+                the same budget, each fine-tuned for the same epochs; mAP after search and after fine-tuning;
+                search speed (candidates per minute and the per-phase breakdown).
+``correlation`` the paper's central claim: over C candidates, Spearman rank correlation between post-fine-tune
+                mAP50-95 and (a) the adaptive-BN score, (b) the score without BN recalibration.
+
+Run from the repository root: ``PYTHONPATH=. python3 benchmarks/bench_prune.py PART [options]``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (average ranks for ties); nan when either side is constant."""
+    def ranks(x):
+        x = np.asarray(x, dtype=float)
+        order = x.argsort(kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for v in np.unique(x):
+            r[x == v] = r[x == v].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def part_structure(args) -> dict:
+    from yolocompress.compress.prune import PruneConfig, prune_channels
+    from yolocompress.compress.prune.pruner import _ort_latency_ms, plan_search
+    from yolocompress.models import build_model
+    from yolocompress.profile import cpu_name, gflops
+
+    rows = []
+    for name in args.models:
+        torch.manual_seed(0)
+        model = build_model(name).eval()
+        cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=2, seed=args.seed)
+        plan = plan_search(model, cfg)
+        variants = {"original": model}
+        for s in plan.strategies:
+            variants[s.kind] = prune_channels(model, plan.graph, plan.space.keep(s.counts))
+        base = None
+        for kind, net in variants.items():
+            g = gflops(net, args.imgsz)
+            lat = _ort_latency_ms(net, args.imgsz, args.threads)
+            base = base or (g, lat)
+            rows.append({"model": name, "variant": kind, "gflops": g, "ort_ms": lat,
+                         "params": sum(p.numel() for p in net.parameters()),
+                         "gflops_ratio": g / base[0], "latency_ratio": lat / base[1]})
+    print(f"CPU: {cpu_name()}; ONNX Runtime, {args.threads} threads, batch 1, {args.imgsz} px, ratio {args.ratio}")
+    print(f"{'model':9} {'variant':9} {'params':>10} {'GFLOPs':>7} {'x orig':>7} | {'ORT ms':>7} {'x orig':>7}")
+    for r in rows:
+        print(f"{r['model']:9} {r['variant']:9} {r['params']:>10,} {r['gflops']:7.2f} {r['gflops_ratio']:7.3f} | "
+              f"{r['ort_ms']:7.1f} {r['latency_ratio']:7.3f}")
+    return {"rows": rows}
+
+
+def _baseline_and_data(args):
+    from yolocompress.data import load_data_config
+    from yolocompress.demo import baseline_path, demo_data
+    from yolocompress.io.checkpoint import load_model
+
+    model_path = Path(args.model) if args.model else baseline_path()
+    data = load_data_config(args.data or demo_data())
+    return load_model(model_path), data
+
+
+def part_accuracy(args) -> dict:
+    from yolocompress.compress.prune import PruneConfig, prune_model
+
+    model, data = _baseline_and_data(args)
+    common = dict(ratio=args.ratio, imgsz=args.imgsz, calib_batches=args.calib_batches, eval_images=args.eval_images,
+                  finetune_epochs=args.epochs, seed=args.seed, bf16=args.bf16, channels_last=args.bf16,
+                  progress=args.progress)
+    out = {}
+    for label, extra in (("eagleeye", dict(candidates=args.candidates)), ("uniform", dict(candidates=1))):
+        t0 = time.perf_counter()
+        _, report = prune_model(model, data, PruneConfig(**common, **extra, eval_baseline=label == "eagleeye"))
+        out[label] = report.to_dict()
+        out[label]["wall_s"] = time.perf_counter() - t0
+        print(f"[{label}] done in {out[label]['wall_s']:.0f} s", flush=True)
+    e, u = out["eagleeye"], out["uniform"]
+    print(f"baseline {args.model or 'shipped baseline'}: mAP50 {e['baseline']['map50']:.4f} "
+          f"mAP50-95 {e['baseline']['map50_95']:.4f}, {e['baseline']['gflops']:.3f} GFLOPs@{args.imgsz}")
+    print(f"{'strategy':9} {'GFLOPs':>7} {'x base':>7} | {'search mAP50-95':>15} | {'fine-tuned mAP50':>16} "
+          f"{'mAP50-95':>8} {'delta':>7}")
+    for label, r in out.items():
+        ft = r["after_finetune"] or {"map50": float("nan"), "map50_95": float("nan")}
+        print(f"{label:9} {r['pruned']['gflops']:7.3f} {r['pruned']['gflops'] / e['baseline']['gflops']:7.3f} | "
+              f"{r['after_search']['map50_95']:15.4f} | {ft['map50']:16.4f} {ft['map50_95']:8.4f} "
+              f"{ft['map50_95'] - e['baseline']['map50_95']:+7.4f}")
+    t = e["timing_s"]
+    n = len(e["candidates"])
+    print(f"search: {n} candidates in {t['search']:.1f} s = {e['candidates_per_minute']:.1f} candidates/min; per "
+          f"candidate: build {t['build'] / n:.2f} s, BN recalibration {t['bn_recalibration'] / n:.2f} s, "
+          f"inference {t['inference'] / n:.2f} s, NMS+mAP {t['nms_map'] / n:.2f} s "
+          f"({args.calib_batches}x16 calibration images, {args.eval_images} scored images)")
+    print("candidate scores: " + ", ".join(f"{c['score']:.4f}{'*' if c['chosen'] else ''}" for c in e["candidates"]))
+    return out
+
+
+def part_correlation(args) -> dict:
+    from yolocompress.compress.prune import PruneConfig, prune_channels
+    from yolocompress.compress.prune.eagleeye import SubnetScorer, cache_data
+    from yolocompress.compress.prune.pruner import plan_search
+    from yolocompress.engine.evaluator import evaluate_model
+    from yolocompress.engine.trainer import TrainConfig, Trainer
+
+    model, data = _baseline_and_data(args)
+    base = copy.deepcopy(model).float().eval()
+    cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
+                      calib_batches=args.calib_batches, eval_images=args.eval_images)
+    plan = plan_search(base, cfg)
+    cache = cache_data(data, args.imgsz, int(max(base.stride)), cfg.calib_batches, cfg.calib_batch,
+                       cfg.eval_images, cfg.eval_batch, cfg.seed)
+    scorer = SubnetScorer(cache, data.nc, list(data.names))
+    rows = []
+    for i, s in enumerate(plan.strategies):
+        sub = prune_channels(base, plan.graph, plan.space.keep(s.counts))
+        raw = scorer(copy.deepcopy(sub), recalibrate=False)
+        abn = scorer(sub, recalibrate=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            tc = TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=16, workers=0, seed=args.seed, out_dir=tmp,
+                             close_mosaic=args.epochs // 2, patience=0, val=False, bf16=args.bf16,
+                             channels_last=args.bf16, progress=args.progress)
+            tuned = Trainer(sub, data, tc).train().model
+        final = evaluate_model(tuned, data, imgsz=args.imgsz, batch=32)
+        rows.append({"index": i, "kind": s.kind, "gflops": s.flops / 1e9, "score_raw": raw.map50_95,
+                     "score_adaptive_bn": abn.map50_95, "finetuned_map50_95": final.map50_95})
+        print(f"candidate {i}: raw {raw.map50_95:.4f}  adaptive-BN {abn.map50_95:.4f}  fine-tuned "
+              f"{final.map50_95:.4f}", flush=True)
+    ft = [r["finetuned_map50_95"] for r in rows]
+    rho_abn = spearman([r["score_adaptive_bn"] for r in rows], ft)
+    rho_raw = spearman([r["score_raw"] for r in rows], ft)
+    print(f"Spearman(post-fine-tune mAP50-95, adaptive-BN score) = {rho_abn:.3f}")
+    print(f"Spearman(post-fine-tune mAP50-95, score without BN recalibration) = {rho_raw:.3f}")
+    return {"rows": rows, "spearman_adaptive_bn": rho_abn, "spearman_raw": rho_raw}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=("structure", "accuracy", "correlation"))
+    p.add_argument("--models", nargs="+", default=["yolov5n", "yolov5s"], help="structure: configs")
+    p.add_argument("--model", default=None, help="accuracy/correlation: checkpoint (default: shipped baseline)")
+    p.add_argument("--data", default=None, help="accuracy/correlation: data.yaml (default: the demo data)")
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--imgsz", type=int, default=None, help="default 640 (structure) / 256 (others)")
+    p.add_argument("--candidates", type=int, default=None, help="default 16 (accuracy) / 8 (correlation)")
+    p.add_argument("--calib-batches", type=int, default=8)
+    p.add_argument("--eval-images", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs: default 10 (accuracy) / 3")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="fine-tune with bf16 autocast + channels-last")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    args.imgsz = args.imgsz or (640 if args.part == "structure" else 256)
+    args.candidates = args.candidates or (16 if args.part == "accuracy" else 8)
+    args.epochs = args.epochs if args.epochs is not None else (10 if args.part == "accuracy" else 3)
+    torch.set_num_threads(args.threads)
+    result = {"structure": part_structure, "accuracy": part_accuracy, "correlation": part_correlation}[args.part](args)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), **result}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
