@@ -1,0 +1,127 @@
+"""Post-training quantization with ONNX Runtime: accuracy, integer kernels, size, evaluation, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import TensorProto, helper
+
+from yolocompress.compress.quant.ptq import QuantConfig, mse_range, output_sqnr, quantize_ptq
+from yolocompress.errors import InputError
+from yolocompress.export.onnx import read_onnx_metadata
+
+# Measured on the fixture (yolov5n, 3 classes, 64 px, randomized BN and Detect, 8 calibration images):
+# 53-56 dB over all output columns and 60 dB on the scores for every calibration method; the bounds
+# leave room for other CPUs and ORT builds while still catching a broken plan (a quantized Detect head
+# or a wrong scale gives < 20 dB).
+MIN_SQNR_DB = 35.0
+MIN_SCORE_SQNR_DB = 40.0
+
+
+@pytest.fixture(scope="module")
+def ptq(tiny_onnx, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ptq") / "tiny-int8.onnx"
+    return quantize_ptq(tiny_onnx, tiny_data, QuantConfig(calib_images=8), output=out)
+
+
+def test_ptq_runs_close_to_fp32(ptq, tiny_onnx, tiny_data):
+    path, report = ptq
+    assert path.is_file() and report.output == str(path)
+    assert report.calib_images == 8 and report.imgsz == (64, 64)
+    assert report.sqnr_db > MIN_SQNR_DB and report.score_sqnr_db > MIN_SCORE_SQNR_DB
+    # independent check on other inputs than the calibration images
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 3, 64, 64), dtype=np.float32)
+    sqnr, score_sqnr = output_sqnr(tiny_onnx, path, images)
+    assert sqnr > MIN_SQNR_DB - 10 and score_sqnr > MIN_SCORE_SQNR_DB - 10
+
+
+def test_every_planned_conv_is_an_integer_kernel(ptq):
+    _, report = ptq
+    k = report.kernels
+    assert k["planned"] == report.plan["int8_convs"] == 56
+    assert k["planned_integer"] == k["planned"] and k["planned_mac_share"] == pytest.approx(1.0)
+    assert k["stayed_float"] == [] and not report.warnings
+    assert k["integer_convs"] == k["planned"]  # Detect convs and the stem really stay float
+    assert k["op_counts"].get("QLinearConv") == 56
+
+
+def test_size_and_metadata(ptq, tiny_onnx):
+    path, report = ptq
+    assert report.size_ratio < 0.35
+    assert report.int8_bytes == path.stat().st_size
+    meta, ref = read_onnx_metadata(path), read_onnx_metadata(tiny_onnx)
+    assert meta.names == ref.names and meta.stride == ref.stride and meta.imgsz == (64, 64)
+    # weights stored as int8, activations as uint8 (what ORT's x86 integer kernels take), biases int32
+    proto = onnx.load(str(path))
+    zero_points = {i.data_type for i in proto.graph.initializer if i.name.endswith("_zero_point")}
+    assert zero_points == {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT32}
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
+def test_calibration_methods(method, tiny_onnx, tiny_data, tmp_path):
+    path, report = quantize_ptq(tiny_onnx, tiny_data, QuantConfig(calib_images=4, calibration=method),
+                                output=tmp_path / "q.onnx")
+    assert report.sqnr_db > MIN_SQNR_DB and report.kernels["stayed_float"] == []
+
+
+def test_from_module_float_silu_per_tensor(tiny_model, tiny_data, tmp_path):
+    cfg = QuantConfig(calib_images=4, imgsz=64, silu="float", per_channel=False, stem="int8")
+    path, report = quantize_ptq(tiny_model, tiny_data, cfg, output=tmp_path / "m.onnx")
+    assert report.kernels["planned"] == 57 and report.kernels["stayed_float"] == []
+    assert "QLinearSigmoid" not in report.kernels["op_counts"]
+    assert report.sqnr_db > MIN_SQNR_DB - 10
+
+
+def test_eval_runs_on_the_int8_model(ptq, tiny_data):
+    from yolocompress.engine.evaluator import evaluate_model
+
+    result = evaluate_model(ptq[0], tiny_data, batch=4)
+    assert result.images == 4 and result.imgsz == 64
+    assert 0.0 <= result.map50_95 <= result.map50 <= 1.0
+
+
+def test_mse_range_clips_outliers():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, 100_000), np.full(10, 40.0)])
+    hist, edges = np.histogram(x, bins=2048, range=(-40, 40))
+    # 8 bits: ten outliers cost more clipped than the rounding noise they add, so they are kept ...
+    lo, hi = mse_range(hist, edges, x.min(), x.max())
+    assert hi > 35
+    # ... with 16 levels the rounding noise of the full range dominates and the range is clipped
+    lo, hi = mse_range(hist, edges, x.min(), x.max(), levels=16)
+    assert -6 < lo < -1 and 1 < hi < 10
+    uniform = rng.uniform(0, 6, 100_000)
+    hist, edges = np.histogram(uniform, bins=2048, range=(-6, 6))
+    lo, hi = mse_range(hist, edges, 0.0, 6.0)
+    assert lo == 0.0 and hi > 5.5
+
+
+def test_no_calibration_images(tiny_onnx, tmp_path):
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images/train", "val": "images/val",
+                                    "nc": 3, "names": ["a", "b", "c"]}))
+    with pytest.raises(InputError, match="calibration images"):
+        quantize_ptq(tiny_onnx, data, QuantConfig(calib_images=4), output=tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_model_without_convolutions(tiny_data, tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["images"], ["output0"], name="sig")], "noconv",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 3, 64, 64])])
+    path = tmp_path / "noconv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(InputError, match="no convolution"):
+        quantize_ptq(path, tiny_data, QuantConfig(calib_images=2), output=tmp_path / "y.onnx")
+
+
+def test_bad_config():
+    with pytest.raises(InputError, match="calibration"):
+        QuantConfig(calibration="kl")
+    with pytest.raises(InputError, match="calib_images"):
+        QuantConfig(calib_images=0)

@@ -1,0 +1,463 @@
+"""Post-training int8 quantization of an exported detector with ONNX Runtime's quantization tools.
+
+Pipeline (``quantize_ptq``): export fp32 ONNX (when given a model) -> ``quant_pre_process`` -> the
+:class:`~yolocompress.compress.quant.plan.QuantPlan` of that graph -> calibration of every planned tensor
+on letterboxed images of the **training** split (ORT's MinMax / Percentile / Entropy calibrators, or our MSE
+search over ORT's histograms) -> ranges merged over each scale-sharing group -> ``quantize_static`` (QDQ,
+only the planned nodes, symmetric int8 per-channel weights, calibration ranges passed as its cache) ->
+verification of the integer kernels ORT really builds, and the int8-vs-fp32 output SQNR.
+
+Activation type: unsigned 8-bit by default. On x86 ONNX Runtime fuses ``DQ -> Conv -> Q`` into an integer
+kernel only for uint8 activations (u8 x s8 is what VNNI's ``vpdpbusd`` multiplies); with int8 activations
+every Conv stays float between Q/DQ pairs and the model ran about 3x slower than fp32 (measured with ORT
+1.32 on the benchmark CPU; ``activation_type="s8"`` is kept to measure that).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from yolocompress.compress.quant.plan import PlanConfig, QuantPlan, build_plan
+from yolocompress.compress.quant.verify import KernelReport, integer_kernel_report
+from yolocompress.errors import CompressionError, InputError
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+ACTIVATION_TYPES = ("u8", "s8")
+# Images run through the calibration model per collect_data call: ORT keeps every intermediate tensor of
+# a call in memory (about 100 MB per 640 px image for yolov5s), so calibration streams in chunks.
+_CHUNK = 4
+# ORT's own default for its KL (entropy) search; more bins cost quadratically more time.
+ENTROPY_BINS = 128
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Settings of one PTQ run (validated on construction).
+
+    Attributes:
+        calibration: ``minmax``, ``percentile`` (``percentile`` of |x|, ORT), ``entropy`` (KL, ORT) or
+            ``mse`` (ours: the range minimising the expected quantization MSE over ORT's histogram).
+        calib_images: calibration images, taken evenly spread over the training split.
+        per_channel: per-output-channel weight scales (else one scale per tensor).
+        activation_type: ``u8`` (what ORT's x86 integer kernels take) or ``s8``.
+        silu, stem, exclude: see :class:`~yolocompress.compress.quant.plan.PlanConfig`.
+        imgsz: export size for a PyTorch model (an ONNX file keeps its own fixed size).
+        percentile: for ``calibration="percentile"``.
+        bins: histogram bins for ``percentile`` and ``mse`` (``entropy`` uses ORT's 128).
+        check_images: calibration images used to measure the int8-vs-fp32 output SQNR.
+    """
+
+    calibration: str = "minmax"
+    calib_images: int = 256
+    per_channel: bool = True
+    activation_type: str = "u8"
+    silu: str = "int8"
+    stem: str = "float"
+    exclude: tuple[str, ...] = ()
+    imgsz: int = 640
+    percentile: float = 99.999
+    bins: int = 2048
+    check_images: int = 4
+
+    def __post_init__(self) -> None:
+        if self.calibration not in CALIBRATION_METHODS:
+            raise InputError(f"calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
+                             f"got {self.calibration!r}")
+        if self.activation_type not in ACTIVATION_TYPES:
+            raise InputError(f"activation_type must be one of {', '.join(ACTIVATION_TYPES)}, "
+                             f"got {self.activation_type!r}")
+        if self.calib_images < 1:
+            raise InputError(f"calib_images must be >= 1, got {self.calib_images}")
+        if not 0 < self.percentile <= 100:
+            raise InputError(f"percentile must be in (0, 100], got {self.percentile}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        self.plan_config()  # validates silu / stem
+
+    def plan_config(self) -> PlanConfig:
+        return PlanConfig(silu=self.silu, stem=self.stem, exclude=self.exclude)
+
+
+@dataclass
+class QuantReport:
+    """What a PTQ run did and measured.
+
+    ``size_ratio`` is int8 file bytes / fp32 file bytes; ``sqnr_db`` compares the int8 and fp32 decoded
+    outputs (all columns) on ``check_images`` calibration images, ``score_sqnr_db`` only the objectness and
+    class-score columns. ``kernels`` is the integer-kernel verification of the optimized graph.
+    """
+
+    output: str
+    config: dict[str, Any]
+    calib_images: int
+    imgsz: tuple[int, int]
+    plan: dict[str, Any]
+    kernels: dict[str, Any]
+    fp32_bytes: int
+    int8_bytes: int
+    sqnr_db: float
+    score_sqnr_db: float
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.int8_bytes / self.fp32_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["imgsz"] = list(self.imgsz)
+        out["size_ratio"] = self.size_ratio
+        return out
+
+
+# --------------------------------------------------------------------------------------- calibration data
+def calibration_images(data_cfg: Any, imgsz: int, n: int, stride: int = 32) -> np.ndarray:
+    """``n`` training images letterboxed square to ``imgsz``: float32 array [n, 3, imgsz, imgsz] in 0..1.
+
+    Images are taken evenly spread over the training split (never the validation split); fewer are
+    returned when the split is smaller. Raises ``InputError`` when the split has no image.
+    """
+    from yolocompress.data.config import DataConfig, load_data_config
+    from yolocompress.data.loaders import build_eval_loader
+
+    data = data_cfg if isinstance(data_cfg, DataConfig) else load_data_config(data_cfg)
+    try:
+        loader = build_eval_loader(data, "train", imgsz=imgsz, batch=1, stride=stride, rect=False)
+    except InputError as exc:
+        raise InputError(f"no calibration images: {exc}") from exc
+    dataset = loader.dataset
+    if len(dataset) == 0:
+        raise InputError("no calibration images: the training split is empty")
+    picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(n, len(dataset))).round().astype(int))
+    out = np.empty((len(picks), 3, imgsz, imgsz), np.float32)
+    for k, i in enumerate(picks):
+        img = dataset[int(i)][0]
+        out[k] = img.numpy().astype(np.float32) / 255.0
+    return out
+
+
+class ImageReader:
+    """An ORT ``CalibrationDataReader`` over an image array, one image per call (batch-1 graphs)."""
+
+    def __init__(self, images: np.ndarray, input_name: str):
+        self.images, self.input_name, self._next = images, input_name, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self.images):
+            return None
+        self._next += 1
+        return {self.input_name: self.images[self._next - 1:self._next]}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _ort_reader(images: np.ndarray, input_name: str):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(ImageReader, CalibrationDataReader):
+        pass
+
+    return _Reader(images, input_name)
+
+
+def mse_range(hist: np.ndarray, edges: np.ndarray, lo: float, hi: float, levels: int = 256,
+              steps: int = 64) -> tuple[float, float]:
+    """The clipping range ``[a, b]`` (``lo <= a <= 0 <= b <= hi``) minimising the expected squared error of
+    uniform quantization with ``levels`` levels over a histogram (``hist[k]`` values in
+    ``[edges[k], edges[k + 1])``): rounding noise ``step^2 / 12`` inside the range, ``(x - clip(x))^2`` outside.
+    """
+    centres = (edges[:-1] + edges[1:]) / 2
+    counts = hist.astype(np.float64)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    fractions = np.linspace(1.0, 1.0 / steps, steps)
+    a = lo * fractions  # candidate lower ends
+    b = hi * fractions  # candidate upper ends
+    best, best_err = (lo, hi), np.inf
+    for ai in a if lo < 0 else [0.0]:
+        step = (b - ai) / (levels - 1)  # [len(b)]
+        clipped = np.clip(centres[None, :], ai, b[:, None])
+        err = (counts[None, :] * (centres[None, :] - clipped) ** 2).sum(1) + counts.sum() * step ** 2 / 12
+        k = int(np.argmin(err))
+        if err[k] < best_err:
+            best, best_err = (float(ai), float(b[k])), float(err[k])
+    return best
+
+
+def calibrate(model_path: str | os.PathLike, plan: QuantPlan, images: np.ndarray, method: str,
+              percentile: float = 99.999, bins: int = 2048) -> dict[str, tuple[float, float]]:
+    """Float ranges ``{tensor: (lo, hi)}`` of every planned tensor, merged over each scale-sharing group."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    ort_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.Percentile}[method]
+    # MSE searches ORT's signed histograms, which its Percentile calibrator collects cheaply (its Entropy
+    # calibrator computes a KL search per tensor that is quadratic in the bin count).
+    extra = {"num_bins": bins if method != "entropy" else ENTROPY_BINS, "percentile": percentile,
+             "symmetric": False}
+    input_name = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    with tempfile.TemporaryDirectory(prefix="yolocompress-calib-") as tmp, _quiet_ort_prints():
+        calibrator = create_calibrator(Path(model_path), list(plan.op_types),
+                                       augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=ort_method, extra_options=extra)
+        for start in range(0, len(images), _CHUNK):
+            calibrator.collect_data(_ort_reader(images[start:start + _CHUNK], input_name))
+        result = calibrator.compute_data()
+        histograms = getattr(getattr(calibrator, "collector", None), "histogram_dict", {}) or {}
+    ranges: dict[str, tuple[float, float]] = {}
+    for name in plan.tensors:
+        if name not in result:
+            continue
+        lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in result[name].range_value)
+        if name in histograms:
+            hist, edges, seen_lo, seen_hi = histograms[name][:4]
+            seen_lo, seen_hi = float(seen_lo), float(seen_hi)
+            if method == "mse":
+                lo, hi = mse_range(np.asarray(hist), np.asarray(edges, np.float64), seen_lo, seen_hi)
+            # ORT's histogram methods give ranges symmetric about 0; never go beyond what was observed
+            lo, hi = max(lo, min(seen_lo, 0.0)), min(hi, max(seen_hi, 0.0))
+        ranges[name] = (lo, hi)
+    missing = [t for t in plan.tensors if t not in ranges]
+    if missing:
+        raise CompressionError(f"calibration produced no range for {len(missing)} planned tensors "
+                               f"({missing[0]}, ...)")
+    for group in plan.shared:
+        lo = min(ranges[t][0] for t in group if t in ranges)
+        hi = max(ranges[t][1] for t in group if t in ranges)
+        for t in group:
+            ranges[t] = (lo, hi)
+    return ranges
+
+
+@contextlib.contextmanager
+def _quiet_ort_prints() -> Iterator[None]:
+    """ORT's calibrators print progress lines to stdout; library code must not print."""
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+# ------------------------------------------------------------------------------------------- quantization
+def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, plan: QuantPlan,
+                 ranges: dict[str, tuple[float, float]], per_channel: bool = True,
+                 activation_type: str = "u8", extra_options: dict[str, Any] | None = None) -> Path:
+    """Write the QDQ model of ``plan`` with the given activation ranges (``quantize_static``, no calibration
+    run: the ranges go in as its calibration cache). ``extra_options`` are merged into ORT's (e.g.
+    ``TensorQuantOverrides``)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    with tempfile.TemporaryDirectory(prefix="yolocompress-quant-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        data = {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()}
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+        options = {"WeightSymmetric": True, "ActivationSymmetric": False, **(extra_options or {})}
+        quantize_static(
+            str(fp32_path), str(out_path), calibration_data_reader=None, calibration_cache_path=cache,
+            quant_format=QuantFormat.QDQ, calibrate_method=CalibrationMethod.MinMax,
+            activation_type=QuantType.QUInt8 if activation_type == "u8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=False,
+            nodes_to_quantize=list(plan.nodes), op_types_to_quantize=list(plan.op_types),
+            extra_options=options)
+    return Path(out_path)
+
+
+def _unshare_conv_initializers(path: Path) -> None:
+    """Give every Conv its own weight and bias initializers (in place).
+
+    The TorchScript exporter deduplicates equal tensors, so two convolutions can share one bias initializer
+    (common after BN folding). Quantizing one of them then puts a DequantizeLinear on the other's bias too,
+    and a float conv with a non-constant bias loses ORT's fast NCHWc kernel (measured: the float stem
+    conv ran about 2x slower).
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    inits = {init.name: init for init in proto.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            if name in inits:
+                uses[name] = uses.get(name, 0) + 1
+    changed = False
+    for node in proto.graph.node:
+        if node.op_type != "Conv":
+            continue
+        for k in range(1, len(node.input)):
+            name = node.input[k]
+            if name in inits and uses[name] > 1:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__{node.name}"
+                proto.graph.initializer.append(copy)
+                node.input[k] = copy.name
+                uses[name] -= 1
+                changed = True
+    if changed:
+        onnx.save(proto, str(path))
+
+
+def _copy_metadata(src: Path, dst: Path) -> None:
+    """Carry ``metadata_props`` (class names, stride, image size) over to the quantized file."""
+    import onnx
+
+    source = onnx.load(str(src), load_external_data=False)
+    target = onnx.load(str(dst))
+    have = {p.key for p in target.metadata_props}
+    for prop in source.metadata_props:
+        if prop.key not in have:
+            entry = target.metadata_props.add()
+            entry.key, entry.value = prop.key, prop.value
+    entry = target.metadata_props.add()
+    entry.key, entry.value = "quantization", "int8 QDQ (yolocompress PTQ)"
+    onnx.save(target, str(dst))
+
+
+def output_sqnr(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
+                images: np.ndarray) -> tuple[float, float]:
+    """SQNR in dB of the int8 model's decoded output against fp32: (all columns, score columns 4:)."""
+    from yolocompress.export.ort import create_session
+
+    a, b = create_session(fp32_path), create_session(int8_path)
+    name = a.get_inputs()[0].name
+    sig = noise = sig_s = noise_s = 0.0
+    for k in range(len(images)):
+        x = {name: images[k:k + 1]}
+        ref, out = a.run(None, x)[0].astype(np.float64), b.run(None, x)[0].astype(np.float64)
+        sig += float((ref ** 2).sum())
+        noise += float(((ref - out) ** 2).sum())
+        sig_s += float((ref[..., 4:] ** 2).sum())
+        noise_s += float(((ref[..., 4:] - out[..., 4:]) ** 2).sum())
+    return sqnr_db(sig, noise), sqnr_db(sig_s, noise_s)
+
+
+def sqnr_db(signal_energy: float, noise_energy: float) -> float:
+    """``10 log10(signal / noise)``; ``inf`` for a noiseless result."""
+    return float("inf") if noise_energy == 0 else float(10 * np.log10(signal_energy / noise_energy))
+
+
+def _fp32_onnx(model_or_onnx: Any, imgsz: int, tmp: Path) -> Path:
+    """The fp32 ONNX file to quantize: the given ``.onnx``, or an export of a model / ``.pt`` checkpoint."""
+    from torch import nn
+
+    from yolocompress.export.onnx import export_onnx
+
+    if isinstance(model_or_onnx, nn.Module):
+        return export_onnx(model_or_onnx, tmp / "model.onnx", imgsz=imgsz)
+    path = Path(model_or_onnx)
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        return path
+    from yolocompress.io.checkpoint import load_model
+
+    return export_onnx(load_model(path), tmp / f"{path.stem}.onnx", imgsz=imgsz)
+
+
+def _input_hw(path: Path) -> tuple[int, int]:
+    from yolocompress.engine.predictors import onnx_input_shape
+
+    shape = onnx_input_shape(path)
+    if not shape.static_size or shape.height != shape.width:
+        raise InputError(f"{path.name}: quantization needs a fixed square input size, got "
+                         f"{shape.height}x{shape.width}; export it with a fixed --imgsz")
+    if shape.batch not in (1, None):
+        raise InputError(f"{path.name}: quantization needs batch 1 or a dynamic batch, got {shape.batch}")
+    return shape.height, shape.width
+
+
+def default_output(model_or_onnx: Any) -> Path:
+    """``<name>-int8.onnx`` beside a model file; a temporary folder for an in-memory model."""
+    if isinstance(model_or_onnx, (str, os.PathLike)):
+        p = Path(model_or_onnx)
+        return p.with_name(f"{p.stem}-int8.onnx")
+    return Path(tempfile.mkdtemp(prefix="yolocompress-int8-")) / "model-int8.onnx"
+
+
+def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None = None,
+                 output: str | os.PathLike | None = None) -> tuple[Path, QuantReport]:
+    """Post-training int8 quantization of a detector for ONNX Runtime.
+
+    Args:
+        model_or_onnx: a detector module, a ``.pt`` checkpoint or an exported fp32 ``.onnx`` file (fixed
+            square input, batch 1 or dynamic).
+        data_cfg: ``data.yaml`` path or ``DataConfig``; calibration images come from its ``train`` split.
+        config: :class:`QuantConfig`.
+        output: where to write the int8 ``.onnx`` (atomically); default :func:`default_output`.
+    Returns:
+        ``(int8 path, QuantReport)``. Planned convs that ORT left float are listed in
+        ``report.warnings`` (and ``report.kernels["stayed_float"]``).
+    """
+    from onnxruntime.quantization import quant_pre_process
+
+    from yolocompress.io.atomic import atomic_path
+
+    config = config or QuantConfig()
+    t0 = time.perf_counter()
+    output = Path(output) if output is not None else default_output(model_or_onnx)
+    with tempfile.TemporaryDirectory(prefix="yolocompress-ptq-") as tmp_name:
+        tmp = Path(tmp_name)
+        fp32 = _fp32_onnx(model_or_onnx, config.imgsz, tmp)
+        hw = _input_hw(fp32)
+        pre = tmp / "pre.onnx"
+        try:
+            with _quiet_ort_prints():
+                quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        except Exception as exc:  # ORT raises assorted errors for graphs it cannot handle
+            raise InputError(f"ONNX Runtime cannot prepare {fp32.name} for quantization: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        _unshare_conv_initializers(pre)
+        plan = build_plan(pre, config.plan_config())
+        images = calibration_images(data_cfg, hw[0], config.calib_images)
+        ranges = calibrate(pre, plan, images, config.calibration, config.percentile, config.bins)
+        qdq = tmp / "int8.onnx"
+        try:
+            quantize_qdq(pre, qdq, plan, ranges, per_channel=config.per_channel,
+                         activation_type=config.activation_type)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise InputError(f"ONNX Runtime cannot quantize {fp32.name}: {exc}") from exc
+        _copy_metadata(fp32, qdq)
+        kernels = integer_kernel_report(qdq, plan)
+        sqnr, score_sqnr = output_sqnr(fp32, qdq, images[:config.check_images])
+        fp32_bytes, int8_bytes = fp32.stat().st_size, qdq.stat().st_size
+        with atomic_path(output) as target:
+            shutil.copyfile(qdq, target)
+    warnings = []
+    if kernels.stayed_float:
+        warnings.append(f"{len(kernels.stayed_float)} planned convolutions stayed float after ONNX Runtime "
+                        f"optimization: {', '.join(kernels.stayed_float[:6])}")
+    report = QuantReport(
+        output=str(output), config=asdict(config), calib_images=len(images), imgsz=hw,
+        plan=_plan_summary(plan), kernels=kernels.to_dict(), fp32_bytes=fp32_bytes, int8_bytes=int8_bytes,
+        sqnr_db=sqnr, score_sqnr_db=score_sqnr, seconds=time.perf_counter() - t0, warnings=warnings)
+    return output, report
+
+
+def _plan_summary(plan: QuantPlan) -> dict[str, Any]:
+    return {"quantized_nodes": len(plan.nodes), "op_types": list(plan.op_types),
+            "quantized_tensors": len(plan.tensors), "shared_scale_groups": len(plan.shared),
+            "int8_convs": len(plan.int8_convs),
+            "float_convs": {c.scope: c.reason for c in plan.float_convs},
+            "int8_mac_share": plan.int8_mac_share}
+
+
+def kernel_summary(report: KernelReport) -> str:
+    """One line: planned convs as integer kernels and their share of conv multiply-adds."""
+    return (f"{report.planned_integer}/{report.planned} planned convs run as integer kernels "
+            f"({100 * report.planned_mac_share:.1f}% of their MACs; {100 * report.integer_mac_share:.1f}% of "
+            f"all conv MACs)")
+
+
+__all__: Sequence[str] = ("QuantConfig", "QuantReport", "quantize_ptq", "calibrate", "calibration_images",
+                          "quantize_qdq", "mse_range", "output_sqnr", "sqnr_db", "kernel_summary")
