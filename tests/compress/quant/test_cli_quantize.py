@@ -1,0 +1,90 @@
+"""``yolocompress quantize``: the int8 file, its JSON report, eval and bench on it, and bad input (exit 2)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from yolocompress.cli import main
+
+CKPT = Path(__file__).parents[2] / "fixtures" / "ultralytics-yolov5" / "yolov5n-shapes-e12.pt"
+FAST = ["--imgsz", "64", "--calib-images", "4"]
+
+
+@pytest.fixture(scope="module")
+def int8_file(tiny_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli-quant")
+    out, report = folder / "n-int8.onnx", folder / "report.json"
+    code = main(["quantize", str(CKPT), "--method", "ptq", "--data", str(tiny_data), *FAST,
+                 "--calibration", "percentile", "-o", str(out), "--json", str(report)])
+    assert code == 0
+    return out, json.loads(report.read_text())
+
+
+def test_quantize_writes_model_and_report(int8_file, capsys):
+    out, report = int8_file
+    assert out.is_file()
+    assert report["output"] == str(out) and report["calib_images"] == 4
+    assert report["kernels"]["stayed_float"] == [] and report["kernels"]["planned_integer"] == 56
+    assert report["size_ratio"] < 0.35 and report["sqnr_db"] > 25
+    assert report["config"]["calibration"] == "percentile" and report["config"]["per_channel"] is True
+
+
+def test_eval_and_bench_on_int8(int8_file, tiny_data, tmp_path):
+    out, _ = int8_file
+    metrics = tmp_path / "eval.json"
+    assert main(["eval", str(out), "--data", str(tiny_data), "--batch", "4", "--json", str(metrics)]) == 0
+    result = json.loads(metrics.read_text())
+    assert result["images"] == 4 and result["imgsz"] == 64
+    bench = tmp_path / "bench.json"
+    assert main(["bench", str(out), "--backend", "onnxruntime", "--runs", "3", "--warmup", "1",
+                 "--threads", "1", "--json", str(bench)]) == 0
+    assert json.loads(bench.read_text())["median_ms"] > 0
+
+
+def test_exclude_and_per_tensor(tiny_onnx, tiny_data, tmp_path):
+    out, report = tmp_path / "x.onnx", tmp_path / "x.json"
+    assert main(["quantize", str(tiny_onnx), "--data", str(tiny_data), "--calib-images", "2", "--per-tensor",
+                 "--exclude", "model.17", "model.20.cv3", "--silu", "float", "-o", str(out),
+                 "--json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    float_convs = r["plan"]["float_convs"]
+    assert "model.17.cv1.conv" in float_convs and float_convs["model.20.cv3.conv"] == "excluded"
+    assert r["kernels"]["stayed_float"] == []
+
+
+def _empty_train(tmp_path: Path) -> Path:
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+    data = tmp_path / "empty.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images/train", "val": "images/val",
+                                    "nc": 3, "names": ["a", "b", "c"]}))
+    return data
+
+
+def _exit_code(argv: list[str]) -> int:
+    """``main``'s return code, or the code argparse exits with on a usage error."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+def test_bad_inputs_exit_2(tiny_onnx, tiny_data, tmp_path, capsys):
+    out = tmp_path / "bad.onnx"
+    cases = [
+        ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--exclude", "model.99", "-o", str(out)],
+        ["quantize", str(tiny_onnx), "--data", str(_empty_train(tmp_path)), "-o", str(out)],
+        ["quantize", str(tmp_path / "missing.pt"), "--data", str(tiny_data), "-o", str(out)],
+        ["quantize", str(tiny_onnx), "--data", str(tiny_data), "-o", str(tmp_path / "bad.pt")],
+        ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--imgsz", "128", "-o", str(out)],
+        ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--method", "awq", "-o", str(out)],
+        ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--calibration", "kl", "-o", str(out)],
+    ]
+    for argv in cases:
+        assert _exit_code(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("yolocompress: error:"), err
+    assert not out.exists() and not (tmp_path / "bad.pt").exists()

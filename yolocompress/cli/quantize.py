@@ -1,0 +1,99 @@
+"""``yolocompress quantize MODEL --method ptq --data DATA -o OUT.onnx``: int8 model for ONNX Runtime."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from yolocompress.cli.common import console, err_console, image_size, positive_int, write_json
+from yolocompress.errors import InputError
+
+if TYPE_CHECKING:  # onnxruntime and torch are imported only when the command runs
+    from yolocompress.compress.quant.ptq import QuantReport
+
+METHODS = ("ptq",)
+CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
+
+
+def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | None = None,
+        calib_images: int = 256, calibration: str = "minmax", per_channel: bool = True,
+        exclude: Sequence[str] = (), silu: str = "int8", stem: str = "float",
+        activations: str = "u8") -> QuantReport:
+    """Quantize ``model`` (``.pt`` or fp32 ``.onnx``) to int8 and write it to ``output`` (``.onnx``)."""
+    from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
+
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if Path(output).suffix.lower() != ".onnx":
+        raise InputError(f"output must be an .onnx file, got {output}")
+    if not Path(model).is_file():
+        raise InputError(f"model file not found: {model}")
+    if imgsz is not None and Path(model).suffix.lower() == ".onnx":
+        from yolocompress.engine.predictors import onnx_input_shape
+
+        shape = onnx_input_shape(model)
+        if (shape.height, shape.width) != (imgsz, imgsz):
+            raise InputError(f"{Path(model).name} has a fixed input size {shape.height}x{shape.width}, "
+                             f"not {imgsz}x{imgsz}; export it again at --imgsz {imgsz}")
+    config = QuantConfig(calibration=calibration, calib_images=calib_images, per_channel=per_channel,
+                         activation_type=activations, silu=silu, stem=stem, exclude=tuple(exclude),
+                         imgsz=imgsz or 640)
+    return quantize_ptq(model, data, config, output=output)[1]
+
+
+def _print(report: QuantReport) -> None:
+    k, p = report.kernels, report.plan
+    console.print(f"wrote {report.output}: int8 {report.int8_bytes / 1e6:.2f} MB = {report.size_ratio:.2f}x the "
+                  f"fp32 {report.fp32_bytes / 1e6:.2f} MB")
+    console.print(f"plan: {p['int8_convs']} int8 convs ({100 * p['int8_mac_share']:.1f}% of conv MACs), float: "
+                  + ", ".join(f"{scope} ({why})" for scope, why in p["float_convs"].items()))
+    console.print(f"ONNX Runtime: {k['planned_integer']}/{k['planned']} planned convs run as integer kernels "
+                  f"({100 * k['planned_mac_share']:.1f}% of their MACs)")
+    console.print(f"output SQNR vs fp32 on {min(report.config['check_images'], report.calib_images)} "
+                  f"calibration images: {report.sqnr_db:.1f} dB (scores {report.score_sqnr_db:.1f} dB); "
+                  f"{report.calib_images} images, {report.config['calibration']} calibration, "
+                  f"{report.seconds:.1f} s")
+    for warning in report.warnings:
+        err_console.print(f"warning: {warning}")
+
+
+def _main(args: argparse.Namespace) -> int:
+    exclude = [s for group in (args.exclude or []) for s in group]
+    report = run(args.model, args.data, args.output, method=args.method, imgsz=args.imgsz,
+                 calib_images=args.calib_images, calibration=args.calibration, per_channel=args.per_channel,
+                 exclude=exclude, silu=args.silu, stem=args.stem, activations=args.activations)
+    _print(report)
+    write_json({"model": str(args.model), "data": str(args.data), **report.to_dict()}, args.json)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("quantize", help="int8 quantization for ONNX Runtime (calibrated PTQ)",
+                              description="Quantize a detector to int8 (QDQ ONNX) with calibration images from "
+                                          "the training split. Detect output convs and box decoding stay float; "
+                                          "the integer kernels ONNX Runtime builds are verified.")
+    p.add_argument("model", help="checkpoint (.pt) or exported fp32 .onnx (fixed square size, batch 1)")
+    p.add_argument("--method", choices=METHODS, default="ptq", help="quantization method (default ptq)")
+    p.add_argument("--data", required=True, help="data.yaml; calibration images come from its train split")
+    p.add_argument("-o", "--output", required=True, help="int8 model to write (.onnx)")
+    p.add_argument("--imgsz", type=image_size, default=None,
+                   help="export size for a .pt model (default 640; an .onnx file keeps its own)")
+    p.add_argument("--calib-images", type=positive_int, default=256, help="calibration images (default 256)")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default="minmax",
+                   help="activation range estimation (default minmax)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
+                       help="one weight scale per output channel (default)")
+    group.add_argument("--per-tensor", dest="per_channel", action="store_false",
+                       help="one weight scale per tensor")
+    p.add_argument("--exclude", nargs="+", action="append", metavar="NAME",
+                   help="keep these float: module paths (model.17, model.17.cv3.conv) or ONNX node names; "
+                        "a name that matches nothing is an error")
+    p.add_argument("--silu", choices=("int8", "float"), default="int8",
+                   help="SiLU as QLinearSigmoid + QLinearMul (int8, default) or in float")
+    p.add_argument("--stem", choices=("int8", "float"), default="float",
+                   help="the first conv (3-channel image input): float (default; faster on x86) or int8")
+    p.add_argument("--activations", choices=("u8", "s8"), default="u8",
+                   help="activation type (default u8: what ONNX Runtime's x86 integer kernels take)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(func=_main)
