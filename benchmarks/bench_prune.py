@@ -63,11 +63,13 @@ def part_structure(args) -> dict:
             rows.append({"model": name, "variant": kind, "gflops": g, "ort_ms": lat,
                          "params": sum(p.numel() for p in net.parameters()),
                          "gflops_ratio": g / base[0], "latency_ratio": lat / base[1]})
-    print(f"CPU: {cpu_name()}; ONNX Runtime, {args.threads} threads, batch 1, {args.imgsz} px, ratio {args.ratio}")
-    print(f"{'model':9} {'variant':9} {'params':>10} {'GFLOPs':>7} {'x orig':>7} | {'ORT ms':>7} {'x orig':>7}")
+    print(f"CPU: {cpu_name()}; ONNX Runtime, {args.threads} threads, batch 1, {args.imgsz} px, "
+          f"ratio {args.ratio}")
+    print(f"{'model':9} {'variant':9} {'params':>10} {'GFLOPs':>7} {'x orig':>7} | "
+          f"{'ORT ms':>7} {'x orig':>7}")
     for r in rows:
-        print(f"{r['model']:9} {r['variant']:9} {r['params']:>10,} {r['gflops']:7.2f} {r['gflops_ratio']:7.3f} | "
-              f"{r['ort_ms']:7.1f} {r['latency_ratio']:7.3f}")
+        print(f"{r['model']:9} {r['variant']:9} {r['params']:>10,} {r['gflops']:7.2f} "
+              f"{r['gflops_ratio']:7.3f} | {r['ort_ms']:7.1f} {r['latency_ratio']:7.3f}")
     return {"rows": rows}
 
 
@@ -85,33 +87,36 @@ def part_accuracy(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_model
 
     model, data = _baseline_and_data(args)
-    common = dict(ratio=args.ratio, imgsz=args.imgsz, calib_batches=args.calib_batches, eval_images=args.eval_images,
-                  finetune_epochs=args.epochs, seed=args.seed, bf16=args.bf16, channels_last=args.bf16,
-                  progress=args.progress)
+    common = dict(ratio=args.ratio, imgsz=args.imgsz, calib_batches=args.calib_batches,
+                  eval_images=args.eval_images, finetune_epochs=args.epochs, seed=args.seed, bf16=args.bf16,
+                  channels_last=args.bf16, progress=args.progress)
     out = {}
     for label, extra in (("eagleeye", dict(candidates=args.candidates)), ("uniform", dict(candidates=1))):
         t0 = time.perf_counter()
-        _, report = prune_model(model, data, PruneConfig(**common, **extra, eval_baseline=label == "eagleeye"))
+        config = PruneConfig(**common, **extra, eval_baseline=label == "eagleeye")
+        _, report = prune_model(model, data, config)
         out[label] = report.to_dict()
         out[label]["wall_s"] = time.perf_counter() - t0
         print(f"[{label}] done in {out[label]['wall_s']:.0f} s", flush=True)
-    e, u = out["eagleeye"], out["uniform"]
+    e = out["eagleeye"]
     print(f"baseline {args.model or 'shipped baseline'}: mAP50 {e['baseline']['map50']:.4f} "
           f"mAP50-95 {e['baseline']['map50_95']:.4f}, {e['baseline']['gflops']:.3f} GFLOPs@{args.imgsz}")
     print(f"{'strategy':9} {'GFLOPs':>7} {'x base':>7} | {'search mAP50-95':>15} | {'fine-tuned mAP50':>16} "
           f"{'mAP50-95':>8} {'delta':>7}")
     for label, r in out.items():
         ft = r["after_finetune"] or {"map50": float("nan"), "map50_95": float("nan")}
-        print(f"{label:9} {r['pruned']['gflops']:7.3f} {r['pruned']['gflops'] / e['baseline']['gflops']:7.3f} | "
+        ratio = r['pruned']['gflops'] / e['baseline']['gflops']
+        print(f"{label:9} {r['pruned']['gflops']:7.3f} {ratio:7.3f} | "
               f"{r['after_search']['map50_95']:15.4f} | {ft['map50']:16.4f} {ft['map50_95']:8.4f} "
               f"{ft['map50_95'] - e['baseline']['map50_95']:+7.4f}")
     t = e["timing_s"]
     n = len(e["candidates"])
-    print(f"search: {n} candidates in {t['search']:.1f} s = {e['candidates_per_minute']:.1f} candidates/min; per "
-          f"candidate: build {t['build'] / n:.2f} s, BN recalibration {t['bn_recalibration'] / n:.2f} s, "
+    print(f"search: {n} candidates in {t['search']:.1f} s = {e['candidates_per_minute']:.1f} candidates/min; "
+          f"per candidate: build {t['build'] / n:.2f} s, BN recalibration {t['bn_recalibration'] / n:.2f} s, "
           f"inference {t['inference'] / n:.2f} s, NMS+mAP {t['nms_map'] / n:.2f} s "
           f"({args.calib_batches}x16 calibration images, {args.eval_images} scored images)")
-    print("candidate scores: " + ", ".join(f"{c['score']:.4f}{'*' if c['chosen'] else ''}" for c in e["candidates"]))
+    print("candidate scores: " + ", ".join(f"{c['score']:.4f}{'*' if c['chosen'] else ''}"
+                                           for c in e["candidates"]))
     return out
 
 
@@ -136,9 +141,9 @@ def part_correlation(args) -> dict:
         raw = scorer(copy.deepcopy(sub), recalibrate=False)
         abn = scorer(sub, recalibrate=True)
         with tempfile.TemporaryDirectory() as tmp:
-            tc = TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=16, workers=0, seed=args.seed, out_dir=tmp,
-                             close_mosaic=args.epochs // 2, patience=0, val=False, bf16=args.bf16,
-                             channels_last=args.bf16, progress=args.progress)
+            tc = TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=16, workers=0, seed=args.seed,
+                             out_dir=tmp, close_mosaic=args.epochs // 2, patience=0, val=False,
+                             bf16=args.bf16, channels_last=args.bf16, progress=args.progress)
             tuned = Trainer(sub, data, tc).train().model
         final = evaluate_model(tuned, data, imgsz=args.imgsz, batch=32)
         rows.append({"index": i, "kind": s.kind, "gflops": s.flops / 1e9, "score_raw": raw.map50_95,
@@ -157,7 +162,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", choices=("structure", "accuracy", "correlation"))
     p.add_argument("--models", nargs="+", default=["yolov5n", "yolov5s"], help="structure: configs")
-    p.add_argument("--model", default=None, help="accuracy/correlation: checkpoint (default: shipped baseline)")
+    p.add_argument("--model", default=None,
+                   help="accuracy/correlation: checkpoint (default: the shipped baseline)")
     p.add_argument("--data", default=None, help="accuracy/correlation: data.yaml (default: the demo data)")
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--imgsz", type=int, default=None, help="default 640 (structure) / 256 (others)")
@@ -175,7 +181,8 @@ def main() -> None:
     args.candidates = args.candidates or (16 if args.part == "accuracy" else 8)
     args.epochs = args.epochs if args.epochs is not None else (10 if args.part == "accuracy" else 3)
     torch.set_num_threads(args.threads)
-    result = {"structure": part_structure, "accuracy": part_accuracy, "correlation": part_correlation}[args.part](args)
+    parts = {"structure": part_structure, "accuracy": part_accuracy, "correlation": part_correlation}
+    result = parts[args.part](args)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), **result}, indent=1, default=str))
 

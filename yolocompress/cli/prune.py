@@ -42,8 +42,9 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
     if Path(output).suffix.lower() != ".pt":
         raise InputError(f"output must be a .pt file, got {output}")
     config = PruneConfig(
-        ratio=ratio, target_gflops=target_gflops, imgsz=imgsz, candidates=candidates, calib_batches=calib_batches,
-        eval_images=eval_images, finetune_epochs=finetune_epochs, round_to=round_to, min_channels=min_channels,
+        ratio=ratio, target_gflops=target_gflops, imgsz=imgsz, candidates=candidates,
+        calib_batches=calib_batches, eval_images=eval_images, finetune_epochs=finetune_epochs,
+        round_to=round_to, min_channels=min_channels,
         exclude=tuple(e.strip() for e in exclude.split(",") if e.strip()) if exclude else (), seed=seed,
         device=device, calib_batch=batch, eval_batch=batch, finetune_batch=batch, workers=workers,
         latency=latency, progress=progress, bf16=bf16, channels_last=channels_last)
@@ -86,7 +87,8 @@ def _main(args: argparse.Namespace) -> int:
     scores = sorted((c["score"] for c in r["candidates"]), reverse=True)
     print(f"EagleEye: {len(r['candidates'])} candidates ({r['candidates_per_minute']:.1f}/min), chosen "
           f"#{r['chosen']} (score {scores[0]:.4f}; median {scores[len(scores) // 2]:.4f})")
-    line = f"mAP50-95: baseline {b.get('map50_95', float('nan')):.4f}, after search {r['after_search']['map50_95']:.4f}"
+    line = (f"mAP50-95: baseline {b.get('map50_95', float('nan')):.4f}, "
+            f"after search {r['after_search']['map50_95']:.4f}")
     if r["after_finetune"]:
         line += f", after fine-tune {r['after_finetune']['map50_95']:.4f}"
     print(line)
@@ -96,31 +98,42 @@ def _main(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "prune", help="EagleEye structured channel pruning (real, smaller convolutions)",
-        description="Remove whole convolution channels. EagleEye samples per-layer-group pruning ratios that meet "
-                    "the FLOPs budget, builds each sub-net by L1 norm, re-estimates its BatchNorm statistics on a "
-                    "few training batches (adaptive BN), scores it on held-out images, keeps the best and "
-                    "fine-tunes it. --ratio R: the budget is the FLOPs of pruning every group by R.")
+        description="Remove whole convolution channels. EagleEye samples per-layer-group pruning ratios that "
+                    "meet the FLOPs budget, builds each sub-net by L1 norm, re-estimates its BatchNorm "
+                    "statistics on a few training batches (adaptive BN), scores it on held-out images, keeps "
+                    "the best and fine-tunes it. --ratio R: the budget is the FLOPs of pruning every group "
+                    "by R.")
     p.add_argument("model", help="unfused checkpoint (.pt: ours, Ultralytics, or a state_dict with --cfg)")
     p.add_argument("-o", "--output", required=True, help="pruned checkpoint to write (.pt, our format)")
-    p.add_argument("--data", required=True, help="data.yaml (train: BN calibration, fine-tuning; val: scores)")
+    p.add_argument("--data", required=True,
+                   help="data.yaml (train: BN calibration, fine-tuning; val: scoring)")
     p.add_argument("--ratio", type=_ratio, default=None,
                    help="fraction of prunable channels removed, 0 < R < 1 (default 0.5)")
-    p.add_argument("--target-gflops", type=float, default=None, help="FLOPs budget at --imgsz instead of --ratio")
-    p.add_argument("--imgsz", type=image_size, default=640, help="image size for FLOPs, search and fine-tuning")
-    p.add_argument("--candidates", type=positive_int, default=20, help="strategies scored (the first is uniform)")
+    p.add_argument("--target-gflops", type=float, default=None,
+                   help="FLOPs budget at --imgsz instead of --ratio")
+    p.add_argument("--imgsz", type=image_size, default=640,
+                   help="image size for FLOPs, search and fine-tuning")
+    p.add_argument("--candidates", type=positive_int, default=20,
+                   help="strategies scored (the first is uniform)")
     p.add_argument("--calib-batches", type=positive_int, default=8, help="training batches for adaptive BN")
-    p.add_argument("--eval-images", type=positive_int, default=64, help="held-out images each candidate is scored on")
-    p.add_argument("--finetune-epochs", type=int, default=10, help="epochs of fine-tuning of the winner (0: none)")
+    p.add_argument("--eval-images", type=positive_int, default=64,
+                   help="held-out images each candidate is scored on")
+    p.add_argument("--finetune-epochs", type=int, default=10,
+                   help="epochs of fine-tuning of the winner (0: none)")
     p.add_argument("--round-to", type=positive_int, default=8, help="keep channel counts a multiple of this")
-    p.add_argument("--min-channels", type=positive_int, default=8, help="never keep fewer channels in a group")
-    p.add_argument("--exclude", default=None, help="comma-separated layer indices or module names never pruned")
-    p.add_argument("--batch", type=positive_int, default=16, help="batch size (calibration, scoring, fine-tuning)")
+    p.add_argument("--min-channels", type=positive_int, default=8,
+                   help="never keep fewer channels in a group")
+    p.add_argument("--exclude", default=None,
+                   help="comma-separated layer indices or module names never pruned")
+    p.add_argument("--batch", type=positive_int, default=16,
+                   help="batch size (calibration, scoring, fine-tuning)")
     p.add_argument("--seed", type=int, default=0, help="strategy sampling, data subsets, fine-tuning")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=0, help="data-loading workers for fine-tuning")
     p.add_argument("--bf16", action="store_true", help="fine-tune with CPU bf16 autocast (AMX CPUs)")
     p.add_argument("--channels-last", action="store_true", help="fine-tune in NHWC memory format")
-    p.add_argument("--latency", action="store_true", help="also measure ONNX Runtime latency before and after")
+    p.add_argument("--latency", action="store_true",
+                   help="also measure ONNX Runtime latency before and after")
     p.add_argument("--cfg", default=None, help="model config for a bare state_dict")
     p.add_argument("--json", default=None, help="write the full report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -32,7 +32,8 @@ class ChannelRules:
 
     def __post_init__(self) -> None:
         if self.min_channels < 1 or self.round_to < 1:
-            raise InputError(f"min_channels and round_to must be >= 1, got {self.min_channels}, {self.round_to}")
+            raise InputError(f"min_channels and round_to must be >= 1, got {self.min_channels}, "
+                             f"{self.round_to}")
 
     def floor(self, n: int) -> int:
         """The fewest units a group of ``n`` may keep."""
@@ -151,7 +152,8 @@ def prune_channels(model: nn.Module, graph: ChannelGraph, keep: np.ndarray) -> n
         if rec.kind == "linear":
             _replace(pruned, rec.name, _pruned_linear(old, in_mask, out_mask))
         else:
-            _replace(pruned, rec.name, _pruned_conv(old, in_mask, out_mask, depthwise=rec.kind == "depthwise"))
+            new = _pruned_conv(old, in_mask, out_mask, depthwise=rec.kind == "depthwise")
+            _replace(pruned, rec.name, new)
     for rec in graph.norms:
         mask = graph.kept_mask(rec.ids, keep)
         if not mask.all():

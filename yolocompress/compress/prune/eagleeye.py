@@ -114,7 +114,8 @@ class StrategySpace:
 
     def strategy(self, ratios: np.ndarray, kind: str) -> Strategy:
         counts = self.counts(ratios)
-        return Strategy(np.asarray(ratios, dtype=np.float64), counts, self.cost.flops(self.keep(counts)), kind)
+        flops = self.cost.flops(self.keep(counts))
+        return Strategy(np.asarray(ratios, dtype=np.float64), counts, flops, kind)
 
     def uniform(self, ratio: float) -> Strategy:
         return self.strategy(np.full(len(self.searchable), ratio), "uniform")
@@ -127,7 +128,7 @@ class StrategySpace:
         return self._scaled(np.ones(len(self.searchable)), budget, "uniform")
 
     def sample(self, rng: np.random.Generator, budget: float) -> Strategy:
-        """A random direction ``u ~ U[0, 1]^G`` scaled until the FLOPs fit ``budget`` (as closely as possible)."""
+        """A random direction ``u ~ U[0, 1]^G``, scaled until its FLOPs just fit ``budget``."""
         return self._scaled(rng.uniform(0.0, 1.0, len(self.searchable)), budget, "random")
 
     def _scaled(self, u: np.ndarray, budget: float, kind: str) -> Strategy:
@@ -152,13 +153,15 @@ class StrategySpace:
 
 
 # ---------------------------------------------------------------------------------------------- adaptive BN
-def adaptive_bn(model: nn.Module, batches: Sequence[torch.Tensor], device: str | torch.device = "cpu") -> None:
+def adaptive_bn(model: nn.Module, batches: Sequence[torch.Tensor],
+                device: str | torch.device = "cpu") -> None:
     """Re-estimate every BatchNorm's running statistics on ``batches`` (uint8 Tensor[B, 3, H, W]) in place.
 
     Running stats are reset and accumulated as a plain average over the batches (``momentum=None``), in train
     mode and without gradients; weights are untouched. The model's momenta and train/eval mode are restored.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in norms]
     was_training = model.training
     for m in norms:
@@ -193,6 +196,11 @@ def _subset_batches(dataset, indices: Sequence[int], batch: int) -> list[tuple]:
     return [collate([dataset[i] for i in indices[j:j + batch]]) for j in range(0, len(indices), batch)]
 
 
+def _sample(rng: np.random.Generator, n: int, k: int) -> list[int]:
+    """``k`` of ``range(n)`` in increasing order, at random (all of them when ``k >= n``)."""
+    return np.sort(rng.permutation(n)[:k]).tolist() if k < n else list(range(n))
+
+
 def cache_data(data_cfg: Any, imgsz: int, stride: int, calib_batches: int, calib_batch: int, eval_images: int,
                eval_batch: int, seed: int, eval_split: str = "val") -> CachedData:
     """Load ``calib_batches`` x ``calib_batch`` random training images and ``eval_images`` random held-out
@@ -201,13 +209,14 @@ def cache_data(data_cfg: Any, imgsz: int, stride: int, calib_batches: int, calib
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    train = build_eval_loader(data_cfg, "train", imgsz=imgsz, batch=calib_batch, stride=stride, rect=False).dataset
+    train = build_eval_loader(data_cfg, "train", imgsz=imgsz, batch=calib_batch, stride=stride,
+                              rect=False).dataset
     n_calib = min(len(train), calib_batches * calib_batch)
-    idx = np.sort(rng.permutation(len(train))[:n_calib]).tolist() if n_calib < len(train) else list(range(n_calib))
-    calib = [b[0] for b in _subset_batches(train, idx, calib_batch)]
-    held = build_eval_loader(data_cfg, eval_split, imgsz=imgsz, batch=eval_batch, stride=stride, rect=False).dataset
+    calib = [b[0] for b in _subset_batches(train, _sample(rng, len(train), n_calib), calib_batch)]
+    held = build_eval_loader(data_cfg, eval_split, imgsz=imgsz, batch=eval_batch, stride=stride,
+                             rect=False).dataset
     n_eval = min(len(held), eval_images)
-    idx = np.sort(rng.permutation(len(held))[:n_eval]).tolist() if n_eval < len(held) else list(range(n_eval))
+    idx = _sample(rng, len(held), n_eval)
     eval_batches = _subset_batches(held, idx, eval_batch)
     if not calib or not eval_batches:
         raise InputError("pruning needs at least one training image and one held-out image")

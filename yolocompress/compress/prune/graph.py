@@ -1,8 +1,8 @@
-"""Dependency analysis: which output channels of which layers are coupled and must be kept or removed together.
+"""Dependency analysis: which output channels of which layers are coupled (kept or removed together).
 
 How it works. Every tensor is described by its *channel layout*: a 1-D integer array holding, for each of its
-channels, a global *element id*. A (non-grouped) convolution or linear layer creates fresh ids for its outputs;
-everything else only moves ids around, following each module's forward code:
+channels, a global *element id*. A (non-grouped) convolution or linear layer creates fresh ids for its
+outputs; everything else only moves ids around, following each module's forward code:
 
 - ``torch.cat`` concatenates layouts (Concat, C3, SPP/SPPF, GhostConv, ELAN, Focus's space-to-depth);
 - an element-wise op between two tensors (residual add, SE's channel scaling, FReLU's max, RepConv's branch
@@ -10,7 +10,7 @@ everything else only moves ids around, following each module's forward code:
 - a depth-wise convolution (groups == in == out) and BatchNorm keep their input's ids, so they are tied to it;
 - ShuffleNetV2's ``chunk`` + ``channel_shuffle`` only give the same result after pruning if both halves keep
   identical counts at identical positions; rather than tie units across a whole stage we mark the block's
-  concatenated (shuffled) channels *fixed*. The hidden width of each branch stays prunable (exact, conservative);
+  concatenated (shuffled) channels *fixed*; each branch's hidden width stays prunable (exact, conservative);
 - other grouped convolutions fix their input and output channels (no shipped config has one);
 - the image's input channels and the Detect convs' ``na * (nc + 5)`` outputs are fixed.
 
@@ -21,9 +21,9 @@ channel carrying one of its ids, in every tensor) and the units that share an al
 Why a handler per module type and not a generic tracer: ``torch.fx`` cannot trace Detect, Shuffle_Block or
 SELayer (they unpack ``x.shape``) without making them leaves, which then need handlers anyway; a forward-hook
 tracer sees modules but not the functional ops (``cat``, ``+``, ``chunk``, ``view``) that carry the coupling.
-A handler registry mirrors each block's ``forward`` in a few lines, covers every shipped config exactly, and an
-unknown module type is a clear error instead of a silently wrong pruning (``register_handler`` adds one). The
-property test in ``tests/compress/prune`` checks every shipped config by comparing a pruned model against the
+A handler registry mirrors each block's ``forward`` in a few lines, covers every shipped config exactly,
+and an unknown module type is a clear error instead of a silently wrong pruning (``register_handler`` adds
+one). The property test in ``tests/compress/prune`` checks every shipped config by comparing a pruned model against the
 original with the removed channels' consumers zeroed (identical outputs iff the coupling is exact).
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ _HANDLERS: dict[type, Handler] = {}
 
 
 def register_handler(*types: type) -> Callable[[Handler], Handler]:
-    """Decorator: ``handler(tracer, name, module, layout) -> output layout`` for ``types`` (and subclasses)."""
+    """Decorator: ``handler(tracer, name, module, layout) -> output layout`` for ``types`` and subclasses."""
     def deco(fn: Handler) -> Handler:
         for t in types:
             _HANDLERS[t] = fn
@@ -156,7 +156,7 @@ class ChannelTracer:
         self.fixed.update(int(i) for i in ids)
 
     def unify(self, a: Layout, b: Layout) -> Layout:
-        """Element-wise op between tensors with layouts ``a`` and ``b`` (same length): tie position by position."""
+        """Element-wise op between tensors with layouts ``a`` and ``b`` (same length): tie position-wise."""
         if len(a) != len(b):
             raise ValueError(f"element-wise op between {len(a)} and {len(b)} channels")
         for x, y in zip(a.tolist(), b.tolist()):
@@ -226,8 +226,8 @@ def _frelu(t: ChannelTracer, name: str, m: activations.FReLU, x: Layout) -> Layo
 
 @register_handler(activations.AconC, activations.MetaAconC)
 def _acon(t: ChannelTracer, name: str, m: nn.Module, x: Layout) -> Layout:
-    raise UnsupportedModuleError(f"{name}: {type(m).__name__} keeps per-channel parameters that a pruned model's "
-                                 "shape spec cannot store; pruning supports the other activations")
+    raise UnsupportedModuleError(f"{name}: {type(m).__name__} keeps per-channel parameters that a pruned "
+                                 "model's shape spec cannot store; pruning supports the other activations")
 
 
 @register_handler(common.Conv)
@@ -340,12 +340,12 @@ def _elan(t: ChannelTracer, name: str, m: elan.ELAN, x: Layout) -> Layout:
 
 
 @register_handler(common.Concat)
-def _concat(t: ChannelTracer, name: str, m: common.Concat, xs: list[Layout]) -> Layout:  # type: ignore[override]
+def _concat(t: ChannelTracer, name: str, m: common.Concat, xs: list[Layout]) -> Layout:
     return t.cat(xs)
 
 
 @register_handler(Detect)
-def _detect(t: ChannelTracer, name: str, m: Detect, xs: list[Layout]) -> Layout:  # type: ignore[override]
+def _detect(t: ChannelTracer, name: str, m: Detect, xs: list[Layout]) -> Layout:
     outs = []
     for i, (conv, x) in enumerate(zip(m.m, xs)):
         out = t.conv(f"{name}.m.{i}", conv, x)
@@ -387,7 +387,7 @@ class ChannelGraph:
         return np.ones(self.n_units, dtype=bool)
 
     def kept_mask(self, ids: Layout, keep: np.ndarray) -> np.ndarray:
-        """``bool[len(ids)]``: which channels of a tensor with layout ``ids`` survive ``keep`` (bool[n_units])."""
+        """``bool[len(ids)]``: which channels of a tensor with layout ``ids`` survive ``keep``."""
         return keep[self.unit_of[ids]]
 
 

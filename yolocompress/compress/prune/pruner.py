@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 import torch.nn as nn
 
 from yolocompress.compress.prune.apply import ChannelRules, prune_channels
@@ -39,7 +38,7 @@ class PruneConfig:
     """Settings of one pruning run (validated on construction; see the module doc for the budget).
 
     Attributes:
-        ratio: fraction of prunable channels removed, 0 < ratio < 1 (the budget is the uniform strategy's FLOPs).
+        ratio: fraction of prunable channels removed, 0 < ratio < 1 (budget: the uniform strategy's FLOPs).
         target_gflops: alternative budget, GFLOPs at ``imgsz`` (give ``ratio`` or this, not both).
         imgsz: image size (pixels) for FLOPs, the search and evaluation.
         candidates: strategies scored (the first is the uniform one when ``include_uniform``).
@@ -48,7 +47,7 @@ class PruneConfig:
         metric: the score, ``map50_95``, ``map50`` or ``fitness``.
         finetune_epochs: epochs of fine-tuning of the winner (0: none); ``finetune_batch`` images per batch.
         bf16, channels_last: fine-tune with CPU bf16 autocast / NHWC (``TrainConfig``'s options).
-        round_to, min_channels: ``ChannelRules`` (kept counts multiple of ``round_to`` and >= ``min_channels``).
+        round_to, min_channels: ``ChannelRules`` (kept counts multiples of ``round_to``, >= ``min_channels``).
         max_ratio: the most any group is pruned.
         exclude: layer indices (``"0"``) or module-name prefixes (``"model.9.cv1"``) never pruned.
         seed: strategy sampling, data subsets and fine-tuning.
@@ -117,11 +116,11 @@ class PruneConfig:
 class PruneReport:
     """What a pruning run did and measured (``to_dict()`` is JSON-ready).
 
-    ``baseline`` / ``pruned``: params, GFLOPs at ``imgsz``, ONNX Runtime latency (ms, when measured) and, for the
-    baseline, val mAPs. ``after_search`` / ``after_finetune``: full val-split mAP50 and mAP50-95 of the winner
-    (after adaptive BN, and after fine-tuning). ``groups``: every prunable group with its channels before and
-    after. ``candidates``: every candidate's kind, GFLOPs, held-out score and mean ratio. ``timing_s``: seconds
-    per phase (``bn_recalibration``, ``inference``, ``nms_map`` summed over candidates).
+    ``baseline`` / ``pruned``: params, GFLOPs at ``imgsz``, ONNX Runtime latency (ms, when measured) and,
+    for the baseline, val mAPs. ``after_search`` / ``after_finetune``: full val-split mAP50 and mAP50-95 of
+    the winner (after adaptive BN, and after fine-tuning). ``groups``: every prunable group with its channels
+    before and after. ``candidates``: every candidate's kind, GFLOPs, held-out score and mean ratio.
+    ``timing_s``: seconds per phase (``bn_recalibration``, ``inference``, ``nms_map`` summed over candidates).
     """
 
     config: dict[str, Any]
@@ -203,7 +202,8 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
         uniform = space.uniform_for_budget(budget)
     rng = np.random.default_rng(cfg.seed)
     n_random = cfg.candidates - (1 if cfg.include_uniform else 0)
-    strategies = ([uniform] if cfg.include_uniform else []) + [space.sample(rng, budget) for _ in range(n_random)]
+    strategies = [uniform] if cfg.include_uniform else []
+    strategies += [space.sample(rng, budget) for _ in range(n_random)]
     return SearchPlan(graph, space, strategies, budget, base_flops, excluded)
 
 
@@ -215,7 +215,8 @@ def _full_eval(model: nn.Module, data: Any, cfg: PruneConfig) -> dict[str, float
     from yolocompress.engine.evaluator import evaluate_model
 
     r = evaluate_model(model, data, split="val", imgsz=cfg.imgsz, batch=cfg.eval_batch * 2,
-                       conf_thres=cfg.conf_thres, device=cfg.device, workers=cfg.workers, progress=cfg.progress)
+                       conf_thres=cfg.conf_thres, device=cfg.device, workers=cfg.workers,
+                       progress=cfg.progress)
     return {"map50": r.map50, "map50_95": r.map50_95, "fitness": r.fitness}
 
 
@@ -235,8 +236,9 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any) -> nn.Mod
     before = shape_spec(model)
     with tempfile.TemporaryDirectory(prefix="yc-prune-ft-") as tmp:
         out_dir = cfg.finetune_dir or tmp
-        tc = TrainConfig(epochs=cfg.finetune_epochs, imgsz=cfg.imgsz, batch=cfg.finetune_batch, device=cfg.device,
-                         workers=cfg.workers, seed=cfg.seed, out_dir=out_dir, close_mosaic=cfg.finetune_epochs // 2,
+        tc = TrainConfig(epochs=cfg.finetune_epochs, imgsz=cfg.imgsz, batch=cfg.finetune_batch,
+                         device=cfg.device, workers=cfg.workers, seed=cfg.seed, out_dir=out_dir,
+                         close_mosaic=cfg.finetune_epochs // 2,
                          patience=0, progress=cfg.progress, bf16=cfg.bf16, channels_last=cfg.channels_last)
         result = Trainer(model, data, tc, hyp=hyp).train()
     tuned = result.model.cpu().eval()
@@ -368,11 +370,12 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
                   for g in graph.groups]
         timing["total"] = time.perf_counter() - t_start
         report = PruneReport(
-            config=cfg.to_dict(), imgsz=cfg.imgsz, budget_gflops=budget / 1e9, baseline=baseline, pruned=pruned,
+            config=cfg.to_dict(), imgsz=cfg.imgsz, budget_gflops=budget / 1e9, baseline=baseline,
+            pruned=pruned,
             after_search=after_search, after_finetune=after_finetune, chosen=chosen, groups=groups,
             candidates=candidates, timing_s=timing, distributed_ranks=ctx.world_size,
-            notes=[f"budget = FLOPs of the uniform strategy ({'ratio ' + str(cfg.ratio) if cfg.ratio else 'target'})"
-                   f" = {budget / base_flops:.3f} of the original"])
+            notes=[f"budget = {budget / base_flops:.3f} of the original FLOPs ("
+                   f"{'the uniform strategy at ratio ' + str(cfg.ratio) if cfg.ratio else 'target GFLOPs'})"])
         return final, report
     finally:
         if owns_group:
