@@ -23,8 +23,8 @@ SELayer (they unpack ``x.shape``) without making them leaves, which then need ha
 tracer sees modules but not the functional ops (``cat``, ``+``, ``chunk``, ``view``) that carry the coupling.
 A handler registry mirrors each block's ``forward`` in a few lines, covers every shipped config exactly,
 and an unknown module type is a clear error instead of a silently wrong pruning (``register_handler`` adds
-one). The property test in ``tests/compress/prune`` checks every shipped config by comparing a pruned model against the
-original with the removed channels' consumers zeroed (identical outputs iff the coupling is exact).
+one). The property test in ``tests/compress/prune`` checks every shipped config by comparing a pruned model
+against the original with the removed channels' consumers zeroed (same outputs iff the coupling is exact).
 """
 from __future__ import annotations
 
