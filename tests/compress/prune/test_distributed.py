@@ -1,4 +1,4 @@
-"""Candidate scoring sharded over 2 CPU processes (torchrun): the same candidates and winner as one process."""
+"""Candidate scoring sharded over 2 CPU processes (torchrun): same candidates and winner as one process."""
 from __future__ import annotations
 
 import json
@@ -48,8 +48,8 @@ def test_candidates_shard_over_two_processes(tiny_data, tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(tmp_path / "m.pt"), str(tiny_data.yaml_path),
-           str(tmp_path), json.dumps(SETTINGS)]
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+           str(tmp_path / "m.pt"), str(tiny_data.yaml_path), str(tmp_path), json.dumps(SETTINGS)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
