@@ -10,6 +10,7 @@ from yolocompress.errors import InputError
 
 if TYPE_CHECKING:  # onnxruntime and torch are imported only when the command runs
     from yolocompress.compress.quant.ptq import QuantReport
+    from yolocompress.compress.quant.sensitivity import SensitivityReport
 
 METHODS = ("ptq",)
 CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
@@ -18,8 +19,15 @@ CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
 def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | None = None,
         calib_images: int = 256, calibration: str = "minmax", per_channel: bool = True,
         exclude: Sequence[str] = (), silu: str = "int8", stem: str = "float",
-        activations: str = "u8") -> QuantReport:
-    """Quantize ``model`` (``.pt`` or fp32 ``.onnx``) to int8 and write it to ``output`` (``.onnx``)."""
+        activations: str = "u8", sensitivity: bool = False, auto_exclude: int = 0,
+        sensitivity_images: int = 128) -> tuple[QuantReport, SensitivityReport | None]:
+    """Quantize ``model`` (``.pt`` or fp32 ``.onnx``) to int8 and write it to ``output`` (``.onnx``).
+
+    With ``sensitivity`` (or ``auto_exclude`` k > 0) the planned int8 convolutions are first ranked by the
+    mAP50-95 each one costs (on ``sensitivity_images`` training images); ``auto_exclude`` keeps the worst k
+    float. Returns the quantization report and the sensitivity report (or None).
+    """
+    from yolocompress.compress.quant import sensitivity as sens
     from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 
     if method not in METHODS:
@@ -38,7 +46,12 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
     config = QuantConfig(calibration=calibration, calib_images=calib_images, per_channel=per_channel,
                          activation_type=activations, silu=silu, stem=stem, exclude=tuple(exclude),
                          imgsz=imgsz or 640)
-    return quantize_ptq(model, data, config, output=output)[1]
+    ranking = None
+    if auto_exclude:
+        config, ranking = sens.auto_exclude(model, data, auto_exclude, config, images=sensitivity_images)
+    elif sensitivity:
+        ranking = sens.sensitivity(model, data, config, images=sensitivity_images)
+    return quantize_ptq(model, data, config, output=output)[1], ranking
 
 
 def _print(report: QuantReport) -> None:
@@ -57,14 +70,33 @@ def _print(report: QuantReport) -> None:
         err_console.print(f"warning: {warning}")
 
 
+def _print_ranking(ranking: SensitivityReport, top: int = 10) -> None:
+    console.print(f"sensitivity on {ranking.images} {ranking.split} images: mAP50-95 fp32 "
+                  f"{ranking.fp32_map50_95:.4f}, all planned int8 {ranking.int8_map50_95:.4f}; gain when only "
+                  "that conv is float:")
+    for layer in ranking.layers[:top]:
+        console.print(f"  {layer.scope:<28} {100 * layer.gain:+.2f} points  ({layer.macs / 1e6:.1f} M MACs)")
+
+
 def _main(args: argparse.Namespace) -> int:
     exclude = [s for group in (args.exclude or []) for s in group]
-    report = run(args.model, args.data, args.output, method=args.method, imgsz=args.imgsz,
-                 calib_images=args.calib_images, calibration=args.calibration, per_channel=args.per_channel,
-                 exclude=exclude, silu=args.silu, stem=args.stem, activations=args.activations)
+    report, ranking = run(args.model, args.data, args.output, method=args.method, imgsz=args.imgsz,
+                          calib_images=args.calib_images, calibration=args.calibration,
+                          per_channel=args.per_channel, exclude=exclude, silu=args.silu, stem=args.stem,
+                          activations=args.activations, sensitivity=args.sensitivity,
+                          auto_exclude=args.auto_exclude, sensitivity_images=args.sensitivity_images)
+    if ranking is not None:
+        _print_ranking(ranking)
     _print(report)
-    write_json({"model": str(args.model), "data": str(args.data), **report.to_dict()}, args.json)
+    out = {"model": str(args.model), "data": str(args.data), **report.to_dict()}
+    if ranking is not None:
+        out["sensitivity"] = ranking.to_dict()
+    write_json(out, args.json)
     return 0
+
+
+def _non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else positive_int(text)
 
 
 def register(subparsers) -> None:
@@ -95,5 +127,12 @@ def register(subparsers) -> None:
                    help="the first conv (3-channel image input): float (default; faster on x86) or int8")
     p.add_argument("--activations", choices=("u8", "s8"), default="u8",
                    help="activation type (default u8: what ONNX Runtime's x86 integer kernels take)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="rank the int8 convs by the mAP50-95 each costs (train images; one quantization "
+                        "and evaluation per conv)")
+    p.add_argument("--auto-exclude", type=_non_negative_int, default=0, metavar="K",
+                   help="keep the K most sensitive convs float (implies --sensitivity)")
+    p.add_argument("--sensitivity-images", type=positive_int, default=128,
+                   help="training images evaluated per candidate (default 128)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.set_defaults(func=_main)

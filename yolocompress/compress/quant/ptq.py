@@ -197,7 +197,8 @@ def mse_range(hist: np.ndarray, edges: np.ndarray, lo: float, hi: float, levels:
 
 def calibrate(model_path: str | os.PathLike, plan: QuantPlan, images: np.ndarray, method: str,
               percentile: float = 99.999, bins: int = 2048) -> dict[str, tuple[float, float]]:
-    """Float ranges ``{tensor: (lo, hi)}`` of every planned tensor, merged over each scale-sharing group."""
+    """Float ranges ``{tensor: (lo, hi)}`` of every planned tensor, as observed (not yet merged over the
+    scale-sharing groups: see :func:`shared_ranges`)."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
@@ -233,12 +234,18 @@ def calibrate(model_path: str | os.PathLike, plan: QuantPlan, images: np.ndarray
     if missing:
         raise CompressionError(f"calibration produced no range for {len(missing)} planned tensors "
                                f"({missing[0]}, ...)")
-    for group in plan.shared:
-        lo = min(ranges[t][0] for t in group if t in ranges)
-        hi = max(ranges[t][1] for t in group if t in ranges)
-        for t in group:
-            ranges[t] = (lo, hi)
     return ranges
+
+
+def shared_ranges(ranges: dict[str, tuple[float, float]], plan: QuantPlan) -> dict[str, tuple[float, float]]:
+    """``ranges`` restricted to the plan's tensors, each scale-sharing group given the union of its ranges."""
+    out = {t: ranges[t] for t in plan.tensors}
+    for group in plan.shared:
+        lo = min(out[t][0] for t in group)
+        hi = max(out[t][1] for t in group)
+        for t in group:
+            out[t] = (lo, hi)
+    return out
 
 
 @contextlib.contextmanager
@@ -385,6 +392,51 @@ def default_output(model_or_onnx: Any) -> Path:
     return Path(tempfile.mkdtemp(prefix="yolocompress-int8-")) / "model-int8.onnx"
 
 
+@dataclass
+class Prepared:
+    """A graph ready to be quantized under any plan derived from ``plan``: the fp32 file, its
+    pre-processed form, the calibration images and the observed range of every tensor ``plan`` quantizes
+    (a plan with more nodes excluded quantizes a subset of them)."""
+
+    fp32: Path
+    pre: Path
+    imgsz: tuple[int, int]
+    images: np.ndarray
+    plan: QuantPlan
+    ranges: dict[str, tuple[float, float]]
+
+
+def prepare(model_or_onnx: Any, data_cfg: Any, config: QuantConfig, folder: Path) -> Prepared:
+    """Export (for a model), pre-process, plan and calibrate into ``folder``."""
+    from onnxruntime.quantization import quant_pre_process
+
+    fp32 = _fp32_onnx(model_or_onnx, config.imgsz, folder)
+    hw = _input_hw(fp32)
+    pre = folder / "pre.onnx"
+    try:
+        with _quiet_ort_prints():
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    except Exception as exc:  # ORT raises assorted errors for graphs it cannot handle
+        raise InputError(f"ONNX Runtime cannot prepare {fp32.name} for quantization: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    _unshare_conv_initializers(pre)
+    plan = build_plan(pre, config.plan_config())
+    images = calibration_images(data_cfg, hw[0], config.calib_images)
+    ranges = calibrate(pre, plan, images, config.calibration, config.percentile, config.bins)
+    return Prepared(fp32, pre, hw, images, plan, ranges)
+
+
+def build_int8(prepared: Prepared, plan: QuantPlan, config: QuantConfig, out_path: Path) -> Path:
+    """Write the int8 QDQ model of ``plan`` (a plan of ``prepared.pre``) to ``out_path``, with metadata."""
+    try:
+        quantize_qdq(prepared.pre, out_path, plan, shared_ranges(prepared.ranges, plan),
+                     per_channel=config.per_channel, activation_type=config.activation_type)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise InputError(f"ONNX Runtime cannot quantize {prepared.fp32.name}: {exc}") from exc
+    _copy_metadata(prepared.fp32, out_path)
+    return out_path
+
+
 def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None = None,
                  output: str | os.PathLike | None = None) -> tuple[Path, QuantReport]:
     """Post-training int8 quantization of a detector for ONNX Runtime.
@@ -399,8 +451,6 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
         ``(int8 path, QuantReport)``. Planned convs that ORT left float are listed in
         ``report.warnings`` (and ``report.kernels["stayed_float"]``).
     """
-    from onnxruntime.quantization import quant_pre_process
-
     from yolocompress.io.atomic import atomic_path
 
     config = config or QuantConfig()
@@ -408,29 +458,11 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
     output = Path(output) if output is not None else default_output(model_or_onnx)
     with tempfile.TemporaryDirectory(prefix="yolocompress-ptq-") as tmp_name:
         tmp = Path(tmp_name)
-        fp32 = _fp32_onnx(model_or_onnx, config.imgsz, tmp)
-        hw = _input_hw(fp32)
-        pre = tmp / "pre.onnx"
-        try:
-            with _quiet_ort_prints():
-                quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        except Exception as exc:  # ORT raises assorted errors for graphs it cannot handle
-            raise InputError(f"ONNX Runtime cannot prepare {fp32.name} for quantization: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-        _unshare_conv_initializers(pre)
-        plan = build_plan(pre, config.plan_config())
-        images = calibration_images(data_cfg, hw[0], config.calib_images)
-        ranges = calibrate(pre, plan, images, config.calibration, config.percentile, config.bins)
-        qdq = tmp / "int8.onnx"
-        try:
-            quantize_qdq(pre, qdq, plan, ranges, per_channel=config.per_channel,
-                         activation_type=config.activation_type)
-        except (ValueError, RuntimeError, KeyError) as exc:
-            raise InputError(f"ONNX Runtime cannot quantize {fp32.name}: {exc}") from exc
-        _copy_metadata(fp32, qdq)
-        kernels = integer_kernel_report(qdq, plan)
-        sqnr, score_sqnr = output_sqnr(fp32, qdq, images[:config.check_images])
-        fp32_bytes, int8_bytes = fp32.stat().st_size, qdq.stat().st_size
+        prepared = prepare(model_or_onnx, data_cfg, config, tmp)
+        qdq = build_int8(prepared, prepared.plan, config, tmp / "int8.onnx")
+        kernels = integer_kernel_report(qdq, prepared.plan)
+        sqnr, score_sqnr = output_sqnr(prepared.fp32, qdq, prepared.images[:config.check_images])
+        fp32_bytes, int8_bytes = prepared.fp32.stat().st_size, qdq.stat().st_size
         with atomic_path(output) as target:
             shutil.copyfile(qdq, target)
     warnings = []
@@ -438,9 +470,10 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
         warnings.append(f"{len(kernels.stayed_float)} planned convolutions stayed float after ONNX Runtime "
                         f"optimization: {', '.join(kernels.stayed_float[:6])}")
     report = QuantReport(
-        output=str(output), config=asdict(config), calib_images=len(images), imgsz=hw,
-        plan=_plan_summary(plan), kernels=kernels.to_dict(), fp32_bytes=fp32_bytes, int8_bytes=int8_bytes,
-        sqnr_db=sqnr, score_sqnr_db=score_sqnr, seconds=time.perf_counter() - t0, warnings=warnings)
+        output=str(output), config=asdict(config), calib_images=len(prepared.images), imgsz=prepared.imgsz,
+        plan=_plan_summary(prepared.plan), kernels=kernels.to_dict(), fp32_bytes=fp32_bytes,
+        int8_bytes=int8_bytes, sqnr_db=sqnr, score_sqnr_db=score_sqnr, seconds=time.perf_counter() - t0,
+        warnings=warnings)
     return output, report
 
 
@@ -459,5 +492,6 @@ def kernel_summary(report: KernelReport) -> str:
             f"all conv MACs)")
 
 
-__all__: Sequence[str] = ("QuantConfig", "QuantReport", "quantize_ptq", "calibrate", "calibration_images",
-                          "quantize_qdq", "mse_range", "output_sqnr", "sqnr_db", "kernel_summary")
+__all__: Sequence[str] = ("QuantConfig", "QuantReport", "Prepared", "quantize_ptq", "prepare", "build_int8",
+                          "calibrate", "shared_ranges", "calibration_images", "quantize_qdq", "mse_range",
+                          "output_sqnr", "sqnr_db", "kernel_summary")
