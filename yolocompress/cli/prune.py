@@ -9,14 +9,6 @@ from yolocompress.cli.common import image_size, positive_int
 from yolocompress.errors import InputError
 
 
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    return value
-
-
 def run(model: str, output: str, data: str, ratio: float | None = None, target_gflops: float | None = None,
         imgsz: int = 640, candidates: int = 20, calib_batches: int = 8, eval_images: int = 64,
         finetune_epochs: int = 10, round_to: int = 8, min_channels: int = 8, exclude: str | None = None,
@@ -107,7 +99,7 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="pruned checkpoint to write (.pt, our format)")
     p.add_argument("--data", required=True,
                    help="data.yaml (train: BN calibration, fine-tuning; val: scoring)")
-    p.add_argument("--ratio", type=_ratio, default=None,
+    p.add_argument("--ratio", type=float, default=None,
                    help="fraction of prunable channels removed, 0 < R < 1 (default 0.5)")
     p.add_argument("--target-gflops", type=float, default=None,
                    help="FLOPs budget at --imgsz instead of --ratio")

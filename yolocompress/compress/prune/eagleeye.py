@@ -18,7 +18,7 @@ The pieces, each usable alone:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -248,7 +248,6 @@ class SubnetScorer:
     device: str | torch.device = "cpu"
     conf_thres: float = 0.001
     iou_thres: float = 0.6
-    extra: dict = field(default_factory=dict)
 
     def __call__(self, model: nn.Module, recalibrate: bool = True) -> SubnetScore:
         from yolocompress.engine.evaluator import evaluate

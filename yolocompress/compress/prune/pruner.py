@@ -14,7 +14,7 @@ budget directly (at ``imgsz``).
 """
 from __future__ import annotations
 
-import math
+import copy
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -384,8 +384,6 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
 
 def _base_model(model: nn.Module) -> nn.Module:
     """A float32 CPU copy in eval mode: the original is never modified."""
-    import copy
-
     return copy.deepcopy(model).float().cpu().eval()
 
 
@@ -395,9 +393,3 @@ def _bar(total: int, show: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="eagleeye", unit="cand", leave=False)
-
-
-def pruned_keep_ratio(report: PruneReport) -> float:
-    """Fraction of prunable channels kept by the chosen strategy (for summaries)."""
-    total = sum(g["channels"] for g in report.groups)
-    return sum(g["kept"] for g in report.groups) / total if total else math.nan
