@@ -70,6 +70,7 @@ def test_search_keeps_the_best_candidate_and_respects_the_budget(tiny_data, monk
     assert all(c["gflops"] <= report.budget_gflops * (1 + 1e-9) for c in report.candidates)
     assert report.pruned["gflops"] == pytest.approx(report.candidates[report.chosen]["gflops"], rel=1e-9)
     assert report.pruned["params"] == sum(p.numel() for p in pruned.parameters())
+    assert all(p.is_contiguous() for p in pruned.parameters())  # scored channels-last, returned as usual
     assert sum(p.numel() for p in pruned.parameters()) == pytest.approx(scores[report.chosen] * 1e6)
     d = report.to_dict()
     assert {"bn_recalibration", "inference", "nms_map", "search"} <= set(d["timing_s"])
