@@ -10,16 +10,19 @@ from yolocompress.errors import InputError
 
 
 def run(model: str, output: str, data: str, ratio: float | None = None, target_gflops: float | None = None,
-        imgsz: int = 640, candidates: int = 20, calib_batches: int = 8, eval_images: int = 64,
+        imgsz: int | None = None, candidates: int = 20, calib_batches: int = 8, eval_images: int = 64,
         finetune_epochs: int = 10, round_to: int = 8, min_channels: int = 8, exclude: str | None = None,
         seed: int = 0, device: str = "cpu", batch: int = 16, workers: int = 0, latency: bool = False,
         json_path: str | None = None, cfg: str | None = None, progress: bool = False, bf16: bool = False,
         channels_last: bool = False) -> dict[str, Any]:
     """Prune the checkpoint ``model`` and save the result (our format, atomically) to ``output``.
 
-    Every keyword is a CLI flag. Returns the report dict (also written to ``json_path`` when given).
+    Every keyword is a CLI flag; ``imgsz`` defaults to the checkpoint's own image size (640 for Ultralytics
+    files). Returns the report dict (also written to ``json_path`` when given).
     Only rank 0 writes files in a ``torchrun`` run.
     """
+    import dataclasses
+
     from yolocompress.cli.common import load_cli_model, write_json
     from yolocompress.compress.fuse import require_unfused
     from yolocompress.compress.prune import PruneConfig, prune_model
@@ -34,7 +37,7 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
     if Path(output).suffix.lower() != ".pt":
         raise InputError(f"output must be a .pt file, got {output}")
     config = PruneConfig(
-        ratio=ratio, target_gflops=target_gflops, imgsz=imgsz, candidates=candidates,
+        ratio=ratio, target_gflops=target_gflops, imgsz=imgsz or 640, candidates=candidates,
         calib_batches=calib_batches, eval_images=eval_images, finetune_epochs=finetune_epochs,
         round_to=round_to, min_channels=min_channels,
         exclude=tuple(e.strip() for e in exclude.split(",") if e.strip()) if exclude else (), seed=seed,
@@ -45,6 +48,8 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
     data_cfg = load_data_config(data)
     net, info = load_cli_model(model, cfg)
     require_unfused(net, "pruning")
+    if imgsz is None:
+        config = dataclasses.replace(config, imgsz=info.imgsz)
     pruned, report = prune_model(net, data_cfg, config)
     result = report.to_dict()
     if context_from_env().is_main:
@@ -54,7 +59,7 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
         metrics = dict(info.metrics)
         final = report.after_finetune or report.after_search
         metrics.update({"metrics/mAP_0.5": final["map50"], "metrics/mAP_0.5:0.95": final["map50_95"]})
-        save_model(pruned, output, imgsz=imgsz, history=[*info.history, entry], metrics=metrics)
+        save_model(pruned, output, imgsz=config.imgsz, history=[*info.history, entry], metrics=metrics)
         write_json(result, json_path)
     return result
 
@@ -103,8 +108,8 @@ def register(subparsers) -> None:
                    help="fraction of prunable channels removed, 0 < R < 1 (default 0.5)")
     p.add_argument("--target-gflops", type=float, default=None,
                    help="FLOPs budget at --imgsz instead of --ratio")
-    p.add_argument("--imgsz", type=image_size, default=640,
-                   help="image size for FLOPs, search and fine-tuning")
+    p.add_argument("--imgsz", type=image_size, default=None,
+                   help="image size for FLOPs, search and fine-tuning (default: the checkpoint's)")
     p.add_argument("--candidates", type=positive_int, default=20,
                    help="strategies scored (the first is uniform)")
     p.add_argument("--calib-batches", type=positive_int, default=8, help="training batches for adaptive BN")

@@ -27,14 +27,16 @@ def checkpoints(tmp_path_factory, tiny_data):
 
 def test_prune_writes_model_and_report(checkpoints, tiny_data, tmp_path, capsys):
     out, report = tmp_path / "pruned.pt", tmp_path / "report.json"
+    no_imgsz = FAST[2:]  # the checkpoint's own size (64) is the default
     code = main(["prune", str(checkpoints / "tiny.pt"), "--data", str(tiny_data.yaml_path), "--ratio", "0.5",
-                 "--finetune-epochs", "1", *FAST, "-o", str(out), "--json", str(report)])
+                 "--finetune-epochs", "1", *no_imgsz, "-o", str(out), "--json", str(report)])
     assert code == 0, capsys.readouterr().err
     assert "pruned" in capsys.readouterr().out
     model, info = load_model_with_info(out)
     r = json.loads(report.read_text())
     assert r["pruned"]["params"] == sum(p.numel() for p in model.parameters()) < r["baseline"]["params"]
     assert r["after_finetune"] is not None and len(r["candidates"]) == 3
+    assert r["imgsz"] == 64 and info.imgsz == 64
     assert info.history[-1]["step"] == "prune" and info.history[-1]["config"]["ratio"] == 0.5
     raw = torch.load(out, weights_only=True)  # plain data: no pickled modules
     assert raw["format"] == "yolocompress" and raw["config"]["shapes"]
