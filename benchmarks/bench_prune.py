@@ -91,7 +91,8 @@ def part_accuracy(args) -> dict:
                   eval_images=args.eval_images, finetune_epochs=args.epochs, seed=args.seed, bf16=args.bf16,
                   channels_last=args.bf16, progress=args.progress)
     out = {}
-    for label, extra in (("eagleeye", dict(candidates=args.candidates)), ("uniform", dict(candidates=1))):
+    eagleeye = dict(candidates=args.candidates, include_uniform=not args.no_uniform)
+    for label, extra in (("eagleeye", eagleeye), ("uniform", dict(candidates=1))):
         t0 = time.perf_counter()
         config = PruneConfig(**common, **extra, eval_baseline=label == "eagleeye")
         _, report = prune_model(model, data, config)
@@ -173,6 +174,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs: default 10 (accuracy) / 3")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-uniform", action="store_true",
+                   help="accuracy: EagleEye samples random strategies only (no uniform candidate)")
     p.add_argument("--bf16", action="store_true", help="fine-tune with bf16 autocast + channels-last")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", default=None)
