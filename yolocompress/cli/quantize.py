@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # onnxruntime and torch are imported only when the command ru
     from yolocompress.compress.quant.ptq import QuantReport
     from yolocompress.compress.quant.sensitivity import SensitivityReport
 
-METHODS = ("ptq",)
+METHODS = ("ptq", "qat")
 CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
 
 
@@ -20,18 +20,22 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         calib_images: int = 256, calibration: str = "minmax", per_channel: bool = True,
         exclude: Sequence[str] = (), silu: str = "int8", stem: str = "float",
         activations: str = "u8", sensitivity: bool = False, auto_exclude: int = 0,
-        sensitivity_images: int = 128) -> tuple[QuantReport, SensitivityReport | None]:
+        sensitivity_images: int = 128, epochs: int = 5, lr: float = 1e-3, batch: int = 16,
+        workers: int = 0) -> tuple[QuantReport, SensitivityReport | None]:
     """Quantize ``model`` (``.pt`` or fp32 ``.onnx``) to int8 and write it to ``output`` (``.onnx``).
 
     With ``sensitivity`` (or ``auto_exclude`` k > 0) the planned int8 convolutions are first ranked by the
     mAP50-95 each one costs (on ``sensitivity_images`` training images); ``auto_exclude`` keeps the worst k
-    float. Returns the quantization report and the sensitivity report (or None).
+    float. ``method="qat"`` fine-tunes with fake quantization first (``epochs``, ``lr``, ``batch``; needs a
+    ``.pt`` model). Returns the quantization report and the sensitivity report (or None).
     """
     from yolocompress.compress.quant import sensitivity as sens
     from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "qat" and Path(model).suffix.lower() == ".onnx":
+        raise InputError("--method qat fine-tunes the PyTorch model: give a .pt checkpoint, not an .onnx file")
     if Path(output).suffix.lower() != ".onnx":
         raise InputError(f"output must be an .onnx file, got {output}")
     if not Path(model).is_file():
@@ -51,6 +55,12 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         config, ranking = sens.auto_exclude(model, data, auto_exclude, config, images=sensitivity_images)
     elif sensitivity:
         ranking = sens.sensitivity(model, data, config, images=sensitivity_images)
+    if method == "qat":
+        from yolocompress.compress.quant.qat import QatConfig, quantize_qat
+        from yolocompress.io.checkpoint import load_model
+
+        qat = QatConfig(epochs=epochs, lr=lr, batch=batch, workers=workers)
+        return quantize_qat(load_model(model), data, config, qat, output=output)[1], ranking
     return quantize_ptq(model, data, config, output=output)[1], ranking
 
 
@@ -66,6 +76,9 @@ def _print(report: QuantReport) -> None:
                   f"calibration images: {report.sqnr_db:.1f} dB (scores {report.score_sqnr_db:.1f} dB); "
                   f"{report.calib_images} images, {report.config['calibration']} calibration, "
                   f"{report.seconds:.1f} s")
+    if report.qat:
+        console.print(f"QAT: {report.qat['epochs']} epochs at lr {report.qat['lr']}; ONNX Runtime int8 vs torch "
+                      f"fake-quant output: {report.qat['parity_sqnr_db']:.1f} dB")
     for warning in report.warnings:
         err_console.print(f"warning: {warning}")
 
@@ -84,7 +97,8 @@ def _main(args: argparse.Namespace) -> int:
                           calib_images=args.calib_images, calibration=args.calibration,
                           per_channel=args.per_channel, exclude=exclude, silu=args.silu, stem=args.stem,
                           activations=args.activations, sensitivity=args.sensitivity,
-                          auto_exclude=args.auto_exclude, sensitivity_images=args.sensitivity_images)
+                          auto_exclude=args.auto_exclude, sensitivity_images=args.sensitivity_images,
+                          epochs=args.epochs, lr=args.lr, batch=args.batch, workers=args.workers)
     if ranking is not None:
         _print_ranking(ranking)
     _print(report)
@@ -100,7 +114,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("quantize", help="int8 quantization for ONNX Runtime (calibrated PTQ)",
+    p = subparsers.add_parser("quantize", help="int8 quantization for ONNX Runtime (calibrated PTQ or QAT)",
                               description="Quantize a detector to int8 (QDQ ONNX) with calibration images from "
                                           "the training split. Detect output convs and box decoding stay float; "
                                           "the integer kernels ONNX Runtime builds are verified.")
@@ -134,5 +148,9 @@ def register(subparsers) -> None:
                    help="keep the K most sensitive convs float (implies --sensitivity)")
     p.add_argument("--sensitivity-images", type=positive_int, default=128,
                    help="training images evaluated per candidate (default 128)")
+    p.add_argument("--epochs", type=positive_int, default=5, help="QAT fine-tuning epochs (default 5)")
+    p.add_argument("--lr", type=float, default=1e-3, help="QAT initial learning rate (default 1e-3)")
+    p.add_argument("--batch", type=positive_int, default=16, help="QAT batch size (default 16)")
+    p.add_argument("--workers", type=int, default=0, help="QAT data-loading workers (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.set_defaults(func=_main)

@@ -55,6 +55,15 @@ def test_exclude_and_per_tensor(tiny_onnx, tiny_data, tmp_path):
     assert r["kernels"]["stayed_float"] == []
 
 
+def test_qat_command(tiny_data, tmp_path):
+    out, report = tmp_path / "qat.onnx", tmp_path / "qat.json"
+    assert main(["quantize", str(CKPT), "--method", "qat", "--data", str(tiny_data), *FAST, "--epochs", "1",
+                 "--batch", "4", "-o", str(out), "--json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert out.is_file() and r["qat"]["epochs"] == 1 and r["qat"]["parity_sqnr_db"] > 30
+    assert r["kernels"]["stayed_float"] == []
+
+
 def _empty_train(tmp_path: Path) -> Path:
     for split in ("train", "val"):
         (tmp_path / "images" / split).mkdir(parents=True)
@@ -82,6 +91,7 @@ def test_bad_inputs_exit_2(tiny_onnx, tiny_data, tmp_path, capsys):
         ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--imgsz", "128", "-o", str(out)],
         ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--method", "awq", "-o", str(out)],
         ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--calibration", "kl", "-o", str(out)],
+        ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--method", "qat", "-o", str(out)],
     ]
     for argv in cases:
         assert _exit_code(argv) == 2, argv

@@ -62,6 +62,7 @@ def test_exclude_selectors(tiny_onnx):
 
 def test_node_scope():
     assert node_scope("/model/model.17/cv3/conv/Conv") == "model.17.cv3.conv"
+    assert node_scope("/model/model.2/m/m.0/cv1/conv/Conv") == "model.2.m.0.cv1.conv"
     assert node_scope("Conv_12") == "Conv_12"
 
 

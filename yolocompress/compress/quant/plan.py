@@ -120,15 +120,20 @@ class QuantPlan:
 
 
 def node_scope(name: str) -> str:
-    """Module path of a node from the TorchScript exporter's name: ``/model/model.17/cv3/conv/Conv`` ->
-    ``model.17.cv3.conv`` (the wrapper's leading ``model`` and the op name are dropped). Other names are
-    returned unchanged."""
+    """Module path of a node from the TorchScript exporter's name, as ``named_modules`` of the detector
+    spells it: ``/model/model.2/m/m.0/cv1/conv/Conv`` -> ``model.2.m.0.cv1.conv`` (the export wrapper's
+    leading ``model`` and the op name are dropped; a called ``nn.Sequential`` appears both as ``m`` and in
+    ``m.0``, so a component that the next one extends is dropped). Other names are returned unchanged."""
     if not name.startswith("/"):
         return name
     parts = [p for p in name.split("/") if p]
     if len(parts) >= 2 and parts[0] == "model":
         parts = parts[1:]
-    return ".".join(parts[:-1]) if len(parts) > 1 else parts[0]
+    if len(parts) == 1:
+        return parts[0]
+    parts = parts[:-1]
+    kept = [p for p, nxt in zip(parts, [*parts[1:], None]) if nxt is None or not nxt.startswith(p + ".")]
+    return ".".join(kept)
 
 
 class _Graph:

@@ -90,7 +90,7 @@ class QuantConfig:
 
 @dataclass
 class QuantReport:
-    """What a PTQ run did and measured.
+    """What a PTQ (or QAT) run did and measured.
 
     ``size_ratio`` is int8 file bytes / fp32 file bytes; ``sqnr_db`` compares the int8 and fp32 decoded
     outputs (all columns) on ``check_images`` calibration images, ``score_sqnr_db`` only the objectness and
@@ -109,6 +109,7 @@ class QuantReport:
     score_sqnr_db: float
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    qat: dict[str, Any] | None = None  # QAT only: epochs, learning rate, parity SQNR vs torch fake-quant
 
     @property
     def size_ratio(self) -> float:
@@ -426,11 +427,13 @@ def prepare(model_or_onnx: Any, data_cfg: Any, config: QuantConfig, folder: Path
     return Prepared(fp32, pre, hw, images, plan, ranges)
 
 
-def build_int8(prepared: Prepared, plan: QuantPlan, config: QuantConfig, out_path: Path) -> Path:
+def build_int8(prepared: Prepared, plan: QuantPlan, config: QuantConfig, out_path: Path,
+               extra_options: dict[str, Any] | None = None) -> Path:
     """Write the int8 QDQ model of ``plan`` (a plan of ``prepared.pre``) to ``out_path``, with metadata."""
     try:
         quantize_qdq(prepared.pre, out_path, plan, shared_ranges(prepared.ranges, plan),
-                     per_channel=config.per_channel, activation_type=config.activation_type)
+                     per_channel=config.per_channel, activation_type=config.activation_type,
+                     extra_options=extra_options)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise InputError(f"ONNX Runtime cannot quantize {prepared.fp32.name}: {exc}") from exc
     _copy_metadata(prepared.fp32, out_path)
@@ -451,8 +454,6 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
         ``(int8 path, QuantReport)``. Planned convs that ORT left float are listed in
         ``report.warnings`` (and ``report.kernels["stayed_float"]``).
     """
-    from yolocompress.io.atomic import atomic_path
-
     config = config or QuantConfig()
     t0 = time.perf_counter()
     output = Path(output) if output is not None else default_output(model_or_onnx)
@@ -460,21 +461,29 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
         tmp = Path(tmp_name)
         prepared = prepare(model_or_onnx, data_cfg, config, tmp)
         qdq = build_int8(prepared, prepared.plan, config, tmp / "int8.onnx")
-        kernels = integer_kernel_report(qdq, prepared.plan)
-        sqnr, score_sqnr = output_sqnr(prepared.fp32, qdq, prepared.images[:config.check_images])
-        fp32_bytes, int8_bytes = prepared.fp32.stat().st_size, qdq.stat().st_size
-        with atomic_path(output) as target:
-            shutil.copyfile(qdq, target)
+        report = finish(prepared, prepared.plan, config, qdq, output, t0)
+    return output, report
+
+
+def finish(prepared: Prepared, plan: QuantPlan, config: QuantConfig, qdq: Path, output: Path,
+           t0: float) -> QuantReport:
+    """Verify the integer kernels of ``qdq``, measure it against ``prepared.fp32``, write it atomically to
+    ``output`` and return the report."""
+    from yolocompress.io.atomic import atomic_path
+
+    kernels = integer_kernel_report(qdq, plan)
+    sqnr, score_sqnr = output_sqnr(prepared.fp32, qdq, prepared.images[:config.check_images])
+    with atomic_path(output) as target:
+        shutil.copyfile(qdq, target)
     warnings = []
     if kernels.stayed_float:
         warnings.append(f"{len(kernels.stayed_float)} planned convolutions stayed float after ONNX Runtime "
                         f"optimization: {', '.join(kernels.stayed_float[:6])}")
-    report = QuantReport(
+    return QuantReport(
         output=str(output), config=asdict(config), calib_images=len(prepared.images), imgsz=prepared.imgsz,
-        plan=_plan_summary(prepared.plan), kernels=kernels.to_dict(), fp32_bytes=fp32_bytes,
-        int8_bytes=int8_bytes, sqnr_db=sqnr, score_sqnr_db=score_sqnr, seconds=time.perf_counter() - t0,
-        warnings=warnings)
-    return output, report
+        plan=_plan_summary(plan), kernels=kernels.to_dict(), fp32_bytes=prepared.fp32.stat().st_size,
+        int8_bytes=qdq.stat().st_size, sqnr_db=sqnr, score_sqnr_db=score_sqnr,
+        seconds=time.perf_counter() - t0, warnings=warnings)
 
 
 def _plan_summary(plan: QuantPlan) -> dict[str, Any]:

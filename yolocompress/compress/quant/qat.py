@@ -1,0 +1,386 @@
+"""Quantization-aware training with small fake-quant modules in plain torch, placed where the plan says.
+
+Placement follows the :class:`~yolocompress.compress.quant.plan.QuantPlan` of the model's own export: each
+planned tensor that an arithmetic op produces (a Conv output, a SiLU's sigmoid and product, a residual Add,
+the image for an int8 stem) gets fake quantization at the torch module that produces it, found through the
+ONNX node's module path. Concat / MaxPool / nearest Resize outputs need none: their inputs share one scale
+(the plan's ``shared`` groups share one :class:`ActivationFakeQuant`), so they stay on the grid.
+
+Numerics mirror what ONNX Runtime will run:
+- weights: per-output-channel symmetric int8 in [-127, 127], ``scale = max|w| / 127`` recomputed every
+  step, which is what ``quantize_static`` recomputes from the trained fp32 weights;
+- activations: uint8 asymmetric with ORT's formula (range widened to contain 0, ``scale = (hi - lo) / 255``,
+  ``zero_point = round(-lo / scale)``); ranges start at the PTQ calibration and are tracked (EMA of the
+  batch min / max) while training; straight-through gradients.
+
+BatchNorm is folded into the convolutions before QAT (``compress.fuse.fuse_model``), so the weights being
+fake-quantized are the deployed ones. Export: the fp32 ONNX of the trained weights, then ``quantize_static``
+with ``TensorQuantOverrides`` carrying the learned scales and zero points.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from yolocompress.compress.quant.plan import QuantPlan, node_scope
+from yolocompress.errors import InputError
+
+QMIN, QMAX = 0, 255  # uint8 activations
+WMAX = 127  # symmetric int8 weights in [-127, 127]
+
+
+def ort_scale_zero_point(lo: float, hi: float) -> tuple[float, int]:
+    """ONNX Runtime's uint8 asymmetric parameters for a float range (``quant_utils.compute_scale_zp``)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / (QMAX - QMIN) if hi > lo else 1.0
+    zero_point = int(np.clip(round(QMIN - lo / scale), QMIN, QMAX))
+    return float(np.float32(scale)), zero_point
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        return grad
+
+
+def fake_quant_weight(w: Tensor) -> Tensor:
+    """Per-output-channel symmetric int8 fake quantization of a conv weight ``Tensor[out, in, kh, kw]``."""
+    amax = w.detach().abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True)
+    scale = torch.where(amax > 0, amax / WMAX, torch.ones_like(amax))
+    return torch.clamp(_RoundSTE.apply(w / scale), -WMAX, WMAX) * scale
+
+
+class ActivationFakeQuant(nn.Module):
+    """uint8 fake quantization of an activation with a tracked range (buffers ``lo``, ``hi``).
+
+    ``tensors`` names the ONNX tensors it stands for (several when they share one scale).
+    """
+
+    def __init__(self, lo: float, hi: float, tensors: list[str] | None = None, momentum: float = 0.01):
+        super().__init__()
+        self.register_buffer("lo", torch.tensor(float(min(lo, 0.0))))
+        self.register_buffer("hi", torch.tensor(float(max(hi, 0.0))))
+        self.tensors = list(tensors or [])
+        self.momentum = momentum
+
+    def scale_zero_point(self) -> tuple[float, int]:
+        return ort_scale_zero_point(float(self.lo), float(self.hi))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            with torch.no_grad():
+                m = self.momentum
+                self.lo.mul_(1 - m).add_(m * torch.clamp(x.detach().min(), max=0.0))
+                self.hi.mul_(1 - m).add_(m * torch.clamp(x.detach().max(), min=0.0))
+        lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=0.0)
+        scale = torch.clamp((hi - lo) / (QMAX - QMIN), min=1e-12)
+        zero_point = torch.clamp(torch.round(QMIN - lo / scale), QMIN, QMAX)
+        q = torch.clamp(_RoundSTE.apply(x / scale) + zero_point, QMIN, QMAX)
+        return (q - zero_point) * scale
+
+
+class QuantConv2d(nn.Module):
+    """A convolution with optional fake quantization of its input, weight (per channel) and output."""
+
+    def __init__(self, conv: nn.Conv2d, weight: bool = True):
+        super().__init__()
+        self.conv = conv
+        self.weight_fq = weight
+        self.input_fq: ActivationFakeQuant | None = None
+        self.output_fq: ActivationFakeQuant | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.conv
+        if self.input_fq is not None:
+            x = self.input_fq(x)
+        w = fake_quant_weight(c.weight) if self.weight_fq else c.weight
+        y = F.conv2d(x, w, c.bias, c.stride, c.padding, c.dilation, c.groups)
+        return self.output_fq(y) if self.output_fq is not None else y
+
+
+class QuantSiLU(nn.Module):
+    """``x * sigmoid(x)`` with the sigmoid output (QLinearSigmoid) and / or the product fake-quantized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sigmoid_fq: ActivationFakeQuant | None = None
+        self.output_fq: ActivationFakeQuant | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = torch.sigmoid(x)
+        if self.sigmoid_fq is not None:
+            s = self.sigmoid_fq(s)
+        y = x * s
+        return self.output_fq(y) if self.output_fq is not None else y
+
+
+class OutputQuant(nn.Module):
+    """Any module followed by fake quantization of its output (a residual block's Add); keeps the layer
+    attributes (``f``, ``i``, ``type``) the detector's forward reads."""
+
+    def __init__(self, module: nn.Module, fq: ActivationFakeQuant):
+        super().__init__()
+        self.module, self.output_fq = module, fq
+        for attr in ("f", "i", "type", "np"):
+            if hasattr(module, attr):
+                setattr(self, attr, getattr(module, attr))
+
+    def forward(self, *args: Any) -> Tensor:
+        return self.output_fq(self.module(*args))
+
+
+def _producers(proto) -> dict[str, Any]:
+    return {out: node for node in proto.graph.node for out in node.output}
+
+
+def _get(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"the model has no module {path} (the plan comes from another model?)") from None
+
+
+def _set(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str, tuple[float, float]]
+                      ) -> nn.Module:
+    """Put fake quantization into ``model`` (in place, BatchNorm already folded) where ``plan`` quantizes;
+    returns ``model``.
+
+    ``proto`` is the ONNX graph the plan was built on (an export of ``model``: node names give module paths);
+    ``ranges`` the calibrated float range of every planned tensor, merged over the shared groups.
+    """
+    producers = _producers(proto)
+    consumers: dict[str, list[Any]] = {}
+    for node in proto.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    group_of = {t: k for k, group in enumerate(plan.shared) for t in group}
+    by_key: dict[Any, ActivationFakeQuant] = {}
+
+    def quantizer(tensor: str) -> ActivationFakeQuant:
+        key = ("group", group_of[tensor]) if tensor in group_of else tensor
+        if key not in by_key:  # a shared group's quantizer stands for every member (Concat outputs too)
+            members = list(plan.shared[group_of[tensor]]) if tensor in group_of else []
+            by_key[key] = ActivationFakeQuant(*ranges[tensor], tensors=members)
+        if tensor not in by_key[key].tensors:
+            by_key[key].tensors.append(tensor)
+        return by_key[key]
+
+    def quant_conv(scope: str, planned: bool) -> QuantConv2d:
+        module = _get(model, scope)
+        if not isinstance(module, QuantConv2d):
+            if not isinstance(module, nn.Conv2d):
+                raise ValueError(f"{scope} is a {type(module).__name__}, not a Conv2d")
+            module = QuantConv2d(module, weight=planned)
+            _set(model, scope, module)
+        return module
+
+    def quant_silu(scope: str) -> QuantSiLU:
+        module = _get(model, scope)
+        if not isinstance(module, QuantSiLU):
+            module = QuantSiLU()
+            _set(model, scope, module)
+        return module
+
+    planned = set(plan.nodes)
+    for name in plan.nodes:  # weights of every planned conv
+        node = next(n for n in proto.graph.node if n.name == name)
+        if node.op_type == "Conv":
+            quant_conv(node_scope(name), True)
+    graph_inputs = {i.name for i in proto.graph.input}
+    for tensor in plan.tensors:
+        node = producers.get(tensor)
+        if node is None:
+            if tensor not in graph_inputs:
+                continue
+            for conv in consumers.get(tensor, []):  # the image into an int8 stem
+                if conv.op_type == "Conv":
+                    quant_conv(node_scope(conv.name), conv.name in planned).input_fq = quantizer(tensor)
+            continue
+        scope, op = node_scope(node.name), node.op_type
+        if op in ("Concat", "MaxPool", "Resize") and node.name in planned:
+            continue  # its inputs share the output's scale: the output is already on the grid
+        if op == "Conv":
+            quant_conv(scope, node.name in planned).output_fq = quantizer(tensor)
+        elif op == "Sigmoid":
+            quant_silu(scope).sigmoid_fq = quantizer(tensor)
+        elif op == "Mul" and isinstance(_get(model, scope), (nn.SiLU, QuantSiLU)):
+            quant_silu(scope).output_fq = quantizer(tensor)
+        elif op == "Add":
+            module = _get(model, scope)
+            if not isinstance(module, OutputQuant):
+                _set(model, scope, OutputQuant(module, quantizer(tensor)))
+        else:
+            raise ValueError(f"no fake-quant rule for {op} node {node.name} (tensor {tensor})")
+    return model
+
+
+def quantizers(model: nn.Module) -> list[ActivationFakeQuant]:
+    """Every distinct activation fake-quant module of a QAT model."""
+    seen, out = set(), []
+    for module in model.modules():
+        if isinstance(module, ActivationFakeQuant) and id(module) not in seen:
+            seen.add(id(module))
+            out.append(module)
+    return out
+
+
+def learned_overrides(model: nn.Module) -> dict[str, list[dict[str, Any]]]:
+    """``TensorQuantOverrides`` for ``quantize_static``: the learned scale and zero point of every tensor."""
+    out = {}
+    for fq in quantizers(model):
+        scale, zero_point = fq.scale_zero_point()
+        for tensor in fq.tensors:
+            out[tensor] = [{"scale": np.array(scale, np.float32), "zero_point": np.array(zero_point, np.uint8)}]
+    return out
+
+
+def learned_ranges(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """``{tensor: (lo, hi)}`` of every fake-quantized tensor."""
+    return {t: (float(fq.lo), float(fq.hi)) for fq in quantizers(model) for t in fq.tensors}
+
+
+def strip_fake_quant(model: nn.Module) -> nn.Module:
+    """A float copy of a QAT model with the original module types back (same state_dict as before QAT)."""
+    net = copy.deepcopy(model)
+    for name, module in sorted(net.named_modules(), key=lambda kv: -kv[0].count(".")):
+        if isinstance(module, QuantConv2d):
+            _set(net, name, module.conv)
+        elif isinstance(module, QuantSiLU):
+            _set(net, name, nn.SiLU())
+        elif isinstance(module, OutputQuant):
+            _set(net, name, module.module)
+    return net
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    """Fine-tuning settings of QAT (the quantization settings are a :class:`QuantConfig`).
+
+    ``lr`` is SGD's initial rate (no warm-up: the model is trained already; linear decay to
+    ``lr * lrf``); ``val=False``: the last EMA weights are exported, the validation split is not used to pick
+    them.
+    """
+
+    epochs: int = 5
+    lr: float = 1e-3
+    lrf: float = 0.1
+    batch: int = 16
+    workers: int = 0
+    seed: int = 0
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch < 1:
+            raise InputError(f"QAT needs epochs >= 1 and batch >= 1, got {self.epochs} and {self.batch}")
+        if not self.lr > 0:
+            raise InputError(f"QAT lr must be > 0, got {self.lr}")
+
+
+def fake_quant_output(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    """Decoded eval output ``[n, N, 5 + nc]`` of a (fake-quant) model, image by image."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return np.concatenate([model(torch.from_numpy(images[k:k + 1]))[0].numpy() for k in range(len(images))])
+    finally:
+        model.train(was)
+
+
+def parity_sqnr(model: nn.Module, int8_path: Path, images: np.ndarray) -> float:
+    """SQNR in dB of the ONNX Runtime int8 output against the torch fake-quant output (same images)."""
+    from yolocompress.compress.quant.ptq import sqnr_db
+    from yolocompress.export.ort import create_session
+
+    ref = fake_quant_output(model, images).astype(np.float64)
+    session = create_session(int8_path)
+    name = session.get_inputs()[0].name
+    out = np.concatenate([session.run(None, {name: images[k:k + 1]})[0] for k in range(len(images))])
+    return sqnr_db(float((ref ** 2).sum()), float(((ref - out) ** 2).sum()))
+
+
+def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatConfig | None = None,
+                 output: str | os.PathLike | None = None) -> tuple[Path, Any]:
+    """Quantization-aware fine-tuning, then int8 export for ONNX Runtime.
+
+    Steps: fold BatchNorm; PTQ preparation of the folded model (export, plan, calibration on training
+    images); fake quantization inserted where the plan says, ranges from the calibration; fine-tuning with
+    the project's trainer (``wrap_model``); fp32 export of the trained weights; ``quantize_static`` with
+    ``TensorQuantOverrides`` holding the learned scales. Returns ``(int8 path, QuantReport)`` with
+    ``report.qat`` = epochs, lr and ``parity_sqnr_db`` (ORT int8 vs torch fake-quant, calibration images).
+    """
+    import time
+
+    from yolocompress.compress.fuse import fuse_model
+    from yolocompress.compress.quant.ptq import (
+        Prepared, QuantConfig, _copy_metadata, _unshare_conv_initializers, default_output, finish, prepare,
+        quantize_qdq, shared_ranges,
+    )
+    from yolocompress.data.config import DataConfig, load_data_config
+    from yolocompress.engine.loss import Hyp
+    from yolocompress.engine.trainer import TrainConfig, Trainer
+    from yolocompress.export.onnx import export_onnx
+
+    import onnx
+    from onnxruntime.quantization import quant_pre_process
+
+    config = config or QuantConfig()
+    qat = qat or QatConfig()
+    t0 = time.perf_counter()
+    output = Path(output) if output is not None else default_output(model)
+    data = data_cfg if isinstance(data_cfg, DataConfig) else load_data_config(data_cfg)
+    with tempfile.TemporaryDirectory(prefix="yolocompress-qat-") as tmp_name:
+        tmp = Path(tmp_name)
+        folded = fuse_model(model).float().cpu()
+        prepared = prepare(folded, data, config, tmp)
+        plan, proto = prepared.plan, onnx.load(str(prepared.pre))
+        ranges = shared_ranges(prepared.ranges, plan)
+        imgsz = prepared.imgsz[0]
+        train_cfg = TrainConfig(epochs=qat.epochs, imgsz=imgsz, batch=qat.batch, workers=qat.workers,
+                                seed=qat.seed, out_dir=qat.out_dir or str(tmp / "train"), close_mosaic=0,
+                                val=False, amp=False, nominal_batch=qat.batch)
+        hyp = Hyp(lr0=qat.lr, lrf=qat.lrf, warmup_epochs=0.0)
+        trainer = Trainer(folded, data, train_cfg, hyp=hyp,
+                          wrap_model=lambda m: insert_fake_quant(m, plan, proto, ranges))
+        trained = trainer.train().model.eval()
+        # the trained weights as plain fp32 ONNX, named as the plan expects
+        plain = strip_fake_quant(trained)
+        fp32 = export_onnx(plain, tmp / "qat-fp32.onnx", imgsz=imgsz)
+        pre = tmp / "qat-pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        _unshare_conv_initializers(pre)
+        learned = learned_ranges(trained)
+        qdq = tmp / "qat-int8.onnx"
+        quantize_qdq(pre, qdq, plan, {t: learned.get(t, ranges[t]) for t in plan.tensors},
+                     per_channel=True, activation_type="u8",
+                     extra_options={"TensorQuantOverrides": learned_overrides(trained)})
+        _copy_metadata(fp32, qdq)
+        trained_prep = Prepared(fp32, pre, prepared.imgsz, prepared.images, plan, ranges)
+        parity = parity_sqnr(trained, qdq, prepared.images[:config.check_images])
+        report = finish(trained_prep, plan, config, qdq, output, t0)
+    report.qat = {"epochs": qat.epochs, "lr": qat.lr, "batch": qat.batch, "parity_sqnr_db": parity,
+                  "batchnorm": "folded before QAT", "activation_ranges": "PTQ-initialised, EMA-tracked"}
+    return output, report
+
+
+__all__ = ["ActivationFakeQuant", "OutputQuant", "QuantConv2d", "QuantSiLU", "fake_quant_weight",
+           "insert_fake_quant", "learned_overrides", "learned_ranges", "ort_scale_zero_point", "quantizers",
+           "strip_fake_quant", "QatConfig", "quantize_qat", "parity_sqnr", "fake_quant_output"]
