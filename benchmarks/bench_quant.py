@@ -1,0 +1,187 @@
+"""int8 PTQ on ONNX Runtime: latency vs fp32 next to naive ``quantize_static``, integer-kernel share, size, mAP.
+
+    python benchmarks/bench_quant.py [--models yolov5n yolov5s] [--imgsz 640] [--threads 2] [--runs 30]
+                                     [--calib-images 16] [--baseline/--no-baseline] [--qat-epochs 3]
+
+For each model (freshly built, 80 classes, random weights: latency does not depend on the values) at batch 1:
+the fp32 export, two naive ``quantize_static`` runs on the same pre-processed graph (QDQ, per-channel, default
+op types, MinMax; ORT's default int8 activations, and uint8 activations as ORT's docs advise for x86), and
+ours (``quantize_ptq``: the plan with SiLU int8, SiLU float, and SiLU int8 with an int8 stem). All sessions of one model are timed in
+interleaved rounds (one call of each per round) so that load changes on a shared machine hit them alike;
+medians and p90 in ms, ratios of medians to fp32. Integer-kernel share: the share of all conv
+multiply-adds that the ORT-optimized graph runs as QLinearConv/ConvInteger (``verify.integer_kernel_report``).
+
+With the shipped baseline (``yolocompress/assets/baseline.pt``, yolov5n, 6 classes, 256 px) it also
+quantizes the baseline with calibration images from the demo train split and evaluates the fp32 and int8
+ONNX files on the demo val split (val.py settings): the mAP50-95 drop of PTQ (several calibration methods)
+and of QAT (``--qat-epochs`` of fine-tuning on the demo train split).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from yolocompress.compress.quant.plan import build_plan
+from yolocompress.compress.quant.ptq import (
+    QuantConfig, _ort_reader, calibration_images, quantize_ptq,
+)
+from yolocompress.compress.quant.verify import integer_kernel_report
+from yolocompress.export.onnx import export_onnx
+from yolocompress.export.ort import create_session
+from yolocompress.models import build_model
+from yolocompress.profile import cpu_name
+
+
+def naive_quantize(fp32: Path, out: Path, images: np.ndarray, activations: str) -> Path:
+    """``quant_pre_process`` + ``quantize_static`` with its defaults except QDQ, per-channel and the
+    activation type: what a user gets from the ONNX Runtime docs' first example."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), _ort_reader(images, "images"), quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8)
+    return out
+
+
+def interleaved_latency(paths: dict[str, Path], threads: int, warmup: int, runs: int,
+                        imgsz: int) -> dict[str, np.ndarray]:
+    """Milliseconds per call of each model, timed round-robin (one call of each model per round)."""
+    sessions = {k: create_session(p, threads=threads) for k, p in paths.items()}
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+    times = {k: np.empty(runs) for k in sessions}
+    for r in range(warmup + runs):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds[k])
+            if r >= warmup:
+                times[k][r - warmup] = (time.perf_counter() - t0) * 1e3
+    return times
+
+
+def integer_share(path: Path, plan_source: Path) -> float:
+    """Share of all conv MACs run by integer kernels, using the conv list of the fp32 graph."""
+    return integer_kernel_report(path, build_plan(plan_source)).integer_mac_share
+
+
+def bench_model(name: str, imgsz: int, data: Path, args, tmp: Path) -> None:
+    folder = tmp / name
+    folder.mkdir()
+    fp32 = export_onnx(build_model(name, nc=80).eval(), folder / "fp32.onnx", imgsz=imgsz)
+    images = calibration_images(data, imgsz, args.calib_images)
+    files = {"fp32": fp32,
+             "naive s8 (ORT defaults)": naive_quantize(fp32, folder / "naive-s8.onnx", images, "s8"),
+             "naive u8": naive_quantize(fp32, folder / "naive-u8.onnx", images, "u8")}
+    shares, sizes = {}, {}
+    for silu, stem in (("int8", "float"), ("float", "float"), ("int8", "int8")):
+        label = f"ours, SiLU {silu}" + (", stem int8" if stem == "int8" else "")
+        cfg = QuantConfig(calib_images=args.calib_images, silu=silu, stem=stem)
+        path, report = quantize_ptq(fp32, data, cfg, output=folder / f"ours-{silu}-{stem}.onnx")
+        files[label] = path
+        shares[label] = report.kernels["integer_mac_share"]
+        sizes[label] = report.size_ratio
+    for label in ("naive s8 (ORT defaults)", "naive u8"):
+        shares[label] = integer_share(files[label], fp32)
+        sizes[label] = files[label].stat().st_size / fp32.stat().st_size
+    times = interleaved_latency(files, args.threads, args.warmup, args.runs, imgsz)
+    base = float(np.median(times["fp32"]))
+    for label, t in times.items():
+        med = float(np.median(t))
+        share = f"{100 * shares[label]:5.1f}%" if label in shares else "    - "
+        size = f"{sizes[label]:.3f}" if label in sizes else "  -  "
+        print(f"{name:<8} {imgsz:>5} {label:<28} {med:>8.1f} {np.percentile(t, 90):>8.1f} {med / base:>7.2f} "
+              f"{share:>9} {size:>6}")
+    sys.stdout.flush()
+
+
+def bench_baseline(args, tmp: Path) -> None:
+    from yolocompress.demo import BASELINE_PATH, demo_data
+    from yolocompress.engine.evaluator import evaluate_model
+    from yolocompress.io.checkpoint import load_model_with_info
+
+    if not BASELINE_PATH.is_file():
+        print(f"\nbaseline: {BASELINE_PATH} not found; mAP drop not measured")
+        return
+    data = demo_data()
+    model, info = load_model_with_info(BASELINE_PATH)
+    imgsz = info.imgsz or 256
+    fp32 = export_onnx(model, tmp / "baseline-fp32.onnx", imgsz=imgsz)
+    print(f"\nbaseline {BASELINE_PATH.name} at {imgsz} px, demo data {data.parent.name}; "
+          f"calibration: {args.baseline_calib} train images; eval: val split, val.py settings")
+    ref = evaluate_model(fp32, data, batch=32, threads=args.threads)
+    print(f"{'model':<34} {'mAP50':>7} {'mAP50-95':>9} {'drop':>6} {'SQNR dB':>8} {'int8 share':>10}")
+    print(f"{'fp32 ONNX':<34} {ref.map50:>7.4f} {ref.map50_95:>9.4f} {'':>6}")
+    runs = [(method, "int8") for method in args.baseline_methods] + [("minmax", "float")]
+    for method, silu in runs:
+        cfg = QuantConfig(calib_images=args.baseline_calib, calibration=method, silu=silu)
+        path, report = quantize_ptq(fp32, data, cfg, output=tmp / f"baseline-{method}-{silu}.onnx")
+        _eval_row(f"PTQ {method}, SiLU {silu}", path, report, ref, data, args)
+    if args.qat_epochs:
+        from yolocompress.compress.quant.qat import QatConfig, quantize_qat
+
+        cfg = QuantConfig(calib_images=args.baseline_calib)
+        qat = QatConfig(epochs=args.qat_epochs, lr=args.qat_lr, batch=16)
+        path, report = quantize_qat(model, data, cfg, qat, output=tmp / "baseline-qat.onnx")
+        _eval_row(f"QAT {args.qat_epochs} ep lr {args.qat_lr}, SiLU int8", path, report, ref, data, args)
+        print(f"QAT parity (ORT int8 vs torch fake-quant): {report.qat['parity_sqnr_db']:.1f} dB")
+    print("drop = fp32 - int8 mAP50-95 in points; SQNR = int8 vs fp32 decoded output on calibration images")
+
+
+def _eval_row(label: str, path: Path, report, ref, data: Path, args) -> None:
+    from yolocompress.engine.evaluator import evaluate_model
+
+    r = evaluate_model(path, data, batch=32, threads=args.threads)
+    drop = 100 * (ref.map50_95 - r.map50_95)
+    print(f"{label:<34} {r.map50:>7.4f} {r.map50_95:>9.4f} {drop:>6.2f} {report.sqnr_db:>8.1f} "
+          f"{100 * report.kernels['integer_mac_share']:>9.1f}%")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=["yolov5n", "yolov5s"], help="none: baseline only")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--calib-images", type=int, default=16, help="calibration images for the latency models")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--baseline-calib", type=int, default=256)
+    parser.add_argument("--baseline-methods", nargs="+", default=["minmax", "percentile", "mse"])
+    parser.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs on the baseline (0: skip QAT)")
+    parser.add_argument("--qat-lr", type=float, default=1e-3)
+    args = parser.parse_args(argv)
+
+    import onnxruntime
+
+    print(f"CPU: {cpu_name()}; onnxruntime {onnxruntime.__version__}; {args.threads} threads, batch 1, "
+          f"{args.warmup} warm-up + {args.runs} interleaved timed rounds")
+    header = (f"{'model':<8} {'imgsz':>5} {'variant':<28} {'med ms':>8} {'p90 ms':>8} {'/fp32':>7} "
+              f"{'int8 MACs':>9} {'size':>6}")
+    with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp_name:
+        tmp = Path(tmp_name)
+        if args.models:
+            from yolocompress.data.synthetic import synthesize_dataset
+
+            data = synthesize_dataset(tmp / "calib", n_train=args.calib_images, n_val=1, imgsz=256)
+            print(header)
+            print("-" * len(header))
+            for name in args.models:
+                bench_model(name, args.imgsz, data, args, tmp)
+            print("/fp32 = ratio of medians; int8 MACs = share of conv multiply-adds in integer kernels after "
+                  "ORT optimization; size = file bytes / fp32")
+        if args.baseline:
+            bench_baseline(args, tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
