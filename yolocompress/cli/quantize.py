@@ -32,6 +32,8 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
     from yolocompress.compress.quant import sensitivity as sens
     from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 
+    if auto_exclude < 0:
+        raise InputError(f"--auto-exclude needs K >= 0, got {auto_exclude}")
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if method == "qat" and Path(model).suffix.lower() == ".onnx":
@@ -109,10 +111,6 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("quantize", help="int8 quantization for ONNX Runtime (calibrated PTQ or QAT)",
                               description="Quantize a detector to int8 (QDQ ONNX) with calibration images from "
@@ -144,7 +142,7 @@ def register(subparsers) -> None:
     p.add_argument("--sensitivity", action="store_true",
                    help="rank the int8 convs by the mAP50-95 each costs (train images; one quantization "
                         "and evaluation per conv)")
-    p.add_argument("--auto-exclude", type=_non_negative_int, default=0, metavar="K",
+    p.add_argument("--auto-exclude", type=int, default=0, metavar="K",
                    help="keep the K most sensitive convs float (implies --sensitivity)")
     p.add_argument("--sensitivity-images", type=positive_int, default=128,
                    help="training images evaluated per candidate (default 128)")

@@ -92,6 +92,7 @@ def test_bad_inputs_exit_2(tiny_onnx, tiny_data, tmp_path, capsys):
         ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--method", "awq", "-o", str(out)],
         ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--calibration", "kl", "-o", str(out)],
         ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--method", "qat", "-o", str(out)],
+        ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--auto-exclude", "-1", "-o", str(out)],
     ]
     for argv in cases:
         assert _exit_code(argv) == 2, argv
