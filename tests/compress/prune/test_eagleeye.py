@@ -82,8 +82,10 @@ def test_target_gflops_and_exclusions(tiny_data):
     from yolocompress.profile import gflops
 
     target = 0.75 * gflops(model, 64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     pruned, report = prune_model(model, tiny_data, PruneConfig(ratio=None, target_gflops=target,
                                                                exclude=("0", "model.2.cv1"), **FAST))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the input is not modified
     assert gflops(pruned, 64) <= target
     for g in report.groups:
         if g["layer"] == 0 or g["name"].startswith("model.2.cv1"):
