@@ -6,6 +6,7 @@
 ``accuracy``    the shipped baseline on the synthetic demo data: EagleEye (N candidates) vs uniform pruning at
                 the same budget, each fine-tuned for the same epochs; mAP after search and after fine-tuning;
                 search speed (candidates per minute and the per-phase breakdown).
+``speed``       search speed alone (no fine-tuning): candidates per minute and the per-phase breakdown.
 ``correlation`` the paper's central claim: over C candidates, Spearman rank correlation between post-fine-tune
                 mAP50-95 and (a) the adaptive-BN score, (b) the score without BN recalibration.
 
@@ -121,6 +122,23 @@ def part_accuracy(args) -> dict:
     return out
 
 
+def part_speed(args) -> dict:
+    from yolocompress.compress.prune import PruneConfig, prune_model
+
+    model, data = _baseline_and_data(args)
+    cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
+                      calib_batches=args.calib_batches, eval_images=args.eval_images, finetune_epochs=0,
+                      eval_baseline=False)
+    _, report = prune_model(model, data, cfg)
+    t, n = report.timing_s, len(report.candidates)
+    print(f"{n} candidates, {args.calib_batches}x{cfg.calib_batch} calibration images, "
+          f"{args.eval_images} scored images, {args.imgsz} px, {torch.get_num_threads()} threads: "
+          f"{report.candidates_per_minute:.1f} candidates/min")
+    print("seconds per candidate: " + ", ".join(f"{k} {t[k] / n:.2f}" for k in
+                                                ("build", "bn_recalibration", "inference", "nms_map")))
+    return report.to_dict()
+
+
 def part_correlation(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_channels
     from yolocompress.compress.prune.eagleeye import SubnetScorer, cache_data
@@ -161,7 +179,7 @@ def part_correlation(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("structure", "accuracy", "correlation"))
+    p.add_argument("part", choices=("structure", "accuracy", "speed", "correlation"))
     p.add_argument("--models", nargs="+", default=["yolov5n", "yolov5s"], help="structure: configs")
     p.add_argument("--model", default=None,
                    help="accuracy/correlation: checkpoint (default: the shipped baseline)")
@@ -184,7 +202,8 @@ def main() -> None:
     args.candidates = args.candidates or (16 if args.part == "accuracy" else 8)
     args.epochs = args.epochs if args.epochs is not None else (10 if args.part == "accuracy" else 3)
     torch.set_num_threads(args.threads)
-    parts = {"structure": part_structure, "accuracy": part_accuracy, "correlation": part_correlation}
+    parts = {"structure": part_structure, "accuracy": part_accuracy, "speed": part_speed,
+             "correlation": part_correlation}
     result = parts[args.part](args)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), **result}, indent=1, default=str))
