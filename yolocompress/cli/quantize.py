@@ -17,7 +17,7 @@ CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
 
 
 def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | None = None,
-        calib_images: int = 256, calibration: str = "minmax", per_channel: bool = True,
+        calib_images: int = 256, calibration: str = "mse", per_channel: bool = True,
         exclude: Sequence[str] = (), silu: str = "int8", stem: str = "float",
         activations: str = "u8", sensitivity: bool = False, auto_exclude: int = 0,
         sensitivity_images: int = 128, epochs: int = 5, lr: float = 1e-3, batch: int = 16,
@@ -123,8 +123,8 @@ def register(subparsers) -> None:
     p.add_argument("--imgsz", type=image_size, default=None,
                    help="export size for a .pt model (default 640; an .onnx file keeps its own)")
     p.add_argument("--calib-images", type=positive_int, default=256, help="calibration images (default 256)")
-    p.add_argument("--calibration", choices=CALIBRATIONS, default="minmax",
-                   help="activation range estimation (default minmax)")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default="mse",
+                   help="activation range estimation (default mse)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                        help="one weight scale per output channel (default)")

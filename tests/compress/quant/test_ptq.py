@@ -59,7 +59,7 @@ def test_size_and_metadata(ptq, tiny_onnx):
     assert zero_points == {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT32}
 
 
-@pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 def test_calibration_methods(method, tiny_onnx, tiny_data, tmp_path):
     path, report = quantize_ptq(tiny_onnx, tiny_data, QuantConfig(calib_images=4, calibration=method),
                                 output=tmp_path / "q.onnx")
