@@ -46,21 +46,28 @@ def ort_scale_zero_point(lo: float, hi: float) -> tuple[float, int]:
     return float(np.float32(scale)), zero_point
 
 
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
-        return torch.round(x)
+class _FakeQuant(torch.autograd.Function):
+    """``(clamp(round(x / scale) + zp, qmin, qmax) - zp) * scale`` with a straight-through gradient inside the
+    range and none outside; only a boolean mask is kept for backward (a chain of autograd ops would keep
+    several float copies of every activation)."""
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
-        return grad
+    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:  # noqa: D102
+        q = torch.round(x / scale) + zero_point
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        return (torch.clamp(q, qmin, qmax) - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
 
 
 def fake_quant_weight(w: Tensor) -> Tensor:
     """Per-output-channel symmetric int8 fake quantization of a conv weight ``Tensor[out, in, kh, kw]``."""
     amax = w.detach().abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True)
     scale = torch.where(amax > 0, amax / WMAX, torch.ones_like(amax))
-    return torch.clamp(_RoundSTE.apply(w / scale), -WMAX, WMAX) * scale
+    return _FakeQuant.apply(w, scale, torch.zeros_like(scale), -WMAX, WMAX)
 
 
 class ActivationFakeQuant(nn.Module):
@@ -88,8 +95,7 @@ class ActivationFakeQuant(nn.Module):
         lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=0.0)
         scale = torch.clamp((hi - lo) / (QMAX - QMIN), min=1e-12)
         zero_point = torch.clamp(torch.round(QMIN - lo / scale), QMIN, QMAX)
-        q = torch.clamp(_RoundSTE.apply(x / scale) + zero_point, QMIN, QMAX)
-        return (q - zero_point) * scale
+        return _FakeQuant.apply(x, scale, zero_point, QMIN, QMAX)
 
 
 class QuantConv2d(nn.Module):
