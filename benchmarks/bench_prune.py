@@ -59,13 +59,13 @@ def part_structure(args) -> dict:
         base = None
         for kind, net in variants.items():
             g = gflops(net, args.imgsz)
-            lat = _ort_latency_ms(net, args.imgsz, args.threads)
+            lat = _ort_latency_ms(net, args.imgsz, args.threads, warmup=10, runs=50)
             base = base or (g, lat)
             rows.append({"model": name, "variant": kind, "gflops": g, "ort_ms": lat,
                          "params": sum(p.numel() for p in net.parameters()),
                          "gflops_ratio": g / base[0], "latency_ratio": lat / base[1]})
-    print(f"CPU: {cpu_name()}; ONNX Runtime, {args.threads} threads, batch 1, {args.imgsz} px, "
-          f"ratio {args.ratio}")
+    print(f"CPU: {cpu_name()}; ONNX Runtime, {args.threads} threads, batch 1, 10 warm-up + 50 timed runs "
+          f"(median), {args.imgsz} px, ratio {args.ratio}")
     print(f"{'model':9} {'variant':9} {'params':>10} {'GFLOPs':>7} {'x orig':>7} | "
           f"{'ORT ms':>7} {'x orig':>7}")
     for r in rows:

@@ -220,13 +220,13 @@ def _full_eval(model: nn.Module, data: Any, cfg: PruneConfig) -> dict[str, float
     return {"map50": r.map50, "map50_95": r.map50_95, "fitness": r.fitness}
 
 
-def _ort_latency_ms(model: nn.Module, imgsz: int, threads: int) -> float:
+def _ort_latency_ms(model: nn.Module, imgsz: int, threads: int, warmup: int = 5, runs: int = 20) -> float:
     from yolocompress.export.onnx import export_onnx
     from yolocompress.profile.latency import measure_ort_latency
 
     with tempfile.TemporaryDirectory(prefix="yc-prune-") as tmp:
         path = export_onnx(model.cpu().eval(), Path(tmp) / "m.onnx", imgsz=imgsz)
-        return float(measure_ort_latency(path, threads=threads, warmup=5, runs=20).median_ms)
+        return float(measure_ort_latency(path, threads=threads, warmup=warmup, runs=runs).median_ms)
 
 
 def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any) -> nn.Module:
