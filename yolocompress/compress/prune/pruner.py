@@ -247,6 +247,57 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any) -> nn.Mod
     return tuned
 
 
+def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
+            progress_callback: Callable[[int, int], None] | None
+            ) -> tuple[list[dict[str, Any]], dict[str, float], int, nn.Module]:
+    """Score this rank's share of the candidates, gather every rank's rows, pick the best.
+
+    Returns ``(candidate rows in index order, seconds per phase summed over ranks, chosen index, the chosen
+    sub-net after adaptive BN)``. Ties go to the lowest index, so the uniform candidate wins a tie.
+    """
+    from yolocompress.engine import distributed as dist_utils
+
+    mine = list(range(ctx.rank, len(plan.strategies), ctx.world_size))
+    local: list[dict[str, Any]] = []
+    phase = {"build": 0.0, "bn_recalibration": 0.0, "inference": 0.0, "nms_map": 0.0}
+    best_local: tuple[float, int, nn.Module] | None = None
+    bar = _bar(len(mine), cfg.progress and ctx.is_main)
+    for i in mine:
+        s = plan.strategies[i]
+        tb = time.perf_counter()
+        sub = prune_channels(base, plan.graph, plan.space.keep(s.counts))
+        phase["build"] += time.perf_counter() - tb
+        score = scorer(sub)
+        phase["bn_recalibration"] += score.bn_s
+        phase["inference"] += score.inference_s
+        phase["nms_map"] += score.nms_map_s
+        value = score.value(cfg.metric)
+        local.append({"index": i, "kind": s.kind, "gflops": s.flops / 1e9, "score": value,
+                      "map50": score.map50, "map50_95": score.map50_95,
+                      "mean_ratio": float(np.mean(s.ratios)) if len(s.ratios) else 0.0})
+        if best_local is None or value > best_local[0]:
+            best_local = (value, i, sub)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(best=f"{best_local[0]:.4f}")
+        if progress_callback is not None:
+            progress_callback(len(local), len(mine))
+    if bar is not None:
+        bar.close()
+    gathered = dist_utils.gather_objects((local, phase))
+    candidates = sorted((c for rows, _ in gathered for c in rows), key=lambda c: c["index"])
+    total = {key: sum(p[key] for _, p in gathered) for key in phase}
+    chosen = max(candidates, key=lambda c: (c["score"], -c["index"]))["index"]
+    for c in candidates:
+        c["chosen"] = c["index"] == chosen
+    if best_local is not None and best_local[1] == chosen:
+        winner = best_local[2]
+    else:  # another rank scored it: rebuild (deterministic)
+        winner = prune_channels(base, plan.graph, plan.space.keep(plan.strategies[chosen].counts))
+        scorer(winner)
+    return candidates, total, chosen, winner
+
+
 def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = None, hyp: Any = None,
                 progress_callback: Callable[[int, int], None] | None = None) -> tuple[nn.Module, PruneReport]:
     """EagleEye channel pruning of ``model`` (a ``DetectionModel`` with BatchNorm; it is not modified).
@@ -285,9 +336,7 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         # -- dependency analysis, importance, cost model, candidate strategies
         t0 = time.perf_counter()
         plan = plan_search(base, cfg)
-        graph, space, strategies, budget, excluded = (plan.graph, plan.space, plan.strategies, plan.budget,
-                                                      plan.excluded)
-        base_flops = plan.base_flops
+        graph, strategies, budget, excluded = plan.graph, plan.strategies, plan.budget, plan.excluded
         timing["analysis"] = time.perf_counter() - t0
 
         # -- data, cached once
@@ -298,45 +347,8 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
 
         # -- search: candidates sharded over ranks
         t0 = time.perf_counter()
-        mine = list(range(ctx.rank, len(strategies), ctx.world_size))
-        local: list[dict[str, Any]] = []
-        phase = {"build": 0.0, "bn_recalibration": 0.0, "inference": 0.0, "nms_map": 0.0}
-        best_local: tuple[float, int, nn.Module] | None = None
-        bar = _bar(len(mine), cfg.progress and ctx.is_main)
-        for i in mine:
-            s = strategies[i]
-            tb = time.perf_counter()
-            sub = prune_channels(base, graph, space.keep(s.counts))
-            phase["build"] += time.perf_counter() - tb
-            score = scorer(sub)
-            phase["bn_recalibration"] += score.bn_s
-            phase["inference"] += score.inference_s
-            phase["nms_map"] += score.nms_map_s
-            value = score.value(cfg.metric)
-            local.append({"index": i, "kind": s.kind, "gflops": s.flops / 1e9, "score": value,
-                          "map50": score.map50, "map50_95": score.map50_95,
-                          "mean_ratio": float(np.mean(s.ratios)) if len(s.ratios) else 0.0})
-            if best_local is None or value > best_local[0]:
-                best_local = (value, i, sub)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(best=f"{best_local[0]:.4f}")
-            if progress_callback is not None:
-                progress_callback(len(local), len(mine))
-        if bar is not None:
-            bar.close()
-        gathered = dist_utils.gather_objects((local, phase))
-        candidates = sorted((c for rows, _ in gathered for c in rows), key=lambda c: c["index"])
-        for key in phase:
-            timing[key] = sum(p[key] for _, p in gathered)
-        chosen = max(candidates, key=lambda c: (c["score"], -c["index"]))["index"]
-        for c in candidates:
-            c["chosen"] = c["index"] == chosen
-        if best_local is not None and best_local[1] == chosen:
-            winner = best_local[2]
-        else:  # another rank scored it: rebuild (deterministic)
-            winner = prune_channels(base, graph, space.keep(strategies[chosen].counts))
-            scorer(winner)
+        candidates, phase, chosen, winner = _search(base, plan, scorer, cfg, ctx, progress_callback)
+        timing.update(phase)
         timing["search"] = time.perf_counter() - t0
 
         # -- metrics after the search, fine-tuning, metrics after fine-tuning
@@ -366,7 +378,7 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         groups = [{"group": g.index, "name": g.name, "layer": g.layer_index, "channels": g.channels,
                    "kept": counts.get(g.index, g.channels),
                    "ratio": 1.0 - counts.get(g.index, g.channels) / g.channels,
-                   "excluded": g.index in excluded, "searchable": g.index in space.searchable}
+                   "excluded": g.index in excluded, "searchable": g.index in plan.space.searchable}
                   for g in graph.groups]
         timing["total"] = time.perf_counter() - t_start
         report = PruneReport(
@@ -374,7 +386,7 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
             pruned=pruned,
             after_search=after_search, after_finetune=after_finetune, chosen=chosen, groups=groups,
             candidates=candidates, timing_s=timing, distributed_ranks=ctx.world_size,
-            notes=[f"budget = {budget / base_flops:.3f} of the original FLOPs ("
+            notes=[f"budget = {budget / plan.base_flops:.3f} of the original FLOPs ("
                    f"{'the uniform strategy at ratio ' + str(cfg.ratio) if cfg.ratio else 'target GFLOPs'})"])
         return final, report
     finally:
