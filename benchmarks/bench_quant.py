@@ -122,7 +122,13 @@ def bench_baseline(args, tmp: Path) -> None:
     ref = evaluate_model(fp32, data, batch=32, threads=args.threads)
     print(f"{'model':<34} {'mAP50':>7} {'mAP50-95':>9} {'drop':>6} {'SQNR dB':>8} {'int8 share':>10}")
     print(f"{'fp32 ONNX':<34} {ref.map50:>7.4f} {ref.map50_95:>9.4f} {'':>6}")
-    runs = [(method, "int8") for method in args.baseline_methods] + [("minmax", "float")]
+    naive = naive_quantize(fp32, tmp / "baseline-naive-u8.onnx",
+                           calibration_images(data, imgsz, args.baseline_calib), "u8")
+    r = evaluate_model(naive, data, batch=32, threads=args.threads)
+    print(f"{'naive quantize_static u8':<34} {r.map50:>7.4f} {r.map50_95:>9.4f} "
+          f"{100 * (ref.map50_95 - r.map50_95):>6.2f} {'':>8} {100 * integer_share(naive, fp32):>9.1f}%")
+    runs = [(method, "int8") for method in args.baseline_methods]
+    runs += [("minmax", "float")] if "minmax" in args.baseline_methods else []
     for method, silu in runs:
         cfg = QuantConfig(calib_images=args.baseline_calib, calibration=method, silu=silu)
         path, report = quantize_ptq(fp32, data, cfg, output=tmp / f"baseline-{method}-{silu}.onnx")
