@@ -1,14 +1,19 @@
 """int8 quantization deployed on ONNX Runtime.
 
 ``plan`` (which tensors of the exported graph get Q/DQ: the single source of truth), ``ptq`` (calibrated
-post-training quantization with ``onnxruntime.quantization``), ``verify`` (which planned convolutions ORT
-really runs as integer kernels). ``quantize_ptq`` is the one-line entry point.
+post-training quantization with ``onnxruntime.quantization``), ``qat`` (fake quantization placed by the plan,
+fine-tuned with the trainer, exported through ``quantize_static`` with the learned scales), ``sensitivity``
+(mAP cost of each int8 conv, automatic exclusion), ``verify`` (which planned convolutions ORT really runs as
+integer kernels). ``quantize_ptq`` and ``quantize_qat`` are the one-line entry points.
 """
 from yolocompress.compress.quant.plan import ConvSite, PlanConfig, QuantPlan, build_plan
 from yolocompress.compress.quant.ptq import QuantConfig, QuantReport, quantize_ptq
+from yolocompress.compress.quant.qat import QatConfig, quantize_qat
+from yolocompress.compress.quant.sensitivity import SensitivityReport, auto_exclude, sensitivity
 from yolocompress.compress.quant.verify import KernelReport, integer_kernel_report
 
 __all__ = [
-    "ConvSite", "KernelReport", "PlanConfig", "QuantConfig", "QuantPlan", "QuantReport", "build_plan",
-    "integer_kernel_report", "quantize_ptq",
+    "ConvSite", "KernelReport", "PlanConfig", "QatConfig", "QuantConfig", "QuantPlan", "QuantReport",
+    "SensitivityReport", "auto_exclude", "build_plan", "integer_kernel_report", "quantize_ptq", "quantize_qat",
+    "sensitivity",
 ]
