@@ -247,13 +247,13 @@ def relative_error(reference: nn.Module, candidate: nn.Module, x: torch.Tensor) 
     """Largest, over the output tensors (eval mode: decoded, then each raw level), of
     ``max|candidate - reference| / max|reference|`` on input ``x`` (Tensor[B, ch, H, W]); both models run in
     eval mode and are restored to their previous mode."""
-    modes = reference.training, candidate.training
-    reference.eval(), candidate.eval()
+    modes = [(m, m.training) for m in (reference, candidate)]
     try:
         with torch.no_grad():
-            ref, out = _flat_outputs(reference(x)), _flat_outputs(candidate(x))
+            ref, out = _flat_outputs(reference.eval()(x)), _flat_outputs(candidate.eval()(x))
     finally:
-        reference.train(modes[0]), candidate.train(modes[1])
+        for m, training in modes:
+            m.train(training)
     if len(ref) != len(out):
         raise ValueError(f"the models return {len(ref)} and {len(out)} tensors")
     return max(float((o.double() - r.double()).abs().max() / r.double().abs().max().clamp_min(1e-30))
