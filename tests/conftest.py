@@ -23,3 +23,25 @@ def ultra_dir() -> Path:
 def reference() -> dict:
     """``reference.json`` of the Ultralytics fixtures."""
     return json.loads((ULTRA / "reference.json").read_text())
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and far more steadily on a shared, busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def make_synthetic_data(tmp_path_factory):
+    """``make(name, n_train, n_val)``: a small synthetic data set (64 px, 6 classes, seed 0) as a ``DataConfig``."""
+    from yolocompress.data import load_data_config
+    from yolocompress.data.synthetic import synthesize_dataset
+
+    def make(name: str, n_train: int, n_val: int):
+        root = tmp_path_factory.mktemp(name)
+        return load_data_config(synthesize_dataset(root, n_train=n_train, n_val=n_val, imgsz=64, seed=0))
+
+    return make

@@ -34,22 +34,14 @@ def train_config(tmp_path, **overrides) -> TrainConfig:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far more steadily on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _tiny_models_on_one_thread(one_thread):
+    """Every test here uses the shared ``one_thread`` fixture."""
 
 
 @pytest.fixture(scope="module")
-def data_cfg(tmp_path_factory):
+def data_cfg(make_synthetic_data):
     """8 training and 8 validation images of 64 px from the synthetic generator."""
-    from yolocompress.data import load_data_config
-    from yolocompress.data.synthetic import synthesize_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    return load_data_config(synthesize_dataset(root, n_train=8, n_val=8, imgsz=64, seed=0))
+    return make_synthetic_data("synthetic", n_train=8, n_val=8)
 
 
 # ---------------------------------------------------------------- optimizer and schedule

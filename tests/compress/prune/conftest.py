@@ -22,19 +22,11 @@ def tiny_model(name: str, nc: int = 3, width: float = 0.25):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and more steadily on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _tiny_models_on_one_thread(one_thread):
+    """Every test here uses the shared ``one_thread`` fixture."""
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
+def tiny_data(make_synthetic_data):
     """16 training and 8 validation images of 64 px from the synthetic generator (6 classes)."""
-    from yolocompress.data import load_data_config
-    from yolocompress.data.synthetic import synthesize_dataset
-
-    root = tmp_path_factory.mktemp("prune-synthetic")
-    return load_data_config(synthesize_dataset(root, n_train=16, n_val=8, imgsz=64, seed=0))
+    return make_synthetic_data("prune-synthetic", n_train=16, n_val=8)
