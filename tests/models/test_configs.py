@@ -113,3 +113,14 @@ def test_config_exports_to_onnx_and_matches(name, tmp_path):
     size = 128 if model.stride.max() > 32 else 64
     path = export_onnx(model, tmp_path / f"{name}.onnx", imgsz=size)
     assert verify_onnx(model, path, imgsz=size) < 1e-3
+
+
+def test_relative_from_indices_below_minus_one():
+    cfg = {"nc": 2, "anchors": [[10, 13, 16, 30, 33, 23]],
+           "backbone": [[-1, 1, "Conv", [16, 3, 2]], [-1, 1, "Conv", [24, 3, 1]], [[-1, -2], 1, "Concat", [1]],
+                        [-1, 1, "Conv", [32, 3, 2]]],
+           "head": [[[-1], 1, "Detect", ["nc", "anchors"]]]}
+    model = DetectionModel(cfg).eval()
+    assert model.layer_specs[2].c2 == 40
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 64))[0].shape[-1] == 7

@@ -79,7 +79,7 @@ def resolve_layers(cfg: dict[str, Any], ch: int = 3) -> list[LayerSpec]:
         n = max(round(n * gd), 1) if n > 1 else n
 
         def cin(j: int) -> int:
-            return chans[j] if j == -1 else chans[j + 1]
+            return chans[j] if j < 0 else chans[j + 1]  # chans[0] is the image input
 
         if entry.rule in (ChannelRule.CONV, ChannelRule.CONV_REPEAT):
             c1, c2 = cin(f), args[0]
