@@ -9,7 +9,7 @@ from yolocompress.engine.loss import Hyp
 from yolocompress.engine.trainer import Trainer, load_checkpoint, seed_everything
 from yolocompress.errors import InputError
 
-from .test_trainer import data_cfg, one_thread, tiny_model, train_config  # noqa: F401  (fixtures)
+from .test_trainer import data_cfg, tiny_model, train_config  # noqa: F401  (fixtures)
 
 
 class Interrupt(Exception):
