@@ -4,6 +4,10 @@ Pairs (each: training form -> deploy form from ``fuse_model``):
   * yolov5s      unfused (Conv -> BN -> SiLU) vs BN folded into the convolutions;
   * yolov5s-rep  training form (RepConv 3x3 + 1x1 + identity branches, all with BN) vs deploy form (one
                  3x3 conv each; the same layer shapes as fused yolov5s).
+Each deploy form is timed twice in eager PyTorch: as ``fuse_model`` leaves it (``fused``: conv with bias,
+then the activation as its own op) and with ``accelerate_cpu`` (``fused+dnn``: each conv+bias+activation one
+oneDNN kernel with weights packed once; only possible once BN is folded, since BN sits between conv and
+activation in the training form). Both are reported so the share of each step is visible.
 Each model is timed with PyTorch eager (``measure_torch_latency``) and, with ``--onnx``, with ONNX Runtime
 (``export_onnx`` + ``measure_ort_latency``; the exporter's constant folding already folds BN, so there the
 yolov5s pair should match and only the merged RepConv branches can differ). Models are measured in turns,
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 from yolocompress.compress.fuse import fuse_model, relative_error
+from yolocompress.compress.onednn import accelerate_cpu
 from yolocompress.models import build_model
 from yolocompress.profile import count_params, cpu_name, gflops, measure_ort_latency, measure_torch_latency
 
@@ -89,8 +94,10 @@ def main() -> None:
     for name in TARGETS:
         train_form = build_model(name).eval()
         models[f"{name}|train"] = train_form
-        models[f"{name}|deploy"] = fuse_model(train_form)
-        errors[name] = relative_error(train_form, models[f"{name}|deploy"], x)
+        models[f"{name}|fused"] = fuse_model(train_form)
+        models[f"{name}|fused+dnn"] = accelerate_cpu(models[f"{name}|fused"])
+        with torch.inference_mode():
+            errors[name] = relative_error(train_form, models[f"{name}|fused+dnn"], x)
 
     def torch_latency(model):
         if args.cpu_time:
@@ -107,7 +114,7 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             files = {k: export_onnx(m, Path(tmp) / f"{k.replace('|', '-')}.onnx", imgsz=args.imgsz)
-                     for k, m in models.items()}
+                     for k, m in models.items() if not k.endswith("+dnn")}  # the same graph as ``fused``
 
             def ort_latency(path):
                 if args.cpu_time:
@@ -121,27 +128,30 @@ def main() -> None:
     clock = "process CPU time" if args.cpu_time else "wall clock"
     print(f"CPU: {cpu_name()}; threads {args.threads}, batch 1, imgsz {args.imgsz}, {clock}; "
           f"{args.rounds} rounds x ({args.warmup} warm-up + {args.runs} timed runs), models in turns")
-    header = f"{'model':12s} {'form':7s} {'params':>10s} {'GFLOPs':>7s} | {'torch med':>9s} {'p90':>7s}"
+    header = f"{'model':12s} {'form':9s} {'params':>10s} {'GFLOPs':>7s} | {'torch med':>9s} {'p90':>7s}"
     header += f" | {'ORT med':>8s} {'p90':>7s}" if ort else ""
     print(header)
     print("-" * len(header))
     for key, model in models.items():
         name, form = key.split("|")
-        line = (f"{name:12s} {form:7s} {count_params(model).total:>10,} {gflops(model, args.imgsz):7.2f} | "
+        flops = gflops(model, args.imgsz) if not form.endswith("+dnn") else gflops(models[f"{name}|fused"], args.imgsz)
+        line = (f"{name:12s} {form:9s} {count_params(model).total:>10,} {flops:7.2f} | "
                 f"{eager[key][0]:9.1f} {eager[key][1]:7.1f}")
-        line += f" | {ort[key][0]:8.1f} {ort[key][1]:7.1f}" if ort else ""
+        line += f" | {ort[key][0]:8.1f} {ort[key][1]:7.1f}" if ort and key in ort else ""
         print(line)
     print()
-    print(f"{'ratio deploy/train':30s} {'torch':>7s} {'target':>7s}" + (f" {'ORT':>7s}" if ort else "")
-          + "  max rel. output diff")
+    print(f"{'ratio deploy/train':30s} {'fused':>7s} {'+dnn':>7s} {'target':>7s}" + (f" {'ORT':>7s}" if ort else "")
+          + "  max rel. output diff (+dnn vs train)")
     for name, target in TARGETS.items():
-        t = eager[f"{name}|deploy"][0] / eager[f"{name}|train"][0]
-        line = f"{name:30s} {t:7.3f} {'<= ' + str(target):>7s}"
-        line += f" {ort[f'{name}|deploy'][0] / ort[f'{name}|train'][0]:7.3f}" if ort else ""
+        t = eager[f"{name}|fused"][0] / eager[f"{name}|train"][0]
+        d = eager[f"{name}|fused+dnn"][0] / eager[f"{name}|train"][0]
+        line = f"{name:30s} {t:7.3f} {d:7.3f} {'<= ' + str(target):>7s}"
+        line += f" {ort[f'{name}|fused'][0] / ort[f'{name}|train'][0]:7.3f}" if ort else ""
         print(f"{line}  {errors[name]:.1e}")
-    t = eager["yolov5s-rep|deploy"][0] / eager["yolov5s|train"][0]
-    line = f"{'yolov5s-rep deploy / yolov5s':30s} {t:7.3f} {'':>7s}"
-    line += f" {ort['yolov5s-rep|deploy'][0] / ort['yolov5s|train'][0]:7.3f}" if ort else ""
+    t = eager["yolov5s-rep|fused"][0] / eager["yolov5s|train"][0]
+    d = eager["yolov5s-rep|fused+dnn"][0] / eager["yolov5s|train"][0]
+    line = f"{'yolov5s-rep deploy / yolov5s':30s} {t:7.3f} {d:7.3f} {'':>7s}"
+    line += f" {ort['yolov5s-rep|fused'][0] / ort['yolov5s|train'][0]:7.3f}" if ort else ""
     print(line)
     print("latencies in ms (median of per-round medians; p90 = worst round's p90)")
 

@@ -31,6 +31,9 @@ _EXPORTS = {
     "load_data_config": "yolocompress.data",
     "synthesize_dataset": "yolocompress.data",
     "Trainer": "yolocompress.engine.trainer",
+    "fuse": "yolocompress.compress.fuse",
+    "fuse_model": "yolocompress.compress.fuse",
+    "accelerate_cpu": "yolocompress.compress.onednn",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -43,6 +43,15 @@ def test_fused_outputs_match_unfused(name):
     assert sum(p.numel() for p in fused.parameters()) < sum(p.numel() for p in model.parameters())
 
 
+def test_top_level_fuse_is_fuse_model():
+    import yolocompress
+
+    model = randomize_batchnorms(_tiny("yolov5n")).eval()
+    fused = yolocompress.fuse(model)
+    assert remaining_batchnorms(fused) == [] and remaining_batchnorms(model)
+    assert yolocompress.fuse_model is fuse_model
+
+
 def test_fuse_twice_is_a_no_op():
     model = randomize_batchnorms(_tiny("yolov5s-rep")).eval()
     once = fuse_model(model)

@@ -12,7 +12,7 @@ FAST = ["--runs", "3", "--warmup", "1", "--threads", "1"]
 KEYS = {"model", "median_ms", "p90_ms", "backend", "threads", "cpu"}
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["torch", "torch-dnn", "onnxruntime"])
 def test_bench_checkpoint_writes_json(tmp_path, backend, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", str(CKPT), "--imgsz", "64", "--backend", backend, *FAST, "--json", str(out)]) == 0

@@ -11,7 +11,7 @@ from yolocompress.cli.common import console, image_size, load_cli_model, positiv
 from yolocompress.errors import InputError
 from yolocompress.profile.latency import LatencyResult
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "torch-dnn", "onnxruntime")
 
 
 def run(model: str, imgsz: int | None = None, backend: str = "torch", threads: int = 2, runs: int = 50,
@@ -21,6 +21,8 @@ def run(model: str, imgsz: int | None = None, backend: str = "torch", threads: i
     ``model`` is a ``.pt`` checkpoint, or for the ``onnxruntime`` backend also an ``.onnx`` file (which is
     measured at its own input size; ``imgsz`` must then match it or be None). A checkpoint measured with
     ``onnxruntime`` is exported to a temporary ONNX file first. ``imgsz`` defaults to 640 for checkpoints.
+    ``torch-dnn`` measures the eager deploy form: the model fused (if it is not already) and its
+    conv+activation pairs run as single oneDNN kernels (``compress.onednn.accelerate_cpu``).
     """
     from yolocompress.export.onnx import export_onnx
     from yolocompress.profile.latency import measure_ort_latency, measure_torch_latency
@@ -40,6 +42,15 @@ def run(model: str, imgsz: int | None = None, backend: str = "torch", threads: i
     imgsz = 640 if imgsz is None else imgsz
     if backend == "torch":
         return measure_torch_latency(net, imgsz, threads=threads, warmup=warmup, runs=runs, batch=batch)
+    if backend == "torch-dnn":
+        from dataclasses import replace
+
+        from yolocompress.compress.fuse import fuse_model, is_fused
+        from yolocompress.compress.onednn import accelerate_cpu
+
+        fast = accelerate_cpu(net if is_fused(net) else fuse_model(net), inplace=True)
+        result = measure_torch_latency(fast, imgsz, threads=threads, warmup=warmup, runs=runs, batch=batch)
+        return replace(result, backend="torch-dnn")
     with tempfile.TemporaryDirectory(prefix="yolocompress-bench-") as tmp:
         onnx_path = export_onnx(net, Path(tmp) / f"{path.stem}.onnx", imgsz=imgsz, batch=batch)
         return measure_ort_latency(onnx_path, threads=threads, warmup=warmup, runs=runs, batch=batch)
@@ -74,7 +85,8 @@ def register(subparsers) -> None:
     p.add_argument("model", help="checkpoint (.pt), or an .onnx file with --backend onnxruntime")
     p.add_argument("--imgsz", type=image_size, default=None,
                    help="square input size in pixels (default 640; an .onnx file's own size)")
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help="runtime to measure (default torch)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="runtime to measure (default torch; torch-dnn: the fused model with "
+                        "oneDNN conv+activation kernels)")
     p.add_argument("--threads", type=positive_int, default=2, help="intra-op threads (default 2)")
     p.add_argument("--runs", type=positive_int, default=50, help="timed runs (default 50)")
     p.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed warm-up runs (default 10)")

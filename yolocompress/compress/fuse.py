@@ -203,6 +203,11 @@ def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     return model
 
 
+def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """``yolocompress.fuse(model)``: the same as ``fuse_model``."""
+    return fuse_model(model, inplace=inplace)
+
+
 def fuse_structure(model: nn.Module) -> nn.Module:
     """Rewrite ``model`` in place into the fused *structure* without computing weights (biases are zeros,
     merged kernels are placeholders): the step that lets a fused state_dict load into a freshly built

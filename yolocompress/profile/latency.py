@@ -31,7 +31,7 @@ class LatencyResult:
         median_ms, p90_ms, mean_ms: over the timed runs, milliseconds per call (one call = one batch).
         runs: number of timed calls (warm-up excluded).
         threads: intra-op threads used.
-        backend: ``"torch"`` or ``"onnxruntime"``.
+        backend: ``"torch"``, ``"torch-dnn"`` (fused, oneDNN conv+activation kernels) or ``"onnxruntime"``.
         cpu: CPU model name.
         imgsz: ``(H, W)`` of the input in pixels.
         batch: images per call.
