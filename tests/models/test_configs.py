@@ -69,6 +69,27 @@ def test_leaky_relu_config_uses_leaky_relu():
     assert slope.negative_slope == pytest.approx(0.1)
 
 
+def test_config_activation_reaches_repconv_and_every_block():
+    """yolov7-tiny-like names LeakyReLU(0.1): every default activation, RepConv's included, uses it."""
+    model = build_model("yolov7-tiny-like")
+    kinds = {type(m.act).__name__ for m in model.modules() if getattr(m, "uses_default_act", False)}
+    assert kinds == {"LeakyReLU"}
+    reps = [m for m in model.modules() if type(m).__name__ == "RepConv"]
+    assert len(reps) == 3 and all(isinstance(m.act, torch.nn.LeakyReLU) for m in reps)
+    assert not any(isinstance(m, torch.nn.SiLU) for m in model.modules())
+
+
+def test_sppcspc_blocks():
+    from yolocompress.models.common import SPPCSPC, SPPCSPCTiny
+
+    x = torch.rand(2, 16, 20, 20)
+    full, tiny = SPPCSPC(16, 8).eval(), SPPCSPCTiny(16, 8).eval()
+    assert full(x).shape == tiny(x).shape == (2, 8, 20, 20)
+    assert not hasattr(tiny, "cv3") and hasattr(full, "cv6")
+    assert sum(p.numel() for p in tiny.parameters()) < sum(p.numel() for p in full.parameters())
+    assert tiny.cv5.conv.in_channels == 4 * 8 and tiny.cv7.conv.in_channels == 2 * 8  # c_ = 2 * c2 * e
+
+
 @pytest.mark.parametrize("spec", ["nn.Hardswish()", "Mish", "nn.FReLU()", "AconC", "MetaAconC", "ReLU"])
 def test_configurable_activation(spec):
     cfg = {"nc": 2, "depth_multiple": 0.33, "width_multiple": 0.125, "activation": spec,

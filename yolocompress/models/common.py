@@ -195,6 +195,46 @@ class SPPF(nn.Module):
         return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
 
 
+class SPPCSPC(nn.Module):
+    """YOLOv7's SPP in a CSP block: a pyramid-pooling branch and a 1x1 shortcut branch, concatenated.
+
+    ``cv1 -> cv3(3x3) -> cv4 -> [x, pool5, pool9, pool13] -> cv5 -> cv6(3x3)`` beside ``cv2(x)``, then
+    ``cv7`` over both; hidden width ``c_ = int(2 * c2 * e)``. ``Tensor[B, c1, H, W] -> Tensor[B, c2, H, W]``.
+    """
+
+    def __init__(self, c1: int, c2: int, k: Sequence[int] = (5, 9, 13), e: float = 0.5):
+        super().__init__()
+        c_ = int(2 * c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c1, c_, 1, 1)
+        self.cv3 = Conv(c_, c_, 3, 1)
+        self.cv4 = Conv(c_, c_, 1, 1)
+        self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=x, stride=1, padding=x // 2) for x in k)
+        self.cv5 = Conv(c_ * (len(k) + 1), c_, 1, 1)
+        self.cv6 = Conv(c_, c_, 3, 1)
+        self.cv7 = Conv(2 * c_, c2, 1, 1)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The pyramid-pooling branch (before ``cv7``)."""
+        x = self.cv4(self.cv3(self.cv1(x)))
+        return self.cv6(self.cv5(torch.cat([x] + [m(x) for m in self.m], 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv7(torch.cat((self.pooled(x), self.cv2(x)), 1))
+
+
+class SPPCSPCTiny(SPPCSPC):
+    """YOLOv7-tiny's lighter SPPCSPC: the same two branches without the three inner convs (cv3, cv4, cv6)."""
+
+    def __init__(self, c1: int, c2: int, k: Sequence[int] = (5, 9, 13), e: float = 0.5):
+        super().__init__(c1, c2, k, e)
+        del self.cv3, self.cv4, self.cv6
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.cv1(x)
+        return self.cv5(torch.cat([x] + [m(x) for m in self.m], 1))
+
+
 class Concat(nn.Module):
     """Concatenate a list of tensors along ``dimension``."""
 

@@ -54,7 +54,8 @@ def known_modules() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _name in ("Conv", "DWConv", "Focus", "Bottleneck", "GhostConv", "GhostBottleneck", "SPP", "SPPF"):
+for _name in ("Conv", "DWConv", "Focus", "Bottleneck", "GhostConv", "GhostBottleneck", "SPP", "SPPF",
+              "SPPCSPC", "SPPCSPCTiny"):
     register_module(_name, getattr(common, _name), ChannelRule.CONV)
 for _name in ("BottleneckCSP", "C3", "C3Ghost"):
     register_module(_name, getattr(common, _name), ChannelRule.CONV_REPEAT)

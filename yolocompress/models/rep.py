@@ -27,7 +27,8 @@ class RepConv(nn.Module):
         p: padding of the main branch (``None``: 'same', ``k // 2``); the 1x1 branch is padded ``p - k // 2``.
         g: groups (both convolution branches, and the identity kernel, are grouped alike).
         d: dilation of the main branch.
-        act: ``True`` SiLU, ``False`` none, or a module.
+        act: ``True`` the model's default activation (SiLU unless the config names another, see
+            ``uses_default_act``), ``False`` none, or a module.
         identity: add the identity BN branch when it is possible (``c1 == c2`` and ``s == 1``).
 
     Sub-modules (training form): ``rbr_dense`` (Conv, no activation), ``rbr_1x1`` (Conv, no activation),
@@ -46,6 +47,7 @@ class RepConv(nn.Module):
         self.rbr_1x1 = Conv(c1, c2, 1, s, p - d * (k // 2), g, act=False)
         self.register_module("rbr_identity", batch_norm(c1) if identity and c1 == c2 and s == 1 else None)
         self.register_module("rbr_reparam", None)
+        self.uses_default_act = act is True
         self.act = nn.SiLU(inplace=True) if act is True else act if isinstance(act, nn.Module) else nn.Identity()
 
     @property

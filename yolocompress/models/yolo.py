@@ -14,6 +14,7 @@ from yolocompress.models.activations import parse_activation
 from yolocompress.models.common import Conv
 from yolocompress.models.detect import Detect
 from yolocompress.models.parse import LayerSpec, build_layers, resolve_layers
+from yolocompress.models.rep import RepConv
 from yolocompress.models.shapes import apply_shape_spec, shape_spec
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -99,6 +100,8 @@ class DetectionModel(nn.Module):
         for m in self.modules():
             if isinstance(m, Conv) and m.uses_default_act:
                 m.act = self.activation.build(m.conv.out_channels)
+            elif isinstance(m, RepConv) and m.uses_default_act:
+                m.act = self.activation.build(m.rbr_dense.conv.out_channels)
 
     def _init_strides(self, ch: int) -> None:
         detect: Detect = self.model[-1]

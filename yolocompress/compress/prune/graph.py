@@ -286,6 +286,18 @@ def _sppf(t: ChannelTracer, name: str, m: common.SPPF, x: Layout) -> Layout:
     return t.child(name, m, "cv2", t.cat([x] * 4))
 
 
+@register_handler(common.SPPCSPC)
+def _sppcspc(t: ChannelTracer, name: str, m: common.SPPCSPC, x: Layout) -> Layout:
+    tiny = isinstance(m, common.SPPCSPCTiny)
+    y = t.child(name, m, "cv1", x)
+    if not tiny:
+        y = t.child(name, m, "cv4", t.child(name, m, "cv3", y))
+    y = t.child(name, m, "cv5", t.cat([y] * (len(m.m) + 1)))
+    if not tiny:
+        y = t.child(name, m, "cv6", y)
+    return t.child(name, m, "cv7", t.cat([y, t.child(name, m, "cv2", x)]))
+
+
 @register_handler(backbones.conv_bn_relu_maxpool, backbones.conv_bn_hswish)
 def _stem(t: ChannelTracer, name: str, m: nn.Module, x: Layout) -> Layout:
     for key, child in m.named_children():
