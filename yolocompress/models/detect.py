@@ -34,14 +34,15 @@ class Detect(nn.Module):
         self._grid_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _grids(self, i: int, nx: int, ny: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cell offsets (grid - 0.5) and anchor sizes in pixels, both shaped [1, na, ny, nx, 2]."""
+        """Cell offsets (grid - 0.5) shaped [1, 1, ny, nx, 2] and anchor sizes in pixels shaped [1, na, 1, 1, 2]:
+        they broadcast against ``[B, na, ny, nx, 2]``, so an exported graph stores ``ny * nx * 2`` plus
+        ``na * 2`` constants per level instead of two full ``na * ny * nx * 2`` tensors."""
         key = (i, nx, ny, device, dtype, self.anchors.data_ptr(), float(self.stride[i]))
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or key not in self._grid_cache:
-            shape = (1, self.na, ny, nx, 2)
             yv, xv = torch.meshgrid(torch.arange(ny, device=device, dtype=dtype),
                                     torch.arange(nx, device=device, dtype=dtype), indexing="ij")
-            grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
-            anchor_grid = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2).expand(shape).to(dtype)
+            grid = (torch.stack((xv, yv), 2) - 0.5).view(1, 1, ny, nx, 2)
+            anchor_grid = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2).to(dtype)
             if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
                 return grid, anchor_grid
             self._grid_cache[key] = (grid, anchor_grid)
