@@ -7,7 +7,8 @@ For each model (freshly built, 80 classes, random weights: latency does not depe
 the fp32 export, two naive ``quantize_static`` runs on the same pre-processed graph (QDQ, per-channel, default
 op types, MinMax; ORT's default int8 activations, and uint8 activations as ORT's docs advise for x86), and
 ours (``quantize_ptq``: the plan with SiLU int8, SiLU float, and SiLU int8 with an int8 stem). All sessions of one model are timed in
-interleaved rounds (one call of each per round) so that load changes on a shared machine hit them alike;
+interleaved rounds (a block of 5 consecutive calls of each per round, see ``interleaved_latency``) so that
+load changes on a shared machine hit them alike;
 medians and p90 in ms, ratios of medians to fp32. Integer-kernel share: the share of all conv
 multiply-adds that the ORT-optimized graph runs as QLinearConv/ConvInteger (``verify.integer_kernel_report``).
 
@@ -51,20 +52,33 @@ def naive_quantize(fp32: Path, out: Path, images: np.ndarray, activations: str) 
     return out
 
 
-def interleaved_latency(paths: dict[str, Path], threads: int, warmup: int, runs: int,
-                        imgsz: int) -> dict[str, np.ndarray]:
-    """Milliseconds per call of each model, timed round-robin (one call of each model per round)."""
+def interleaved_latency(paths: dict[str, Path], threads: int, warmup: int, runs: int, imgsz: int,
+                        block: int = 5) -> dict[str, np.ndarray]:
+    """Milliseconds per call of each model, timed in interleaved blocks.
+
+    Each round gives every model one block: a discarded warm-up call, then ``block`` timed calls in a row,
+    then a pause. Blocks (rather than one call per model per round) keep each session's ONNX Runtime worker
+    threads to themselves: a session's threads spin for a while after a call, and with one call per model per
+    round they compete with the next model's threads for the 2 cores (the 1.9x spread between median and
+    minimum of the first runs of this script). Rounds still spread load changes over all models alike.
+    """
     sessions = {k: create_session(p, threads=threads) for k, p in paths.items()}
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
-    times = {k: np.empty(runs) for k in sessions}
-    for r in range(warmup + runs):
+    for _ in range(warmup):
         for k, s in sessions.items():
-            t0 = time.perf_counter()
             s.run(None, feeds[k])
-            if r >= warmup:
-                times[k][r - warmup] = (time.perf_counter() - t0) * 1e3
-    return times
+    rounds = -(-runs // block)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            time.sleep(0.05)  # let the previous session's worker threads stop spinning
+            s.run(None, feeds[k])
+            for _ in range(block):
+                t0 = time.perf_counter()
+                s.run(None, feeds[k])
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: np.asarray(v[:runs]) for k, v in times.items()}
 
 
 def integer_share(path: Path, plan_source: Path) -> float:
@@ -174,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     print(f"CPU: {cpu_name()}; onnxruntime {onnxruntime.__version__}; {args.threads} threads, batch 1, "
-          f"{args.warmup} warm-up + {args.runs} interleaved timed rounds")
+          f"{args.warmup} warm-up + {args.runs} timed calls per model in interleaved blocks of 5")
     header = (f"{'model':<8} {'imgsz':>5} {'variant':<28} {'med ms':>8} {'p90 ms':>8} {'/fp32':>7} "
               f"{'min ms':>8} {'/fp32':>7} {'int8 MACs':>9} {'size':>6}")
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp_name:

@@ -124,3 +124,39 @@ def test_same_seed_same_result_and_finetune_keeps_architecture(tiny_data):
     assert a.detect.m[0].in_channels < model.detect.m[0].in_channels  # fine-tuned, still pruned
     c, rc = prune_model(model, tiny_data, PruneConfig(ratio=0.4, **{**FAST, "candidates": 3, "seed": 1}))
     assert [x["gflops"] for x in rc.candidates[1:]] != [x["gflops"] for x in ra.candidates[1:]]
+
+
+def test_scored_images_are_training_images_disjoint_from_calibration(tiny_data):
+    from yolocompress.data import build_eval_loader
+
+    cache = eagleeye.cache_data(tiny_data, 64, 32, calib_batches=2, calib_batch=4, eval_images=8, eval_batch=4,
+                                seed=0)
+    calib = torch.cat(cache.calib)
+    scored = torch.cat([b[0] for b in cache.eval_batches])
+    assert cache.calib_images == 8 and cache.eval_images == 8
+    train = build_eval_loader(tiny_data, "train", imgsz=64, batch=4, stride=32, rect=False).dataset
+    everything = torch.stack([train[i][0] for i in range(len(train))])
+
+    def rows(batch):  # index of each image in the training split
+        return {int((everything == img).flatten(1).all(1).nonzero()[0]) for img in batch}
+
+    assert len(rows(calib)) == 8 and len(rows(scored)) == 8 and not rows(calib) & rows(scored)
+    val = eagleeye.cache_data(tiny_data, 64, 32, 2, 4, 8, 4, seed=0, eval_split="val")
+    assert val.eval_images == 8 and not torch.equal(torch.cat([b[0] for b in val.eval_batches]), scored)
+
+
+def test_fast_scoring_runs_a_fused_onednn_copy_with_the_same_outputs(tiny_data):
+    from yolocompress.compress.onednn import OneDNNConvAct
+
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.25)
+    cache = eagleeye.cache_data(tiny_data, 64, 32, 2, 4, 8, 4, seed=0)
+    names = [str(i) for i in range(tiny_data.nc)]
+    fast = eagleeye.SubnetScorer(cache, tiny_data.nc, names)._inference_model(model)
+    assert any(isinstance(m, OneDNNConvAct) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy; the model keeps BN
+    x = cache.eval_batches[0][0].float() / 255
+    with torch.inference_mode():
+        want, got = model(x)[0], fast(x)[0]
+    assert ((got - want).abs().max() / want.abs().max()) <= 1e-5
+    plain = eagleeye.SubnetScorer(cache, tiny_data.nc, names, fast_inference=False)
+    assert plain._inference_model(model) is model

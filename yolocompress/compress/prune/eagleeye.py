@@ -202,9 +202,13 @@ def _sample(rng: np.random.Generator, n: int, k: int) -> list[int]:
 
 
 def cache_data(data_cfg: Any, imgsz: int, stride: int, calib_batches: int, calib_batch: int, eval_images: int,
-               eval_batch: int, seed: int, eval_split: str = "val") -> CachedData:
+               eval_batch: int, seed: int, eval_split: str = "train") -> CachedData:
     """Load ``calib_batches`` x ``calib_batch`` random training images and ``eval_images`` random held-out
-    images once, letterboxed to ``imgsz`` squares (no augmentation)."""
+    images once, letterboxed to ``imgsz`` squares (no augmentation).
+
+    With ``eval_split="train"`` (the default, as in the EagleEye paper) the scored images are training images
+    disjoint from the calibration images, so the strategy is chosen without looking at the validation split
+    that reports the final mAP; ``"val"`` scores on a subset of the validation split instead."""
     from yolocompress.data import build_eval_loader
 
     t0 = time.perf_counter()
@@ -212,12 +216,18 @@ def cache_data(data_cfg: Any, imgsz: int, stride: int, calib_batches: int, calib
     train = build_eval_loader(data_cfg, "train", imgsz=imgsz, batch=calib_batch, stride=stride,
                               rect=False).dataset
     n_calib = min(len(train), calib_batches * calib_batch)
+    calib_idx = _sample(rng, len(train), n_calib)
     calib = [b[0].contiguous(memory_format=torch.channels_last)
-             for b in _subset_batches(train, _sample(rng, len(train), n_calib), calib_batch)]
-    held = build_eval_loader(data_cfg, eval_split, imgsz=imgsz, batch=eval_batch, stride=stride,
-                             rect=False).dataset
-    n_eval = min(len(held), eval_images)
-    idx = _sample(rng, len(held), n_eval)
+             for b in _subset_batches(train, calib_idx, calib_batch)]
+    if eval_split == "train":
+        held = train
+        rest = sorted(set(range(len(train))) - set(calib_idx)) or list(range(len(train)))  # tiny sets: overlap
+        idx = [rest[i] for i in _sample(rng, len(rest), min(len(rest), eval_images))]
+    else:
+        held = build_eval_loader(data_cfg, eval_split, imgsz=imgsz, batch=eval_batch, stride=stride,
+                                 rect=False).dataset
+        idx = _sample(rng, len(held), min(len(held), eval_images))
+    n_eval = len(idx)
     eval_batches = [(b[0].contiguous(memory_format=torch.channels_last), *b[1:])
                     for b in _subset_batches(held, idx, eval_batch)]
     if not calib or not eval_batches:
@@ -245,7 +255,9 @@ class SubnetScorer:
     """Score sub-nets on cached data: adaptive BN (optional) then val.py metrics on the held-out batches.
 
     The model runs in channels-last memory format while it is scored (oneDNN's fast path: about 1.8x faster
-    BN re-calibration on a CPU) and is returned to the default format afterwards.
+    BN re-calibration on a CPU) and is returned to the default format afterwards. With ``fast_inference``
+    (default) the held-out pass on a CPU runs a fused copy with oneDNN conv+activation kernels
+    (``compress.onednn``; the same outputs to float rounding, about 1.6x faster inference).
     """
 
     data: CachedData
@@ -254,6 +266,15 @@ class SubnetScorer:
     device: str | torch.device = "cpu"
     conf_thres: float = 0.001
     iou_thres: float = 0.6
+    fast_inference: bool = True
+
+    def _inference_model(self, model: nn.Module) -> nn.Module:
+        if not self.fast_inference or torch.device(self.device).type != "cpu":
+            return model
+        from yolocompress.compress.fuse import fuse_model
+        from yolocompress.compress.onednn import accelerate_cpu
+
+        return accelerate_cpu(fuse_model(model.eval()), inplace=True)
 
     def __call__(self, model: nn.Module, recalibrate: bool = True) -> SubnetScore:
         from yolocompress.engine.evaluator import evaluate
@@ -265,11 +286,15 @@ class SubnetScorer:
             if recalibrate:
                 adaptive_bn(model, self.data.calib, self.device)
             bn_s = time.perf_counter() - t0
-            result = evaluate(TorchPredictor(model, self.device), self.data.eval_batches, self.nc, self.names,
+            t1 = time.perf_counter()
+            scored = self._inference_model(model)
+            prepare_s = time.perf_counter() - t1
+            result = evaluate(TorchPredictor(scored, self.device), self.data.eval_batches, self.nc, self.names,
                               conf_thres=self.conf_thres, iou_thres=self.iou_thres, device=self.device)
         finally:
             model.to(memory_format=torch.contiguous_format)
         n = max(result.images, 1)
         sp = result.speed_ms
-        return SubnetScore(result.map50, result.map50_95, result.fitness, bn_s,
-                           (sp["pre"] + sp["inference"]) * n / 1000, (sp["nms"] + sp["metrics"]) * n / 1000)
+        inference_s = prepare_s + (sp["pre"] + sp["inference"]) * n / 1000
+        return SubnetScore(result.map50, result.map50_95, result.fitness, bn_s, inference_s,
+                           (sp["nms"] + sp["metrics"]) * n / 1000)

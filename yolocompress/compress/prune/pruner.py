@@ -43,7 +43,8 @@ class PruneConfig:
         imgsz: image size (pixels) for FLOPs, the search and evaluation.
         candidates: strategies scored (the first is the uniform one when ``include_uniform``).
         calib_batches, calib_batch: adaptive-BN data, batches x images, from the train split.
-        eval_images, eval_batch: held-out images each candidate is scored on (``eval_split``).
+        eval_images, eval_batch: held-out images each candidate is scored on (``eval_split``: ``"train"``, training
+            images disjoint from the calibration images, as in the paper; or ``"val"``).
         metric: the score, ``map50_95``, ``map50`` or ``fitness``.
         finetune_epochs: epochs of fine-tuning of the winner (0: none); ``finetune_batch`` images per batch.
         bf16, channels_last: fine-tune with CPU bf16 autocast / NHWC (``TrainConfig``'s options).
@@ -64,7 +65,7 @@ class PruneConfig:
     calib_batch: int = 16
     eval_images: int = 64
     eval_batch: int = 16
-    eval_split: str = "val"
+    eval_split: str = "train"
     metric: str = "map50_95"
     finetune_epochs: int = 10
     finetune_batch: int = 16
