@@ -90,7 +90,7 @@ def part_accuracy(args) -> dict:
     model, data = _baseline_and_data(args)
     common = dict(ratio=args.ratio, imgsz=args.imgsz, calib_batches=args.calib_batches,
                   eval_images=args.eval_images, finetune_epochs=args.epochs, seed=args.seed, bf16=args.bf16,
-                  channels_last=args.bf16, progress=args.progress)
+                  channels_last=args.bf16, progress=args.progress, finetune_nominal_batch=args.nominal_batch)
     out = {}
     eagleeye = dict(candidates=args.candidates, include_uniform=not args.no_uniform)
     for label, extra in (("eagleeye", eagleeye), ("uniform", dict(candidates=1))):
@@ -160,7 +160,8 @@ def part_correlation(args) -> dict:
         raw = scorer(copy.deepcopy(sub), recalibrate=False)
         abn = scorer(sub, recalibrate=True)
         with tempfile.TemporaryDirectory() as tmp:
-            tc = TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=16, workers=0, seed=args.seed,
+            tc = TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=16, nominal_batch=args.nominal_batch,
+                             workers=0, seed=args.seed,
                              out_dir=tmp, close_mosaic=args.epochs // 2, patience=0, val=False,
                              bf16=args.bf16, channels_last=args.bf16, progress=args.progress)
             tuned = Trainer(sub, data, tc).train().model
@@ -195,6 +196,7 @@ def main() -> None:
     p.add_argument("--no-uniform", action="store_true",
                    help="accuracy: EagleEye samples random strategies only (no uniform candidate)")
     p.add_argument("--bf16", action="store_true", help="fine-tune with bf16 autocast + channels-last")
+    p.add_argument("--nominal-batch", type=int, default=64, help="fine-tune: images per optimizer step")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args()

@@ -46,7 +46,9 @@ class PruneConfig:
         eval_images, eval_batch: held-out images each candidate is scored on (``eval_split``: ``"train"``, training
             images disjoint from the calibration images, as in the paper; or ``"val"``).
         metric: the score, ``map50_95``, ``map50`` or ``fitness``.
-        finetune_epochs: epochs of fine-tuning of the winner (0: none); ``finetune_batch`` images per batch.
+        finetune_epochs: epochs of fine-tuning of the winner (0: none); ``finetune_batch`` images per batch,
+            gradients accumulated to ``finetune_nominal_batch`` images per optimizer step (YOLOv5: 64; smaller
+            means more steps for the same compute, which helps a short CPU fine-tune).
         bf16, channels_last: fine-tune with CPU bf16 autocast / NHWC (``TrainConfig``'s options).
         round_to, min_channels: ``ChannelRules`` (kept counts multiples of ``round_to``, >= ``min_channels``).
         max_ratio: the most any group is pruned.
@@ -69,6 +71,7 @@ class PruneConfig:
     metric: str = "map50_95"
     finetune_epochs: int = 10
     finetune_batch: int = 16
+    finetune_nominal_batch: int = 64
     bf16: bool = False
     channels_last: bool = False
     round_to: int = 8
@@ -94,7 +97,7 @@ class PruneConfig:
         if self.target_gflops is not None and not float(self.target_gflops) > 0:
             raise InputError(f"target GFLOPs must be positive, got {self.target_gflops}")
         for name in ("imgsz", "candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch",
-                     "finetune_batch", "round_to", "min_channels", "latency_threads"):
+                     "finetune_batch", "finetune_nominal_batch", "round_to", "min_channels", "latency_threads"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.imgsz % 32:
@@ -238,6 +241,7 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any) -> nn.Mod
     with tempfile.TemporaryDirectory(prefix="yc-prune-ft-") as tmp:
         out_dir = cfg.finetune_dir or tmp
         tc = TrainConfig(epochs=cfg.finetune_epochs, imgsz=cfg.imgsz, batch=cfg.finetune_batch,
+                         nominal_batch=max(cfg.finetune_nominal_batch, cfg.finetune_batch),
                          device=cfg.device, workers=cfg.workers, seed=cfg.seed, out_dir=out_dir,
                          close_mosaic=cfg.finetune_epochs // 2,
                          patience=0, progress=cfg.progress, bf16=cfg.bf16, channels_last=cfg.channels_last)
