@@ -92,8 +92,9 @@ def part_accuracy(args) -> dict:
                   eval_images=args.eval_images, finetune_epochs=args.epochs, seed=args.seed, bf16=args.bf16,
                   channels_last=args.bf16, progress=args.progress, finetune_nominal_batch=args.nominal_batch)
     out = {}
-    eagleeye = dict(candidates=args.candidates, include_uniform=not args.no_uniform)
-    for label, extra in (("eagleeye", eagleeye), ("uniform", dict(candidates=1))):
+    eagleeye = dict(candidates=args.candidates, include_uniform=not args.no_uniform, spread=args.spread)
+    runs = (("eagleeye", eagleeye), ("uniform", dict(candidates=1)))
+    for label, extra in runs[:1] if args.eagleeye_only else runs:
         t0 = time.perf_counter()
         config = PruneConfig(**common, **extra, eval_baseline=label == "eagleeye")
         _, report = prune_model(model, data, config)
@@ -196,6 +197,8 @@ def main() -> None:
     p.add_argument("--no-uniform", action="store_true",
                    help="accuracy: EagleEye samples random strategies only (no uniform candidate)")
     p.add_argument("--bf16", action="store_true", help="fine-tune with bf16 autocast + channels-last")
+    p.add_argument("--spread", type=float, default=1.0, help="strategy sampling spread (1: the paper's)")
+    p.add_argument("--eagleeye-only", action="store_true", help="accuracy: skip the uniform fine-tune")
     p.add_argument("--nominal-batch", type=int, default=64, help="fine-tune: images per optimizer step")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", default=None)

@@ -52,6 +52,26 @@ def test_strategies_meet_the_budget():
         space.sample(rng, 0.5 * space.smallest_flops())
 
 
+def test_sampling_spread_keeps_strategies_near_uniform():
+    from yolocompress.compress.prune import ChannelRules, l1_importance
+
+    model = tiny_model("yolov5n", width=0.25)
+    graph = channel_graph(model)
+    space = eagleeye.StrategySpace(graph, eagleeye.CostModel(model, graph, 64), l1_importance(model, graph),
+                                   ChannelRules(1, 1), [g.index for g in graph.groups], max_ratio=0.8)
+    budget = space.uniform(0.5).flops
+    rng = np.random.default_rng(0)
+    near = [space.sample(rng, budget, spread=0.2) for _ in range(5)]
+    wide = [space.sample(rng, budget) for _ in range(5)]
+    assert all(s.flops <= budget for s in near + wide)
+    assert all(s.ratios.min() >= 0.8 * s.ratios.max() - 1e-9 for s in near)  # U[0.8, 1] directions
+    assert any(s.ratios.min() < 0.5 * s.ratios.max() for s in wide)          # the paper's U[0, 1]
+    with pytest.raises(InputError, match="spread"):
+        space.sample(rng, budget, spread=0.0)
+    with pytest.raises(InputError, match="spread"):
+        PruneConfig(ratio=0.5, spread=1.5)
+
+
 def test_search_keeps_the_best_candidate_and_respects_the_budget(tiny_data, monkeypatch):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
     # untrained models score 0 everywhere: give every candidate a distinct score (its parameter count)

@@ -127,9 +127,15 @@ class StrategySpace:
         """The least-pruned uniform strategy with FLOPs <= ``budget``."""
         return self._scaled(np.ones(len(self.searchable)), budget, "uniform")
 
-    def sample(self, rng: np.random.Generator, budget: float) -> Strategy:
-        """A random direction ``u ~ U[0, 1]^G``, scaled until its FLOPs just fit ``budget``."""
-        return self._scaled(rng.uniform(0.0, 1.0, len(self.searchable)), budget, "random")
+    def sample(self, rng: np.random.Generator, budget: float, spread: float = 1.0) -> Strategy:
+        """A random direction ``u ~ U[1 - spread, 1]^G``, scaled until its FLOPs just fit ``budget``.
+
+        ``spread=1`` is the paper's sampling (every group's ratio anywhere in ``[0, max]``); a smaller spread
+        keeps the per-group ratios within a factor ``1 - spread`` of each other, i.e. near the uniform
+        strategy, for models too small to survive very uneven cuts."""
+        if not 0.0 < spread <= 1.0:
+            raise InputError(f"sampling spread must be in (0, 1], got {spread}")
+        return self._scaled(rng.uniform(1.0 - spread, 1.0, len(self.searchable)), budget, "random")
 
     def _scaled(self, u: np.ndarray, budget: float, kind: str) -> Strategy:
         u = np.maximum(u, 1e-6)

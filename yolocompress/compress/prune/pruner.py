@@ -52,6 +52,8 @@ class PruneConfig:
         bf16, channels_last: fine-tune with CPU bf16 autocast / NHWC (``TrainConfig``'s options).
         round_to, min_channels: ``ChannelRules`` (kept counts multiples of ``round_to``, >= ``min_channels``).
         max_ratio: the most any group is pruned.
+        spread: how uneven sampled strategies may be: per-group ratios ``~ U[1 - spread, 1]`` before scaling
+            to the budget (1: the paper's ``[0, max]`` sampling; smaller: closer to uniform).
         exclude: layer indices (``"0"``) or module-name prefixes (``"model.9.cv1"``) never pruned.
         seed: strategy sampling, data subsets and fine-tuning.
         latency: also measure ONNX Runtime latency (batch 1, ``latency_threads``) before and after (slow).
@@ -77,6 +79,7 @@ class PruneConfig:
     round_to: int = 8
     min_channels: int = 8
     max_ratio: float = 0.8
+    spread: float = 1.0
     exclude: tuple[str, ...] = ()
     include_uniform: bool = True
     seed: int = 0
@@ -104,6 +107,8 @@ class PruneConfig:
             raise InputError(f"imgsz must be a multiple of 32, got {self.imgsz}")
         if int(self.finetune_epochs) < 0:
             raise InputError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        if not 0.0 < float(self.spread) <= 1.0:
+            raise InputError(f"spread must be in (0, 1], got {self.spread}")
         if not 0.0 < float(self.max_ratio) < 1.0:
             raise InputError(f"max_ratio must be strictly between 0 and 1, got {self.max_ratio}")
         if self.metric not in METRICS:
@@ -207,7 +212,7 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     rng = np.random.default_rng(cfg.seed)
     n_random = cfg.candidates - (1 if cfg.include_uniform else 0)
     strategies = [uniform] if cfg.include_uniform else []
-    strategies += [space.sample(rng, budget) for _ in range(n_random)]
+    strategies += [space.sample(rng, budget, cfg.spread) for _ in range(n_random)]
     return SearchPlan(graph, space, strategies, budget, base_flops, excluded)
 
 
