@@ -11,16 +11,18 @@ from yolocompress.errors import CompressionError
 PARITY_TOLERANCE = 1e-3
 
 
-def run(model: str, output: str, imgsz: int = 640, batch: int = 1, dynamic: bool = False, opset: int = 17,
+def run(model: str, output: str, imgsz: int | None = None, batch: int = 1, dynamic: bool = False, opset: int = 17,
         simplify: bool = False, verify: bool = True) -> tuple[Path, float | None]:
-    """Export ``model`` (a ``.pt`` path) to ``output``; returns the path and the parity error (None: skipped).
+    """Export ``model`` (a ``.pt`` path) to ``output`` at ``imgsz`` (default: the checkpoint's training size);
+    returns the path and the parity error (None: skipped).
 
     Raises ``CompressionError`` when ONNX Runtime's output differs from PyTorch's by more than
     ``PARITY_TOLERANCE`` (the file is kept so it can be inspected).
     """
     from yolocompress.export.onnx import export_onnx, verify_onnx
 
-    net = load_cli_model(model)[0]
+    net, info = load_cli_model(model)
+    imgsz = imgsz or info.imgsz
     path = export_onnx(net, output, imgsz=imgsz, batch=batch, dynamic=dynamic, opset=opset, simplify=simplify)
     error = verify_onnx(net, path, imgsz) if verify else None
     if error is not None and error > PARITY_TOLERANCE:
@@ -32,7 +34,10 @@ def run(model: str, output: str, imgsz: int = 640, batch: int = 1, dynamic: bool
 def _main(args: argparse.Namespace) -> int:
     path, error = run(args.model, args.output, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic,
                       opset=args.opset, simplify=args.simplify, verify=not args.no_verify)
-    shape = f"{'dynamic' if args.dynamic else args.batch}x3x{args.imgsz}x{args.imgsz}"
+    from yolocompress.export.onnx import read_onnx_metadata
+
+    height, width = read_onnx_metadata(path).imgsz
+    shape = f"{'dynamic' if args.dynamic else args.batch}x3x{height}x{width}"
     parity = "" if error is None else f", max relative error vs PyTorch {error:.1e}"
     console.print(f"exported {path} (input images {shape}, opset {args.opset}{parity})", highlight=False)
     return 0
@@ -45,7 +50,9 @@ def register(subparsers) -> None:
                                           "class scores).")
     p.add_argument("model", help="checkpoint (.pt)")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
-    p.add_argument("--imgsz", type=image_size, default=640, help="square input size in pixels (default 640)")
+    p.add_argument("--imgsz", type=image_size, default=None,
+                   help="square input size in pixels (default: the checkpoint's training size, 640 for "
+                        "Ultralytics checkpoints)")
     p.add_argument("--batch", type=positive_int, default=1,
                    help="fixed batch size (default 1; ignored with --dynamic)")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch dimension (H and W stay fixed)")

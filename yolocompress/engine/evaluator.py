@@ -26,6 +26,8 @@ from yolocompress.engine.nms import non_max_suppression, xywh2xyxy
 from yolocompress.engine.predictors import OnnxPredictor, Predictor, TorchPredictor
 from yolocompress.errors import InputError
 
+DEFAULT_IMGSZ = 640  # image size when neither the caller nor the model says
+
 
 @dataclass
 class EvalResult:
@@ -218,7 +220,7 @@ def evaluate_model(
     model_or_path: nn.Module | str | os.PathLike,
     data_yaml: Any,
     split: str = "val",
-    imgsz: int = 640,
+    imgsz: int | None = None,
     batch: int = 32,
     conf_thres: float = 0.001,
     iou_thres: float = 0.6,
@@ -233,7 +235,8 @@ def evaluate_model(
     """Evaluate a model, a checkpoint or an ONNX file on a split of a ``data.yaml``.
 
     The loader follows val.py: rectangular batches with half a stride of padding for PyTorch models
-    (``imgsz`` is the long side). An ONNX file with a fixed image size is evaluated on square letterboxed
+    (``imgsz`` is the long side; by default a checkpoint's recorded training size, 640 for a module or a
+    checkpoint without one). An ONNX file with a fixed image size is evaluated on square letterboxed
     images at that size (``imgsz`` is ignored and the result records the model's size); a fixed batch of
     1 runs image by image.
 
@@ -257,7 +260,7 @@ def evaluate_model(
                     max_det=max_det, device=device, progress=progress, imgsz=imgsz)
 
 
-def _predictor_for(model_or_path: nn.Module | str | os.PathLike, nc: int, imgsz: int,
+def _predictor_for(model_or_path: nn.Module | str | os.PathLike, nc: int, imgsz: int | None,
                    device: str | torch.device, half: bool, threads: int | None
                    ) -> tuple[Predictor, int, bool, int]:
     """The predictor for a model or file, and the loader settings it needs: predictor, stride, rect, imgsz."""
@@ -268,16 +271,17 @@ def _predictor_for(model_or_path: nn.Module | str | os.PathLike, nc: int, imgsz:
         if not path.is_file():
             raise InputError(f"model file not found: {path}")
         if path.suffix.lower() == ".onnx":
-            return _onnx_predictor_for(path, nc, imgsz, threads)
-        from yolocompress.io.checkpoint import load_model
+            return _onnx_predictor_for(path, nc, imgsz or DEFAULT_IMGSZ, threads)
+        from yolocompress.io.checkpoint import load_model_with_info
 
-        model = load_model(path)
+        model, info = load_model_with_info(path)
+        imgsz = imgsz or info.imgsz
     model_nc = getattr(model, "nc", None)
     if model_nc is not None and int(model_nc) != nc:
         raise InputError(f"the model predicts {model_nc} classes but the data set has {nc}")
     stride = getattr(model, "stride", None)
     stride = int(torch.as_tensor(stride).max()) if stride is not None else 32
-    return TorchPredictor(model, device, half=half), stride, True, imgsz
+    return TorchPredictor(model, device, half=half), stride, True, imgsz or DEFAULT_IMGSZ
 
 
 def _onnx_predictor_for(path: Path, nc: int, imgsz: int,

@@ -53,7 +53,8 @@ class QuantConfig:
         per_channel: per-output-channel weight scales (else one scale per tensor).
         activation_type: ``u8`` (what ORT's x86 integer kernels take) or ``s8``.
         silu, stem, exclude: see :class:`~yolocompress.compress.quant.plan.PlanConfig`.
-        imgsz: export size for a PyTorch model (an ONNX file keeps its own fixed size).
+        imgsz: export size for a PyTorch model (an ONNX file keeps its own fixed size); ``None``: a
+            checkpoint's recorded training size, 640 for an in-memory model.
         percentile: for ``calibration="percentile"``.
         bins: histogram bins for ``percentile`` and ``mse`` (``entropy`` uses ORT's 128).
         check_images: calibration images used to measure the int8-vs-fp32 output SQNR.
@@ -66,7 +67,7 @@ class QuantConfig:
     silu: str = "int8"
     stem: str = "float"
     exclude: tuple[str, ...] = ()
-    imgsz: int = 640
+    imgsz: int | None = None
     percentile: float = 99.999
     bins: int = 2048
     check_images: int = 4
@@ -356,22 +357,24 @@ def sqnr_db(signal_energy: float, noise_energy: float) -> float:
     return float("inf") if noise_energy == 0 else float(10 * np.log10(signal_energy / noise_energy))
 
 
-def _fp32_onnx(model_or_onnx: Any, imgsz: int, tmp: Path) -> Path:
-    """The fp32 ONNX file to quantize: the given ``.onnx``, or an export of a model / ``.pt`` checkpoint."""
+def _fp32_onnx(model_or_onnx: Any, imgsz: int | None, tmp: Path) -> Path:
+    """The fp32 ONNX file to quantize: the given ``.onnx``, or an export of a model / ``.pt`` checkpoint at
+    ``imgsz`` (``None``: the checkpoint's training size, 640 for a module)."""
     from torch import nn
 
     from yolocompress.export.onnx import export_onnx
 
     if isinstance(model_or_onnx, nn.Module):
-        return export_onnx(model_or_onnx, tmp / "model.onnx", imgsz=imgsz)
+        return export_onnx(model_or_onnx, tmp / "model.onnx", imgsz=imgsz or 640)
     path = Path(model_or_onnx)
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
     if path.suffix.lower() == ".onnx":
         return path
-    from yolocompress.io.checkpoint import load_model
+    from yolocompress.io.checkpoint import load_model_with_info
 
-    return export_onnx(load_model(path), tmp / f"{path.stem}.onnx", imgsz=imgsz)
+    model, info = load_model_with_info(path)
+    return export_onnx(model, tmp / f"{path.stem}.onnx", imgsz=imgsz or info.imgsz)
 
 
 def _input_hw(path: Path) -> tuple[int, int]:
