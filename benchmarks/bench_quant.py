@@ -150,10 +150,12 @@ def bench_baseline(args, tmp: Path) -> None:
     if args.qat_epochs:
         from yolocompress.compress.quant.qat import QatConfig, quantize_qat
 
-        cfg = QuantConfig(calib_images=args.baseline_calib)
-        qat = QatConfig(epochs=args.qat_epochs, lr=args.qat_lr, batch=16)
+        cfg = QuantConfig(calib_images=args.baseline_calib, imgsz=imgsz)  # the baseline's training size
+        qat = QatConfig(epochs=args.qat_epochs, lr=args.qat_lr, batch=16, distill=args.qat_distill,
+                        labels=args.qat_labels)
         path, report = quantize_qat(model, data, cfg, qat, output=tmp / "baseline-qat.onnx")
-        _eval_row(f"QAT {args.qat_epochs} ep lr {args.qat_lr}, SiLU int8", path, report, ref, data, args)
+        loss = "+".join((["kd"] if args.qat_distill else []) + (["labels"] if args.qat_labels else []))
+        _eval_row(f"QAT {args.qat_epochs} ep lr {args.qat_lr:g} {loss}", path, report, ref, data, args)
         print(f"QAT parity (ORT int8 vs torch fake-quant): {report.qat['parity_sqnr_db']:.1f} dB")
     print("drop = fp32 - int8 mAP50-95 in points; SQNR = int8 vs fp32 decoded output on calibration images")
 
@@ -182,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-calib", type=int, default=256)
     parser.add_argument("--baseline-methods", nargs="+", default=["minmax", "percentile", "mse"])
     parser.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs on the baseline (0: skip QAT)")
-    parser.add_argument("--qat-lr", type=float, default=1e-3)
+    parser.add_argument("--qat-lr", type=float, default=1e-4)
+    parser.add_argument("--qat-distill", type=float, default=1.0, help="distillation weight (0: off)")
+    parser.add_argument("--qat-labels", action="store_true", help="add the detection loss on the labels")
     args = parser.parse_args(argv)
 
     import onnxruntime

@@ -20,14 +20,15 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         calib_images: int = 256, calibration: str = "mse", per_channel: bool = True,
         exclude: Sequence[str] = (), silu: str = "int8", stem: str = "float",
         activations: str = "u8", sensitivity: bool = False, auto_exclude: int = 0,
-        sensitivity_images: int = 128, epochs: int = 5, lr: float = 1e-3, batch: int = 16,
-        workers: int = 0) -> tuple[QuantReport, SensitivityReport | None]:
+        sensitivity_images: int = 128, epochs: int = 3, lr: float = 1e-4, batch: int = 16,
+        workers: int = 0, distill: float = 1.0, labels: bool = False) -> tuple[QuantReport, SensitivityReport | None]:
     """Quantize ``model`` (``.pt`` or fp32 ``.onnx``) to int8 and write it to ``output`` (``.onnx``).
 
     With ``sensitivity`` (or ``auto_exclude`` k > 0) the planned int8 convolutions are first ranked by the
     mAP50-95 each one costs (on ``sensitivity_images`` training images); ``auto_exclude`` keeps the worst k
-    float. ``method="qat"`` fine-tunes with fake quantization first (``epochs``, ``lr``, ``batch``; needs a
-    ``.pt`` model). Returns the quantization report and the sensitivity report (or None).
+    float. ``method="qat"`` fine-tunes with fake quantization first (``epochs``, ``lr``, ``batch``; the loss is
+    distillation from the float model with weight ``distill`` plus, with ``labels``, the detection loss;
+    needs a ``.pt`` model). ``imgsz`` defaults to a checkpoint's training size. Returns the quantization report and the sensitivity report (or None).
     """
     from yolocompress.compress.quant import sensitivity as sens
     from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
@@ -49,6 +50,10 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         if (shape.height, shape.width) != (imgsz, imgsz):
             raise InputError(f"{Path(model).name} has a fixed input size {shape.height}x{shape.width}, "
                              f"not {imgsz}x{imgsz}; export it again at --imgsz {imgsz}")
+    if imgsz is None and Path(model).suffix.lower() != ".onnx":
+        from yolocompress.cli.common import load_cli_model
+
+        imgsz = load_cli_model(model)[1].imgsz  # the size the checkpoint was trained at
     config = QuantConfig(calibration=calibration, calib_images=calib_images, per_channel=per_channel,
                          activation_type=activations, silu=silu, stem=stem, exclude=tuple(exclude),
                          imgsz=imgsz or 640)
@@ -61,7 +66,7 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         from yolocompress.compress.quant.qat import QatConfig, quantize_qat
         from yolocompress.io.checkpoint import load_model
 
-        qat = QatConfig(epochs=epochs, lr=lr, batch=batch, workers=workers)
+        qat = QatConfig(epochs=epochs, lr=lr, batch=batch, workers=workers, distill=distill, labels=labels)
         return quantize_qat(load_model(model), data, config, qat, output=output)[1], ranking
     return quantize_ptq(model, data, config, output=output)[1], ranking
 
@@ -100,7 +105,8 @@ def _main(args: argparse.Namespace) -> int:
                           per_channel=args.per_channel, exclude=exclude, silu=args.silu, stem=args.stem,
                           activations=args.activations, sensitivity=args.sensitivity,
                           auto_exclude=args.auto_exclude, sensitivity_images=args.sensitivity_images,
-                          epochs=args.epochs, lr=args.lr, batch=args.batch, workers=args.workers)
+                          epochs=args.epochs, lr=args.lr, batch=args.batch, workers=args.workers,
+                          distill=args.distill, labels=args.labels)
     if ranking is not None:
         _print_ranking(ranking)
     _print(report)
@@ -121,7 +127,8 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="data.yaml; calibration images come from its train split")
     p.add_argument("-o", "--output", required=True, help="int8 model to write (.onnx)")
     p.add_argument("--imgsz", type=image_size, default=None,
-                   help="export size for a .pt model (default 640; an .onnx file keeps its own)")
+                   help="export size for a .pt model (default: its training size, 640 for Ultralytics "
+                        "checkpoints; an .onnx file keeps its own)")
     p.add_argument("--calib-images", type=positive_int, default=256, help="calibration images (default 256)")
     p.add_argument("--calibration", choices=CALIBRATIONS, default="mse",
                    help="activation range estimation (default mse)")
@@ -146,8 +153,12 @@ def register(subparsers) -> None:
                    help="keep the K most sensitive convs float (implies --sensitivity)")
     p.add_argument("--sensitivity-images", type=positive_int, default=128,
                    help="training images evaluated per candidate (default 128)")
-    p.add_argument("--epochs", type=positive_int, default=5, help="QAT fine-tuning epochs (default 5)")
-    p.add_argument("--lr", type=float, default=1e-3, help="QAT initial learning rate (default 1e-3)")
+    p.add_argument("--epochs", type=positive_int, default=3, help="QAT fine-tuning epochs (default 3)")
+    p.add_argument("--lr", type=float, default=1e-4, help="QAT initial learning rate (default 1e-4)")
+    p.add_argument("--distill", type=float, default=1.0, metavar="W",
+                   help="QAT: weight of distillation from the float model (default 1; 0: labels only)")
+    p.add_argument("--labels", action="store_true",
+                   help="QAT: add the detection loss on the training labels (default: distillation only)")
     p.add_argument("--batch", type=positive_int, default=16, help="QAT batch size (default 16)")
     p.add_argument("--workers", type=int, default=0, help="QAT data-loading workers (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")

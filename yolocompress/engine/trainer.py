@@ -258,6 +258,9 @@ class Trainer:
         if self.wrap_model is not None:
             self.model = self.wrap_model(self.model)
         self.model.to(self.device)
+        for term in self.extra_losses:  # e.g. a distillation teacher
+            if callable(getattr(term, "to", None)):
+                term.to(self.device)
         stride = int(max(float(s) for s in unwrap(self.model).stride))
         if cfg.imgsz % stride:
             raise InputError(f"imgsz {cfg.imgsz} must be a multiple of the model's stride {stride}")

@@ -89,6 +89,7 @@ def test_qat_end_to_end(tiny_data, tmp_path):
     assert path.is_file() and report.kernels["stayed_float"] == []
     assert report.kernels["planned_integer"] == report.kernels["planned"] == 56
     assert report.qat["parity_sqnr_db"] > MIN_PARITY_AFTER_TRAINING_DB
+    assert report.qat["distill"] == 1.0 and report.qat["labels"] is False  # the defaults
     assert report.size_ratio < 0.35
 
 
@@ -97,3 +98,7 @@ def test_bad_qat_config():
         QatConfig(epochs=0)
     with pytest.raises(InputError):
         QatConfig(lr=0)
+    with pytest.raises(InputError):
+        QatConfig(distill=-1)
+    with pytest.raises(InputError):  # no loss at all
+        QatConfig(distill=0, labels=False)

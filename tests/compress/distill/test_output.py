@@ -1,0 +1,95 @@
+"""Output distillation: zero gradient at the teacher, pulls a student toward it, ignores background boxes."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from yolocompress.compress.distill.output import OutputDistillation
+from yolocompress.errors import InputError
+from yolocompress.models import build_model
+
+from ..helpers import randomize_batchnorms, randomize_detect
+
+
+def _outputs(model, x):
+    """Raw head outputs with gradients, BatchNorm on its running statistics (as in the gap measured)."""
+    model.eval()
+    return list(model(x)[1])
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return build_model("yolov5n", nc=3).eval()
+
+
+def test_student_equal_to_teacher_gets_no_gradient(teacher):
+    kd = OutputDistillation(teacher)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        target = list(teacher(x)[1])
+    student = [t.clone().requires_grad_(True) for t in target]
+    box, obj, cls = kd.loss(student, target)
+    (box + obj + cls).backward()
+    for s in student:  # d BCE(s, sigmoid(t)) / ds = sigmoid(s) - sigmoid(t) = 0
+        assert s.grad.abs().max() < 1e-6
+
+
+def test_training_on_the_term_moves_the_student_toward_the_teacher(teacher):
+    torch.manual_seed(1)
+    strong = randomize_detect(randomize_batchnorms(copy.deepcopy(teacher), seed=2), seed=2)  # image-dependent
+    student = randomize_detect(randomize_batchnorms(build_model("yolov5n", nc=3), seed=3), seed=3).eval()
+    kd = OutputDistillation(strong)
+    x = torch.rand(2, 3, 64, 64)
+    batch = type("Batch", (), {"imgs": x})()
+    with torch.no_grad():
+        target = list(strong(x)[1])
+        floor = sum(kd.loss(target, target))  # soft-target BCE bottoms out at the targets' entropy
+
+    def excess() -> float:
+        with torch.no_grad():
+            return float(sum(kd.loss(list(student(x)[1]), target)) - floor)
+
+    before = excess()
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(20):
+        loss, items = kd(batch, _outputs(student, x), {})
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert items["kd"] > 0 and before > 0.05
+    assert excess() < 0.5 * before
+
+
+def test_boxes_and_classes_count_only_where_the_teacher_sees_objects():
+    kd = OutputDistillation(torch.nn.Identity())
+    teacher = torch.full((1, 1, 2, 2, 8), -12.0)  # objectness ~6e-6 everywhere ...
+    teacher[0, 0, 0, 0, 4] = 12.0  # ... except one cell
+    student = teacher.clone()
+    student[0, 0, 1, 1, :4] = 5.0  # wrong boxes where there is no object: (almost) free
+    box_bg, _, _ = kd.loss([student], [teacher])
+    student = teacher.clone()
+    student[0, 0, 0, 0, :4] = 5.0  # the same error on the object: costs
+    box_obj, _, _ = kd.loss([student], [teacher])
+    assert float(box_obj) > 1000 * float(box_bg)
+
+
+def test_mismatched_heads_and_bad_weights_are_errors(teacher):
+    kd = OutputDistillation(teacher)
+    with pytest.raises(ValueError):
+        kd.loss([torch.zeros(1, 3, 2, 2, 8)], [torch.zeros(1, 3, 2, 2, 9)])
+    with pytest.raises(ValueError):
+        kd.loss([torch.zeros(1, 3, 2, 2, 8)], [])
+    with pytest.raises(InputError):
+        OutputDistillation(teacher, weight=-1)
+
+
+def test_teacher_is_a_frozen_copy(teacher):
+    kd = OutputDistillation(teacher)
+    assert kd.teacher is not teacher and not kd.teacher.training
+    assert not any(p.requires_grad for p in kd.teacher.parameters())
+    before = copy.deepcopy(teacher.state_dict())
+    kd.teacher.model[0].conv.weight.data.zero_()
+    assert torch.equal(teacher.state_dict()["model.0.conv.weight"], before["model.0.conv.weight"])

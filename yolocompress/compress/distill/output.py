@@ -1,0 +1,88 @@
+"""Output-level knowledge distillation for YOLO detectors: the teacher's head outputs as soft targets.
+
+Every output of a YOLOv5 head goes through a sigmoid before decoding (xy, wh, objectness, class scores), so
+each raw output is a logit and the teacher's sigmoid is a soft target for it: the loss is binary cross-entropy
+with logits against ``sigmoid(teacher)``, whose gradient is ``sigmoid(student) - sigmoid(teacher)`` (it does
+not vanish where the sigmoid saturates, as an MSE on probabilities would). Objectness is distilled in every
+cell (background cells teach the student where there is nothing); boxes and classes only where the teacher
+sees an object, weighted by its objectness, so the teacher's arbitrary outputs on background do not drown
+the signal.
+
+The term plugs into the trainer as an ``extra_losses`` entry (``Trainer(..., extra_losses=[kd])``); the
+teacher runs in eval mode without gradients on the same (augmented) batch as the student.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from yolocompress.errors import InputError
+
+
+def _raw_outputs(model: nn.Module, images: Tensor) -> list[Tensor]:
+    """The head's per-level raw outputs ``[b, na, ny, nx, 5 + nc]`` of a model in eval mode."""
+    out = model(images)
+    return list(out[1] if isinstance(out, tuple) else out)
+
+
+class OutputDistillation:
+    """Soft-target BCE between student and teacher head outputs (see the module docstring).
+
+    Args:
+        teacher: the reference detector (same head layout: levels, anchors and classes); copied, frozen,
+            kept in eval mode.
+        weight: multiplier of the whole term (the detection loss has weight 1).
+        box, obj, cls: weights of the three parts.
+
+    Called as ``term(batch, preds, features)`` it returns ``(loss per image, {"kd": value})``; the trainer
+    multiplies it by the batch size like its detection loss.
+    """
+
+    feature_layers: tuple[int, ...] = ()
+
+    def __init__(self, teacher: nn.Module, weight: float = 1.0, box: float = 1.0, obj: float = 1.0,
+                 cls: float = 1.0) -> None:
+        if weight < 0 or min(box, obj, cls) < 0:
+            raise InputError("distillation weights must be >= 0")
+        self.teacher = copy.deepcopy(teacher).float().eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.weight, self.box, self.obj, self.cls = float(weight), float(box), float(obj), float(cls)
+
+    def to(self, device: torch.device | str) -> "OutputDistillation":
+        self.teacher.to(device)
+        return self
+
+    def loss(self, student: list[Tensor], teacher: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(box, obj, cls)`` parts summed over levels, each a mean per cell (obj) or per object weight."""
+        if len(student) != len(teacher):
+            raise ValueError(f"student has {len(student)} output levels, teacher {len(teacher)}")
+        zero = student[0].new_zeros(())
+        box, obj, cls = zero, zero, zero
+        for s, t in zip(student, teacher):
+            if s.shape != t.shape:
+                raise ValueError(f"student output {tuple(s.shape)} != teacher output {tuple(t.shape)}")
+            s, p = s.float(), t.float().sigmoid()
+            obj = obj + F.binary_cross_entropy_with_logits(s[..., 4], p[..., 4])
+            w = p[..., 4]
+            norm = w.sum().clamp(min=1e-6)
+            box_cells = F.binary_cross_entropy_with_logits(s[..., :4], p[..., :4], reduction="none").mean(-1)
+            box = box + (box_cells * w).sum() / norm
+            if s.shape[-1] > 5:
+                cls_cells = F.binary_cross_entropy_with_logits(s[..., 5:], p[..., 5:], reduction="none").mean(-1)
+                cls = cls + (cls_cells * w).sum() / norm
+        return box, obj, cls
+
+    def __call__(self, batch: Any, preds: list[Tensor], features: dict[int, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        with torch.no_grad():
+            targets = _raw_outputs(self.teacher, batch.imgs.float())
+        box, obj, cls = self.loss(preds, targets)
+        total = self.weight * (self.box * box + self.obj * obj + self.cls * cls)
+        return total, {"kd": float(total.detach())}
+
+
+__all__ = ["OutputDistillation"]
