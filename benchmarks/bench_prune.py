@@ -90,7 +90,8 @@ def part_accuracy(args) -> dict:
     model, data = _baseline_and_data(args)
     common = dict(ratio=args.ratio, imgsz=args.imgsz, calib_batches=args.calib_batches,
                   eval_images=args.eval_images, finetune_epochs=args.epochs, seed=args.seed, bf16=args.bf16,
-                  channels_last=args.bf16, progress=args.progress, finetune_nominal_batch=args.nominal_batch)
+                  channels_last=args.bf16, progress=args.progress, finetune_nominal_batch=args.nominal_batch,
+                  distill=args.distill)
     out = {}
     eagleeye = dict(candidates=args.candidates, include_uniform=not args.no_uniform, spread=args.spread)
     runs = (("eagleeye", eagleeye), ("uniform", dict(candidates=1)))
@@ -200,6 +201,7 @@ def main() -> None:
     p.add_argument("--spread", type=float, default=1.0, help="strategy sampling spread (1: the paper's)")
     p.add_argument("--eagleeye-only", action="store_true", help="accuracy: skip the uniform fine-tune")
     p.add_argument("--nominal-batch", type=int, default=64, help="fine-tune: images per optimizer step")
+    p.add_argument("--distill", type=float, default=0.0, help="fine-tune: distillation weight (0: off)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args()

@@ -14,11 +14,11 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
         finetune_epochs: int = 10, round_to: int = 8, min_channels: int = 8, exclude: str | None = None,
         seed: int = 0, device: str = "cpu", batch: int = 16, workers: int = 0, latency: bool = False,
         json_path: str | None = None, cfg: str | None = None, progress: bool = False, bf16: bool = False,
-        channels_last: bool = False) -> dict[str, Any]:
+        channels_last: bool = False, distill: float | None = None) -> dict[str, Any]:
     """Prune the checkpoint ``model`` and save the result (our format, atomically) to ``output``.
 
     Every keyword is a CLI flag; ``imgsz`` defaults to the checkpoint's own image size (640 for Ultralytics
-    files). Returns the report dict (also written to ``json_path`` when given).
+    files), ``distill`` (the fine-tune's distillation weight) to ``PruneConfig``'s. Returns the report dict (also written to ``json_path`` when given).
     Only rank 0 writes files in a ``torchrun`` run.
     """
     import dataclasses
@@ -42,7 +42,8 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
         round_to=round_to, min_channels=min_channels,
         exclude=tuple(e.strip() for e in exclude.split(",") if e.strip()) if exclude else (), seed=seed,
         device=device, calib_batch=batch, eval_batch=batch, finetune_batch=batch, workers=workers,
-        latency=latency, progress=progress, bf16=bf16, channels_last=channels_last)
+        latency=latency, progress=progress, bf16=bf16, channels_last=channels_last,
+        **({} if distill is None else {"distill": distill}))
     if not Path(model).is_file():
         raise InputError(f"model file not found: {model}")
     data_cfg = load_data_config(data)
@@ -70,7 +71,7 @@ def _main(args: argparse.Namespace) -> int:
             eval_images=args.eval_images, finetune_epochs=args.finetune_epochs, round_to=args.round_to,
             min_channels=args.min_channels, exclude=args.exclude, seed=args.seed, device=args.device,
             batch=args.batch, workers=args.workers, latency=args.latency, json_path=args.json, cfg=args.cfg,
-            progress=not args.quiet, bf16=args.bf16, channels_last=args.channels_last)
+            progress=not args.quiet, bf16=args.bf16, channels_last=args.channels_last, distill=args.distill)
     from yolocompress.engine.distributed import context_from_env
 
     if not context_from_env().is_main:
@@ -127,6 +128,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="strategy sampling, data subsets, fine-tuning")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=0, help="data-loading workers for fine-tuning")
+    p.add_argument("--distill", type=float, default=None, metavar="W",
+                   help="fine-tune with output distillation from the unpruned model at weight W (0: labels only)")
     p.add_argument("--bf16", action="store_true", help="fine-tune with CPU bf16 autocast (AMX CPUs)")
     p.add_argument("--channels-last", action="store_true", help="fine-tune in NHWC memory format")
     p.add_argument("--latency", action="store_true",

@@ -180,3 +180,29 @@ def test_fast_scoring_runs_a_fused_onednn_copy_with_the_same_outputs(tiny_data):
     assert ((got - want).abs().max() / want.abs().max()) <= 1e-5
     plain = eagleeye.SubnetScorer(cache, tiny_data.nc, names, fast_inference=False)
     assert plain._inference_model(model) is model
+
+
+def test_finetune_distills_from_the_unpruned_model(tiny_data, monkeypatch):
+    """``distill > 0`` hands the Trainer an output-distillation term whose teacher is the unpruned model."""
+    from yolocompress.compress.distill.output import OutputDistillation
+    from yolocompress.engine import trainer as trainer_module
+
+    seen = []
+
+    class Spy(trainer_module.Trainer):
+        def __init__(self, *args, extra_losses=(), **kwargs):
+            seen.append(list(extra_losses))
+            super().__init__(*args, extra_losses=extra_losses, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "Trainer", Spy)
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
+    cfg = PruneConfig(ratio=0.4, **{**FAST, "candidates": 2, "finetune_epochs": 1, "finetune_batch": 4,
+                                    "distill": 2.0})
+    pruned, report = prune_model(model, tiny_data, cfg)
+    (terms,) = seen
+    (kd,) = terms
+    assert isinstance(kd, OutputDistillation) and kd.weight == 2.0
+    assert shape_spec(kd.teacher) == shape_spec(model) != shape_spec(pruned)
+    assert report.after_finetune is not None
+    with pytest.raises(InputError):
+        PruneConfig(ratio=0.5, distill=-1.0)

@@ -49,6 +49,8 @@ class PruneConfig:
         finetune_epochs: epochs of fine-tuning of the winner (0: none); ``finetune_batch`` images per batch,
             gradients accumulated to ``finetune_nominal_batch`` images per optimizer step (YOLOv5: 64; smaller
             means more steps for the same compute, which helps a short CPU fine-tune).
+        distill: weight of output distillation from the unpruned model during the fine-tune (0: labels only;
+            see :class:`~yolocompress.compress.distill.output.OutputDistillation`).
         bf16, channels_last: fine-tune with CPU bf16 autocast / NHWC (``TrainConfig``'s options).
         round_to, min_channels: ``ChannelRules`` (kept counts multiples of ``round_to``, >= ``min_channels``).
         max_ratio: the most any group is pruned.
@@ -74,6 +76,7 @@ class PruneConfig:
     finetune_epochs: int = 10
     finetune_batch: int = 16
     finetune_nominal_batch: int = 64
+    distill: float = 0.0
     bf16: bool = False
     channels_last: bool = False
     round_to: int = 8
@@ -107,6 +110,8 @@ class PruneConfig:
             raise InputError(f"imgsz must be a multiple of 32, got {self.imgsz}")
         if int(self.finetune_epochs) < 0:
             raise InputError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        if not float(self.distill) >= 0.0:
+            raise InputError(f"distill weight must be >= 0, got {self.distill}")
         if not 0.0 < float(self.spread) <= 1.0:
             raise InputError(f"spread must be in (0, 1], got {self.spread}")
         if not 0.0 < float(self.max_ratio) < 1.0:
@@ -238,7 +243,9 @@ def _ort_latency_ms(model: nn.Module, imgsz: int, threads: int, warmup: int = 5,
         return float(measure_ort_latency(path, threads=threads, warmup=warmup, runs=runs).median_ms)
 
 
-def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any) -> nn.Module:
+def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: nn.Module | None = None
+              ) -> nn.Module:
+    from yolocompress.compress.distill.output import OutputDistillation
     from yolocompress.engine.trainer import TrainConfig, Trainer
     from yolocompress.models.shapes import shape_spec
 
@@ -250,7 +257,8 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any) -> nn.Mod
                          device=cfg.device, workers=cfg.workers, seed=cfg.seed, out_dir=out_dir,
                          close_mosaic=cfg.finetune_epochs // 2,
                          patience=0, progress=cfg.progress, bf16=cfg.bf16, channels_last=cfg.channels_last)
-        result = Trainer(model, data, tc, hyp=hyp).train()
+        extra = [OutputDistillation(teacher, weight=cfg.distill)] if cfg.distill > 0 and teacher is not None else []
+        result = Trainer(model, data, tc, hyp=hyp, extra_losses=extra).train()
     tuned = result.model.cpu().eval()
     if shape_spec(tuned) != before:  # the Trainer must not change the architecture
         raise RuntimeError("fine-tuning changed the pruned architecture")
@@ -370,7 +378,7 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         final = winner
         if cfg.finetune_epochs > 0:
             t0 = time.perf_counter()
-            final = _finetune(winner, data, cfg, hyp)
+            final = _finetune(winner, data, cfg, hyp, teacher=base)
             timing["finetune"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             after_finetune = _full_eval(final, data, cfg)
