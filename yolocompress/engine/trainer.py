@@ -442,8 +442,10 @@ class Trainer:
                 preds = self.train_model(batch.imgs)
             preds = [p.float() for p in preds]
             loss, items = self.loss_fn(preds, batch.targets)
-            for term in self.extra_losses:
-                extra_loss, extra_items = term(batch, preds, capture.features if capture else {})
+            for term in self.extra_losses:  # in the forward's precision (a distillation teacher runs there too)
+                with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype,
+                                    enabled=self.use_autocast):
+                    extra_loss, extra_items = term(batch, preds, capture.features if capture else {})
                 loss = loss + extra_loss.float() * batch.imgs.shape[0]
                 for key, value in extra_items.items():
                     value = value.detach() if isinstance(value, torch.Tensor) else value

@@ -93,3 +93,16 @@ def test_teacher_is_a_frozen_copy(teacher):
     before = copy.deepcopy(teacher.state_dict())
     kd.teacher.model[0].conv.weight.data.zero_()
     assert torch.equal(teacher.state_dict()["model.0.conv.weight"], before["model.0.conv.weight"])
+
+
+def test_term_under_bf16_autocast_gives_a_float32_loss(teacher):
+    """The trainer calls extra terms in the forward's precision: the teacher then runs in bf16, the loss in fp32."""
+    kd = OutputDistillation(teacher)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        preds = [t + 0.5 for t in teacher(x)[1]]
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss, _ = kd(type("Batch", (), {"imgs": x})(), preds, {})
+    reference, _ = kd(type("Batch", (), {"imgs": x})(), preds, {})
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert abs(float(loss) - float(reference)) < 0.02 * float(reference)
