@@ -24,9 +24,9 @@ def _fraction(text: str) -> float:
     return value
 
 
-def run(model: str, data: str, imgsz: int | None = None, batch: int = 32, conf: float = 0.001, iou: float = 0.6,
-        split: str = "val", max_det: int = 300, threads: int | None = None, device: str = "cpu",
-        workers: int = 0, progress: bool = False) -> EvalResult:
+def run(model: str, data: str, imgsz: int | None = None, batch: int = 32, conf: float = 0.001,
+        iou: float = 0.6, split: str = "val", max_det: int = 300, threads: int | None = None,
+        device: str = "cpu", workers: int = 0, progress: bool = False) -> EvalResult:
     """Evaluate ``model`` (``.pt`` or ``.onnx``) on ``split`` of ``data`` (a ``data.yaml``)."""
     import torch
 
@@ -62,8 +62,8 @@ def register(subparsers) -> None:
     p.add_argument("model", help="checkpoint (.pt, ours or Ultralytics') or an exported .onnx file")
     p.add_argument("--data", required=True, help="data.yaml of the data set")
     p.add_argument("--imgsz", type=image_size, default=None,
-                   help="long side in pixels (default: the checkpoint's training size, else 640; a fixed-size "
-                        ".onnx file uses its own size)")
+                   help="long side in pixels (default: the checkpoint's training size, else 640; "
+                        "a fixed-size .onnx file uses its own size)")
     p.add_argument("--batch", type=positive_int, default=32, help="images per batch (default 32)")
     p.add_argument("--conf", type=_fraction, default=0.001, help="confidence threshold (default 0.001)")
     p.add_argument("--iou", type=_fraction, default=0.6, help="NMS IoU threshold (default 0.6)")

@@ -11,8 +11,8 @@ from yolocompress.errors import CompressionError
 PARITY_TOLERANCE = 1e-3
 
 
-def run(model: str, output: str, imgsz: int | None = None, batch: int = 1, dynamic: bool = False, opset: int = 17,
-        simplify: bool = False, verify: bool = True) -> tuple[Path, float | None]:
+def run(model: str, output: str, imgsz: int | None = None, batch: int = 1, dynamic: bool = False,
+        opset: int = 17, simplify: bool = False, verify: bool = True) -> tuple[Path, float | None]:
     """Export ``model`` (a ``.pt`` path) to ``output`` at ``imgsz`` (default: the checkpoint's training size);
     returns the path and the parity error (None: skipped).
 

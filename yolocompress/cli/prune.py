@@ -18,7 +18,8 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
     """Prune the checkpoint ``model`` and save the result (our format, atomically) to ``output``.
 
     Every keyword is a CLI flag; ``imgsz`` defaults to the checkpoint's own image size (640 for Ultralytics
-    files), ``distill`` (the fine-tune's distillation weight) to ``PruneConfig``'s. Returns the report dict (also written to ``json_path`` when given).
+    files), ``distill`` (the fine-tune's distillation weight) to ``PruneConfig``'s. Returns the report dict
+    (also written to ``json_path`` when given).
     Only rank 0 writes files in a ``torchrun`` run.
     """
     import dataclasses
@@ -129,7 +130,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=0, help="data-loading workers for fine-tuning")
     p.add_argument("--distill", type=float, default=None, metavar="W",
-                   help="fine-tune with output distillation from the unpruned model at weight W (0: labels only)")
+                   help="fine-tune with output distillation from the unpruned model at weight W "
+                        "(0: labels only)")
     p.add_argument("--bf16", action="store_true", help="fine-tune with CPU bf16 autocast (AMX CPUs)")
     p.add_argument("--channels-last", action="store_true", help="fine-tune in NHWC memory format")
     p.add_argument("--latency", action="store_true",

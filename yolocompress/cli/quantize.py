@@ -21,14 +21,16 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         exclude: Sequence[str] = (), silu: str = "int8", stem: str = "float",
         activations: str = "u8", sensitivity: bool = False, auto_exclude: int = 0,
         sensitivity_images: int = 128, epochs: int = 3, lr: float = 1e-4, batch: int = 16,
-        workers: int = 0, distill: float = 1.0, labels: bool = False) -> tuple[QuantReport, SensitivityReport | None]:
+        workers: int = 0, distill: float = 1.0, labels: bool = False
+        ) -> tuple[QuantReport, SensitivityReport | None]:
     """Quantize ``model`` (``.pt`` or fp32 ``.onnx``) to int8 and write it to ``output`` (``.onnx``).
 
     With ``sensitivity`` (or ``auto_exclude`` k > 0) the planned int8 convolutions are first ranked by the
     mAP50-95 each one costs (on ``sensitivity_images`` training images); ``auto_exclude`` keeps the worst k
-    float. ``method="qat"`` fine-tunes with fake quantization first (``epochs``, ``lr``, ``batch``; the loss is
-    distillation from the float model with weight ``distill`` plus, with ``labels``, the detection loss;
-    needs a ``.pt`` model). ``imgsz`` defaults to a checkpoint's training size. Returns the quantization report and the sensitivity report (or None).
+    float. ``method="qat"`` fine-tunes with fake quantization first (``epochs``, ``lr``, ``batch``; the loss
+    is distillation from the float model with weight ``distill`` plus, with ``labels``, the detection loss;
+    needs a ``.pt`` model). ``imgsz`` defaults to a checkpoint's training size. Returns the quantization
+    report and the sensitivity report (or None).
     """
     from yolocompress.compress.quant import sensitivity as sens
     from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
@@ -50,24 +52,25 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         if (shape.height, shape.width) != (imgsz, imgsz):
             raise InputError(f"{Path(model).name} has a fixed input size {shape.height}x{shape.width}, "
                              f"not {imgsz}x{imgsz}; export it again at --imgsz {imgsz}")
-    if imgsz is None and Path(model).suffix.lower() != ".onnx":
-        from yolocompress.cli.common import load_cli_model
-
-        imgsz = load_cli_model(model)[1].imgsz  # the size the checkpoint was trained at
     config = QuantConfig(calibration=calibration, calib_images=calib_images, per_channel=per_channel,
                          activation_type=activations, silu=silu, stem=stem, exclude=tuple(exclude),
-                         imgsz=imgsz or 640)
+                         imgsz=imgsz)  # None: a .pt checkpoint is exported at its training size
     ranking = None
     if auto_exclude:
         config, ranking = sens.auto_exclude(model, data, auto_exclude, config, images=sensitivity_images)
     elif sensitivity:
         ranking = sens.sensitivity(model, data, config, images=sensitivity_images)
     if method == "qat":
-        from yolocompress.compress.quant.qat import QatConfig, quantize_qat
-        from yolocompress.io.checkpoint import load_model
+        import dataclasses
 
+        from yolocompress.compress.quant.qat import QatConfig, quantize_qat
+        from yolocompress.io.checkpoint import load_model_with_info
+
+        net, info = load_model_with_info(model)
+        if config.imgsz is None:  # QAT gets the module, which does not know the size it was trained at
+            config = dataclasses.replace(config, imgsz=info.imgsz)
         qat = QatConfig(epochs=epochs, lr=lr, batch=batch, workers=workers, distill=distill, labels=labels)
-        return quantize_qat(load_model(model), data, config, qat, output=output)[1], ranking
+        return quantize_qat(net, data, config, qat, output=output)[1], ranking
     return quantize_ptq(model, data, config, output=output)[1], ranking
 
 

@@ -442,7 +442,7 @@ class Trainer:
                 preds = self.train_model(batch.imgs)
             preds = [p.float() for p in preds]
             loss, items = self.loss_fn(preds, batch.targets)
-            for term in self.extra_losses:  # in the forward's precision (a distillation teacher runs there too)
+            for term in self.extra_losses:  # in the forward's precision (a distillation teacher too)
                 with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype,
                                     enabled=self.use_autocast):
                     extra_loss, extra_items = term(batch, preds, capture.features if capture else {})

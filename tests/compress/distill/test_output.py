@@ -96,7 +96,7 @@ def test_teacher_is_a_frozen_copy(teacher):
 
 
 def test_term_under_bf16_autocast_gives_a_float32_loss(teacher):
-    """The trainer calls extra terms in the forward's precision: the teacher then runs in bf16, the loss in fp32."""
+    """The trainer calls extra terms in the forward's precision: teacher in bf16, loss in fp32."""
     kd = OutputDistillation(teacher)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():

@@ -73,11 +73,13 @@ class OutputDistillation:
             box_cells = F.binary_cross_entropy_with_logits(s[..., :4], p[..., :4], reduction="none").mean(-1)
             box = box + (box_cells * w).sum() / norm
             if s.shape[-1] > 5:
-                cls_cells = F.binary_cross_entropy_with_logits(s[..., 5:], p[..., 5:], reduction="none").mean(-1)
+                cls_cells = F.binary_cross_entropy_with_logits(s[..., 5:], p[..., 5:],
+                                                               reduction="none").mean(-1)
                 cls = cls + (cls_cells * w).sum() / norm
         return box, obj, cls
 
-    def __call__(self, batch: Any, preds: list[Tensor], features: dict[int, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, batch: Any, preds: list[Tensor], features: dict[int, Tensor]
+                 ) -> tuple[Tensor, dict[str, float]]:
         with torch.no_grad():
             targets = _raw_outputs(self.teacher, batch.imgs.float())
         box, obj, cls = self.loss(preds, targets)

@@ -257,7 +257,8 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: 
                          device=cfg.device, workers=cfg.workers, seed=cfg.seed, out_dir=out_dir,
                          close_mosaic=cfg.finetune_epochs // 2,
                          patience=0, progress=cfg.progress, bf16=cfg.bf16, channels_last=cfg.channels_last)
-        extra = [OutputDistillation(teacher, weight=cfg.distill)] if cfg.distill > 0 and teacher is not None else []
+        use_teacher = cfg.distill > 0 and teacher is not None
+        extra = [OutputDistillation(teacher, weight=cfg.distill)] if use_teacher else []
         result = Trainer(model, data, tc, hyp=hyp, extra_losses=extra).train()
     tuned = result.model.cpu().eval()
     if shape_spec(tuned) != before:  # the Trainer must not change the architecture
