@@ -6,11 +6,13 @@
 For each model (freshly built, 80 classes, random weights: latency does not depend on the values) at batch 1:
 the fp32 export, two naive ``quantize_static`` runs on the same pre-processed graph (QDQ, per-channel, default
 op types, MinMax; ORT's default int8 activations, and uint8 activations as ORT's docs advise for x86), and
-ours (``quantize_ptq``: the plan with SiLU int8, SiLU float, and SiLU int8 with an int8 stem). All sessions of one model are timed in
+ours (``quantize_ptq``: the default plan, then one setting changed at a time: Detect convs in fp32, SiLU in
+float, an int8 stem). All sessions of one model are timed in
 interleaved rounds (a block of 5 consecutive calls of each per round, see ``interleaved_latency``) so that
 load changes on a shared machine hit them alike;
 medians and p90 in ms, ratios of medians to fp32. Integer-kernel share: the share of all conv
-multiply-adds that the ORT-optimized graph runs as QLinearConv/ConvInteger (``verify.integer_kernel_report``).
+multiply-adds that the ORT-optimized graph runs as integer kernels (QLinearConv, ConvInteger,
+MatMulIntegerToFloat; ``verify.integer_kernel_report``).
 
 With the shipped baseline (``yolocompress/assets/baseline.pt``, yolov5n, 6 classes, 256 px) it also
 quantizes the baseline with calibration images from the demo train split and evaluates the fp32 and int8
@@ -95,10 +97,11 @@ def bench_model(name: str, imgsz: int, data: Path, args, tmp: Path) -> None:
              "naive s8 (ORT defaults)": naive_quantize(fp32, folder / "naive-s8.onnx", images, "s8"),
              "naive u8": naive_quantize(fp32, folder / "naive-u8.onnx", images, "u8")}
     shares, sizes = {}, {}
-    for silu, stem in (("int8", "float"), ("float", "float"), ("int8", "int8")):
-        label = f"ours, SiLU {silu}" + (", stem int8" if stem == "int8" else "")
-        cfg = QuantConfig(calib_images=args.calib_images, silu=silu, stem=stem)
-        path, report = quantize_ptq(fp32, data, cfg, output=folder / f"ours-{silu}-{stem}.onnx")
+    variants = (("ours (defaults)", {}), ("ours, Detect convs fp32", {"head": "float"}),
+                ("ours, SiLU float", {"silu": "float"}), ("ours, stem int8", {"stem": "int8"}))
+    for k, (label, options) in enumerate(variants):
+        cfg = QuantConfig(calib_images=args.calib_images, **options)
+        path, report = quantize_ptq(fp32, data, cfg, output=folder / f"ours-{k}.onnx")
         files[label] = path
         shares[label] = report.kernels["integer_mac_share"]
         sizes[label] = report.size_ratio
@@ -141,12 +144,14 @@ def bench_baseline(args, tmp: Path) -> None:
     r = evaluate_model(naive, data, batch=32, threads=args.threads)
     print(f"{'naive quantize_static u8':<34} {r.map50:>7.4f} {r.map50_95:>9.4f} "
           f"{100 * (ref.map50_95 - r.map50_95):>6.2f} {'':>8} {100 * integer_share(naive, fp32):>9.1f}%")
-    runs = [(method, "int8") for method in args.baseline_methods]
-    runs += [("minmax", "float")] if "minmax" in args.baseline_methods else []
-    for method, silu in runs:
-        cfg = QuantConfig(calib_images=args.baseline_calib, calibration=method, silu=silu)
-        path, report = quantize_ptq(fp32, data, cfg, output=tmp / f"baseline-{method}-{silu}.onnx")
-        _eval_row(f"PTQ {method}, SiLU {silu}", path, report, ref, data, args)
+    runs = [(method, "int8", "int8") for method in args.baseline_methods]
+    runs += [("minmax", "float", "int8")] if "minmax" in args.baseline_methods else []
+    runs += [("mse", "int8", "float")] if "mse" in args.baseline_methods else []
+    for method, silu, head in runs:
+        cfg = QuantConfig(calib_images=args.baseline_calib, calibration=method, silu=silu, head=head)
+        path, report = quantize_ptq(fp32, data, cfg, output=tmp / f"baseline-{method}-{silu}-{head}.onnx")
+        label = f"PTQ {method}, SiLU {silu}" + (", Detect fp32" if head == "float" else "")
+        _eval_row(label, path, report, ref, data, args)
     if args.qat_epochs:
         from yolocompress.compress.quant.qat import QatConfig, quantize_qat
 

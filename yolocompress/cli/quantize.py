@@ -18,7 +18,7 @@ CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
 
 def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | None = None,
         calib_images: int = 256, calibration: str = "mse", per_channel: bool = True,
-        exclude: Sequence[str] = (), silu: str = "int8", stem: str = "float",
+        exclude: Sequence[str] = (), silu: str = "int8", stem: str = "float", head: str = "int8",
         activations: str = "u8", sensitivity: bool = False, auto_exclude: int = 0,
         sensitivity_images: int = 128, epochs: int = 3, lr: float = 1e-4, batch: int = 16,
         workers: int = 0, distill: float = 1.0, labels: bool = False
@@ -53,7 +53,7 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
             raise InputError(f"{Path(model).name} has a fixed input size {shape.height}x{shape.width}, "
                              f"not {imgsz}x{imgsz}; export it again at --imgsz {imgsz}")
     config = QuantConfig(calibration=calibration, calib_images=calib_images, per_channel=per_channel,
-                         activation_type=activations, silu=silu, stem=stem, exclude=tuple(exclude),
+                         activation_type=activations, silu=silu, stem=stem, head=head, exclude=tuple(exclude),
                          imgsz=imgsz)  # None: a .pt checkpoint is exported at its training size
     ranking = None
     if auto_exclude:
@@ -106,7 +106,7 @@ def _main(args: argparse.Namespace) -> int:
     report, ranking = run(args.model, args.data, args.output, method=args.method, imgsz=args.imgsz,
                           calib_images=args.calib_images, calibration=args.calibration,
                           per_channel=args.per_channel, exclude=exclude, silu=args.silu, stem=args.stem,
-                          activations=args.activations, sensitivity=args.sensitivity,
+                          head=args.head, activations=args.activations, sensitivity=args.sensitivity,
                           auto_exclude=args.auto_exclude, sensitivity_images=args.sensitivity_images,
                           epochs=args.epochs, lr=args.lr, batch=args.batch, workers=args.workers,
                           distill=args.distill, labels=args.labels)
@@ -147,6 +147,9 @@ def register(subparsers) -> None:
                    help="SiLU as QLinearSigmoid + QLinearMul (int8, default) or in float")
     p.add_argument("--stem", choices=("int8", "float"), default="float",
                    help="the first conv (3-channel image input): float (default; faster on x86) or int8")
+    p.add_argument("--head", choices=("int8", "float"), default="int8",
+                   help="the Detect output convs: int8 input and weights in an integer kernel with a float "
+                        "output (default) or fully float; their outputs and the box decoding stay float")
     p.add_argument("--activations", choices=("u8", "s8"), default="u8",
                    help="activation type (default u8: what ONNX Runtime's x86 integer kernels take)")
     p.add_argument("--sensitivity", action="store_true",

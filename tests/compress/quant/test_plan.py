@@ -9,24 +9,44 @@ from yolocompress.errors import InputError
 
 
 def test_detect_convs_and_decode_stay_float(tiny_onnx):
-    plan = build_plan(tiny_onnx)
+    plan = build_plan(tiny_onnx, PlanConfig(head="float"))
     detect = {c.scope for c in plan.convs if c.reason == "detect"}
     assert detect == {"model.24.m.0", "model.24.m.1", "model.24.m.2"}
+    assert {c.scope for c in plan.convs if c.head} == detect and not plan.int8_head
     proto = onnx.load(str(tiny_onnx))
     decode_types = {n.op_type for n in proto.graph.node if n.name in set(plan.decode)}
     assert {"Reshape", "Transpose", "Sigmoid"} <= decode_types
     assert not set(plan.decode) & set(plan.nodes)
 
 
+def test_integer_head_convs(tiny_onnx):
+    """head="int8" (default): the Detect convs are int8 but not quantize_static's (rewritten afterwards);
+    their inputs are calibrated; their outputs and the decode stay float."""
+    plan = build_plan(tiny_onnx)
+    head = {c.scope for c in plan.int8_head}
+    assert head == {"model.24.m.0", "model.24.m.1", "model.24.m.2"}
+    assert not {c.name for c in plan.int8_head} & set(plan.nodes)
+    proto = onnx.load(str(tiny_onnx))
+    by_name = {n.name: n for n in proto.graph.node}
+    assert all(by_name[c.name].input[0] in plan.tensors for c in plan.int8_head)
+    assert not {by_name[c.name].output[0] for c in plan.int8_head} & set(plan.tensors)
+    float_head = build_plan(tiny_onnx, PlanConfig(head="float"))
+    assert plan.int8_mac_share > float_head.int8_mac_share
+    # an excluded head conv is an fp32 conv again
+    one = build_plan(tiny_onnx, PlanConfig(exclude=("model.24.m.1",)))
+    assert {c.scope for c in one.int8_head} == head - {"model.24.m.1"}
+    assert [c.scope for c in one.convs if c.reason == "excluded"] == ["model.24.m.1"]
+
+
 def test_every_other_conv_is_planned_int8(tiny_onnx):
-    plan = build_plan(tiny_onnx, PlanConfig(stem="int8"))
+    plan = build_plan(tiny_onnx, PlanConfig(stem="int8", head="float"))
     proto = onnx.load(str(tiny_onnx))
     convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
     assert len(plan.convs) == len(convs) == 60
     assert {c.name for c in plan.int8_convs} == set(convs) - {c.name for c in plan.convs if c.reason == "detect"}
     assert all(c.name in plan.nodes for c in plan.int8_convs)
     # default: the stem (reads the image) stays float
-    default = build_plan(tiny_onnx)
+    default = build_plan(tiny_onnx, PlanConfig(head="float"))
     assert [c.scope for c in default.convs if c.reason == "stem"] == ["model.0.conv"]
     assert 0.5 < default.int8_mac_share < plan.int8_mac_share < 1.0
 

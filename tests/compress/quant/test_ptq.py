@@ -40,11 +40,13 @@ def test_ptq_runs_close_to_fp32(ptq, tiny_onnx, tiny_data):
 def test_every_planned_conv_is_an_integer_kernel(ptq):
     _, report = ptq
     k = report.kernels
-    assert k["planned"] == report.plan["int8_convs"] == 56
+    assert k["planned"] == report.plan["int8_convs"] == 59
     assert k["planned_integer"] == k["planned"] and k["planned_mac_share"] == pytest.approx(1.0)
     assert k["stayed_float"] == [] and not report.warnings
-    assert k["integer_convs"] == k["planned"]  # Detect convs and the stem really stay float
+    assert k["integer_convs"] == k["planned"]  # the stem really stays float
     assert k["op_counts"].get("QLinearConv") == 56
+    assert k["op_counts"].get("MatMulIntegerToFloat") == 3  # the Detect convs: integer kernels, float outputs
+    assert "Conv" not in k["op_counts"] or k["op_counts"]["Conv"] == 1  # only the float stem
 
 
 def test_size_and_metadata(ptq, tiny_onnx):
@@ -69,8 +71,9 @@ def test_calibration_methods(method, tiny_onnx, tiny_data, tmp_path):
 def test_from_module_float_silu_per_tensor(tiny_model, tiny_data, tmp_path):
     cfg = QuantConfig(calib_images=4, imgsz=64, silu="float", per_channel=False, stem="int8")
     path, report = quantize_ptq(tiny_model, tiny_data, cfg, output=tmp_path / "m.onnx")
-    assert report.kernels["planned"] == 57 and report.kernels["stayed_float"] == []
+    assert report.kernels["planned"] == 60 and report.kernels["stayed_float"] == []
     assert "QLinearSigmoid" not in report.kernels["op_counts"]
+    assert report.kernels["op_counts"].get("MatMulIntegerToFloat") == 3
     assert report.sqnr_db > MIN_SQNR_DB - 10
 
 

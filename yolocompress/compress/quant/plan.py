@@ -4,7 +4,10 @@ The plan is derived by walking the ONNX graph, never from node names (they chang
 
 - the **decode** part is everything between the graph output and the first convolutions found walking back
   from it (Reshape/Transpose/Sigmoid/grid arithmetic/Concat); those convolutions are the **Detect output
-  convs**. Both stay float: one int8 tensor holding pixel coordinates and probabilities destroys the scores;
+  convs**. Their outputs and the decode stay float: one int8 tensor holding pixel coordinates and
+  probabilities destroys the scores. With ``head="int8"`` (the default) a Detect conv still computes in an
+  integer kernel with a float output (:mod:`~yolocompress.compress.quant.head`: int8 input and weights,
+  ``MatMulIntegerToFloat``); with ``head="float"`` it is an fp32 conv;
 - every other convolution gets quantized input and output (so ONNX Runtime fuses DQ -> Conv -> Q into an
   integer kernel), except the **stem** (a convolution reading the graph input) when ``stem="float"``: a
   3-channel input gives the integer kernels nothing to vectorise over and ran 3x *slower* than fp32 on the
@@ -25,10 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from yolocompress.compress.quant.head import find_head_patterns
 from yolocompress.errors import InputError
 
 SILU_MODES = ("int8", "float")
 STEM_MODES = ("int8", "float")
+HEAD_MODES = ("int8", "float")
 
 # Element-wise / data-movement ops that the plan quantizes when they sit in the quantized body.
 _SCALE_SHARING_OPS = ("MaxPool", "Resize")
@@ -41,6 +46,8 @@ class PlanConfig:
     Attributes:
         silu: ``"int8"`` (QLinearSigmoid + QLinearMul) or ``"float"`` (dequantize, SiLU in fp32, quantize).
         stem: ``"int8"`` or ``"float"`` for convolutions that read the graph input directly.
+        head: ``"int8"``: the Detect output convs run as integer kernels with float outputs (int8 input and
+            weights; the decode stays float); ``"float"``: they run in fp32.
         exclude: selectors of nodes to keep float: an ONNX node name, or a module path such as
             ``model.17`` or ``model.17.cv3.conv`` (matches the node and everything under it). A selector that
             matches no quantizable node is an error (like NNCF's ``IgnoredScope(validate=True)``).
@@ -48,6 +55,7 @@ class PlanConfig:
 
     silu: str = "int8"
     stem: str = "float"
+    head: str = "int8"
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -55,6 +63,8 @@ class PlanConfig:
             raise InputError(f"silu must be one of {', '.join(SILU_MODES)}, got {self.silu!r}")
         if self.stem not in STEM_MODES:
             raise InputError(f"stem must be one of {', '.join(STEM_MODES)}, got {self.stem!r}")
+        if self.head not in HEAD_MODES:
+            raise InputError(f"head must be one of {', '.join(HEAD_MODES)}, got {self.head!r}")
         object.__setattr__(self, "exclude", tuple(str(s) for s in self.exclude))
 
 
@@ -63,13 +73,14 @@ class ConvSite:
     """One convolution of the graph: ONNX node name, module path, multiply-adds per image, and its fate.
 
     ``reason`` is ``"int8"`` for a planned integer conv, else why it stays float: ``"detect"``, ``"stem"``,
-    ``"excluded"``.
+    ``"excluded"``. ``head`` marks a Detect output conv (integer kernel with a float output when int8).
     """
 
     name: str
     scope: str
     macs: int
     reason: str
+    head: bool = False
 
     @property
     def int8(self) -> bool:
@@ -101,6 +112,12 @@ class QuantPlan:
     @property
     def int8_convs(self) -> tuple[ConvSite, ...]:
         return tuple(c for c in self.convs if c.int8)
+
+    @property
+    def int8_head(self) -> tuple[ConvSite, ...]:
+        """Detect output convs planned as integer kernels with float outputs (rewritten after
+        ``quantize_static`` by :func:`~yolocompress.compress.quant.head.integer_head`)."""
+        return tuple(c for c in self.convs if c.int8 and c.head)
 
     @property
     def float_convs(self) -> tuple[ConvSite, ...]:
@@ -253,6 +270,8 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
     silu = _silu_pairs(g)
     silu_muls = {m.name for m in silu.values()}
 
+    integer_head = set(find_head_patterns(proto, head_names)) if config.head == "int8" else set()
+
     candidates: list[Any] = []  # quantizable nodes of the body, in graph order
     conv_reason: dict[str, str] = {}
     for node in g.nodes:
@@ -261,7 +280,8 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
         op = node.op_type
         if op == "Conv":
             if node.name in head_names:
-                conv_reason[node.name] = "detect"
+                # an integer head conv is rewritten after quantize_static, which must leave it alone
+                conv_reason[node.name] = "int8" if node.name in integer_head else "detect"
                 continue
             if config.stem == "float" and node.input[0] in g.inputs:
                 conv_reason[node.name] = "stem"
@@ -278,11 +298,12 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
     if not any(reason == "int8" for reason in conv_reason.values()):
         raise InputError("no convolution to quantize: the graph has none outside the Detect head and decode")
 
+    by_name = {n.name: n for n in g.nodes}
     excluded: set[str] = set()
     for selector in config.exclude:
         hit = {n.name for n in candidates if _matches(selector, n)}
         hit |= {name for name, reason in conv_reason.items() if reason == "int8"
-                and _matches(selector, next(n for n in g.nodes if n.name == name))}
+                and _matches(selector, by_name[name])}
         if not hit:
             examples = ", ".join(sorted({node_scope(c.name) for c in candidates if c.op_type == "Conv"})[:4])
             raise InputError(f"--exclude {selector!r} matches no quantizable node (module paths look like "
@@ -295,14 +316,17 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
 
     tensors: list[str] = []
     seen: set[str] = set()
+    head_inputs = [n.input[0] for n in head if conv_reason[n.name] == "int8"]
     for node in nodes:
         for t in g.activations([*node.input, *node.output]):
             if t not in seen:
                 seen.add(t)
                 tensors.append(t)
+    tensors += [t for t in dict.fromkeys(head_inputs) if t not in seen]  # int8 inputs of the head convs
     shared = _shared_groups(nodes, g)
     macs = _conv_macs(proto)
-    convs = tuple(ConvSite(n.name, node_scope(n.name), macs.get(n.name, 0), conv_reason[n.name])
+    convs = tuple(ConvSite(n.name, node_scope(n.name), macs.get(n.name, 0), conv_reason[n.name],
+                           head=n.name in head_names)
                   for n in g.nodes if n.op_type == "Conv")
     return QuantPlan(nodes=tuple(n.name for n in nodes), op_types=tuple(sorted({n.op_type for n in nodes})),
                      tensors=tuple(tensors), shared=shared, convs=convs,

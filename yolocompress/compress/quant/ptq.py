@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from yolocompress.compress.quant.head import head_hessians, integer_head
 from yolocompress.compress.quant.plan import PlanConfig, QuantPlan, build_plan
 from yolocompress.compress.quant.verify import KernelReport, integer_kernel_report
 from yolocompress.errors import CompressionError, InputError
@@ -52,7 +53,7 @@ class QuantConfig:
         calib_images: calibration images, taken evenly spread over the training split.
         per_channel: per-output-channel weight scales (else one scale per tensor).
         activation_type: ``u8`` (what ORT's x86 integer kernels take) or ``s8``.
-        silu, stem, exclude: see :class:`~yolocompress.compress.quant.plan.PlanConfig`.
+        silu, stem, head, exclude: see :class:`~yolocompress.compress.quant.plan.PlanConfig`.
         imgsz: export size for a PyTorch model (an ONNX file keeps its own fixed size); ``None``: a
             checkpoint's recorded training size, 640 for an in-memory model.
         percentile: for ``calibration="percentile"``.
@@ -66,6 +67,7 @@ class QuantConfig:
     activation_type: str = "u8"
     silu: str = "int8"
     stem: str = "float"
+    head: str = "int8"
     exclude: tuple[str, ...] = ()
     imgsz: int | None = None
     percentile: float = 99.999
@@ -84,10 +86,11 @@ class QuantConfig:
         if not 0 < self.percentile <= 100:
             raise InputError(f"percentile must be in (0, 100], got {self.percentile}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        self.plan_config()  # validates silu / stem
+        self.plan_config()  # validates silu / stem / head
 
-    def plan_config(self) -> PlanConfig:
-        return PlanConfig(silu=self.silu, stem=self.stem, exclude=self.exclude)
+    def plan_config(self, exclude: Sequence[str] = ()) -> PlanConfig:
+        """The plan settings, with ``exclude`` added to the configured exclusions."""
+        return PlanConfig(silu=self.silu, stem=self.stem, head=self.head, exclude=(*self.exclude, *exclude))
 
 
 @dataclass
@@ -261,10 +264,14 @@ def _quiet_ort_prints() -> Iterator[None]:
 # ------------------------------------------------------------------------------------------- quantization
 def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, plan: QuantPlan,
                  ranges: dict[str, tuple[float, float]], per_channel: bool = True,
-                 activation_type: str = "u8", extra_options: dict[str, Any] | None = None) -> Path:
+                 activation_type: str = "u8", extra_options: dict[str, Any] | None = None,
+                 hessians: dict[str, np.ndarray] | None = None) -> Path:
     """Write the QDQ model of ``plan`` with the given activation ranges (``quantize_static``, no calibration
-    run: the ranges go in as its calibration cache). ``extra_options`` are merged into ORT's (e.g.
-    ``TensorQuantOverrides``)."""
+    run: the ranges go in as its calibration cache), then turn the plan's integer head convs into integer
+    MatMuls with float outputs (:func:`~yolocompress.compress.quant.head.integer_head`; their weights are
+    rounded by GPTQ against ``hessians``, see :func:`~yolocompress.compress.quant.head.head_hessians`, or to
+    nearest without them).
+    ``extra_options`` are merged into ORT's (e.g. ``TensorQuantOverrides``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
@@ -280,6 +287,13 @@ def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, plan
             weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=False,
             nodes_to_quantize=list(plan.nodes), op_types_to_quantize=list(plan.op_types),
             extra_options=options)
+    planned_head = [c.name for c in plan.int8_head]
+    if planned_head:
+        done = integer_head(out_path, planned_head, ranges, per_channel=per_channel, hessians=hessians)
+        if sorted(done) != sorted(planned_head):
+            missing = sorted(set(planned_head) - set(done))
+            raise CompressionError(f"could not rewrite the Detect convs {', '.join(missing)} as integer "
+                                   "MatMuls")
     return Path(out_path)
 
 
@@ -409,6 +423,7 @@ class Prepared:
     images: np.ndarray
     plan: QuantPlan
     ranges: dict[str, tuple[float, float]]
+    hessians: dict[str, np.ndarray] = field(default_factory=dict)  # inputs of the integer head convs
 
 
 def prepare(model_or_onnx: Any, data_cfg: Any, config: QuantConfig, folder: Path) -> Prepared:
@@ -428,7 +443,8 @@ def prepare(model_or_onnx: Any, data_cfg: Any, config: QuantConfig, folder: Path
     plan = build_plan(pre, config.plan_config())
     images = calibration_images(data_cfg, hw[0], config.calib_images)
     ranges = calibrate(pre, plan, images, config.calibration, config.percentile, config.bins)
-    return Prepared(fp32, pre, hw, images, plan, ranges)
+    hessians = head_hessians(pre, [c.name for c in plan.int8_head], images) if plan.int8_head else {}
+    return Prepared(fp32, pre, hw, images, plan, ranges, hessians)
 
 
 def build_int8(prepared: Prepared, plan: QuantPlan, config: QuantConfig, out_path: Path,
@@ -437,7 +453,7 @@ def build_int8(prepared: Prepared, plan: QuantPlan, config: QuantConfig, out_pat
     try:
         quantize_qdq(prepared.pre, out_path, plan, shared_ranges(prepared.ranges, plan),
                      per_channel=config.per_channel, activation_type=config.activation_type,
-                     extra_options=extra_options)
+                     extra_options=extra_options, hessians=prepared.hessians)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise InputError(f"ONNX Runtime cannot quantize {prepared.fp32.name}: {exc}") from exc
     _copy_metadata(prepared.fp32, out_path)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from yolocompress.compress.quant.plan import PlanConfig, build_plan
+from yolocompress.compress.quant.plan import build_plan
 from yolocompress.compress.quant.ptq import Prepared, QuantConfig, build_int8, prepare
 from yolocompress.errors import InputError
 
@@ -90,8 +90,7 @@ def layer_sensitivity(prepared: Prepared, data_cfg: Any, config: QuantConfig, fo
     convs = [c for c in prepared.plan.int8_convs if layers is None or c.name in layers]
     results = []
     for k, conv in enumerate(convs):
-        plan = build_plan(prepared.pre, PlanConfig(silu=config.silu, stem=config.stem,
-                                                   exclude=(*config.exclude, conv.name)))
+        plan = build_plan(prepared.pre, config.plan_config(exclude=(conv.name,)))
         path = build_int8(prepared, plan, config, folder / f"layer{k}.onnx")
         score, _ = _eval_subset(path, data_cfg, split, images, imgsz)
         results.append(LayerSensitivity(conv.scope, conv.name, conv.macs, score, score - int8_map))

@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from yolocompress.compress.quant.head import conv_name_of
 from yolocompress.compress.quant.plan import QuantPlan
 
-INTEGER_CONV_OPS = ("QLinearConv", "ConvInteger")
+# MatMulIntegerToFloat: a Detect conv rewritten by compress.quant.head (integer kernel, float output)
+INTEGER_CONV_OPS = ("QLinearConv", "ConvInteger", "MatMulIntegerToFloat")
 
 
 @dataclass(frozen=True)
@@ -63,15 +65,17 @@ def optimized_graph(path: str | os.PathLike, out_path: str | os.PathLike):
 
 
 def _conv_weights(qdq_proto) -> dict[str, str]:
-    """``{weight initializer feeding a conv (through its DequantizeLinear, if any): conv name}``."""
+    """``{weight initializer feeding a conv (through its DequantizeLinear, if any): conv name}``; a MatMul
+    that replaced a Detect conv counts as that conv."""
     producer = {out: n for n in qdq_proto.graph.node for out in n.output}
     weights = {}
     for node in qdq_proto.graph.node:
-        if node.op_type != "Conv":
+        if node.op_type not in ("Conv", "MatMul"):
             continue
         w = node.input[1]
         dq = producer.get(w)
-        weights[dq.input[0] if dq is not None and dq.op_type == "DequantizeLinear" else w] = node.name
+        source = dq.input[0] if dq is not None and dq.op_type == "DequantizeLinear" else w
+        weights[source] = conv_name_of(node.name)
     return weights
 
 

@@ -1,0 +1,291 @@
+"""Detect output convs as integer matrix products with float outputs (``head="int8"`` in the plan).
+
+A Detect output conv is a 1x1 convolution whose output holds box coordinates and scores side by side, so its
+*output* must stay float (one int8 scale for pixels and probabilities destroys the scores). Its *input* is
+already int8 (the output of the quantized body) and its weights quantize like any other conv's. ONNX Runtime
+has an integer kernel with a float output for exactly that, ``MatMulIntegerToFloat`` (u8 x s8, VNNI), which
+its optimizer builds from ``DequantizeLinear -> MatMul <- DequantizeLinear`` with no ``QuantizeLinear`` after.
+There is no such fusion for ``Conv``: a float Detect conv runs in fp32 with NCHWc layout changes around it.
+
+So the QDQ graph's pattern (what every YOLOv5 Detect exports)::
+
+    x -> Conv(W[N, C, 1, 1], b) -> Reshape[bs, na, no, ny, nx] -> Transpose(0, 1, 3, 4, 2) -> decode
+
+becomes, with the same output tensor::
+
+    DQ(x) -> Transpose(0, 2, 3, 1) -> MatMul(DQ(W_int8[C, N])) -> Reshape[-1, ny, nx, na, no] -> Add(b)
+          -> Transpose(0, 3, 1, 2, 4) -> decode
+
+ORT cancels the NHWC transpose against the layout of its NHWC integer body, fuses the MatMul into
+``MatMulIntegerToFloat``, and the last Transpose moves whole ``no``-float rows (the original moved single
+floats). The bias is added after the Reshape: directly after the MatMul ORT fuses the pair into a float Gemm
+first. (A ``Gemm`` with an int32 bias, which ORT runs as ``QGemm``, measured 3% slower end to end on
+yolov5n.) Weights are symmetric int8 in [-127, 127], per output channel or per tensor, with the scales
+``quantize_static`` gives conv weights, rounded to nearest or by GPTQ (:func:`gptq_weight`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+WMAX = 127
+MATMUL_SUFFIX = "_as_MatMul"
+
+
+@dataclass(frozen=True)
+class HeadPattern:
+    """The nodes of one Detect output conv that :func:`integer_head` rewrites."""
+
+    conv: Any
+    reshape: Any
+    transpose: Any
+    shape: tuple[int, int, int, int, int]  # bs, na, no, ny, nx
+
+
+def matmul_name(conv_name: str) -> str:
+    """Name of the MatMul that replaces a conv (its module path, :func:`plan.node_scope`, is the conv's)."""
+    return conv_name + MATMUL_SUFFIX
+
+
+def conv_name_of(node_name: str) -> str:
+    """The conv a rewritten MatMul stands for (other names unchanged)."""
+    return node_name[:-len(MATMUL_SUFFIX)] if node_name.endswith(MATMUL_SUFFIX) else node_name
+
+
+def _constants(proto) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    out = {init.name: init for init in proto.graph.initializer}
+    values = {name: numpy_helper.to_array(t) for name, t in out.items()}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _attr(node, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def find_head_patterns(proto, conv_names: Iterable[str]) -> dict[str, HeadPattern]:
+    """The convs among ``conv_names`` that have the rewritable Detect pattern (1x1, stride 1, no padding or
+    groups, constant weight and bias, output only into ``Reshape[bs, na, no, ny, nx] -> Transpose(0, 1, 3,
+    4, 2)``), keyed by conv name. Others are left out (they stay float convs)."""
+    wanted = set(conv_names)
+    consts = _constants(proto)
+    consumers: dict[str, list[Any]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in proto.graph.output}
+    found = {}
+    for conv in proto.graph.node:
+        if conv.op_type != "Conv" or conv.name not in wanted or len(conv.input) < 3:
+            continue
+        w, b = consts.get(conv.input[1]), consts.get(conv.input[2])
+        if w is None or b is None or w.ndim != 4 or w.shape[2:] != (1, 1):
+            continue
+        if (_attr(conv, "group", 1) != 1 or any(s != 1 for s in _attr(conv, "strides", [1, 1]))
+                or any(p != 0 for p in _attr(conv, "pads", [0, 0, 0, 0]))):
+            continue
+        nexts = consumers.get(conv.output[0], [])
+        if len(nexts) != 1 or nexts[0].op_type != "Reshape" or conv.output[0] in outputs:
+            continue
+        reshape = nexts[0]
+        shape = consts.get(reshape.input[1])
+        after = consumers.get(reshape.output[0], [])
+        if shape is None or shape.shape != (5,) or len(after) != 1 or reshape.output[0] in outputs:
+            continue
+        transpose = after[0]
+        if transpose.op_type != "Transpose" or list(_attr(transpose, "perm", [])) != [0, 1, 3, 4, 2]:
+            continue
+        bs, na, no, ny, nx = (int(v) for v in shape)
+        if min(bs, na, no, ny, nx) < 1 or na * no != w.shape[0]:
+            continue
+        found[conv.name] = HeadPattern(conv, reshape, transpose, (bs, na, no, ny, nx))
+    return found
+
+
+def quantize_weight(w: np.ndarray, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights ``[N, ...] -> (int8 [N, ...], scale [N] or [1])`` as ``quantize_static``
+    quantizes conv weights (``WeightSymmetric``, range [-127, 127])."""
+    flat = w.reshape(w.shape[0], -1).astype(np.float64)
+    amax = np.abs(flat).max(1) if per_channel else np.full(1, np.abs(flat).max())
+    scale = np.where(amax > 0, amax / WMAX, 1.0).astype(np.float32)
+    per_row = scale if per_channel else np.full(len(flat), scale[0], np.float32)
+    q = np.clip(np.round(flat / per_row[:, None].astype(np.float64)), -WMAX, WMAX).astype(np.int8)
+    return q.reshape(w.shape), scale
+
+
+def head_hessians(fp32_path: str | os.PathLike, conv_names: Iterable[str], images: np.ndarray,
+                  max_images: int = 64) -> dict[str, np.ndarray]:
+    """``{conv name: X^T X / rows}`` of each named conv's input over up to ``max_images`` of ``images``
+    (``float32 [n, 3, h, w]``), every pixel one row ``[C]``: the second moment GPTQ rounds against."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(fp32_path))
+    wanted = set(conv_names)
+    inputs = {n.name: n.input[0] for n in proto.graph.node if n.op_type == "Conv" and n.name in wanted}
+    have = {o.name for o in proto.graph.output}
+    for tensor in dict.fromkeys(inputs.values()):
+        if tensor not in have:
+            proto.graph.output.add().name = tensor
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    feed = session.get_inputs()[0].name
+    sums: dict[str, np.ndarray] = {}
+    rows: dict[str, int] = {}
+    picks = np.unique(np.linspace(0, len(images) - 1, num=min(max_images, len(images))).round().astype(int))
+    for k in picks:
+        outs = dict(zip(names, session.run(None, {feed: images[k:k + 1]})))
+        for tensor in set(inputs.values()):
+            x = outs[tensor].astype(np.float64)
+            x = x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])  # pixels x channels
+            sums[tensor] = sums.get(tensor, 0) + x.T @ x
+            rows[tensor] = rows.get(tensor, 0) + len(x)
+    return {name: sums[t] / rows[t] for name, t in inputs.items()}
+
+
+def gptq_weight(w: np.ndarray, hessian: np.ndarray, per_channel: bool = True, damp: float = 0.01
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights ``[N, C] -> (int8 [N, C], scale)`` rounded by GPTQ (Frantar et al., ICLR 2023):
+    input channels are quantized one at a time, largest second moment first ("act-order"), and each rounding
+    error is compensated on the channels not yet quantized, minimising ``E||x (W - Q)^T||^2`` for inputs with
+    second moment ``hessian [C, C]``.
+
+    The scales are :func:`quantize_weight`'s (max |w| / 127 per row); only the rounding differs. ``damp`` adds
+    that fraction of the mean diagonal to the diagonal (a channel that never fires stays well-posed).
+    """
+    order = np.argsort(-np.diag(hessian), kind="stable")
+    _, scale = quantize_weight(w, per_channel)
+    per_row = (scale if per_channel else np.full(len(w), scale[0])).astype(np.float64)
+    work = w.astype(np.float64)[:, order]
+    h = hessian.astype(np.float64)[np.ix_(order, order)]
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    work[:, dead] = 0.0
+    h[np.diag_indices_from(h)] += damp * float(np.mean(np.diag(h)))
+    # upper Cholesky factor of H^-1: row i holds the update of channels i.. after quantizing channel i
+    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    q = np.zeros(work.shape, np.int8)
+    for i in range(work.shape[1]):
+        col = np.clip(np.round(work[:, i] / per_row), -WMAX, WMAX)
+        q[:, i] = col.astype(np.int8)
+        err = (work[:, i] - col * per_row) / u[i, i]
+        work[:, i + 1:] -= np.outer(err, u[i, i + 1:])
+    out = np.empty_like(q)
+    out[:, order] = q
+    return out, scale
+
+
+def integer_head(path: str | os.PathLike, conv_names: Iterable[str], ranges: dict[str, tuple[float, float]],
+                 per_channel: bool = True, hessians: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Rewrite the Detect output convs ``conv_names`` of the QDQ model at ``path`` (in place) as integer
+    MatMuls with float outputs; returns the names of the convs rewritten.
+
+    A conv whose input has no DequantizeLinear yet gets a Q/DQ pair from ``ranges`` (uint8, ORT's formula).
+    Weights are rounded to nearest, or by GPTQ against ``hessians[conv name]`` (:func:`head_hessians`).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from yolocompress.compress.quant.qat import ort_scale_zero_point
+
+    proto = onnx.load(str(path))
+    patterns = find_head_patterns(proto, conv_names)
+    if not patterns:
+        return []
+    consts = _constants(proto)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    graph = proto.graph
+    new_nodes: dict[str, list[Any]] = {}  # conv name -> replacement nodes (placed where the conv was)
+    dropped: set[str] = set()
+    for name, p in patterns.items():
+        conv = p.conv
+        bs, na, no, ny, nx = p.shape
+        w, b = consts[conv.input[1]], consts[conv.input[2]]
+        n_out, c_in = w.shape[:2]
+        if hessians is not None and name in hessians:
+            q, scale = gptq_weight(w.reshape(n_out, c_in), hessians[name], per_channel)
+        else:
+            q, scale = quantize_weight(w.reshape(n_out, c_in), per_channel)
+        pre = name + "/int8_head"
+        nodes = []
+        x = conv.input[0]
+        source = producer.get(x)
+        if source is None or source.op_type != "DequantizeLinear":
+            if x not in ranges:
+                raise ValueError(f"no calibrated range for the input of {name} ({x})")
+            x_scale, zp = ort_scale_zero_point(*ranges[x])
+            qparams = [pre + "/x_scale", pre + "/x_zero_point"]
+            graph.initializer.extend([numpy_helper.from_array(np.array(x_scale, np.float32), qparams[0]),
+                                      numpy_helper.from_array(np.array(zp, np.uint8), qparams[1])])
+            nodes += [helper.make_node("QuantizeLinear", [x, *qparams], [pre + "/x_q"],
+                                       name=pre + "/QuantizeLinear"),
+                      helper.make_node("DequantizeLinear", [pre + "/x_q", *qparams], [pre + "/x_dq"],
+                                       name=pre + "/DequantizeLinear")]
+            x = pre + "/x_dq"
+        graph.initializer.extend([
+            numpy_helper.from_array(np.ascontiguousarray(q.T), pre + "/weight_int8"),
+            numpy_helper.from_array(scale if per_channel else scale.reshape(()), pre + "/weight_scale"),
+            numpy_helper.from_array(np.zeros(len(scale), np.int8) if per_channel else np.array(0, np.int8),
+                                    pre + "/weight_zero_point"),
+            numpy_helper.from_array(np.array([-1, ny, nx, na, no], np.int64), pre + "/nhwc_shape"),
+            numpy_helper.from_array(b.reshape(na, no).astype(np.float32), pre + "/bias")])
+        dq_w = dict(axis=1) if per_channel else {}
+        nodes += [
+            helper.make_node("Transpose", [x], [pre + "/x_nhwc"], perm=[0, 2, 3, 1], name=pre + "/ToNHWC"),
+            helper.make_node("DequantizeLinear", [pre + "/weight_int8", pre + "/weight_scale",
+                                                  pre + "/weight_zero_point"], [pre + "/weight"],
+                             name=pre + "/DequantizeWeight", **dq_w),
+            helper.make_node("MatMul", [pre + "/x_nhwc", pre + "/weight"], [pre + "/matmul"],
+                             name=matmul_name(name)),
+            helper.make_node("Reshape", [pre + "/matmul", pre + "/nhwc_shape"], [pre + "/anchors_last"],
+                             name=pre + "/Reshape"),
+            helper.make_node("Add", [pre + "/anchors_last", pre + "/bias"], [pre + "/biased"],
+                             name=pre + "/AddBias"),
+            helper.make_node("Transpose", [pre + "/biased"], [p.transpose.output[0]], perm=[0, 3, 1, 2, 4],
+                             name=pre + "/ToAnchors"),
+        ]
+        new_nodes[name] = nodes
+        dropped |= {conv.name, p.reshape.name, p.transpose.name}
+    ordered = []
+    for node in graph.node:
+        if node.name in new_nodes:
+            ordered.extend(new_nodes[node.name])
+        if node.name not in dropped:
+            kept = onnx.NodeProto()
+            kept.CopyFrom(node)
+            ordered.append(kept)
+    # the replacement sits where the conv was; its output is consumed where the old Transpose's was, which
+    # came later, so the order stays topological
+    del graph.node[:]
+    graph.node.extend(ordered)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    orphans = [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]
+    for node in orphans:  # e.g. the old Reshape's shape
+        graph.node.remove(node)
+    keep = []
+    for init in graph.initializer:
+        if init.name in used:
+            keep.append(onnx.TensorProto())
+            keep[-1].CopyFrom(init)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    onnx.save(proto, str(path))
+    return list(patterns)
+
+
+__all__ = ["HeadPattern", "find_head_patterns", "integer_head", "quantize_weight", "gptq_weight",
+           "head_hessians", "matmul_name", "conv_name_of"]
