@@ -153,6 +153,20 @@ def test_no_targets_and_gradients():
     assert preds[0].grad[..., :4].abs().sum() > 0 and preds[0].grad[..., 5:].abs().sum() > 0
 
 
+def test_zero_gains_skip_target_assignment(monkeypatch):
+    """With box = obj = cls = 0 (QAT by distillation alone) the loss is 0 without assigning targets."""
+    model = _fake_model([[[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]] * 3, nc=2)
+    loss_fn = DetectionLoss(model, Hyp(box=0.0, obj=0.0, cls=0.0), imgsz=64)
+
+    def fail(*args):
+        raise AssertionError("build_targets called")
+
+    monkeypatch.setattr(loss_fn, "build_targets", fail)
+    preds = [torch.randn(2, 3, s, s, 7) for s in (8, 4, 2)]
+    loss, items = loss_fn(preds, torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.2]]))
+    assert float(loss) == 0 and items.tolist() == [0, 0, 0]
+
+
 def test_hyp_validation():
     assert Hyp().lr0 == 0.01 and Hyp().anchor_t == 4.0
     with pytest.raises(InputError):

@@ -271,6 +271,8 @@ def test_config_validation(data_cfg, tmp_path):
         Trainer(tiny_model(nc=data_cfg.nc + 1), data_cfg, train_config(tmp_path, epochs=1)).train()
     with pytest.raises(InputError, match="stride"):
         Trainer(tiny_model(nc=data_cfg.nc), data_cfg, train_config(tmp_path, epochs=1, imgsz=48)).train()
+    with pytest.raises(InputError, match="nothing to train"):
+        Trainer(tiny_model(nc=data_cfg.nc), data_cfg, train_config(tmp_path, epochs=1), Hyp(box=0, obj=0, cls=0))
 
 
 # ---------------------------------------------------------------- command line

@@ -214,6 +214,8 @@ class DetectionLoss:
         if len(preds) != self.nl:
             raise ValueError(f"expected {self.nl} output levels, got {len(preds)}")
         device = preds[0].device
+        if self.box_gain == self.obj_gain == self.cls_gain == 0:  # e.g. QAT by distillation alone
+            return torch.zeros((), device=device), torch.zeros(3, device=device)  # no target assignment
         if self.anchors.device != device:
             self.to(device)
         lbox = torch.zeros((), device=device)

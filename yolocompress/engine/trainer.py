@@ -226,6 +226,9 @@ class Trainer:
         for loss in self.extra_losses:
             if not callable(loss):
                 raise TypeError(f"extra losses must be callable, got {type(loss).__name__}")
+        if self.hyp.box == self.hyp.obj == self.hyp.cls == 0 and not self.extra_losses:
+            raise InputError("nothing to train: the detection loss gains box, obj and cls are all 0 and there "
+                             "is no extra loss")
         self.wrap_model = wrap_model
         self.out_dir = Path(config.out_dir)
         self.weights_dir = self.out_dir / "weights"
