@@ -11,7 +11,7 @@ import torch
 from yolocompress.compress.fuse import fuse_model
 from yolocompress.compress.quant.ptq import QuantConfig, output_sqnr, prepare, quantize_qdq, shared_ranges
 from yolocompress.compress.quant.qat import (
-    ActivationFakeQuant, QatConfig, QuantConv2d, QuantSiLU, fake_quant_weight, insert_fake_quant,
+    ActivationFakeQuant, OutputQuant, QatConfig, QuantConv2d, QuantSiLU, fake_quant_weight, insert_fake_quant,
     learned_overrides, ort_scale_zero_point, parity_sqnr, quantize_qat, quantizers, strip_fake_quant,
 )
 from yolocompress.errors import InputError
@@ -103,3 +103,23 @@ def test_bad_qat_config():
         QatConfig(distill=-1)
     with pytest.raises(InputError):  # no loss at all
         QatConfig(distill=0, labels=False)
+
+
+def test_leaky_relu_model(tiny_data, tmp_path):
+    """A LeakyReLU model: convs read LeakyReLU outputs (float ops between Q/DQ pairs in the plan), the Detect
+    convs too; their fake quantization sits at the activation modules and matches ORT's Q/DQ there."""
+    from yolocompress.models import build_model
+
+    torch.manual_seed(0)
+    model = fuse_model(build_model("yolov5s-LeakyReLU", nc=3).eval())
+    prepared = prepare(model, tiny_data, QuantConfig(calib_images=4, imgsz=64), tmp_path)
+    ranges = shared_ranges(prepared.ranges, prepared.plan)
+    proto = onnx.load(str(prepared.pre))
+    placed = insert_fake_quant(copy.deepcopy(model), prepared.plan, proto, ranges).eval()
+    leaky = [m for m in placed.modules()
+             if isinstance(m, OutputQuant) and isinstance(m.module, torch.nn.LeakyReLU)]
+    assert len(leaky) > 50
+    path = quantize_qdq(prepared.pre, tmp_path / "leaky.onnx", prepared.plan, ranges,
+                        extra_options={"TensorQuantOverrides": learned_overrides(placed)},
+                        hessians=prepared.hessians)
+    assert parity_sqnr(placed, path, prepared.images[:2]) > MIN_PARITY_DB

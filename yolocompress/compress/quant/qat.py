@@ -2,9 +2,10 @@
 
 Placement follows the :class:`~yolocompress.compress.quant.plan.QuantPlan` of the model's own export: each
 planned tensor that an arithmetic op produces (a Conv output, a SiLU's sigmoid and product, a residual Add,
-the image for an int8 stem) gets fake quantization at the torch module that produces it, found through the
-ONNX node's module path. Concat / MaxPool / nearest Resize outputs need none: their inputs share one scale
-(the plan's ``shared`` groups share one :class:`ActivationFakeQuant`), so they stay on the grid.
+another activation module's output such as LeakyReLU's, the image for an int8 stem) gets fake quantization
+at the torch module that produces it, found through the ONNX node's module path. Concat / MaxPool / nearest
+Resize outputs need none: their inputs share one scale (the plan's ``shared`` groups share one
+:class:`ActivationFakeQuant`), so they stay on the grid.
 
 Numerics mirror what ONNX Runtime will run:
 - weights: per-output-channel symmetric int8 in [-127, 127], ``scale = max|w| / 127`` recomputed every
@@ -167,6 +168,10 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, module)
 
 
+# activation ops whose module (found by the node's scope) outputs exactly the op's output
+_ACTIVATION_OPS = ("LeakyRelu", "Relu", "HardSwish", "HardSigmoid", "Clip", "Elu", "Tanh")
+
+
 def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str, tuple[float, float]]
                       ) -> nn.Module:
     """Put fake quantization into ``model`` (in place, BatchNorm already folded) where ``plan`` quantizes;
@@ -209,8 +214,9 @@ def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str
         return module
 
     planned = set(plan.nodes)
+    by_name = {n.name: n for n in proto.graph.node}
     for name in plan.nodes:  # weights of every planned conv
-        node = next(n for n in proto.graph.node if n.name == name)
+        node = by_name[name]
         if node.op_type == "Conv":
             quant_conv(node_scope(name), True)
     graph_inputs = {i.name for i in proto.graph.input}
@@ -232,7 +238,8 @@ def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str
             quant_silu(scope).sigmoid_fq = quantizer(tensor)
         elif op == "Mul" and isinstance(_get(model, scope), (nn.SiLU, QuantSiLU)):
             quant_silu(scope).output_fq = quantizer(tensor)
-        elif op == "Add":
+        elif op == "Add" or op in _ACTIVATION_OPS and not isinstance(_get(model, scope), nn.Sequential):
+            # a residual Add, or an activation module other than SiLU (LeakyReLU models): the module's output
             module = _get(model, scope)
             if not isinstance(module, OutputQuant):
                 _set(model, scope, OutputQuant(module, quantizer(tensor)))
