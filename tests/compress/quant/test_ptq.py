@@ -128,3 +128,22 @@ def test_bad_config():
         QuantConfig(calibration="kl")
     with pytest.raises(InputError, match="calib_images"):
         QuantConfig(calib_images=0)
+
+
+def test_leaky_relu_runs_as_integer_lookup(tiny_data, tmp_path):
+    """LeakyReLU models (yolov5s-LeakyReLU, YOLOv7-tiny): every activation is int8 (QLinearLeakyRelu), also
+    the ones that feed only a Detect conv (ORT fuses the others from their neighbours' Q/DQ anyway)."""
+    import torch
+
+    from yolocompress.export.onnx import export_onnx
+    from yolocompress.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("yolov5s-LeakyReLU", nc=3).eval()
+    config = QuantConfig(calib_images=4, imgsz=64)
+    path, report = quantize_ptq(model, tiny_data, config, output=tmp_path / "leaky-int8.onnx")
+    ops = report.kernels["op_counts"]
+    fp32 = export_onnx(model, tmp_path / "leaky.onnx", imgsz=64)
+    leaky = sum(n.op_type == "LeakyRelu" for n in onnx.load(str(fp32)).graph.node)
+    assert ops.get("QLinearLeakyRelu") == leaky == 57 and "LeakyRelu" not in ops
+    assert report.kernels["stayed_float"] == [] and report.sqnr_db > MIN_SQNR_DB - 10

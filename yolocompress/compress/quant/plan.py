@@ -13,6 +13,7 @@ The plan is derived by walking the ONNX graph, never from node names (they chang
   3-channel input gives the integer kernels nothing to vectorise over and ran 3x *slower* than fp32 on the
   measured CPU (see benchmarks/RESULTS.md);
 - SiLU (``Mul(x, Sigmoid(x))``) is quantized (QLinearSigmoid + QLinearMul) or left float, selectable;
+  LeakyReLU is quantized (QLinearLeakyRelu);
 - residual Adds (two activation inputs), Concat, MaxPool and Resize are quantized; the inputs and output
   of a Concat, and the input and output of MaxPool / Resize, share one scale (``shared``), so the integer
   Concat is a copy and SPPF's pooling chain needs no requantization.
@@ -292,6 +293,8 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
             if config.silu == "int8":
                 candidates.append(node)
         elif op == "Add" and len(g.activations(node.input)) == 2:
+            candidates.append(node)
+        elif op == "LeakyRelu":  # ORT's QLinearLeakyRelu (a lookup table): LeakyReLU models, YOLOv7-tiny
             candidates.append(node)
         elif op in ("Concat", *_SCALE_SHARING_OPS):
             candidates.append(node)
