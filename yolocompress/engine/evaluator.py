@@ -25,8 +25,7 @@ from yolocompress.engine.metrics import IOU_THRESHOLDS, ap_per_class, fitness, m
 from yolocompress.engine.nms import non_max_suppression, xywh2xyxy
 from yolocompress.engine.predictors import OnnxPredictor, Predictor, TorchPredictor
 from yolocompress.errors import InputError
-
-DEFAULT_IMGSZ = 640  # image size when neither the caller nor the model says
+from yolocompress.io.checkpoint import DEFAULT_IMGSZ  # when neither the caller nor the model says
 
 
 @dataclass

@@ -28,6 +28,8 @@ from yolocompress.models.yolo import DetectionModel
 
 FORMAT_NAME = "yolocompress"
 FORMAT_VERSION = 1
+# The image size assumed for a model that records none (Ultralytics checkpoints, in-memory modules): YOLOv5's.
+DEFAULT_IMGSZ = 640
 # Tensors older Ultralytics releases stored that our model recomputes (v5.0 Detect.anchor_grid).
 _LEGACY_KEYS = ("anchor_grid",)
 
@@ -37,7 +39,7 @@ class ModelInfo:
     """What a checkpoint says about its model beyond the weights."""
 
     source: str                      # "yolocompress", "ultralytics" or "state_dict"
-    imgsz: int = 640
+    imgsz: int = DEFAULT_IMGSZ
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -111,7 +113,7 @@ def _from_ours(ckpt: dict[str, Any], name: str) -> tuple[DetectionModel, ModelIn
     _load_weights(model, state, name)
     if ckpt.get("names"):
         model.names = list(ckpt["names"])
-    info = ModelInfo("yolocompress", int(ckpt.get("imgsz", 640)), list(ckpt.get("history", [])),
+    info = ModelInfo("yolocompress", int(ckpt.get("imgsz", DEFAULT_IMGSZ)), list(ckpt.get("history", [])),
                      dict(ckpt.get("metrics", {})))
     return model, info
 
@@ -136,7 +138,7 @@ def _from_ultralytics(pickled: PickledObject, name: str) -> tuple[DetectionModel
     if isinstance(names, (list, tuple)) and len(names) == model.nc:
         model.names = [str(n) for n in names]
     history = [{"step": "import", "from": "ultralytics", "file": name, "time": _now()}]
-    return model, ModelInfo("ultralytics", 640, history)
+    return model, ModelInfo("ultralytics", DEFAULT_IMGSZ, history)
 
 
 def _from_state_dict(ckpt: dict[str, Any], cfg: Any, name: str) -> tuple[DetectionModel, ModelInfo]:
@@ -155,7 +157,8 @@ def _from_state_dict(ckpt: dict[str, Any], cfg: Any, name: str) -> tuple[Detecti
             nc = state[last].shape[0] // na - 5
     model = DetectionModel(cfg, nc=nc)
     _load_weights(model, state, name)
-    return model, ModelInfo("state_dict", 640, [{"step": "import", "from": "state_dict", "file": name, "time": _now()}])
+    imported = {"step": "import", "from": "state_dict", "file": name, "time": _now()}
+    return model, ModelInfo("state_dict", DEFAULT_IMGSZ, [imported])
 
 
 def _now() -> str:

@@ -377,9 +377,10 @@ def _fp32_onnx(model_or_onnx: Any, imgsz: int | None, tmp: Path) -> Path:
     from torch import nn
 
     from yolocompress.export.onnx import export_onnx
+    from yolocompress.io.checkpoint import DEFAULT_IMGSZ
 
     if isinstance(model_or_onnx, nn.Module):
-        return export_onnx(model_or_onnx, tmp / "model.onnx", imgsz=imgsz or 640)
+        return export_onnx(model_or_onnx, tmp / "model.onnx", imgsz=imgsz or DEFAULT_IMGSZ)
     path = Path(model_or_onnx)
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
