@@ -31,7 +31,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-WMAX = 127
+from yolocompress.compress.quant.graph import OnnxGraph
+
+WMAX = 127  # symmetric int8 weights in [-127, 127] (what quantize_static gives conv weights)
 MATMUL_SUFFIX = "_as_MatMul"
 
 
@@ -55,17 +57,6 @@ def conv_name_of(node_name: str) -> str:
     return node_name[:-len(MATMUL_SUFFIX)] if node_name.endswith(MATMUL_SUFFIX) else node_name
 
 
-def _constants(proto) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    out = {init.name: init for init in proto.graph.initializer}
-    values = {name: numpy_helper.to_array(t) for name, t in out.items()}
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
-
-
 def _attr(node, name: str, default: Any) -> Any:
     from onnx import helper
 
@@ -75,22 +66,20 @@ def _attr(node, name: str, default: Any) -> Any:
     return default
 
 
-def find_head_patterns(proto, conv_names: Iterable[str]) -> dict[str, HeadPattern]:
+def find_head_patterns(graph: OnnxGraph | Any, conv_names: Iterable[str]) -> dict[str, HeadPattern]:
     """The convs among ``conv_names`` that have the rewritable Detect pattern (1x1, stride 1, no padding or
     groups, constant weight and bias, output only into ``Reshape[bs, na, no, ny, nx] -> Transpose(0, 1, 3,
-    4, 2)``), keyed by conv name. Others are left out (they stay float convs)."""
+    4, 2)``), keyed by conv name. Others are left out (they stay float convs). ``graph``: an
+    :class:`OnnxGraph` or the ``ModelProto`` to index."""
+    g = graph if isinstance(graph, OnnxGraph) else OnnxGraph(graph)
     wanted = set(conv_names)
-    consts = _constants(proto)
-    consumers: dict[str, list[Any]] = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in proto.graph.output}
+    consumers = g.consumers
+    outputs = set(g.outputs)
     found = {}
-    for conv in proto.graph.node:
+    for conv in g.nodes:
         if conv.op_type != "Conv" or conv.name not in wanted or len(conv.input) < 3:
             continue
-        w, b = consts.get(conv.input[1]), consts.get(conv.input[2])
+        w, b = g.constant(conv.input[1]), g.constant(conv.input[2])
         if w is None or b is None or w.ndim != 4 or w.shape[2:] != (1, 1):
             continue
         if (_attr(conv, "group", 1) != 1 or any(s != 1 for s in _attr(conv, "strides", [1, 1]))
@@ -100,7 +89,7 @@ def find_head_patterns(proto, conv_names: Iterable[str]) -> dict[str, HeadPatter
         if len(nexts) != 1 or nexts[0].op_type != "Reshape" or conv.output[0] in outputs:
             continue
         reshape = nexts[0]
-        shape = consts.get(reshape.input[1])
+        shape = g.constant(reshape.input[1])
         after = consumers.get(reshape.output[0], [])
         if shape is None or shape.shape != (5,) or len(after) != 1 or reshape.output[0] in outputs:
             continue
@@ -203,18 +192,17 @@ def integer_head(path: str | os.PathLike, conv_names: Iterable[str], ranges: dic
     from yolocompress.compress.quant.qat import ort_scale_zero_point
 
     proto = onnx.load(str(path))
-    patterns = find_head_patterns(proto, conv_names)
+    g = OnnxGraph(proto)
+    patterns = find_head_patterns(g, conv_names)
     if not patterns:
         return []
-    consts = _constants(proto)
-    producer = {o: n for n in proto.graph.node for o in n.output}
     graph = proto.graph
     new_nodes: dict[str, list[Any]] = {}  # conv name -> replacement nodes (placed where the conv was)
     dropped: set[str] = set()
     for name, p in patterns.items():
         conv = p.conv
         bs, na, no, ny, nx = p.shape
-        w, b = consts[conv.input[1]], consts[conv.input[2]]
+        w, b = g.constant(conv.input[1]), g.constant(conv.input[2])
         n_out, c_in = w.shape[:2]
         if hessians is not None and name in hessians:
             q, scale = gptq_weight(w.reshape(n_out, c_in), hessians[name], per_channel)
@@ -223,7 +211,7 @@ def integer_head(path: str | os.PathLike, conv_names: Iterable[str], ranges: dic
         pre = name + "/int8_head"
         nodes = []
         x = conv.input[0]
-        source = producer.get(x)
+        source = g.producer.get(x)
         if source is None or source.op_type != "DequantizeLinear":
             if x not in ranges:
                 raise ValueError(f"no calibrated range for the input of {name} ({x})")

@@ -27,8 +27,9 @@ import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
+from yolocompress.compress.quant.graph import OnnxGraph
 from yolocompress.compress.quant.head import find_head_patterns
 from yolocompress.errors import InputError
 
@@ -154,31 +155,7 @@ def node_scope(name: str) -> str:
     return ".".join(kept)
 
 
-class _Graph:
-    """Producer / consumer indices of an ONNX graph."""
-
-    def __init__(self, proto) -> None:
-        graph = proto.graph
-        self.nodes = list(graph.node)
-        self.initializers = {init.name for init in graph.initializer}
-        self.inputs = {i.name for i in graph.input} - self.initializers
-        self.outputs = [o.name for o in graph.output]
-        self.producer: dict[str, Any] = {}
-        self.consumers: dict[str, list[Any]] = defaultdict(list)
-        for node in self.nodes:
-            for out in node.output:
-                self.producer[out] = node
-            for inp in node.input:
-                if inp:
-                    self.consumers[inp].append(node)
-        # Constant nodes count as initializers (their outputs are not activations).
-        self.initializers |= {n.output[0] for n in self.nodes if n.op_type == "Constant"}
-
-    def activations(self, names: Iterable[str]) -> list[str]:
-        return [n for n in names if n and n not in self.initializers]
-
-
-def _decode_part(g: _Graph) -> tuple[set[str], list[Any]]:
+def _decode_part(g: OnnxGraph) -> tuple[set[str], list[Any]]:
     """Walk back from the graph outputs to the first convolutions: (decode node names, head convs)."""
     decode: set[str] = set()
     head: dict[str, Any] = {}
@@ -195,7 +172,7 @@ def _decode_part(g: _Graph) -> tuple[set[str], list[Any]]:
     return decode, list(head.values())
 
 
-def _silu_pairs(g: _Graph) -> dict[str, Any]:
+def _silu_pairs(g: OnnxGraph) -> dict[str, Any]:
     """``{sigmoid name: mul node}`` for every ``Mul(x, Sigmoid(x))``."""
     pairs = {}
     for node in g.nodes:
@@ -261,7 +238,7 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
             raise InputError(f"not an ONNX model: {path}") from exc
     else:
         proto = model
-    g = _Graph(proto)
+    g = OnnxGraph(proto)
     unnamed = [n for n in g.nodes if not n.name]
     if unnamed:
         raise InputError(f"the graph has {len(unnamed)} unnamed nodes ({unnamed[0].op_type}, ...); "
@@ -271,7 +248,7 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
     silu = _silu_pairs(g)
     silu_muls = {m.name for m in silu.values()}
 
-    integer_head = set(find_head_patterns(proto, head_names)) if config.head == "int8" else set()
+    integer_head = set(find_head_patterns(g, head_names)) if config.head == "int8" else set()
 
     candidates: list[Any] = []  # quantizable nodes of the body, in graph order
     conv_reason: dict[str, str] = {}
@@ -336,7 +313,7 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
                      decode=tuple(n.name for n in g.nodes if n.name in decode), config=config)
 
 
-def _shared_groups(nodes: Sequence[Any], g: _Graph) -> tuple[tuple[str, ...], ...]:
+def _shared_groups(nodes: Sequence[Any], g: OnnxGraph) -> tuple[tuple[str, ...], ...]:
     """Union-find over the tensors of Concat (inputs + output) and MaxPool/Resize (input + output)."""
     parent: dict[str, str] = {}
 

@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from yolocompress.compress.quant.head import WMAX
 from yolocompress.compress.quant.plan import QuantPlan, node_scope
 from yolocompress.errors import InputError
 
 QMIN, QMAX = 0, 255  # uint8 activations
-WMAX = 127  # symmetric int8 weights in [-127, 127]
 
 
 def ort_scale_zero_point(lo: float, hi: float) -> tuple[float, int]:
