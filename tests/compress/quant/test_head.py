@@ -63,8 +63,12 @@ def test_rewrite_is_exact_to_the_quantized_weights(float_head, tmp_path):
     ref, out = _run(reference, images), _run(rewritten, images)
     assert out.shape == ref.shape
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()  # float rounding of the accumulation only
-    ops = {n.op_type for n in optimized_graph(rewritten, tmp_path / "opt.onnx").graph.node}
-    assert "MatMulIntegerToFloat" in ops
+    optimized = optimized_graph(rewritten, tmp_path / "opt.onnx").graph.node
+    fused = [n for n in optimized if n.op_type == "MatMulIntegerToFloat"]
+    assert len(fused) == 3
+    # scales and bias inside the integer kernel: no float Mul/Add pass over the head outputs is left
+    assert all(len(n.input) == 7 and n.input[6] for n in fused)
+    assert not [n for n in optimized if "int8_head" in n.name and n.op_type in ("Add", "Mul", "Cast")]
 
 
 def test_quantized_weights_match_qat_fake_quant():
@@ -101,7 +105,7 @@ def test_inserts_input_quantization_when_missing(tiny_onnx, tmp_path):
     shutil.copyfile(tiny_onnx, path)
     assert len(integer_head(path, [c.name for c in plan.int8_head], ranges)) == 3
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    assert ops.count("QuantizeLinear") == 3 and ops.count("MatMul") == 3
+    assert ops.count("QuantizeLinear") == 3 and ops.count("MatMulInteger") == 3
     sqnr, _ = output_sqnr(tiny_onnx, path, images)
     assert sqnr > 30
     with pytest.raises(ValueError, match="no calibrated range"):

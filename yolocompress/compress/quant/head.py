@@ -3,25 +3,29 @@
 A Detect output conv is a 1x1 convolution whose output holds box coordinates and scores side by side, so its
 *output* must stay float (one int8 scale for pixels and probabilities destroys the scores). Its *input* is
 already int8 (the output of the quantized body) and its weights quantize like any other conv's. ONNX Runtime
-has an integer kernel with a float output for exactly that, ``MatMulIntegerToFloat`` (u8 x s8, VNNI), which
-its optimizer builds from ``DequantizeLinear -> MatMul <- DequantizeLinear`` with no ``QuantizeLinear`` after.
-There is no such fusion for ``Conv``: a float Detect conv runs in fp32 with NCHWc layout changes around it.
+has an integer kernel with a float output for exactly that, ``MatMulIntegerToFloat`` (u8 x s8, VNNI, with the
+scales and the bias applied as the accumulators are written). There is no such kernel for ``Conv``: a float
+Detect conv runs in fp32 with NCHWc layout changes around it.
 
 So the QDQ graph's pattern (what every YOLOv5 Detect exports)::
 
     x -> Conv(W[N, C, 1, 1], b) -> Reshape[bs, na, no, ny, nx] -> Transpose(0, 1, 3, 4, 2) -> decode
 
-becomes, with the same output tensor::
+becomes, with the same output tensor and standard ONNX ops only::
 
-    DQ(x) -> Transpose(0, 2, 3, 1) -> MatMul(DQ(W_int8[C, N])) -> Reshape[-1, ny, nx, na, no] -> Add(b)
-          -> Transpose(0, 3, 1, 2, 4) -> decode
+    x_u8 -> Transpose(0, 2, 3, 1) -> MatMulInteger(W_int8[C, N]) -> Cast(float) -> Mul(x_scale * w_scale)
+         -> Add(b) -> Reshape[-1, ny, nx, na, no] -> Transpose(0, 3, 1, 2, 4) -> decode
 
-ORT cancels the NHWC transpose against the layout of its NHWC integer body, fuses the MatMul into
-``MatMulIntegerToFloat``, and the last Transpose moves whole ``no``-float rows (the original moved single
-floats). The bias is added after the Reshape: directly after the MatMul ORT fuses the pair into a float Gemm
-first. (A ``Gemm`` with an int32 bias, which ORT runs as ``QGemm``, measured 3% slower end to end on
-yolov5n.) Weights are symmetric int8 in [-127, 127], per output channel or per tensor, with the scales
-``quantize_static`` gives conv weights, rounded to nearest or by GPTQ (:func:`gptq_weight`).
+which ORT's ``MatMulIntegerToFloatFusion`` turns into one ``MatMulIntegerToFloat`` with the bias inside: one
+pass over the largest float tensor of the model fewer than ``DQ -> MatMul -> Add`` (ORT's QDQ fusion of
+that has no bias input, and fuses ``MatMul + Add`` into a float Gemm first). The fusion wants the scale product
+as a ``Mul`` node: a product of two initializers would be constant-folded before it runs, so ``x_scale`` enters
+through a ``DequantizeLinear`` of the constant 1 (ORT keeps DequantizeLinear nodes out of constant folding).
+ORT cancels the NHWC transpose against the layout of its NHWC integer body, and the last Transpose moves
+whole ``no``-float rows. Weights are symmetric int8 in [-127, 127], per output channel or per tensor, with
+the scales ``quantize_static`` gives conv weights, rounded to nearest or by GPTQ (:func:`gptq_weight`).
+(Measured alternatives: the ``DQ -> MatMul -> Add`` form, 3-5% slower end to end on yolov5n when memory
+bandwidth is scarce; a ``Gemm`` with an int32 bias, run as ``QGemm``, 3% slower.)
 """
 from __future__ import annotations
 
@@ -181,13 +185,14 @@ def gptq_weight(w: np.ndarray, hessian: np.ndarray, per_channel: bool = True, da
 def integer_head(path: str | os.PathLike, conv_names: Iterable[str], ranges: dict[str, tuple[float, float]],
                  per_channel: bool = True, hessians: dict[str, np.ndarray] | None = None) -> list[str]:
     """Rewrite the Detect output convs ``conv_names`` of the QDQ model at ``path`` (in place) as integer
-    MatMuls with float outputs; returns the names of the convs rewritten.
+    matrix products with float outputs; returns the names of the convs rewritten.
 
-    A conv whose input has no DequantizeLinear yet gets a Q/DQ pair from ``ranges`` (uint8, ORT's formula).
-    Weights are rounded to nearest, or by GPTQ against ``hessians[conv name]`` (:func:`head_hessians`).
+    The product reads the uint8 tensor behind the conv input's DequantizeLinear; an input without one gets a
+    QuantizeLinear from ``ranges`` (uint8, ORT's formula). Weights are rounded to nearest, or by GPTQ against
+    ``hessians[conv name]`` (:func:`head_hessians`).
     """
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     from yolocompress.compress.quant.qat import ort_scale_zero_point
 
@@ -210,40 +215,46 @@ def integer_head(path: str | os.PathLike, conv_names: Iterable[str], ranges: dic
             q, scale = quantize_weight(w.reshape(n_out, c_in), per_channel)
         pre = name + "/int8_head"
         nodes = []
-        x = conv.input[0]
-        source = g.producer.get(x)
-        if source is None or source.op_type != "DequantizeLinear":
+        source = g.producer.get(conv.input[0])
+        if source is not None and source.op_type == "DequantizeLinear" and len(source.input) == 3:
+            x_u8, x_scale, x_zero_point = source.input
+        else:
+            x = conv.input[0]
             if x not in ranges:
                 raise ValueError(f"no calibrated range for the input of {name} ({x})")
-            x_scale, zp = ort_scale_zero_point(*ranges[x])
-            qparams = [pre + "/x_scale", pre + "/x_zero_point"]
-            graph.initializer.extend([numpy_helper.from_array(np.array(x_scale, np.float32), qparams[0]),
-                                      numpy_helper.from_array(np.array(zp, np.uint8), qparams[1])])
-            nodes += [helper.make_node("QuantizeLinear", [x, *qparams], [pre + "/x_q"],
-                                       name=pre + "/QuantizeLinear"),
-                      helper.make_node("DequantizeLinear", [pre + "/x_q", *qparams], [pre + "/x_dq"],
-                                       name=pre + "/DequantizeLinear")]
-            x = pre + "/x_dq"
+            scale_value, zp = ort_scale_zero_point(*ranges[x])
+            x_u8, x_scale, x_zero_point = pre + "/x_q", pre + "/x_scale", pre + "/x_zero_point"
+            graph.initializer.extend([numpy_helper.from_array(np.array(scale_value, np.float32), x_scale),
+                                      numpy_helper.from_array(np.array(zp, np.uint8), x_zero_point)])
+            nodes.append(helper.make_node("QuantizeLinear", [x, x_scale, x_zero_point], [x_u8],
+                                          name=pre + "/QuantizeLinear"))
         graph.initializer.extend([
             numpy_helper.from_array(np.ascontiguousarray(q.T), pre + "/weight_int8"),
             numpy_helper.from_array(scale if per_channel else scale.reshape(()), pre + "/weight_scale"),
             numpy_helper.from_array(np.zeros(len(scale), np.int8) if per_channel else np.array(0, np.int8),
                                     pre + "/weight_zero_point"),
+            numpy_helper.from_array(np.array(1, np.int8), pre + "/one"),
             numpy_helper.from_array(np.array([-1, ny, nx, na, no], np.int64), pre + "/nhwc_shape"),
-            numpy_helper.from_array(b.reshape(na, no).astype(np.float32), pre + "/bias")])
-        dq_w = dict(axis=1) if per_channel else {}
+            numpy_helper.from_array(b.reshape(-1).astype(np.float32), pre + "/bias")])
         nodes += [
-            helper.make_node("Transpose", [x], [pre + "/x_nhwc"], perm=[0, 2, 3, 1], name=pre + "/ToNHWC"),
-            helper.make_node("DequantizeLinear", [pre + "/weight_int8", pre + "/weight_scale",
-                                                  pre + "/weight_zero_point"], [pre + "/weight"],
-                             name=pre + "/DequantizeWeight", **dq_w),
-            helper.make_node("MatMul", [pre + "/x_nhwc", pre + "/weight"], [pre + "/matmul"],
+            helper.make_node("Transpose", [x_u8], [pre + "/x_nhwc"], perm=[0, 2, 3, 1], name=pre + "/ToNHWC"),
+            helper.make_node("MatMulInteger", [pre + "/x_nhwc", pre + "/weight_int8", x_zero_point,
+                                               pre + "/weight_zero_point"], [pre + "/accumulators"],
                              name=matmul_name(name)),
-            helper.make_node("Reshape", [pre + "/matmul", pre + "/nhwc_shape"], [pre + "/anchors_last"],
+            helper.make_node("Cast", [pre + "/accumulators"], [pre + "/accumulators_float"],
+                             to=TensorProto.FLOAT, name=pre + "/Cast"),
+            # x_scale as a DequantizeLinear output: not constant-folded, so the scale product stays the Mul
+            # node that ORT's MatMulIntegerToFloatFusion looks for
+            helper.make_node("DequantizeLinear", [pre + "/one", x_scale], [pre + "/input_scale"],
+                             name=pre + "/InputScale"),
+            helper.make_node("Mul", [pre + "/input_scale", pre + "/weight_scale"], [pre + "/scale"],
+                             name=pre + "/ScaleProduct"),
+            helper.make_node("Mul", [pre + "/accumulators_float", pre + "/scale"], [pre + "/matmul"],
+                             name=pre + "/Scale"),
+            helper.make_node("Add", [pre + "/matmul", pre + "/bias"], [pre + "/biased"], name=pre + "/AddBias"),
+            helper.make_node("Reshape", [pre + "/biased", pre + "/nhwc_shape"], [pre + "/anchors_last"],
                              name=pre + "/Reshape"),
-            helper.make_node("Add", [pre + "/anchors_last", pre + "/bias"], [pre + "/biased"],
-                             name=pre + "/AddBias"),
-            helper.make_node("Transpose", [pre + "/biased"], [p.transpose.output[0]], perm=[0, 3, 1, 2, 4],
+            helper.make_node("Transpose", [pre + "/anchors_last"], [p.transpose.output[0]], perm=[0, 3, 1, 2, 4],
                              name=pre + "/ToAnchors"),
         ]
         new_nodes[name] = nodes
@@ -260,10 +271,24 @@ def integer_head(path: str | os.PathLike, conv_names: Iterable[str], ranges: dic
     # came later, so the order stays topological
     del graph.node[:]
     graph.node.extend(ordered)
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    orphans = [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]
-    for node in orphans:  # e.g. the old Reshape's shape
-        graph.node.remove(node)
+    _drop_unused(graph)
+    onnx.save(proto, str(path))
+    return list(patterns)
+
+
+def _drop_unused(graph) -> None:
+    """Remove the Constant and DequantizeLinear nodes whose outputs nothing reads any more (the old Reshape's
+    shape, a head input's DequantizeLinear), then the initializers nothing reads."""
+    import onnx
+
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        orphans = [n for n in graph.node if n.op_type in ("Constant", "DequantizeLinear")
+                   and not any(o in used for o in n.output)]
+        if not orphans:
+            break
+        for node in orphans:
+            graph.node.remove(node)
     keep = []
     for init in graph.initializer:
         if init.name in used:
@@ -271,8 +296,6 @@ def integer_head(path: str | os.PathLike, conv_names: Iterable[str], ranges: dic
             keep[-1].CopyFrom(init)
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    onnx.save(proto, str(path))
-    return list(patterns)
 
 
 __all__ = ["HeadPattern", "find_head_patterns", "integer_head", "quantize_weight", "gptq_weight",

@@ -17,8 +17,9 @@ from typing import Any
 from yolocompress.compress.quant.head import conv_name_of
 from yolocompress.compress.quant.plan import QuantPlan
 
-# MatMulIntegerToFloat: a Detect conv rewritten by compress.quant.head (integer kernel, float output)
-INTEGER_CONV_OPS = ("QLinearConv", "ConvInteger", "MatMulIntegerToFloat")
+# MatMulIntegerToFloat: a Detect conv rewritten by compress.quant.head (integer kernel, float output;
+# MatMulInteger where ORT did not fuse the scaling into it)
+INTEGER_CONV_OPS = ("QLinearConv", "ConvInteger", "MatMulIntegerToFloat", "MatMulInteger")
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,12 @@ def optimized_graph(path: str | os.PathLike, out_path: str | os.PathLike):
 
 
 def _conv_weights(qdq_proto) -> dict[str, str]:
-    """``{weight initializer feeding a conv (through its DequantizeLinear, if any): conv name}``; a MatMul
-    that replaced a Detect conv counts as that conv."""
+    """``{weight initializer feeding a conv (through its DequantizeLinear, if any): conv name}``; the
+    MatMulInteger that replaced a Detect conv counts as that conv."""
     producer = {out: n for n in qdq_proto.graph.node for out in n.output}
     weights = {}
     for node in qdq_proto.graph.node:
-        if node.op_type not in ("Conv", "MatMul"):
+        if node.op_type not in ("Conv", "MatMul", "MatMulInteger"):
             continue
         w = node.input[1]
         dq = producer.get(w)
