@@ -36,7 +36,10 @@ class Detect(nn.Module):
     def _grids(self, i: int, nx: int, ny: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell offsets (grid - 0.5) shaped [1, 1, ny, nx, 2] and anchor sizes in pixels shaped [1, na, 1, 1, 2]:
         they broadcast against ``[B, na, ny, nx, 2]``, so an exported graph stores ``ny * nx * 2`` plus
-        ``na * 2`` constants per level instead of two full ``na * ny * nx * 2`` tensors."""
+        ``na * 2`` constants per level instead of two full ``na * ny * nx * 2`` tensors. ``forward`` expands the
+        anchor sizes to the full shape (``expand_as``: ``Shape -> Expand`` in ONNX, which ONNX Runtime folds
+        into a constant when it loads the model): a broadcast over a last axis of 2 runs as ``ny * nx`` tiny
+        loops in ONNX Runtime (0.2 ms of yolov5n at 640, 0.02 ms expanded)."""
         key = (i, nx, ny, device, dtype, self.anchors.data_ptr(), float(self.stride[i]))
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or key not in self._grid_cache:
             yv, xv = torch.meshgrid(torch.arange(ny, device=device, dtype=dtype),
@@ -59,7 +62,7 @@ class Detect(nn.Module):
                 grid, anchor_grid = self._grids(i, nx, ny, x[i].device, x[i].dtype)
                 xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
                 xy = (xy * 2 + grid) * self.stride[i]
-                wh = (wh * 2) ** 2 * anchor_grid
+                wh = (wh * 2) ** 2 * anchor_grid.expand_as(wh)  # see _grids
                 z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
         return x if self.training else (torch.cat(z, 1), x)
 

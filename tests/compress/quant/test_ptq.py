@@ -147,3 +147,31 @@ def test_leaky_relu_runs_as_integer_lookup(tiny_data, tmp_path):
     leaky = sum(n.op_type == "LeakyRelu" for n in onnx.load(str(fp32)).graph.node)
     assert ops.get("QLinearLeakyRelu") == leaky == 57 and "LeakyRelu" not in ops
     assert report.kernels["stayed_float"] == [] and report.sqnr_db > MIN_SQNR_DB - 10
+
+
+def test_repeated_constants_are_stored_in_broadcast_form(tmp_path):
+    """quant_pre_process folds the exported ``Shape -> Expand`` of the anchor sizes into full tensors; the
+    pre-processed graph stores them compact again behind an Expand that ONNX Runtime folds at load."""
+    from yolocompress.compress.quant.ptq import _compact_broadcast_constants
+    from yolocompress.export.ort import create_session
+
+    anchors = np.arange(6, dtype=np.float32).reshape(1, 3, 1, 1, 2) + 1
+    full = np.broadcast_to(anchors, (1, 3, 16, 16, 2)).copy()
+    varied = np.random.default_rng(0).random((1, 3, 16, 16, 2), dtype=np.float32)  # nothing repeats
+    shape = [1, 3, 16, 16, 2]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "anchors"], ["y"]), helper.make_node("Add", ["y", "varied"], ["out"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)],
+        [onnx.numpy_helper.from_array(full, "anchors"), onnx.numpy_helper.from_array(varied, "varied")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.random.default_rng(1).random(shape, dtype=np.float32)
+    before = create_session(path).run(None, {"x": x})[0]
+
+    _compact_broadcast_constants(path)
+    proto = onnx.load(str(path))
+    sizes = {i.name: tuple(i.dims) for i in proto.graph.initializer}
+    assert sizes["anchors/compact"] == (1, 3, 1, 1, 2) and sizes["varied"] == tuple(shape)
+    assert [n.op_type for n in proto.graph.node] == ["Expand", "Mul", "Add"]
+    np.testing.assert_array_equal(create_session(path).run(None, {"x": x})[0], before)

@@ -332,6 +332,62 @@ def _unshare_conv_initializers(path: Path) -> None:
         onnx.save(proto, str(path))
 
 
+def _compact_broadcast_constants(path: Path, min_size: int = 1024) -> None:
+    """Store float initializers that repeat along some axes in their broadcast form (in place).
+
+    ``quant_pre_process`` constant-folds the exported ``Shape -> Expand`` of the Detect anchor sizes
+    (:meth:`Detect._grids`) into full ``[1, na, ny, nx, 2]`` tensors: ~200 KB in a 2 MB yolov5n int8 file. Such a
+    tensor becomes its distinct values (size 1 along every axis it repeats on) expanded by ``Expand`` to the
+    constant shape, which ONNX Runtime folds again when it loads the model.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    readers = {i for n in graph.node for i in n.input}
+    expands = []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or init.name not in readers:
+            continue
+        full = numpy_helper.to_array(init)
+        if full.size < min_size:
+            continue
+        compact = full
+        for axis in range(full.ndim):
+            if compact.shape[axis] > 1 and np.array_equal(compact, np.take(compact, [0], axis=axis).repeat(
+                    compact.shape[axis], axis=axis)):
+                compact = np.take(compact, [0], axis=axis)
+        if compact.size * 4 > full.size:
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(compact), name + "/compact"))
+        graph.initializer.append(numpy_helper.from_array(np.array(full.shape, np.int64), name + "/shape"))
+        expands.append(helper.make_node("Expand", [name + "/compact", name + "/shape"], [name],
+                                        name=name + "/Expand"))
+    if expands:
+        nodes = [*expands, *graph.node]
+        del graph.node[:]
+        graph.node.extend(nodes)
+        onnx.save(proto, str(path))
+
+
+def preprocess(fp32: Path, pre: Path) -> None:
+    """``quant_pre_process`` (ORT's shape inference and graph clean-up) of ``fp32`` into ``pre``, then
+    :func:`_unshare_conv_initializers` and :func:`_compact_broadcast_constants`."""
+    from onnxruntime.quantization import quant_pre_process
+
+    try:
+        with _quiet_ort_prints():
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    except Exception as exc:  # ORT raises assorted errors for graphs it cannot handle
+        raise InputError(f"ONNX Runtime cannot prepare {fp32.name} for quantization: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    _unshare_conv_initializers(pre)
+    _compact_broadcast_constants(pre)
+
+
 def _copy_metadata(src: Path, dst: Path) -> None:
     """Carry ``metadata_props`` (class names, stride, image size) over to the quantized file."""
     import onnx
@@ -429,18 +485,10 @@ class Prepared:
 
 def prepare(model_or_onnx: Any, data_cfg: Any, config: QuantConfig, folder: Path) -> Prepared:
     """Export (for a model), pre-process, plan and calibrate into ``folder``."""
-    from onnxruntime.quantization import quant_pre_process
-
     fp32 = _fp32_onnx(model_or_onnx, config.imgsz, folder)
     hw = _input_hw(fp32)
     pre = folder / "pre.onnx"
-    try:
-        with _quiet_ort_prints():
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    except Exception as exc:  # ORT raises assorted errors for graphs it cannot handle
-        raise InputError(f"ONNX Runtime cannot prepare {fp32.name} for quantization: "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    _unshare_conv_initializers(pre)
+    preprocess(fp32, pre)
     plan = build_plan(pre, config.plan_config())
     images = calibration_images(data_cfg, hw[0], config.calib_images)
     ranges = calibrate(pre, plan, images, config.calibration, config.percentile, config.bins)

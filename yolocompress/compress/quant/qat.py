@@ -362,7 +362,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     from yolocompress.compress.fuse import fuse_model
     from yolocompress.compress.quant.head import head_hessians
     from yolocompress.compress.quant.ptq import (
-        Prepared, QuantConfig, _copy_metadata, _unshare_conv_initializers, default_output, finish, prepare,
+        Prepared, QuantConfig, _copy_metadata, default_output, finish, prepare, preprocess,
         quantize_qdq, shared_ranges,
     )
     from yolocompress.data.config import DataConfig, load_data_config
@@ -371,7 +371,6 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     from yolocompress.export.onnx import export_onnx
 
     import onnx
-    from onnxruntime.quantization import quant_pre_process
 
     config = config or QuantConfig()
     qat = qat or QatConfig()
@@ -400,8 +399,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
         plain = strip_fake_quant(trained)
         fp32 = export_onnx(plain, tmp / "qat-fp32.onnx", imgsz=imgsz)
         pre = tmp / "qat-pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        _unshare_conv_initializers(pre)
+        preprocess(fp32, pre)
         learned = learned_ranges(trained)
         qdq = tmp / "qat-int8.onnx"
         quantize_qdq(pre, qdq, plan, {t: learned.get(t, ranges[t]) for t in plan.tensors},
