@@ -159,11 +159,15 @@ def test_repeated_constants_are_stored_in_broadcast_form(tmp_path):
     full = np.broadcast_to(anchors, (1, 3, 16, 16, 2)).copy()
     varied = np.random.default_rng(0).random((1, 3, 16, 16, 2), dtype=np.float32)  # nothing repeats
     shape = [1, 3, 16, 16, 2]
+    zero_weight = np.zeros((3, 3, 1, 1, 1), np.float32).repeat(128, axis=2)  # repeats, but a weight
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "anchors"], ["y"]), helper.make_node("Add", ["y", "varied"], ["out"])],
+        [helper.make_node("Mul", ["x", "anchors"], ["y"]), helper.make_node("Add", ["y", "varied"], ["out"]),
+         helper.make_node("Identity", ["zero_weight"], ["weight_out"])],
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)],
-        [onnx.numpy_helper.from_array(full, "anchors"), onnx.numpy_helper.from_array(varied, "varied")])
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape),
+         helper.make_tensor_value_info("weight_out", TensorProto.FLOAT, list(zero_weight.shape))],
+        [onnx.numpy_helper.from_array(full, "anchors"), onnx.numpy_helper.from_array(varied, "varied"),
+         onnx.numpy_helper.from_array(zero_weight, "zero_weight")])
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     x = np.random.default_rng(1).random(shape, dtype=np.float32)
@@ -173,5 +177,6 @@ def test_repeated_constants_are_stored_in_broadcast_form(tmp_path):
     proto = onnx.load(str(path))
     sizes = {i.name: tuple(i.dims) for i in proto.graph.initializer}
     assert sizes["anchors/compact"] == (1, 3, 1, 1, 2) and sizes["varied"] == tuple(shape)
-    assert [n.op_type for n in proto.graph.node] == ["Expand", "Mul", "Add"]
+    assert sizes["zero_weight"] == (3, 3, 128, 1, 1)  # read by a non-arithmetic op: left alone
+    assert [n.op_type for n in proto.graph.node] == ["Expand", "Mul", "Add", "Identity"]
     np.testing.assert_array_equal(create_session(path).run(None, {"x": x})[0], before)

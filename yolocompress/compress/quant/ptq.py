@@ -332,13 +332,17 @@ def _unshare_conv_initializers(path: Path) -> None:
         onnx.save(proto, str(path))
 
 
+_BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
+
+
 def _compact_broadcast_constants(path: Path, min_size: int = 1024) -> None:
     """Store float initializers that repeat along some axes in their broadcast form (in place).
 
     ``quant_pre_process`` constant-folds the exported ``Shape -> Expand`` of the Detect anchor sizes
     (:meth:`Detect._grids`) into full ``[1, na, ny, nx, 2]`` tensors: ~200 KB in a 2 MB yolov5n int8 file. Such a
     tensor becomes its distinct values (size 1 along every axis it repeats on) expanded by ``Expand`` to the
-    constant shape, which ONNX Runtime folds again when it loads the model.
+    constant shape, which ONNX Runtime folds again when it loads the model. Only operands of element-wise
+    arithmetic are touched.
     """
     import numpy as np
     import onnx
@@ -346,10 +350,15 @@ def _compact_broadcast_constants(path: Path, min_size: int = 1024) -> None:
 
     proto = onnx.load(str(path))
     graph = proto.graph
-    readers = {i for n in graph.node for i in n.input}
+    reader_ops: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            reader_ops.setdefault(name, set()).add(node.op_type)
     expands = []
     for init in graph.initializer:
-        if init.data_type != onnx.TensorProto.FLOAT or init.name not in readers:
+        # only operands of broadcasting arithmetic: weights (even all-zero ones) stay initializers
+        ops = reader_ops.get(init.name)
+        if init.data_type != onnx.TensorProto.FLOAT or not ops or not ops <= _BROADCASTING_OPS:
             continue
         full = numpy_helper.to_array(init)
         if full.size < min_size:
