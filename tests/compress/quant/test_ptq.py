@@ -173,8 +173,9 @@ def test_repeated_constants_are_stored_in_broadcast_form(tmp_path):
     x = np.random.default_rng(1).random(shape, dtype=np.float32)
     before = create_session(path).run(None, {"x": x})[0]
 
-    _compact_broadcast_constants(path)
     proto = onnx.load(str(path))
+    assert _compact_broadcast_constants(proto)
+    onnx.save(proto, str(path))
     sizes = {i.name: tuple(i.dims) for i in proto.graph.initializer}
     assert sizes["anchors/compact"] == (1, 3, 1, 1, 2) and sizes["varied"] == tuple(shape)
     assert sizes["zero_weight"] == (3, 3, 128, 1, 1)  # read by a non-arithmetic op: left alone

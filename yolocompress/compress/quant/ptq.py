@@ -297,8 +297,8 @@ def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, plan
     return Path(out_path)
 
 
-def _unshare_conv_initializers(path: Path) -> None:
-    """Give every Conv its own weight and bias initializers (in place).
+def _unshare_conv_initializers(proto) -> bool:
+    """Give every Conv of ``proto`` its own weight and bias initializers (in place); True if any changed.
 
     The TorchScript exporter deduplicates equal tensors, so two convolutions can share one bias initializer
     (common after BN folding). Quantizing one of them then puts a DequantizeLinear on the other's bias too,
@@ -307,7 +307,6 @@ def _unshare_conv_initializers(path: Path) -> None:
     """
     import onnx
 
-    proto = onnx.load(str(path))
     inits = {init.name: init for init in proto.graph.initializer}
     uses: dict[str, int] = {}
     for node in proto.graph.node:
@@ -328,39 +327,35 @@ def _unshare_conv_initializers(path: Path) -> None:
                 node.input[k] = copy.name
                 uses[name] -= 1
                 changed = True
-    if changed:
-        onnx.save(proto, str(path))
+    return changed
 
 
 _BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
-def _compact_broadcast_constants(path: Path, min_size: int = 1024) -> None:
-    """Store float initializers that repeat along some axes in their broadcast form (in place).
+def _compact_broadcast_constants(proto, min_size: int = 1024) -> bool:
+    """Store float initializers of ``proto`` that repeat along some axes in their broadcast form (in place);
+    True if any changed.
 
     ``quant_pre_process`` constant-folds the exported ``Shape -> Expand`` of the Detect anchor sizes
-    (:meth:`Detect._grids`) into full ``[1, na, ny, nx, 2]`` tensors: ~200 KB in a 2 MB yolov5n int8 file. Such a
-    tensor becomes its distinct values (size 1 along every axis it repeats on) expanded by ``Expand`` to the
-    constant shape, which ONNX Runtime folds again when it loads the model. Only operands of element-wise
-    arithmetic are touched.
+    (:meth:`Detect._grids`) into full ``[1, na, ny, nx, 2]`` tensors: ~200 KB in a 2 MB yolov5n int8 file.
+    Such a tensor becomes its distinct values (size 1 along every axis it repeats on) expanded by ``Expand``
+    to the constant shape, which ONNX Runtime folds again when it loads the model. Only operands of
+    element-wise arithmetic are touched.
     """
-    import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
-    proto = onnx.load(str(path))
-    graph = proto.graph
-    reader_ops: dict[str, set[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            reader_ops.setdefault(name, set()).add(node.op_type)
+    from yolocompress.compress.quant.graph import OnnxGraph
+
+    g = OnnxGraph(proto)
     expands = []
-    for init in graph.initializer:
+    for init in proto.graph.initializer:
         # only operands of broadcasting arithmetic: weights (even all-zero ones) stay initializers
-        ops = reader_ops.get(init.name)
+        ops = {n.op_type for n in g.consumers.get(init.name, [])}
         if init.data_type != onnx.TensorProto.FLOAT or not ops or not ops <= _BROADCASTING_OPS:
             continue
-        full = numpy_helper.to_array(init)
+        full = g.constant(init.name)
         if full.size < min_size:
             continue
         compact = full
@@ -372,19 +367,21 @@ def _compact_broadcast_constants(path: Path, min_size: int = 1024) -> None:
             continue
         name = init.name
         init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(compact), name + "/compact"))
-        graph.initializer.append(numpy_helper.from_array(np.array(full.shape, np.int64), name + "/shape"))
+        shape = numpy_helper.from_array(np.array(full.shape, np.int64), name + "/shape")
+        proto.graph.initializer.append(shape)
         expands.append(helper.make_node("Expand", [name + "/compact", name + "/shape"], [name],
                                         name=name + "/Expand"))
     if expands:
-        nodes = [*expands, *graph.node]
-        del graph.node[:]
-        graph.node.extend(nodes)
-        onnx.save(proto, str(path))
+        nodes = [*expands, *proto.graph.node]
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+    return bool(expands)
 
 
 def preprocess(fp32: Path, pre: Path) -> None:
     """``quant_pre_process`` (ORT's shape inference and graph clean-up) of ``fp32`` into ``pre``, then
-    :func:`_unshare_conv_initializers` and :func:`_compact_broadcast_constants`."""
+    :func:`_unshare_conv_initializers` and :func:`_compact_broadcast_constants` (one load, one save)."""
+    import onnx
     from onnxruntime.quantization import quant_pre_process
 
     try:
@@ -393,8 +390,10 @@ def preprocess(fp32: Path, pre: Path) -> None:
     except Exception as exc:  # ORT raises assorted errors for graphs it cannot handle
         raise InputError(f"ONNX Runtime cannot prepare {fp32.name} for quantization: "
                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    _unshare_conv_initializers(pre)
-    _compact_broadcast_constants(pre)
+    proto = onnx.load(str(pre))
+    unshared = _unshare_conv_initializers(proto)
+    if _compact_broadcast_constants(proto) or unshared:
+        onnx.save(proto, str(pre))
 
 
 def _copy_metadata(src: Path, dst: Path) -> None:

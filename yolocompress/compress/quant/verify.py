@@ -71,7 +71,7 @@ def _conv_weights(qdq_proto) -> dict[str, str]:
     producer = {out: n for n in qdq_proto.graph.node for out in n.output}
     weights = {}
     for node in qdq_proto.graph.node:
-        if node.op_type not in ("Conv", "MatMul", "MatMulInteger"):
+        if node.op_type not in ("Conv", "MatMulInteger"):
             continue
         w = node.input[1]
         dq = producer.get(w)
