@@ -7,6 +7,9 @@
                 the same budget, each fine-tuned for the same epochs; mAP after search and after fine-tuning;
                 search speed (candidates per minute and the per-phase breakdown).
 ``speed``       search speed alone (no fine-tuning): candidates per minute and the per-phase breakdown.
+``stability``   how reproducible the search's ranking is: the same candidates scored with calibration and scored
+                images drawn with different seeds, for several numbers of scored images; Spearman rank
+                correlation between the draws and the winner of each draw.
 ``correlation`` the paper's central claim: over C candidates, Spearman rank correlation between post-fine-tune
                 mAP50-95 and (a) the adaptive-BN score, (b) the score without BN recalibration.
 
@@ -141,6 +144,36 @@ def part_speed(args) -> dict:
     return report.to_dict()
 
 
+def part_stability(args) -> dict:
+    from yolocompress.compress.prune import PruneConfig, prune_channels
+    from yolocompress.compress.prune.eagleeye import SubnetScorer, cache_data
+    from yolocompress.compress.prune.pruner import plan_search
+
+    model, data = _baseline_and_data(args)
+    base = copy.deepcopy(model).float().eval()
+    cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
+                      spread=args.spread, include_uniform=not args.no_uniform)
+    plan = plan_search(base, cfg)
+    subnets = [prune_channels(base, plan.graph, plan.space.keep(s.counts)) for s in plan.strategies]
+    out = {"kinds": [s.kind for s in plan.strategies], "sizes": {}}
+    print(f"{len(subnets)} candidates (ratio {args.ratio}, spread {args.spread}, seed {args.seed}); "
+          f"draws of {args.calib_batches}x16 calibration + N scored training images with seeds {args.draws}")
+    for n_images in args.eval_sizes:
+        scores = []
+        for draw in args.draws:
+            cache = cache_data(data, args.imgsz, int(max(base.stride)), args.calib_batches, 16, n_images, 16,
+                               draw)
+            scorer = SubnetScorer(cache, data.nc, list(data.names))
+            scores.append([scorer(copy.deepcopy(sub)).map50_95 for sub in subnets])
+        pairs = [(a, b) for a in range(len(scores)) for b in range(a + 1, len(scores))]
+        rho = [spearman(scores[a], scores[b]) for a, b in pairs]
+        winners = [int(np.argmax(s)) for s in scores]
+        out["sizes"][n_images] = {"scores": scores, "spearman": rho, "winners": winners}
+        print(f"{n_images:4d} scored images: Spearman between draws " + ", ".join(f"{r:.2f}" for r in rho)
+              + f" (mean {np.mean(rho):.2f}); winner per draw {winners}", flush=True)
+    return out
+
+
 def part_correlation(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_channels
     from yolocompress.compress.prune.eagleeye import SubnetScorer, cache_data
@@ -182,7 +215,7 @@ def part_correlation(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("structure", "accuracy", "speed", "correlation"))
+    p.add_argument("part", choices=("structure", "accuracy", "speed", "stability", "correlation"))
     p.add_argument("--models", nargs="+", default=["yolov5n", "yolov5s"], help="structure: configs")
     p.add_argument("--model", default=None,
                    help="accuracy/correlation: checkpoint (default: the shipped baseline)")
@@ -191,7 +224,9 @@ def main() -> None:
     p.add_argument("--imgsz", type=int, default=None, help="default 640 (structure) / 256 (others)")
     p.add_argument("--candidates", type=int, default=None, help="default 16 (accuracy) / 8 (correlation)")
     p.add_argument("--calib-batches", type=int, default=8)
-    p.add_argument("--eval-images", type=int, default=64)
+    p.add_argument("--eval-images", type=int, default=256)
+    p.add_argument("--eval-sizes", type=int, nargs="+", default=[64, 256], help="stability: scored images")
+    p.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2], help="stability: data-draw seeds")
     p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs: default 10 (accuracy) / 3")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -210,7 +245,7 @@ def main() -> None:
     args.epochs = args.epochs if args.epochs is not None else (10 if args.part == "accuracy" else 3)
     torch.set_num_threads(args.threads)
     parts = {"structure": part_structure, "accuracy": part_accuracy, "speed": part_speed,
-             "correlation": part_correlation}
+             "stability": part_stability, "correlation": part_correlation}
     result = parts[args.part](args)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), **result}, indent=1, default=str))

@@ -10,7 +10,7 @@ from yolocompress.errors import InputError
 
 
 def run(model: str, output: str, data: str, ratio: float | None = None, target_gflops: float | None = None,
-        imgsz: int | None = None, candidates: int = 20, calib_batches: int = 8, eval_images: int = 64,
+        imgsz: int | None = None, candidates: int = 20, calib_batches: int = 8, eval_images: int = 256,
         finetune_epochs: int = 10, round_to: int = 8, min_channels: int = 8, exclude: str | None = None,
         seed: int = 0, device: str = "cpu", batch: int = 16, workers: int = 0, latency: bool = False,
         json_path: str | None = None, cfg: str | None = None, progress: bool = False, bf16: bool = False,
@@ -115,8 +115,8 @@ def register(subparsers) -> None:
     p.add_argument("--candidates", type=positive_int, default=20,
                    help="strategies scored (the first is uniform)")
     p.add_argument("--calib-batches", type=positive_int, default=8, help="training batches for adaptive BN")
-    p.add_argument("--eval-images", type=positive_int, default=64,
-                   help="held-out images each candidate is scored on")
+    p.add_argument("--eval-images", type=positive_int, default=256,
+                   help="held-out images each candidate is scored on (fewer: faster, noisier ranking)")
     p.add_argument("--finetune-epochs", type=int, default=10,
                    help="epochs of fine-tuning of the winner (0: none)")
     p.add_argument("--round-to", type=positive_int, default=8, help="keep channel counts a multiple of this")
