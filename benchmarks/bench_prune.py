@@ -152,19 +152,21 @@ def part_stability(args) -> dict:
     model, data = _baseline_and_data(args)
     base = copy.deepcopy(model).float().eval()
     cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
-                      spread=args.spread, include_uniform=not args.no_uniform)
+                      calib_batches=args.calib_batches, spread=args.spread,
+                      include_uniform=not args.no_uniform)
     plan = plan_search(base, cfg)
     subnets = [prune_channels(base, plan.graph, plan.space.keep(s.counts)) for s in plan.strategies]
     out = {"kinds": [s.kind for s in plan.strategies], "sizes": {}}
     print(f"{len(subnets)} candidates (ratio {args.ratio}, spread {args.spread}, seed {args.seed}); "
-          f"draws of {args.calib_batches}x16 calibration + N scored training images with seeds {args.draws}")
+          f"draws of {cfg.calib_batches}x{cfg.calib_batch} calibration + N scored training images "
+          f"with seeds {args.draws}")
     for n_images in args.eval_sizes:
         scores = []
         for draw in args.draws:
-            cache = cache_data(data, args.imgsz, int(max(base.stride)), args.calib_batches, 16, n_images, 16,
-                               draw)
-            scorer = SubnetScorer(cache, data.nc, list(data.names))
-            scores.append([scorer(copy.deepcopy(sub)).map50_95 for sub in subnets])
+            cache = cache_data(data, args.imgsz, int(max(base.stride)), cfg.calib_batches, cfg.calib_batch,
+                               n_images, cfg.eval_batch, draw)
+            scorer = SubnetScorer(cache, data.nc, list(data.names))  # adaptive BN resets the statistics first
+            scores.append([scorer(sub).map50_95 for sub in subnets])
         pairs = [(a, b) for a in range(len(scores)) for b in range(a + 1, len(scores))]
         rho = [spearman(scores[a], scores[b]) for a, b in pairs]
         winners = [int(np.argmax(s)) for s in scores]

@@ -46,8 +46,8 @@ class PruneConfig:
         eval_images, eval_batch: held-out images each candidate is scored on (``eval_split``: ``"train"``,
             training images disjoint from the calibration images, as in the paper; or ``"val"``). With 64
             images the ranking of near-uniform candidates changes with the images drawn (rank correlation
-            0.27-0.70 between draws on the shipped baseline); 256 make it reproducible (``bench_prune.py
-            stability``).
+            0.22-0.67 between draws on the shipped baseline); 256 make it reproducible (0.78-0.93;
+            ``bench_prune.py stability``).
         metric: the score, ``map50_95``, ``map50`` or ``fitness``.
         finetune_epochs: epochs of fine-tuning of the winner (0: none); ``finetune_batch`` images per batch,
             gradients accumulated to ``finetune_nominal_batch`` images per optimizer step (YOLOv5: 64; smaller
