@@ -54,7 +54,7 @@ def part_structure(args) -> dict:
     for name in args.models:
         torch.manual_seed(0)
         model = build_model(name).eval()
-        cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=2, seed=args.seed)
+        cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=2, seed=args.seed, guided=0)
         plan = plan_search(model, cfg)
         variants = {"original": model}
         for s in plan.strategies:
@@ -96,7 +96,8 @@ def part_accuracy(args) -> dict:
                   channels_last=args.bf16, progress=args.progress, finetune_nominal_batch=args.nominal_batch,
                   distill=args.distill)
     out = {}
-    eagleeye = dict(candidates=args.candidates, include_uniform=not args.no_uniform, spread=args.spread)
+    eagleeye = dict(candidates=args.candidates, include_uniform=not args.no_uniform, spread=args.spread,
+                    **({} if args.guided is None else {"guided": args.guided}))
     runs = (("eagleeye", eagleeye), ("uniform", dict(candidates=1)))
     for label, extra in runs[:1] if args.eagleeye_only else runs:
         t0 = time.perf_counter()
@@ -122,8 +123,12 @@ def part_accuracy(args) -> dict:
           f"per candidate: build {t['build'] / n:.2f} s, BN recalibration {t['bn_recalibration'] / n:.2f} s, "
           f"inference {t['inference'] / n:.2f} s, NMS+mAP {t['nms_map'] / n:.2f} s "
           f"({args.calib_batches}x16 calibration images, {args.eval_images} scored images)")
-    print("candidate scores: " + ", ".join(f"{c['score']:.4f}{'*' if c['chosen'] else ''}"
-                                           for c in e["candidates"]))
+    if e["probes"]:
+        print(f"probes: {e['probes']} sub-nets in {t['probes']:.1f} s (sensitivity of each group, for the "
+              f"guided candidates)")
+    marks = [("*" if c["chosen"] else "") + ("g" if c["kind"] == "guided" else "") for c in e["candidates"]]
+    print("candidate scores: " + ", ".join(f"{c['score']:.4f}{m}" for c, m in zip(e["candidates"], marks)))
+    print("(* chosen, g guided)")
     return out
 
 
@@ -133,9 +138,12 @@ def part_speed(args) -> dict:
     model, data = _baseline_and_data(args)
     cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
                       calib_batches=args.calib_batches, eval_images=args.eval_images, finetune_epochs=0,
-                      eval_baseline=False)
+                      eval_baseline=False, **({} if args.guided is None else {"guided": args.guided}))
     _, report = prune_model(model, data, cfg)
     t, n = report.timing_s, len(report.candidates)
+    if report.probes:
+        print(f"probe phase: {report.probes} sub-nets in {t['probes']:.1f} s "
+              f"({60 * report.probes / t['probes']:.1f}/min); the candidates below are timed apart from it")
     print(f"{n} candidates, {args.calib_batches}x{cfg.calib_batch} calibration images, "
           f"{args.eval_images} scored images, {args.imgsz} px, {torch.get_num_threads()} threads: "
           f"{report.candidates_per_minute:.1f} candidates/min")
@@ -153,7 +161,7 @@ def part_stability(args) -> dict:
     base = copy.deepcopy(model).float().eval()
     cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
                       calib_batches=args.calib_batches, spread=args.spread,
-                      include_uniform=not args.no_uniform)
+                      include_uniform=not args.no_uniform, guided=0)
     plan = plan_search(base, cfg)
     subnets = [prune_channels(base, plan.graph, plan.space.keep(s.counts)) for s in plan.strategies]
     out = {"kinds": [s.kind for s in plan.strategies], "sizes": {}}
@@ -186,7 +194,7 @@ def part_correlation(args) -> dict:
     model, data = _baseline_and_data(args)
     base = copy.deepcopy(model).float().eval()
     cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
-                      calib_batches=args.calib_batches, eval_images=args.eval_images)
+                      calib_batches=args.calib_batches, eval_images=args.eval_images, guided=0)
     plan = plan_search(base, cfg)
     cache = cache_data(data, args.imgsz, int(max(base.stride)), cfg.calib_batches, cfg.calib_batch,
                        cfg.eval_images, cfg.eval_batch, cfg.seed)
@@ -236,6 +244,9 @@ def main() -> None:
                    help="accuracy: EagleEye samples random strategies only (no uniform candidate)")
     p.add_argument("--bf16", action="store_true", help="fine-tune with bf16 autocast + channels-last")
     p.add_argument("--spread", type=float, default=1.0, help="strategy sampling spread (1: the paper's)")
+    p.add_argument("--guided", type=int, default=None,
+                   help="accuracy/speed: sensitivity-guided candidates (default: the library's; "
+                        "0: random only)")
     p.add_argument("--eagleeye-only", action="store_true", help="accuracy: skip the uniform fine-tune")
     p.add_argument("--nominal-batch", type=int, default=64, help="fine-tune: images per optimizer step")
     p.add_argument("--distill", type=float, default=0.0, help="fine-tune: distillation weight (0: off)")

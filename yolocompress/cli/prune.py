@@ -14,11 +14,13 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
         finetune_epochs: int = 10, round_to: int = 8, min_channels: int = 8, exclude: str | None = None,
         seed: int = 0, device: str = "cpu", batch: int = 16, workers: int = 0, latency: bool = False,
         json_path: str | None = None, cfg: str | None = None, progress: bool = False, bf16: bool = False,
-        channels_last: bool = False, distill: float | None = None) -> dict[str, Any]:
+        channels_last: bool = False, distill: float | None = None, guided: int | None = None
+        ) -> dict[str, Any]:
     """Prune the checkpoint ``model`` and save the result (our format, atomically) to ``output``.
 
     Every keyword is a CLI flag; ``imgsz`` defaults to the checkpoint's own image size (640 for Ultralytics
-    files), ``distill`` (the fine-tune's distillation weight) to ``PruneConfig``'s. Returns the report dict
+    files), ``distill`` (the fine-tune's distillation weight) and ``guided`` (sensitivity-guided candidates)
+    to ``PruneConfig``'s. Returns the report dict
     (also written to ``json_path`` when given).
     Only rank 0 writes files in a ``torchrun`` run.
     """
@@ -44,7 +46,7 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
         exclude=tuple(e.strip() for e in exclude.split(",") if e.strip()) if exclude else (), seed=seed,
         device=device, calib_batch=batch, eval_batch=batch, finetune_batch=batch, workers=workers,
         latency=latency, progress=progress, bf16=bf16, channels_last=channels_last,
-        **({} if distill is None else {"distill": distill}))
+        **({} if distill is None else {"distill": distill}), **({} if guided is None else {"guided": guided}))
     if not Path(model).is_file():
         raise InputError(f"model file not found: {model}")
     data_cfg = load_data_config(data)
@@ -72,7 +74,8 @@ def _main(args: argparse.Namespace) -> int:
             eval_images=args.eval_images, finetune_epochs=args.finetune_epochs, round_to=args.round_to,
             min_channels=args.min_channels, exclude=args.exclude, seed=args.seed, device=args.device,
             batch=args.batch, workers=args.workers, latency=args.latency, json_path=args.json, cfg=args.cfg,
-            progress=not args.quiet, bf16=args.bf16, channels_last=args.channels_last, distill=args.distill)
+            progress=not args.quiet, bf16=args.bf16, channels_last=args.channels_last, distill=args.distill,
+            guided=args.guided)
     from yolocompress.engine.distributed import context_from_env
 
     if not context_from_env().is_main:
@@ -84,8 +87,11 @@ def _main(args: argparse.Namespace) -> int:
     if "ort_latency_ms" in b:
         print(f"ONNX Runtime latency {b['ort_latency_ms']:.1f} ms -> {p['ort_latency_ms']:.1f} ms")
     scores = sorted((c["score"] for c in r["candidates"]), reverse=True)
-    print(f"EagleEye: {len(r['candidates'])} candidates ({r['candidates_per_minute']:.1f}/min), chosen "
-          f"#{r['chosen']} (score {scores[0]:.4f}; median {scores[len(scores) // 2]:.4f})")
+    chosen = r["candidates"][r["chosen"]]
+    probes = f" after {r['probes']} probes" if r["probes"] else ""
+    print(f"EagleEye: {len(r['candidates'])} candidates{probes} ({r['candidates_per_minute']:.1f}/min), "
+          f"chosen #{r['chosen']}, {chosen['kind']} (score {scores[0]:.4f}; "
+          f"median {scores[len(scores) // 2]:.4f})")
     line = (f"mAP50-95: baseline {b.get('map50_95', float('nan')):.4f}, "
             f"after search {r['after_search']['map50_95']:.4f}")
     if r["after_finetune"]:
@@ -114,6 +120,9 @@ def register(subparsers) -> None:
                    help="image size for FLOPs, search and fine-tuning (default: the checkpoint's)")
     p.add_argument("--candidates", type=positive_int, default=20,
                    help="strategies scored (the first is uniform)")
+    p.add_argument("--guided", type=int, default=None, metavar="N",
+                   help="how many candidates are sensitivity-guided instead of random (default 8; 0: the "
+                        "paper's random sampling only, no probe phase)")
     p.add_argument("--calib-batches", type=positive_int, default=8, help="training batches for adaptive BN")
     p.add_argument("--eval-images", type=positive_int, default=256,
                    help="held-out images each candidate is scored on (fewer: faster, noisier ranking)")

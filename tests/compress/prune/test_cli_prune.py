@@ -29,13 +29,15 @@ def test_prune_writes_model_and_report(checkpoints, tiny_data, tmp_path, capsys)
     out, report = tmp_path / "pruned.pt", tmp_path / "report.json"
     no_imgsz = FAST[2:]  # the checkpoint's own size (64) is the default
     code = main(["prune", str(checkpoints / "tiny.pt"), "--data", str(tiny_data.yaml_path), "--ratio", "0.5",
-                 "--finetune-epochs", "1", *no_imgsz, "-o", str(out), "--json", str(report)])
+                 "--finetune-epochs", "1", "--guided", "1", *no_imgsz, "-o", str(out), "--json", str(report)])
     assert code == 0, capsys.readouterr().err
-    assert "pruned" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "pruned" in printed and "probes" in printed
     model, info = load_model_with_info(out)
     r = json.loads(report.read_text())
     assert r["pruned"]["params"] == sum(p.numel() for p in model.parameters()) < r["baseline"]["params"]
     assert r["after_finetune"] is not None and len(r["candidates"]) == 3
+    assert [c["kind"] for c in r["candidates"]] == ["uniform", "random", "guided"] and r["probes"] > 0
     assert r["imgsz"] == 64 and info.imgsz == 64
     assert info.history[-1]["step"] == "prune" and info.history[-1]["config"]["ratio"] == 0.5
     raw = torch.load(out, weights_only=True)  # plain data: no pickled modules
@@ -50,6 +52,7 @@ def test_prune_writes_model_and_report(checkpoints, tiny_data, tmp_path, capsys)
     (["--target-gflops", "1000"], "impossible budget"),
     (["--ratio", "0.5", "--target-gflops", "1"], "not both"),
     (["--ratio", "0.5", "--exclude", "77"], "matches no prunable layer"),
+    (["--ratio", "0.5", "--guided", "-1"], "guided must be >= 0"),
 ])
 def test_bad_budgets_exit_2(checkpoints, tiny_data, tmp_path, capsys, args, message):
     out = tmp_path / "o.pt"

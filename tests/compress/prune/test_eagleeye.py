@@ -72,6 +72,81 @@ def test_sampling_spread_keeps_strategies_near_uniform():
         PruneConfig(ratio=0.5, spread=1.5)
 
 
+def _space(width: float = 0.25, rules=(1, 1)):
+    from yolocompress.compress.prune import ChannelRules, l1_importance
+
+    model = tiny_model("yolov5n", width=width)
+    graph = channel_graph(model)
+    return eagleeye.StrategySpace(graph, eagleeye.CostModel(model, graph, 64), l1_importance(model, graph),
+                                  ChannelRules(*rules), [g.index for g in graph.groups], max_ratio=0.8)
+
+
+def test_probes_move_one_group_each_way():
+    space = _space(rules=(8, 8))
+    center = space.uniform(0.5)
+    probes = space.probes(center, 0.25)
+    assert probes and {p.direction for p in probes} == {"less", "more"}
+    for p in probes:
+        changed = [g for g in space.searchable if p.strategy.counts[g] != center.counts[g]]
+        assert changed == [space.searchable[p.position]]           # exactly its own group moved
+        grew = p.strategy.counts[changed[0]] > center.counts[changed[0]]
+        assert grew == (p.direction == "less")
+        assert (p.strategy.flops > center.flops) == (p.direction == "less")
+    # a group already at its 8-channel floor has no "more" probe (it would round to the same net)
+    floor = [j for j, g in enumerate(space.searchable) if center.counts[g] == 8]
+    assert floor and not any(p.position in floor and p.direction == "more" for p in probes)
+    with pytest.raises(InputError, match="probe step"):
+        space.probes(center, 1.0)
+
+
+def test_group_sensitivity_is_score_per_flop_averaged_over_both_moves():
+    s = lambda flops: eagleeye.Strategy(np.zeros(3), {}, flops)  # noqa: E731
+    center = s(100.0)
+    probes = [eagleeye.Probe(0, "less", s(120.0)), eagleeye.Probe(0, "more", s(90.0)),
+              eagleeye.Probe(1, "more", s(80.0))]
+    sens = eagleeye.group_sensitivity(center, 0.5, probes, [0.7, 0.45, 0.3], 3)
+    assert sens[0] == pytest.approx((0.2 / 20 + 0.05 / 10) / 2)   # gain per FLOP kept, both directions
+    assert sens[1] == pytest.approx(0.2 / 20) and np.isnan(sens[2])
+    with pytest.raises(ValueError):
+        eagleeye.group_sensitivity(center, 0.5, probes, [0.7], 3)
+
+
+def test_guided_strategies_prune_the_least_sensitive_groups_most():
+    space = _space()
+    budget = space.uniform(0.5).flops
+    rng = np.random.default_rng(0)
+    sens = rng.normal(size=len(space.searchable))
+    sens[3] = np.nan
+    guided = space.guided(sens, budget, 4)
+    assert len(guided) == 4 and all(g.kind == "guided" and g.flops <= budget for g in guided)
+    assert all(g.flops > 0.8 * budget for g in guided)   # scaled up to the budget (tiny groups: coarse steps)
+    spans = [np.ptp(g.ratios) for g in guided]
+    assert spans == sorted(spans) and spans[0] < spans[-1]         # from near-uniform to uneven
+    last = guided[-1].ratios                                        # tau = 1: ratio ~ rank, before clipping
+    known = np.flatnonzero(np.isfinite(sens))
+    by_sensitivity = known[np.argsort(-sens[known])]
+    top = space.searchable[by_sensitivity[0]]
+    assert guided[-1].counts[top] == space.graph.groups[top].channels  # the most sensitive: kept whole
+    assert np.all(np.diff(last[by_sensitivity]) >= -1e-12)          # less sensitive: pruned at least as much
+    assert [g.counts for g in space.guided(sens, budget, 4)] == [g.counts for g in guided]  # deterministic
+    with pytest.raises(ValueError, match="one sensitivity per searchable group"):
+        space.guided(sens[:-1], budget, 2)
+
+
+def test_guided_candidates_come_from_scored_probes(tiny_data):
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
+    cfg = PruneConfig(ratio=0.5, **{**FAST, "candidates": 5, "guided": 2})
+    _, report = prune_model(model, tiny_data, cfg)
+    kinds = [c["kind"] for c in report.candidates]
+    assert kinds == ["uniform", "random", "random", "guided", "guided"]
+    n_groups = sum(g["searchable"] for g in report.groups)
+    assert len(report.sensitivity) == n_groups and n_groups < report.probes <= 2 * n_groups + 1
+    assert report.timing_s["probes"] > 0
+    _, plain = prune_model(model, tiny_data, PruneConfig(ratio=0.5, **{**FAST, "candidates": 5, "guided": 0}))
+    assert [c["kind"] for c in plain.candidates] == ["uniform"] + ["random"] * 4
+    assert plain.probes == 0 and plain.sensitivity == [] and "probes" not in plain.timing_s
+
+
 def test_search_keeps_the_best_candidate_and_respects_the_budget(tiny_data, monkeypatch):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
     # untrained models score 0 everywhere: give every candidate a distinct score (its parameter count)
@@ -118,7 +193,8 @@ def test_target_gflops_and_exclusions(tiny_data):
 
 
 @pytest.mark.parametrize("bad", [dict(ratio=0.0), dict(ratio=1.0), dict(ratio=None),
-                                 dict(ratio=0.5, target_gflops=1.0), dict(candidates=0), dict(imgsz=50)])
+                                 dict(ratio=0.5, target_gflops=1.0), dict(candidates=0), dict(imgsz=50),
+                                 dict(guided=-1), dict(probe_step=0.0), dict(probe_step=1.0)])
 def test_config_validation(bad):
     with pytest.raises(InputError):
         PruneConfig(**bad)

@@ -6,9 +6,15 @@ The pieces, each usable alone:
 - ``CostModel``: FLOPs of any keep-mask without building the model (per-layer spatial sizes are measured
   once on the ``meta`` device; same convention as ``yolocompress.profile.gflops``: 2 x multiply-adds of
   convolutions and linear layers);
-- ``Strategy`` sampling: one pruning ratio per searchable group; ``uniform_ratios`` and ``sample_ratios``
+- ``Strategy`` sampling: one pruning ratio per searchable group; ``StrategySpace.uniform`` and ``.sample``
   (a random direction ``u ~ U[0, 1]^G`` scaled by the smallest factor that meets the budget, so every
   candidate sits just under the budget instead of being rejection-sampled);
+- sensitivity-guided strategies (our addition to the paper's random sampling): ``StrategySpace.probes``
+  moves one group at a time away from the uniform strategy, ``group_sensitivity`` turns the probes' scores
+  into score-per-FLOP per group, and ``StrategySpace.guided`` builds strategies that prune the least
+  sensitive groups most, from near-uniform to strongly uneven; they compete with the random ones on the
+  same adaptive-BN score. On a half-width yolov5n no random candidate beat the uniform strategy after
+  fine-tuning, while guided ones did (``benchmarks/RESULTS.md``);
 - ``adaptive_bn``: reset every BatchNorm's running statistics and re-estimate them as a cumulative average
   (``momentum=None``) over a few training batches, in train mode, without gradients;
 - ``SubnetScorer``: decoded images of the calibration and held-out batches cached once as uint8 tensors; a
@@ -88,6 +94,31 @@ class Strategy:
     kind: str = "random"
 
 
+@dataclass
+class Probe:
+    """A one-group move away from a centre strategy: ``position`` in ``StrategySpace.searchable``,
+    ``direction`` ``"less"`` (fewer channels removed) or ``"more"``."""
+
+    position: int
+    direction: str
+    strategy: Strategy
+
+
+def group_sensitivity(center: Strategy, center_score: float, probes: Sequence[Probe],
+                      scores: Sequence[float], n_groups: int) -> np.ndarray:
+    """Score gained per FLOP kept, per searchable group, from scored one-group ``probes``.
+
+    A "less" probe gives ``(score - center_score) / (flops - center.flops)`` (what keeping more channels
+    buys), a "more" probe ``(center_score - score) / (center.flops - flops)`` (what removing more costs);
+    a group's sensitivity is the mean of the two (or the one it has), NaN when it has none."""
+    per_group: list[list[float]] = [[] for _ in range(n_groups)]
+    for probe, score in zip(probes, scores, strict=True):
+        d_flops = probe.strategy.flops - center.flops
+        if d_flops != 0.0:
+            per_group[probe.position].append((float(score) - center_score) / d_flops)
+    return np.array([np.mean(v) if v else np.nan for v in per_group])
+
+
 class StrategySpace:
     """The searchable groups of a graph and the mapping ratios -> keep mask -> FLOPs."""
 
@@ -136,6 +167,42 @@ class StrategySpace:
         if not 0.0 < spread <= 1.0:
             raise InputError(f"sampling spread must be in (0, 1], got {spread}")
         return self._scaled(rng.uniform(1.0 - spread, 1.0, len(self.searchable)), budget, "random")
+
+    def probes(self, center: Strategy, step: float) -> list[Probe]:
+        """One-group moves away from ``center``: each searchable group pruned ``step`` less and ``step`` more
+        (clipped to ``[0, max_ratio]``), every other group as in ``center``. A move that rounds to the same
+        kept channels (a group already at its minimum, say) is left out."""
+        if not 0.0 < step < 1.0:
+            raise InputError(f"probe step must be strictly between 0 and 1, got {step}")
+        out: list[Probe] = []
+        for j, g in enumerate(self.searchable):
+            for direction, r in (("less", max(0.0, center.ratios[j] - step)),
+                                 ("more", min(self.max_ratio, center.ratios[j] + step))):
+                ratios = center.ratios.copy()
+                ratios[j] = r
+                s = self.strategy(ratios, "probe")
+                if s.counts[g] != center.counts[g]:
+                    out.append(Probe(j, direction, s))
+        return out
+
+    def guided(self, sensitivity: np.ndarray, budget: float, n: int) -> list[Strategy]:
+        """``n`` strategies that prune the groups in the inverse order of their ``sensitivity`` (score per
+        FLOP, one value per searchable group, NaN: unknown), each scaled to just fit ``budget``.
+
+        With ``z_j`` the group's sensitivity rank in ``[0, 1]`` (0: the most sensitive per FLOP; unknown
+        groups sit in the middle) the i-th strategy (``tau = i / n``) sets ``u_j = 1 - tau (1 - z_j)``
+        before scaling: ``tau`` near 0 is the uniform strategy, ``tau = 1`` keeps the most sensitive group
+        whole and prunes the least sensitive ones the most. Adaptive BN then picks among them."""
+        sens = np.asarray(sensitivity, dtype=np.float64)
+        if sens.shape != (len(self.searchable),):
+            raise ValueError(f"need one sensitivity per searchable group ({len(self.searchable)}), "
+                             f"got shape {sens.shape}")
+        z = np.full(len(sens), 0.5)
+        known = np.flatnonzero(np.isfinite(sens))
+        if len(known) > 1:
+            order = known[np.lexsort((known, -sens[known]))]   # most sensitive first, ties by position
+            z[order] = np.arange(len(order)) / (len(order) - 1)
+        return [self._scaled(1.0 - (i / n) * (1.0 - z), budget, "guided") for i in range(1, n + 1)]
 
     def _scaled(self, u: np.ndarray, budget: float, kind: str) -> Strategy:
         u = np.maximum(u, 1e-6)

@@ -25,7 +25,8 @@ import numpy as np
 import torch.nn as nn
 
 from yolocompress.compress.prune.apply import ChannelRules, prune_channels
-from yolocompress.compress.prune.eagleeye import CostModel, StrategySpace, SubnetScorer, cache_data
+from yolocompress.compress.prune.eagleeye import (CostModel, Strategy, StrategySpace, SubnetScorer,
+                                                  cache_data, group_sensitivity)
 from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
 from yolocompress.compress.prune.importance import l1_importance
 from yolocompress.errors import InputError
@@ -41,7 +42,13 @@ class PruneConfig:
         ratio: fraction of prunable channels removed, 0 < ratio < 1 (budget: the uniform strategy's FLOPs).
         target_gflops: alternative budget, GFLOPs at ``imgsz`` (give ``ratio`` or this, not both).
         imgsz: image size (pixels) for FLOPs, the search and evaluation.
-        candidates: strategies scored (the first is the uniform one when ``include_uniform``).
+        candidates: strategies scored: the uniform one (when ``include_uniform``), ``guided``
+            sensitivity-guided ones, the rest sampled at random as in the paper.
+        guided: how many of the candidates are sensitivity-guided (0: the paper's random sampling only).
+            They cost a probe phase first: the uniform strategy with each group in turn pruned
+            ``probe_step`` less and ``probe_step`` more, about two scored sub-nets per searchable group
+            (~100 for yolov5n). On the shipped yolov5n baseline at ratio 0.5 random candidates did not beat
+            the uniform strategy after fine-tuning and guided ones did (``benchmarks/RESULTS.md``).
         calib_batches, calib_batch: adaptive-BN data, batches x images, from the train split.
         eval_images, eval_batch: held-out images each candidate is scored on (``eval_split``: ``"train"``,
             training images disjoint from the calibration images, as in the paper; or ``"val"``). With 64
@@ -70,6 +77,8 @@ class PruneConfig:
     target_gflops: float | None = None
     imgsz: int = 640
     candidates: int = 20
+    guided: int = 8
+    probe_step: float = 0.25
     calib_batches: int = 8
     calib_batch: int = 16
     eval_images: int = 256
@@ -111,6 +120,10 @@ class PruneConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.imgsz % 32:
             raise InputError(f"imgsz must be a multiple of 32, got {self.imgsz}")
+        if int(self.guided) < 0:
+            raise InputError(f"guided must be >= 0, got {self.guided}")
+        if not 0.0 < float(self.probe_step) < 1.0:
+            raise InputError(f"probe_step must be strictly between 0 and 1, got {self.probe_step}")
         if int(self.finetune_epochs) < 0:
             raise InputError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
         if not float(self.distill) >= 0.0:
@@ -137,7 +150,9 @@ class PruneReport:
     for the baseline, val mAPs. ``after_search`` / ``after_finetune``: full val-split mAP50 and mAP50-95 of
     the winner (after adaptive BN, and after fine-tuning). ``groups``: every prunable group with its channels
     before and after. ``candidates``: every candidate's kind, GFLOPs, held-out score and mean ratio.
-    ``timing_s``: seconds per phase (``bn_recalibration``, ``inference``, ``nms_map`` summed over candidates).
+    ``timing_s``: seconds per phase (``bn_recalibration``, ``inference``, ``nms_map`` summed over candidates;
+    ``probes``: the whole probe phase). ``probes``: sub-nets scored to measure ``sensitivity`` (score gained
+    per GFLOP kept, per searchable group; empty without guided candidates).
     """
 
     config: dict[str, Any]
@@ -152,6 +167,8 @@ class PruneReport:
     candidates: list[dict[str, Any]]
     timing_s: dict[str, float]
     distributed_ranks: int = 1
+    probes: int = 0
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -192,11 +209,22 @@ class SearchPlan:
     budget: float
     base_flops: float
     excluded: set[int]
+    uniform: Strategy
+    n_guided: int = 0   # sensitivity-guided strategies still to add (``add_guided``) after the probes
+
+
+def add_guided(plan: SearchPlan, sensitivity: np.ndarray) -> None:
+    """Append ``plan.n_guided`` sensitivity-guided strategies (``StrategySpace.guided``) to the candidates."""
+    if plan.n_guided:
+        plan.strategies.extend(plan.space.guided(sensitivity, plan.budget, plan.n_guided))
+        plan.n_guided = 0
 
 
 def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
-    """Dependency analysis, L1 importance, the FLOPs budget and ``cfg.candidates`` strategies (the first one
-    uniform when ``cfg.include_uniform``), all deterministic in ``cfg.seed``. ``model``: float32, CPU."""
+    """Dependency analysis, L1 importance, the FLOPs budget and the candidate strategies, all deterministic in
+    ``cfg.seed``: the uniform one first (when ``cfg.include_uniform``), then the random ones; the
+    ``n_guided`` sensitivity-guided ones that complete ``cfg.candidates`` need scored probes and are added by
+    ``add_guided``. ``model``: float32, CPU."""
     graph = channel_graph(model)
     importance = l1_importance(model, graph)
     rules = ChannelRules(min_channels=cfg.min_channels, round_to=cfg.round_to)
@@ -218,10 +246,11 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
                              f"model's {base_flops / 1e9:.4g} GFLOPs at {cfg.imgsz} px")
         uniform = space.uniform_for_budget(budget)
     rng = np.random.default_rng(cfg.seed)
-    n_random = cfg.candidates - (1 if cfg.include_uniform else 0)
+    n_other = cfg.candidates - (1 if cfg.include_uniform else 0)
+    n_guided = min(cfg.guided, n_other)
     strategies = [uniform] if cfg.include_uniform else []
-    strategies += [space.sample(rng, budget, cfg.spread) for _ in range(n_random)]
-    return SearchPlan(graph, space, strategies, budget, base_flops, excluded)
+    strategies += [space.sample(rng, budget, cfg.spread) for _ in range(n_other - n_guided)]
+    return SearchPlan(graph, space, strategies, budget, base_flops, excluded, uniform, n_guided)
 
 
 def _params(model: nn.Module) -> int:
@@ -269,23 +298,22 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: 
     return tuned
 
 
-def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
-            progress_callback: Callable[[int, int], None] | None
-            ) -> tuple[list[dict[str, Any]], dict[str, float], int, nn.Module]:
-    """Score this rank's share of the candidates, gather every rank's rows, pick the best.
-
-    Returns ``(candidate rows in index order, seconds per phase summed over ranks, chosen index, the chosen
-    sub-net after adaptive BN)``. Ties go to the lowest index, so the uniform candidate wins a tie.
-    """
+def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: SubnetScorer, metric: str,
+                   ctx: Any, bar_label: str, show: bool,
+                   progress_callback: Callable[[int, int], None] | None = None
+                   ) -> tuple[list[dict[str, Any]], dict[str, float], tuple[float, int, nn.Module] | None]:
+    """Score this rank's share of ``strategies`` (index ``i`` on rank ``i % world_size``) and gather every
+    rank's rows. Returns ``(rows in index order, seconds per phase summed over ranks, this rank's best
+    (score, index, sub-net after adaptive BN) or None)``."""
     from yolocompress.engine import distributed as dist_utils
 
-    mine = list(range(ctx.rank, len(plan.strategies), ctx.world_size))
+    mine = list(range(ctx.rank, len(strategies), ctx.world_size))
     local: list[dict[str, Any]] = []
     phase = {"build": 0.0, "bn_recalibration": 0.0, "inference": 0.0, "nms_map": 0.0}
     best_local: tuple[float, int, nn.Module] | None = None
-    bar = _bar(len(mine), cfg.progress and ctx.is_main)
+    bar = _bar(len(mine), show and ctx.is_main, bar_label)
     for i in mine:
-        s = plan.strategies[i]
+        s = strategies[i]
         tb = time.perf_counter()
         sub = prune_channels(base, plan.graph, plan.space.keep(s.counts))
         phase["build"] += time.perf_counter() - tb
@@ -293,7 +321,7 @@ def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneC
         phase["bn_recalibration"] += score.bn_s
         phase["inference"] += score.inference_s
         phase["nms_map"] += score.nms_map_s
-        value = score.value(cfg.metric)
+        value = score.value(metric)
         local.append({"index": i, "kind": s.kind, "gflops": s.flops / 1e9, "score": value,
                       "map50": score.map50, "map50_95": score.map50_95,
                       "mean_ratio": float(np.mean(s.ratios)) if len(s.ratios) else 0.0})
@@ -307,8 +335,33 @@ def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneC
     if bar is not None:
         bar.close()
     gathered = dist_utils.gather_objects((local, phase))
-    candidates = sorted((c for rows, _ in gathered for c in rows), key=lambda c: c["index"])
+    rows = sorted((c for part, _ in gathered for c in part), key=lambda c: c["index"])
     total = {key: sum(p[key] for _, p in gathered) for key in phase}
+    return rows, total, best_local
+
+
+def _sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any
+                 ) -> tuple[np.ndarray, int, dict[str, float]]:
+    """Score the uniform strategy and its one-group probes; returns ``(score per FLOP per searchable group,
+    number of sub-nets scored, seconds per phase)``."""
+    probes = plan.space.probes(plan.uniform, cfg.probe_step)
+    rows, phase, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], scorer,
+                                    cfg.metric, ctx, "probes", cfg.progress)
+    scores = [r["score"] for r in rows]
+    sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable))
+    return sens, len(rows), phase
+
+
+def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
+            progress_callback: Callable[[int, int], None] | None
+            ) -> tuple[list[dict[str, Any]], dict[str, float], int, nn.Module]:
+    """Score this rank's share of the candidates, gather every rank's rows, pick the best.
+
+    Returns ``(candidate rows in index order, seconds per phase summed over ranks, chosen index, the chosen
+    sub-net after adaptive BN)``. Ties go to the lowest index, so the uniform candidate wins a tie.
+    """
+    candidates, total, best_local = _score_sharded(base, plan, plan.strategies, scorer, cfg.metric, ctx,
+                                                   "eagleeye", cfg.progress, progress_callback)
     chosen = max(candidates, key=lambda c: (c["score"], -c["index"]))["index"]
     for c in candidates:
         c["chosen"] = c["index"] == chosen
@@ -367,6 +420,15 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         timing["data"] = data_cache.load_s
         scorer = SubnetScorer(data_cache, data.nc, list(data.names), device, conf_thres=cfg.conf_thres)
 
+        # -- probes (sensitivity per group) for the guided candidates, sharded over ranks
+        sensitivity = np.full(len(plan.space.searchable), np.nan)
+        n_probes = 0
+        if plan.n_guided:
+            t0 = time.perf_counter()
+            sensitivity, n_probes, _ = _sensitivity(base, plan, scorer, cfg, ctx)
+            add_guided(plan, sensitivity)
+            timing["probes"] = time.perf_counter() - t0
+
         # -- search: candidates sharded over ranks
         t0 = time.perf_counter()
         candidates, phase, chosen, winner = _search(base, plan, scorer, cfg, ctx, progress_callback)
@@ -402,12 +464,16 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
                    "ratio": 1.0 - counts.get(g.index, g.channels) / g.channels,
                    "excluded": g.index in excluded, "searchable": g.index in plan.space.searchable}
                   for g in graph.groups]
+        sens_rows = [{"group": g, "name": graph.groups[g].name, "layer": graph.groups[g].layer_index,
+                      "score_per_gflop": None if not np.isfinite(v) else float(v) * 1e9}
+                     for g, v in zip(plan.space.searchable, sensitivity)] if n_probes else []
         timing["total"] = time.perf_counter() - t_start
         report = PruneReport(
             config=cfg.to_dict(), imgsz=cfg.imgsz, budget_gflops=budget / 1e9, baseline=baseline,
             pruned=pruned,
             after_search=after_search, after_finetune=after_finetune, chosen=chosen, groups=groups,
             candidates=candidates, timing_s=timing, distributed_ranks=ctx.world_size,
+            probes=n_probes, sensitivity=sens_rows,
             notes=[f"budget = {budget / plan.base_flops:.3f} of the original FLOPs ("
                    f"{'the uniform strategy at ratio ' + str(cfg.ratio) if cfg.ratio else 'target GFLOPs'})"])
         return final, report
@@ -421,9 +487,9 @@ def _base_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float().cpu().eval()
 
 
-def _bar(total: int, show: bool):
+def _bar(total: int, show: bool, label: str = "eagleeye"):
     if not show:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="eagleeye", unit="cand", leave=False)
+    return tqdm(total=total, desc=label, unit="net", leave=False)
