@@ -122,4 +122,3 @@ def accelerate_cpu(model: nn.Module, inplace: bool = False) -> nn.Module:
             if fused is not None:
                 m.rbr_reparam, m.act = fused, nn.Identity()
     return model
-

@@ -138,7 +138,6 @@ class DetectionModel(nn.Module):
 
     def resolved_config(self) -> dict[str, Any]:
         """Plain-data description that rebuilds this exact architecture (real channel counts, shapes)."""
-        detect = self.detect
         return {
             "name": self.yaml.get("name", "custom"),
             "nc": self.nc,
