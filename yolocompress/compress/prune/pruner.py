@@ -341,15 +341,15 @@ def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: 
 
 
 def _sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any
-                 ) -> tuple[np.ndarray, int, dict[str, float]]:
+                 ) -> tuple[np.ndarray, int]:
     """Score the uniform strategy and its one-group probes; returns ``(score per FLOP per searchable group,
-    number of sub-nets scored, seconds per phase)``."""
+    number of sub-nets scored)``."""
     probes = plan.space.probes(plan.uniform, cfg.probe_step)
-    rows, phase, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], scorer,
-                                    cfg.metric, ctx, "probes", cfg.progress)
+    rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], scorer,
+                                cfg.metric, ctx, "probes", cfg.progress)
     scores = [r["score"] for r in rows]
     sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable))
-    return sens, len(rows), phase
+    return sens, len(rows)
 
 
 def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
@@ -425,7 +425,7 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         n_probes = 0
         if plan.n_guided:
             t0 = time.perf_counter()
-            sensitivity, n_probes, _ = _sensitivity(base, plan, scorer, cfg, ctx)
+            sensitivity, n_probes = _sensitivity(base, plan, scorer, cfg, ctx)
             add_guided(plan, sensitivity)
             timing["probes"] = time.perf_counter() - t0
 
