@@ -44,6 +44,11 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _guided(args) -> dict:
+    """``PruneConfig`` keywords for ``--guided``: none when not given (the library's default applies)."""
+    return {} if args.guided is None else {"guided": args.guided}
+
+
 def part_structure(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_channels
     from yolocompress.compress.prune.pruner import _ort_latency_ms, plan_search
@@ -97,7 +102,7 @@ def part_accuracy(args) -> dict:
                   distill=args.distill)
     out = {}
     eagleeye = dict(candidates=args.candidates, include_uniform=not args.no_uniform, spread=args.spread,
-                    **({} if args.guided is None else {"guided": args.guided}))
+                    **_guided(args))
     runs = (("eagleeye", eagleeye), ("uniform", dict(candidates=1)))
     for label, extra in runs[:1] if args.eagleeye_only else runs:
         t0 = time.perf_counter()
@@ -138,7 +143,7 @@ def part_speed(args) -> dict:
     model, data = _baseline_and_data(args)
     cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
                       calib_batches=args.calib_batches, eval_images=args.eval_images, finetune_epochs=0,
-                      eval_baseline=False, **({} if args.guided is None else {"guided": args.guided}))
+                      eval_baseline=False, **_guided(args))
     _, report = prune_model(model, data, cfg)
     t, n = report.timing_s, len(report.candidates)
     if report.probes:

@@ -46,7 +46,7 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
         exclude=tuple(e.strip() for e in exclude.split(",") if e.strip()) if exclude else (), seed=seed,
         device=device, calib_batch=batch, eval_batch=batch, finetune_batch=batch, workers=workers,
         latency=latency, progress=progress, bf16=bf16, channels_last=channels_last,
-        **({} if distill is None else {"distill": distill}), **({} if guided is None else {"guided": guided}))
+        **{k: v for k, v in (("distill", distill), ("guided", guided)) if v is not None})
     if not Path(model).is_file():
         raise InputError(f"model file not found: {model}")
     data_cfg = load_data_config(data)
