@@ -103,8 +103,8 @@ def bench_model(name: str, imgsz: int, data: Path, args, tmp: Path) -> None:
         cfg = QuantConfig(calib_images=args.calib_images, **options)
         path, report = quantize_ptq(fp32, data, cfg, output=folder / f"ours-{k}.onnx")
         files[label] = path
-        shares[label] = report.kernels["integer_mac_share"]
-        sizes[label] = report.size_ratio
+        shares[label] = report.details["kernels"]["integer_mac_share"]
+        sizes[label] = report.details["size_ratio"]
     for label in ("naive s8 (ORT defaults)", "naive u8"):
         shares[label] = integer_share(files[label], fp32)
         sizes[label] = files[label].stat().st_size / fp32.stat().st_size
@@ -161,8 +161,14 @@ def bench_baseline(args, tmp: Path) -> None:
         path, report = quantize_qat(model, data, cfg, qat, output=tmp / "baseline-qat.onnx")
         loss = "+".join((["kd"] if args.qat_distill else []) + (["labels"] if args.qat_labels else []))
         _eval_row(f"QAT {args.qat_epochs} ep lr {args.qat_lr:g} {loss}", path, report, ref, data, args)
-        print(f"QAT parity (ORT int8 vs torch fake-quant): {report.qat['parity_sqnr_db']:.1f} dB")
+        parity = _db(report.details["qat"]["parity_sqnr_db"])
+        print(f"QAT parity (ORT int8 vs torch fake-quant): {parity:.1f} dB")
     print("drop = fp32 - int8 mAP50-95 in points; SQNR = int8 vs fp32 decoded output on calibration images")
+
+
+def _db(value: float | None) -> float:
+    """An SQNR of a stage report (``None``: noiseless, JSON null) as printable dB."""
+    return float("inf") if value is None else float(value)
 
 
 def _eval_row(label: str, path: Path, report, ref, data: Path, args) -> None:
@@ -170,8 +176,9 @@ def _eval_row(label: str, path: Path, report, ref, data: Path, args) -> None:
 
     r = evaluate_model(path, data, batch=32, threads=args.threads)
     drop = 100 * (ref.map50_95 - r.map50_95)
-    print(f"{label:<34} {r.map50:>7.4f} {r.map50_95:>9.4f} {drop:>6.2f} {report.sqnr_db:>8.1f} "
-          f"{100 * report.kernels['integer_mac_share']:>9.1f}%")
+    sqnr = _db(report.details["sqnr_db"])
+    print(f"{label:<34} {r.map50:>7.4f} {r.map50_95:>9.4f} {drop:>6.2f} {sqnr:>8.1f} "
+          f"{100 * report.details['kernels']['integer_mac_share']:>9.1f}%")
     sys.stdout.flush()
 
 

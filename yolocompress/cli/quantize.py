@@ -9,8 +9,8 @@ from yolocompress.cli.common import console, err_console, image_size, positive_i
 from yolocompress.errors import InputError
 
 if TYPE_CHECKING:  # onnxruntime and torch are imported only when the command runs
-    from yolocompress.compress.quant.ptq import QuantReport
     from yolocompress.compress.quant.sensitivity import SensitivityReport
+    from yolocompress.compress.stage import StageReport
 
 METHODS = ("ptq", "qat")
 CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
@@ -22,15 +22,15 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         activations: str = "u8", sensitivity: bool = False, auto_exclude: int = 0,
         sensitivity_images: int = 128, epochs: int = 3, lr: float = 1e-4, batch: int = 16,
         workers: int = 0, distill: float = 1.0, labels: bool = False
-        ) -> tuple[QuantReport, SensitivityReport | None]:
+        ) -> tuple[StageReport, SensitivityReport | None]:
     """Quantize ``model`` (``.pt`` or fp32 ``.onnx``) to int8 and write it to ``output`` (``.onnx``).
 
     With ``sensitivity`` (or ``auto_exclude`` k > 0) the planned int8 convolutions are first ranked by the
     mAP50-95 each one costs (on ``sensitivity_images`` training images); ``auto_exclude`` keeps the worst k
     float. ``method="qat"`` fine-tunes with fake quantization first (``epochs``, ``lr``, ``batch``; the loss
     is distillation from the float model with weight ``distill`` plus, with ``labels``, the detection loss;
-    needs a ``.pt`` model). ``imgsz`` defaults to a checkpoint's training size. Returns the quantization
-    report and the sensitivity report (or None).
+    needs a ``.pt`` model). ``imgsz`` defaults to a checkpoint's training size. Returns the ``quantize``
+    :class:`~yolocompress.compress.stage.StageReport` and the sensitivity report (or None).
     """
     from yolocompress.compress.quant import sensitivity as sens
     from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
@@ -74,21 +74,30 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
     return quantize_ptq(model, data, config, output=output)[1], ranking
 
 
-def _print(report: QuantReport) -> None:
-    k, p = report.kernels, report.plan
-    console.print(f"wrote {report.output}: int8 {report.int8_bytes / 1e6:.2f} MB = {report.size_ratio:.2f}x the "
-                  f"fp32 {report.fp32_bytes / 1e6:.2f} MB")
+def _db(value: float | None) -> float:
+    """An SQNR figure of a report (``None``: a noiseless output, stored as JSON null) as printable dB."""
+    return float("inf") if value is None else float(value)
+
+
+def _print(report: StageReport) -> None:
+    """The summary lines of a ``quantize`` stage report (warnings to stderr)."""
+    d = report.details
+    k, p = d["kernels"], d["plan"]
+    console.print(f"wrote {d['output']}: int8 {d['int8_bytes'] / 1e6:.2f} MB = {d['size_ratio']:.2f}x the "
+                  f"fp32 {d['fp32_bytes'] / 1e6:.2f} MB")
     console.print(f"plan: {p['int8_convs']} int8 convs ({100 * p['int8_mac_share']:.1f}% of conv MACs), float: "
                   + ", ".join(f"{scope} ({why})" for scope, why in p["float_convs"].items()))
     console.print(f"ONNX Runtime: {k['planned_integer']}/{k['planned']} planned convs run as integer kernels "
                   f"({100 * k['planned_mac_share']:.1f}% of their MACs)")
-    console.print(f"output SQNR vs fp32 on {min(report.config['check_images'], report.calib_images)} "
-                  f"calibration images: {report.sqnr_db:.1f} dB (scores {report.score_sqnr_db:.1f} dB); "
-                  f"{report.calib_images} images, {report.config['calibration']} calibration, "
+    sqnr, score_sqnr = _db(d["sqnr_db"]), _db(d["score_sqnr_db"])
+    console.print(f"output SQNR vs fp32 on {min(report.config['check_images'], d['calib_images'])} "
+                  f"calibration images: {sqnr:.1f} dB (scores {score_sqnr:.1f} dB); "
+                  f"{d['calib_images']} images, {report.config['calibration']} calibration, "
                   f"{report.seconds:.1f} s")
-    if report.qat:
-        console.print(f"QAT: {report.qat['epochs']} epochs at lr {report.qat['lr']}; ONNX Runtime int8 vs torch "
-                      f"fake-quant output: {report.qat['parity_sqnr_db']:.1f} dB")
+    qat = d.get("qat")
+    if qat:
+        console.print(f"QAT: {qat['epochs']} epochs at lr {qat['lr']}; ONNX Runtime int8 vs torch "
+                      f"fake-quant output: {_db(qat['parity_sqnr_db']):.1f} dB")
     for warning in report.warnings:
         err_console.print(f"warning: {warning}")
 

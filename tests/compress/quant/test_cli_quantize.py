@@ -25,10 +25,11 @@ def int8_file(tiny_data, tmp_path_factory):
 
 def test_quantize_writes_model_and_report(int8_file, capsys):
     out, report = int8_file
-    assert out.is_file()
-    assert report["output"] == str(out) and report["calib_images"] == 4
-    assert report["kernels"]["stayed_float"] == [] and report["kernels"]["planned_integer"] == 59  # + Detect
-    assert report["size_ratio"] < 0.35 and report["sqnr_db"] > 25
+    d = report["details"]
+    assert out.is_file() and report["stage"] == "quantize" and report["config"]["method"] == "ptq"
+    assert d["output"] == str(out) and d["calib_images"] == 4
+    assert d["kernels"]["stayed_float"] == [] and d["kernels"]["planned_integer"] == 59  # + Detect
+    assert d["size_ratio"] < 0.35 and d["sqnr_db"] > 25
     assert report["config"]["calibration"] == "percentile" and report["config"]["per_channel"] is True
 
 
@@ -50,9 +51,9 @@ def test_exclude_and_per_tensor(tiny_onnx, tiny_data, tmp_path):
                  "--exclude", "model.17", "model.20.cv3", "--silu", "float", "-o", str(out),
                  "--json", str(report)]) == 0
     r = json.loads(report.read_text())
-    float_convs = r["plan"]["float_convs"]
+    float_convs = r["details"]["plan"]["float_convs"]
     assert "model.17.cv1.conv" in float_convs and float_convs["model.20.cv3.conv"] == "excluded"
-    assert r["kernels"]["stayed_float"] == []
+    assert r["details"]["kernels"]["stayed_float"] == []
 
 
 def test_qat_command(tiny_data, tmp_path):
@@ -60,8 +61,9 @@ def test_qat_command(tiny_data, tmp_path):
     assert main(["quantize", str(CKPT), "--method", "qat", "--data", str(tiny_data), *FAST, "--epochs", "1",
                  "--batch", "4", "-o", str(out), "--json", str(report)]) == 0
     r = json.loads(report.read_text())
-    assert out.is_file() and r["qat"]["epochs"] == 1 and r["qat"]["parity_sqnr_db"] > 30
-    assert r["kernels"]["stayed_float"] == []
+    qat = r["details"]["qat"]
+    assert out.is_file() and qat["epochs"] == 1 and qat["parity_sqnr_db"] > 30
+    assert r["details"]["kernels"]["stayed_float"] == [] and r["config"]["method"] == "qat"
 
 
 def test_a_checkpoint_is_quantized_exported_and_evaluated_at_its_training_size(tiny_data, tmp_path):

@@ -1,6 +1,8 @@
 """Post-training quantization with ONNX Runtime: accuracy, integer kernels, size, evaluation, bad input."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -8,6 +10,7 @@ import yaml
 from onnx import TensorProto, helper
 
 from yolocompress.compress.quant.ptq import QuantConfig, mse_range, output_sqnr, quantize_ptq
+from yolocompress.compress.stage import StageReport
 from yolocompress.errors import InputError
 from yolocompress.export.onnx import read_onnx_metadata
 
@@ -27,9 +30,10 @@ def ptq(tiny_onnx, tiny_data, tmp_path_factory):
 
 def test_ptq_runs_close_to_fp32(ptq, tiny_onnx, tiny_data):
     path, report = ptq
-    assert path.is_file() and report.output == str(path)
-    assert report.calib_images == 8 and report.imgsz == (64, 64)
-    assert report.sqnr_db > MIN_SQNR_DB and report.score_sqnr_db > MIN_SCORE_SQNR_DB
+    d = report.details
+    assert path.is_file() and d["output"] == str(path)
+    assert d["calib_images"] == 8 and d["imgsz"] == [64, 64]
+    assert d["sqnr_db"] > MIN_SQNR_DB and d["score_sqnr_db"] > MIN_SCORE_SQNR_DB
     # independent check on other inputs than the calibration images
     rng = np.random.default_rng(0)
     images = rng.random((2, 3, 64, 64), dtype=np.float32)
@@ -39,8 +43,8 @@ def test_ptq_runs_close_to_fp32(ptq, tiny_onnx, tiny_data):
 
 def test_every_planned_conv_is_an_integer_kernel(ptq):
     _, report = ptq
-    k = report.kernels
-    assert k["planned"] == report.plan["int8_convs"] == 59
+    k = report.details["kernels"]
+    assert k["planned"] == report.details["plan"]["int8_convs"] == 59
     assert k["planned_integer"] == k["planned"] and k["planned_mac_share"] == pytest.approx(1.0)
     assert k["stayed_float"] == [] and not report.warnings
     assert k["integer_convs"] == k["planned"]  # the stem really stays float
@@ -51,8 +55,8 @@ def test_every_planned_conv_is_an_integer_kernel(ptq):
 
 def test_size_and_metadata(ptq, tiny_onnx):
     path, report = ptq
-    assert report.size_ratio < 0.35
-    assert report.int8_bytes == path.stat().st_size
+    assert report.details["size_ratio"] < 0.35
+    assert report.details["int8_bytes"] == path.stat().st_size
     meta, ref = read_onnx_metadata(path), read_onnx_metadata(tiny_onnx)
     assert meta.names == ref.names and meta.stride == ref.stride and meta.imgsz == (64, 64)
     # weights stored as int8, activations as uint8 (what ORT's x86 integer kernels take), biases int32
@@ -61,20 +65,31 @@ def test_size_and_metadata(ptq, tiny_onnx):
     assert zero_points == {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT32}
 
 
+def test_stage_report_round_trips_through_json(ptq):
+    path, report = ptq
+    assert isinstance(report, StageReport) and report.stage == "quantize"
+    d = report.to_dict()
+    assert StageReport.from_dict(json.loads(json.dumps(d))).to_dict() == d
+    assert report.after.file_bytes == path.stat().st_size and report.after.kind == "onnx"
+    assert report.before.file_bytes == report.details["fp32_bytes"] and report.after.imgsz == 64
+    assert report.config["method"] == "ptq" and report.config["calib_images"] == 8
+    assert report.details["qat"] is None and "qat" not in report.config
+
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 def test_calibration_methods(method, tiny_onnx, tiny_data, tmp_path):
     path, report = quantize_ptq(tiny_onnx, tiny_data, QuantConfig(calib_images=4, calibration=method),
                                 output=tmp_path / "q.onnx")
-    assert report.sqnr_db > MIN_SQNR_DB and report.kernels["stayed_float"] == []
+    assert report.details["sqnr_db"] > MIN_SQNR_DB and report.details["kernels"]["stayed_float"] == []
 
 
 def test_from_module_float_silu_per_tensor(tiny_model, tiny_data, tmp_path):
     cfg = QuantConfig(calib_images=4, imgsz=64, silu="float", per_channel=False, stem="int8")
     path, report = quantize_ptq(tiny_model, tiny_data, cfg, output=tmp_path / "m.onnx")
-    assert report.kernels["planned"] == 60 and report.kernels["stayed_float"] == []
-    assert "QLinearSigmoid" not in report.kernels["op_counts"]
-    assert report.kernels["op_counts"].get("MatMulIntegerToFloat") == 3
-    assert report.sqnr_db > MIN_SQNR_DB - 10
+    k = report.details["kernels"]
+    assert k["planned"] == 60 and k["stayed_float"] == []
+    assert "QLinearSigmoid" not in k["op_counts"]
+    assert k["op_counts"].get("MatMulIntegerToFloat") == 3
+    assert report.details["sqnr_db"] > MIN_SQNR_DB - 10
 
 
 def test_eval_runs_on_the_int8_model(ptq, tiny_data):
@@ -142,11 +157,11 @@ def test_leaky_relu_runs_as_integer_lookup(tiny_data, tmp_path):
     model = build_model("yolov5s-LeakyReLU", nc=3).eval()
     config = QuantConfig(calib_images=4, imgsz=64)
     path, report = quantize_ptq(model, tiny_data, config, output=tmp_path / "leaky-int8.onnx")
-    ops = report.kernels["op_counts"]
+    ops = report.details["kernels"]["op_counts"]
     fp32 = export_onnx(model, tmp_path / "leaky.onnx", imgsz=64)
     leaky = sum(n.op_type == "LeakyRelu" for n in onnx.load(str(fp32)).graph.node)
     assert ops.get("QLinearLeakyRelu") == leaky == 57 and "LeakyRelu" not in ops
-    assert report.kernels["stayed_float"] == [] and report.sqnr_db > MIN_SQNR_DB - 10
+    assert report.details["kernels"]["stayed_float"] == [] and report.details["sqnr_db"] > MIN_SQNR_DB - 10
 
 
 def test_repeated_constants_are_stored_in_broadcast_form(tmp_path):

@@ -86,11 +86,14 @@ def test_qat_end_to_end(tiny_data, tmp_path):
     ckpt = Path(__file__).parents[2] / "fixtures" / "ultralytics-yolov5" / "yolov5n-shapes-e12.pt"
     path, report = quantize_qat(load_model(ckpt), tiny_data, QuantConfig(calib_images=4, imgsz=64),
                                 QatConfig(epochs=1, batch=4), output=tmp_path / "qat.onnx")
-    assert path.is_file() and report.kernels["stayed_float"] == []
-    assert report.kernels["planned_integer"] == report.kernels["planned"] == 59
-    assert report.qat["parity_sqnr_db"] > MIN_PARITY_AFTER_TRAINING_DB
-    assert report.qat["distill"] == 1.0 and report.qat["labels"] is False  # the defaults
-    assert report.size_ratio < 0.35
+    d = report.details
+    assert path.is_file() and d["kernels"]["stayed_float"] == []
+    assert d["kernels"]["planned_integer"] == d["kernels"]["planned"] == 59
+    assert d["qat"]["parity_sqnr_db"] > MIN_PARITY_AFTER_TRAINING_DB
+    assert d["qat"]["distill"] == 1.0 and d["qat"]["labels"] is False  # the defaults
+    assert d["size_ratio"] < 0.35
+    assert report.config["method"] == "qat" and report.config["qat"]["epochs"] == 1
+    assert report.after.file_bytes == path.stat().st_size
 
 
 def test_bad_qat_config():

@@ -7,13 +7,13 @@ fine-tuned with the trainer, exported through ``quantize_static`` with the learn
 integer kernels). ``quantize_ptq`` and ``quantize_qat`` are the one-line entry points.
 """
 from yolocompress.compress.quant.plan import ConvSite, PlanConfig, QuantPlan, build_plan
-from yolocompress.compress.quant.ptq import QuantConfig, QuantReport, quantize_ptq
+from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 from yolocompress.compress.quant.qat import QatConfig, quantize_qat
 from yolocompress.compress.quant.sensitivity import SensitivityReport, auto_exclude, sensitivity
 from yolocompress.compress.quant.verify import KernelReport, integer_kernel_report
 
 __all__ = [
-    "ConvSite", "KernelReport", "PlanConfig", "QatConfig", "QuantConfig", "QuantPlan", "QuantReport",
+    "ConvSite", "KernelReport", "PlanConfig", "QatConfig", "QuantConfig", "QuantPlan",
     "SensitivityReport", "auto_exclude", "build_plan", "integer_kernel_report", "quantize_ptq", "quantize_qat",
     "sensitivity",
 ]

@@ -29,6 +29,7 @@ import numpy as np
 from yolocompress.compress.quant.head import head_hessians, integer_head
 from yolocompress.compress.quant.plan import PlanConfig, QuantPlan, build_plan
 from yolocompress.compress.quant.verify import KernelReport, integer_kernel_report
+from yolocompress.compress.stage import ModelSnapshot, StageReport
 from yolocompress.errors import CompressionError, InputError
 
 logger = logging.getLogger(__name__)
@@ -91,40 +92,6 @@ class QuantConfig:
     def plan_config(self, exclude: Sequence[str] = ()) -> PlanConfig:
         """The plan settings, with ``exclude`` added to the configured exclusions."""
         return PlanConfig(silu=self.silu, stem=self.stem, head=self.head, exclude=(*self.exclude, *exclude))
-
-
-@dataclass
-class QuantReport:
-    """What a PTQ (or QAT) run did and measured.
-
-    ``size_ratio`` is int8 file bytes / fp32 file bytes; ``sqnr_db`` compares the int8 and fp32 decoded
-    outputs (all columns) on ``check_images`` calibration images, ``score_sqnr_db`` only the objectness and
-    class-score columns. ``kernels`` is the integer-kernel verification of the optimized graph.
-    """
-
-    output: str
-    config: dict[str, Any]
-    calib_images: int
-    imgsz: tuple[int, int]
-    plan: dict[str, Any]
-    kernels: dict[str, Any]
-    fp32_bytes: int
-    int8_bytes: int
-    sqnr_db: float
-    score_sqnr_db: float
-    seconds: float
-    warnings: list[str] = field(default_factory=list)
-    qat: dict[str, Any] | None = None  # QAT only: epochs, learning rate, parity SQNR vs torch fake-quant
-
-    @property
-    def size_ratio(self) -> float:
-        return self.int8_bytes / self.fp32_bytes
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["imgsz"] = list(self.imgsz)
-        out["size_ratio"] = self.size_ratio
-        return out
 
 
 # --------------------------------------------------------------------------------------- calibration data
@@ -518,7 +485,7 @@ def build_int8(prepared: Prepared, plan: QuantPlan, config: QuantConfig, out_pat
 
 
 def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None = None,
-                 output: str | os.PathLike | None = None) -> tuple[Path, QuantReport]:
+                 output: str | os.PathLike | None = None) -> tuple[Path, StageReport]:
     """Post-training int8 quantization of a detector for ONNX Runtime.
 
     Args:
@@ -528,8 +495,9 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
         config: :class:`QuantConfig`.
         output: where to write the int8 ``.onnx`` (atomically); default :func:`default_output`.
     Returns:
-        ``(int8 path, QuantReport)``. Planned convs that ORT left float are listed in
-        ``report.warnings`` (and ``report.kernels["stayed_float"]``).
+        ``(int8 path, StageReport)``: the ``quantize`` stage report built by :func:`finish`. Planned convs
+        that ORT left float are listed in ``report.warnings`` (and in
+        ``report.details["kernels"]["stayed_float"]``).
     """
     config = config or QuantConfig()
     t0 = time.perf_counter()
@@ -543,9 +511,18 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
 
 
 def finish(prepared: Prepared, plan: QuantPlan, config: QuantConfig, qdq: Path, output: Path,
-           t0: float) -> QuantReport:
+           t0: float, method: str = "ptq") -> StageReport:
     """Verify the integer kernels of ``qdq``, measure it against ``prepared.fp32``, write it atomically to
-    ``output`` and return the report."""
+    ``output`` and return the ``quantize`` stage report (the one place it is built; QAT adds its own
+    ``config["qat"]`` and ``details["qat"]`` with ``StageReport.replace``).
+
+    ``config`` is ``{"method": method, **QuantConfig fields}``; ``before`` / ``after`` snapshot the fp32 and
+    int8 ONNX files (size only: the caller measures mAP and latency). ``details``: ``output``,
+    ``calib_images``, ``imgsz`` ([h, w]), ``plan``, ``kernels`` (the integer-kernel verification of the
+    optimized graph), ``fp32_bytes``, ``int8_bytes``, ``size_ratio`` (int8 / fp32 file bytes), ``sqnr_db``
+    (int8 vs fp32 decoded outputs, all columns, on ``check_images`` calibration images; ``None`` for a
+    noiseless output), ``score_sqnr_db`` (objectness and class-score columns only) and ``qat`` (``None``).
+    """
     from yolocompress.io.atomic import atomic_path
 
     kernels = integer_kernel_report(qdq, plan)
@@ -556,11 +533,17 @@ def finish(prepared: Prepared, plan: QuantPlan, config: QuantConfig, qdq: Path, 
     if kernels.stayed_float:
         warnings.append(f"{len(kernels.stayed_float)} planned convolutions stayed float after ONNX Runtime "
                         f"optimization: {', '.join(kernels.stayed_float[:6])}")
-    return QuantReport(
-        output=str(output), config=asdict(config), calib_images=len(prepared.images), imgsz=prepared.imgsz,
-        plan=_plan_summary(plan), kernels=kernels.to_dict(), fp32_bytes=prepared.fp32.stat().st_size,
-        int8_bytes=qdq.stat().st_size, sqnr_db=sqnr, score_sqnr_db=score_sqnr,
-        seconds=time.perf_counter() - t0, warnings=warnings)
+    fp32_bytes, int8_bytes = prepared.fp32.stat().st_size, qdq.stat().st_size
+    side = int(prepared.imgsz[0])
+    return StageReport(
+        stage="quantize", config={"method": method, **asdict(config)},
+        before=ModelSnapshot(imgsz=side, file_bytes=fp32_bytes, kind="onnx"),
+        after=ModelSnapshot(imgsz=side, file_bytes=int8_bytes, kind="onnx"),
+        seconds=time.perf_counter() - t0, warnings=tuple(warnings),
+        details={"output": str(output), "calib_images": len(prepared.images), "imgsz": list(prepared.imgsz),
+                 "plan": _plan_summary(plan), "kernels": kernels.to_dict(), "fp32_bytes": fp32_bytes,
+                 "int8_bytes": int8_bytes, "size_ratio": int8_bytes / fp32_bytes, "sqnr_db": sqnr,
+                 "score_sqnr_db": score_sqnr, "qat": None})
 
 
 def _plan_summary(plan: QuantPlan) -> dict[str, Any]:
@@ -578,6 +561,6 @@ def kernel_summary(report: KernelReport) -> str:
             f"all conv MACs)")
 
 
-__all__: Sequence[str] = ("QuantConfig", "QuantReport", "Prepared", "quantize_ptq", "prepare", "build_int8",
+__all__: Sequence[str] = ("QuantConfig", "Prepared", "quantize_ptq", "prepare", "build_int8",
                           "calibrate", "shared_ranges", "calibration_images", "quantize_qdq", "mse_range",
                           "output_sqnr", "sqnr_db", "kernel_summary")

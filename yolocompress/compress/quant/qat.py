@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from yolocompress.compress.quant.head import WMAX
 from yolocompress.compress.quant.plan import QuantPlan, node_scope
+from yolocompress.compress.stage import StageReport
 from yolocompress.errors import InputError
 
 QMIN, QMAX = 0, 255  # uint8 activations
@@ -345,15 +346,17 @@ def parity_sqnr(model: nn.Module, int8_path: Path, images: np.ndarray) -> float:
 
 
 def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatConfig | None = None,
-                 output: str | os.PathLike | None = None) -> tuple[Path, Any]:
+                 output: str | os.PathLike | None = None) -> tuple[Path, StageReport]:
     """Quantization-aware fine-tuning, then int8 export for ONNX Runtime.
 
     Steps: fold BatchNorm; PTQ preparation of the folded model (export, plan, calibration on training
     images); fake quantization inserted where the plan says, ranges from the calibration; fine-tuning with
     the project's trainer (``wrap_model``); fp32 export of the trained weights; ``quantize_static`` with
     ``TensorQuantOverrides`` holding the learned scales. A module is exported at ``config.imgsz`` (640 when
-    unset): pass the size the model was trained at. Returns ``(int8 path, QuantReport)`` with
-    ``report.qat`` = epochs, lr and ``parity_sqnr_db`` (ORT int8 vs torch fake-quant, calibration images).
+    unset): pass the size the model was trained at. Returns ``(int8 path, StageReport)``: the ``quantize``
+    stage report of PTQ (:func:`~yolocompress.compress.quant.ptq.finish`) with ``config["method"] = "qat"``,
+    ``config["qat"]`` = the :class:`QatConfig` fields and ``details["qat"]`` = epochs, lr and
+    ``parity_sqnr_db`` (ORT int8 vs torch fake-quant, calibration images).
     """
     import dataclasses
     import time
@@ -409,10 +412,12 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
         _copy_metadata(fp32, qdq)
         trained_prep = Prepared(fp32, pre, prepared.imgsz, prepared.images, plan, ranges)
         parity = parity_sqnr(trained, qdq, prepared.images[:config.check_images])
-        report = finish(trained_prep, plan, config, qdq, output, t0)
-    report.qat = {"epochs": qat.epochs, "lr": qat.lr, "batch": qat.batch, "parity_sqnr_db": parity,
-                  "distill": qat.distill, "labels": qat.labels,
-                  "batchnorm": "folded before QAT", "activation_ranges": "PTQ-initialised, EMA-tracked"}
+        report = finish(trained_prep, plan, config, qdq, output, t0, method="qat")
+    details = {"epochs": qat.epochs, "lr": qat.lr, "batch": qat.batch, "parity_sqnr_db": parity,
+               "distill": qat.distill, "labels": qat.labels,
+               "batchnorm": "folded before QAT", "activation_ranges": "PTQ-initialised, EMA-tracked"}
+    report = report.replace(config={**report.config, "qat": dataclasses.asdict(qat)},
+                            details={**report.details, "qat": details})
     return output, report
 
 
