@@ -10,7 +10,7 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -157,3 +157,47 @@ def measure_ort_latency(onnx_path: str | os.PathLike, threads: int = 2, warmup: 
     feed = {inp.name: np.random.default_rng(0).random(shape, dtype=np.float32).astype(dtype)}
     times = _time_calls(lambda: session.run(None, feed), warmup, runs)
     return _result(times, threads, "onnxruntime", (shape[2], shape[3]), shape[0])
+
+
+# ISA extensions that decide which int8 / bf16 / fp32 kernels a runtime picks (printed beside latency figures).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """The ISA flags of interest (``ISA_FLAGS``) that ``/proc/cpuinfo`` lists for this CPU."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                present = set(value.split())
+                return [f for f in ISA_FLAGS if f in present]
+    return []
+
+
+def interleaved_times(calls: Mapping[str, Callable[[], object]], warmup: int = 10, runs: int = 50,
+                      rounds: int = 5) -> dict[str, np.ndarray]:
+    """Milliseconds of ``runs`` calls of each entry of ``calls``, timed side by side.
+
+    Every call gets ``warmup`` untimed calls first; then ``rounds`` rounds each time ``runs / rounds`` calls
+    of every entry in turn, so that a busy moment of a shared machine slows all entries alike and their
+    ratios stay meaningful. Returns name -> array of ``runs`` times.
+    """
+    _check_counts(1, warmup, runs)
+    if rounds < 1:
+        raise InputError(f"rounds must be >= 1, got {rounds}")
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    rounds = min(rounds, runs)
+    times: dict[str, list[np.ndarray]] = {name: [] for name in calls}
+    for r in range(rounds):
+        n = runs // rounds + (1 if r < runs % rounds else 0)
+        for name, call in calls.items():
+            times[name].append(_time_calls(call, 0, n))
+    return {name: np.concatenate(parts) for name, parts in times.items()}
+
+
+def latency_from_times(times: np.ndarray, threads: int, backend: str, imgsz: int | Sequence[int],
+                       batch: int = 1) -> LatencyResult:
+    """A :class:`LatencyResult` from measured milliseconds (e.g. one entry of :func:`interleaved_times`)."""
+    return _result(np.asarray(times, dtype=float), threads, backend, image_hw(imgsz), batch)
