@@ -16,7 +16,8 @@ from typing import Sequence
 from yolocompress.errors import YoloCompressError
 
 # Modules under yolocompress.cli that each add one or more sub-commands.
-COMMAND_MODULES = ("info", "export", "bench", "data", "eval", "train", "fuse", "prune", "quantize", "demo", "report")
+COMMAND_MODULES = ("info", "export", "bench", "data", "eval", "train", "fuse", "prune", "quantize", "run", "report",
+                   "demo")
 
 
 class _Parser(argparse.ArgumentParser):
