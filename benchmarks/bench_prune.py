@@ -51,7 +51,7 @@ def _guided(args) -> dict:
 
 def part_structure(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_channels
-    from yolocompress.compress.prune.pruner import _ort_latency_ms, plan_search
+    from yolocompress.compress.prune.pruner import ort_latency, plan_search
     from yolocompress.models import build_model
     from yolocompress.profile import cpu_name, gflops
 
@@ -67,7 +67,7 @@ def part_structure(args) -> dict:
         base = None
         for kind, net in variants.items():
             g = gflops(net, args.imgsz)
-            lat = _ort_latency_ms(net, args.imgsz, args.threads, warmup=10, runs=50)
+            lat = ort_latency(net, args.imgsz, args.threads, warmup=10, runs=50).median_ms
             base = base or (g, lat)
             rows.append({"model": name, "variant": kind, "gflops": g, "ort_ms": lat,
                          "params": sum(p.numel() for p in net.parameters()),
@@ -111,28 +111,30 @@ def part_accuracy(args) -> dict:
         out[label] = report.to_dict()
         out[label]["wall_s"] = time.perf_counter() - t0
         print(f"[{label}] done in {out[label]['wall_s']:.0f} s", flush=True)
-    e = out["eagleeye"]
-    print(f"baseline {args.model or 'shipped baseline'}: mAP50 {e['baseline']['map50']:.4f} "
-          f"mAP50-95 {e['baseline']['map50_95']:.4f}, {e['baseline']['gflops']:.3f} GFLOPs@{args.imgsz}")
+    e, ed = out["eagleeye"], out["eagleeye"]["details"]
+    base = e["before"]
+    print(f"baseline {args.model or 'shipped baseline'}: mAP50 {base['map50']:.4f} "
+          f"mAP50-95 {base['map50_95']:.4f}, {base['gflops']:.3f} GFLOPs@{args.imgsz}")
     print(f"{'strategy':9} {'GFLOPs':>7} {'x base':>7} | {'search mAP50-95':>15} | {'fine-tuned mAP50':>16} "
           f"{'mAP50-95':>8} {'delta':>7}")
     for label, r in out.items():
-        ft = r["after_finetune"] or {"map50": float("nan"), "map50_95": float("nan")}
-        ratio = r['pruned']['gflops'] / e['baseline']['gflops']
-        print(f"{label:9} {r['pruned']['gflops']:7.3f} {ratio:7.3f} | "
-              f"{r['after_search']['map50_95']:15.4f} | {ft['map50']:16.4f} {ft['map50_95']:8.4f} "
-              f"{ft['map50_95'] - e['baseline']['map50_95']:+7.4f}")
-    t = e["timing_s"]
-    n = len(e["candidates"])
-    print(f"search: {n} candidates in {t['search']:.1f} s = {e['candidates_per_minute']:.1f} candidates/min; "
+        ft = r["details"]["after_finetune"] or {"map50": float("nan"), "map50_95": float("nan")}
+        ratio = r['after']['gflops'] / base['gflops']
+        print(f"{label:9} {r['after']['gflops']:7.3f} {ratio:7.3f} | "
+              f"{r['details']['after_search']['map50_95']:15.4f} | {ft['map50']:16.4f} {ft['map50_95']:8.4f} "
+              f"{ft['map50_95'] - base['map50_95']:+7.4f}")
+    t = ed["timing_s"]
+    n = len(ed["candidates"])
+    print(f"search: {n} candidates in {t['search']:.1f} s = {ed['candidates_per_minute']:.1f} "
+          f"candidates/min; "
           f"per candidate: build {t['build'] / n:.2f} s, BN recalibration {t['bn_recalibration'] / n:.2f} s, "
           f"inference {t['inference'] / n:.2f} s, NMS+mAP {t['nms_map'] / n:.2f} s "
           f"({args.calib_batches}x16 calibration images, {args.eval_images} scored images)")
-    if e["probes"]:
-        print(f"probes: {e['probes']} sub-nets in {t['probes']:.1f} s (sensitivity of each group, for the "
+    if ed["probes"]:
+        print(f"probes: {ed['probes']} sub-nets in {t['probes']:.1f} s (sensitivity of each group, for the "
               f"guided candidates)")
-    marks = [("*" if c["chosen"] else "") + ("g" if c["kind"] == "guided" else "") for c in e["candidates"]]
-    print("candidate scores: " + ", ".join(f"{c['score']:.4f}{m}" for c, m in zip(e["candidates"], marks)))
+    marks = [("*" if c["chosen"] else "") + ("g" if c["kind"] == "guided" else "") for c in ed["candidates"]]
+    print("candidate scores: " + ", ".join(f"{c['score']:.4f}{m}" for c, m in zip(ed["candidates"], marks)))
     print("(* chosen, g guided)")
     return out
 
@@ -145,13 +147,14 @@ def part_speed(args) -> dict:
                       calib_batches=args.calib_batches, eval_images=args.eval_images, finetune_epochs=0,
                       eval_baseline=False, **_guided(args))
     _, report = prune_model(model, data, cfg)
-    t, n = report.timing_s, len(report.candidates)
-    if report.probes:
-        print(f"probe phase: {report.probes} sub-nets in {t['probes']:.1f} s "
-              f"({60 * report.probes / t['probes']:.1f}/min); the candidates below are timed apart from it")
+    d = report.details
+    t, n, probes = d["timing_s"], len(d["candidates"]), d["probes"]
+    if probes:
+        print(f"probe phase: {probes} sub-nets in {t['probes']:.1f} s "
+              f"({60 * probes / t['probes']:.1f}/min); the candidates below are timed apart from it")
     print(f"{n} candidates, {args.calib_batches}x{cfg.calib_batch} calibration images, "
           f"{args.eval_images} scored images, {args.imgsz} px, {torch.get_num_threads()} threads: "
-          f"{report.candidates_per_minute:.1f} candidates/min")
+          f"{d['candidates_per_minute']:.1f} candidates/min")
     print("seconds per candidate: " + ", ".join(f"{k} {t[k] / n:.2f}" for k in
                                                 ("build", "bn_recalibration", "inference", "nms_map")))
     return report.to_dict()

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yolocompress.cli.common import image_size, positive_int
 from yolocompress.errors import InputError
+
+if TYPE_CHECKING:
+    from yolocompress.compress.stage import ModelSnapshot
 
 
 def run(model: str, output: str, data: str, ratio: float | None = None, target_gflops: float | None = None,
@@ -20,9 +23,8 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
 
     Every keyword is a CLI flag; ``imgsz`` defaults to the checkpoint's own image size (640 for Ultralytics
     files), ``distill`` (the fine-tune's distillation weight) and ``guided`` (sensitivity-guided candidates)
-    to ``PruneConfig``'s. Returns the report dict
-    (also written to ``json_path`` when given).
-    Only rank 0 writes files in a ``torchrun`` run.
+    to ``PruneConfig``'s. Returns the ``StageReport`` as a dict (``report.to_dict()``, also written to
+    ``json_path`` when given). Only rank 0 writes files in a ``torchrun`` run.
     """
     import dataclasses
 
@@ -57,15 +59,29 @@ def run(model: str, output: str, data: str, ratio: float | None = None, target_g
     pruned, report = prune_model(net, data_cfg, config)
     result = report.to_dict()
     if context_from_env().is_main:
-        summary = {k: result[k] for k in ("budget_gflops", "chosen", "after_search", "after_finetune")}
-        summary.update(baseline=report.baseline, pruned=report.pruned, config=report.config)
+        details = result["details"]
+        summary = {k: details[k] for k in ("budget_gflops", "chosen", "after_search", "after_finetune")}
+        summary.update(baseline=_snapshot_summary(report.before), pruned=_snapshot_summary(report.after),
+                       config=result["config"])
         entry = history_entry("prune", method="eagleeye", file=Path(model).name, **summary)
         metrics = dict(info.metrics)
-        final = report.after_finetune or report.after_search
+        final = details["after_finetune"] or details["after_search"]
         metrics.update({"metrics/mAP_0.5": final["map50"], "metrics/mAP_0.5:0.95": final["map50_95"]})
         save_model(pruned, output, imgsz=config.imgsz, history=[*info.history, entry], metrics=metrics)
         write_json(result, json_path)
     return result
+
+
+def _snapshot_summary(snap: ModelSnapshot | None) -> dict[str, Any]:
+    """A checkpoint-history view of a snapshot: ``params``, ``gflops`` and, when measured, ``map50``,
+    ``map50_95`` and ``ort_latency_ms`` (ONNX Runtime median)."""
+    if snap is None:
+        return {}
+    out: dict[str, Any] = {"params": snap.params, "gflops": snap.gflops}
+    out.update({k: getattr(snap, k) for k in ("map50", "map50_95") if getattr(snap, k) is not None})
+    if "onnxruntime" in snap.latency:
+        out["ort_latency_ms"] = snap.latency["onnxruntime"].median_ms
+    return out
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -76,26 +92,31 @@ def _main(args: argparse.Namespace) -> int:
             batch=args.batch, workers=args.workers, latency=args.latency, json_path=args.json, cfg=args.cfg,
             progress=not args.quiet, bf16=args.bf16, channels_last=args.channels_last, distill=args.distill,
             guided=args.guided)
+    from yolocompress.compress.stage import StageReport
     from yolocompress.engine.distributed import context_from_env
 
     if not context_from_env().is_main:
         return 0
-    b, p = r["baseline"], r["pruned"]
-    print(f"pruned {args.model} -> {args.output}: params {b['params']:,} -> {p['params']:,}, "
-          f"GFLOPs@{r['imgsz']} {b['gflops']:.3f} -> {p['gflops']:.3f} ({p['gflops'] / b['gflops']:.2f}x; "
-          f"budget {r['budget_gflops']:.3f})")
-    if "ort_latency_ms" in b:
-        print(f"ONNX Runtime latency {b['ort_latency_ms']:.1f} ms -> {p['ort_latency_ms']:.1f} ms")
-    scores = sorted((c["score"] for c in r["candidates"]), reverse=True)
-    chosen = r["candidates"][r["chosen"]]
-    probes = f" after {r['probes']} probes" if r["probes"] else ""
-    print(f"EagleEye: {len(r['candidates'])} candidates{probes} ({r['candidates_per_minute']:.1f}/min), "
-          f"chosen #{r['chosen']}, {chosen['kind']} (score {scores[0]:.4f}; "
+    report = StageReport.from_dict(r)
+    b, p, d = report.before, report.after, report.details
+    nan = float("nan")
+    print(f"pruned {args.model} -> {args.output}: params {b.params:,} -> {p.params:,}, "
+          f"GFLOPs@{d['imgsz']} {b.gflops:.3f} -> {p.gflops:.3f} ({p.gflops / b.gflops:.2f}x; "
+          f"budget {d['budget_gflops']:.3f})")
+    if "onnxruntime" in b.latency:
+        print(f"ONNX Runtime latency {b.latency['onnxruntime'].median_ms:.1f} ms -> "
+              f"{p.latency['onnxruntime'].median_ms:.1f} ms")
+    scores = sorted((nan if c["score"] is None else c["score"] for c in d["candidates"]), reverse=True)
+    chosen = d["candidates"][d["chosen"]]
+    probes = f" after {d['probes']} probes" if d["probes"] else ""
+    per_minute = nan if d["candidates_per_minute"] is None else d["candidates_per_minute"]
+    print(f"EagleEye: {len(d['candidates'])} candidates{probes} ({per_minute:.1f}/min), "
+          f"chosen #{d['chosen']}, {chosen['kind']} (score {scores[0]:.4f}; "
           f"median {scores[len(scores) // 2]:.4f})")
-    line = (f"mAP50-95: baseline {b.get('map50_95', float('nan')):.4f}, "
-            f"after search {r['after_search']['map50_95']:.4f}")
-    if r["after_finetune"]:
-        line += f", after fine-tune {r['after_finetune']['map50_95']:.4f}"
+    line = (f"mAP50-95: baseline {nan if b.map50_95 is None else b.map50_95:.4f}, "
+            f"after search {d['after_search']['map50_95']:.4f}")
+    if d["after_finetune"]:
+        line += f", after fine-tune {d['after_finetune']['map50_95']:.4f}"
     print(line)
     return 0
 

@@ -8,6 +8,7 @@ import torch
 
 from yolocompress.cli import main
 from yolocompress.compress.fuse import fuse_model
+from yolocompress.compress.stage import StageReport
 from yolocompress.io.checkpoint import load_model_with_info, save_model
 
 from .conftest import tiny_model
@@ -35,11 +36,18 @@ def test_prune_writes_model_and_report(checkpoints, tiny_data, tmp_path, capsys)
     assert "pruned" in printed and "probes" in printed
     model, info = load_model_with_info(out)
     r = json.loads(report.read_text())
-    assert r["pruned"]["params"] == sum(p.numel() for p in model.parameters()) < r["baseline"]["params"]
-    assert r["after_finetune"] is not None and len(r["candidates"]) == 3
-    assert [c["kind"] for c in r["candidates"]] == ["uniform", "random", "guided"] and r["probes"] > 0
-    assert r["imgsz"] == 64 and info.imgsz == 64
-    assert info.history[-1]["step"] == "prune" and info.history[-1]["config"]["ratio"] == 0.5
+    assert r["stage"] == "prune" and StageReport.from_dict(r).to_dict() == r
+    d = r["details"]
+    assert r["after"]["params"] == sum(p.numel() for p in model.parameters()) < r["before"]["params"]
+    assert d["after_finetune"] is not None and len(d["candidates"]) == 3
+    assert [c["kind"] for c in d["candidates"]] == ["uniform", "random", "guided"] and d["probes"] > 0
+    assert d["imgsz"] == 64 and r["before"]["imgsz"] == r["after"]["imgsz"] == 64 and info.imgsz == 64
+    entry = info.history[-1]
+    assert entry["step"] == "prune" and entry["config"]["ratio"] == 0.5
+    assert {"budget_gflops", "chosen", "after_search", "after_finetune", "baseline", "pruned"} <= set(entry)
+    assert entry["pruned"]["params"] == r["after"]["params"]
+    assert entry["baseline"]["gflops"] == r["before"]["gflops"]
+    assert entry["after_finetune"] == d["after_finetune"] and entry["chosen"] == d["chosen"]
     raw = torch.load(out, weights_only=True)  # plain data: no pickled modules
     assert raw["format"] == "yolocompress" and raw["config"]["shapes"]
 

@@ -52,11 +52,11 @@ def test_candidates_shard_over_two_processes(tiny_data, tmp_path):
            str(tmp_path / "m.pt"), str(tiny_data.yaml_path), str(tmp_path), json.dumps(SETTINGS)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text())["details"] for r in (0, 1))
     assert r0["distributed_ranks"] == 2
     assert r0["candidates"] == r1["candidates"] and r0["chosen"] == r1["chosen"]
     _, single = prune_model(model, tiny_data, PruneConfig(**SETTINGS))  # the saved model reloads exactly
     assert [c["index"] for c in r0["candidates"]] == list(range(5))
-    for a, b in zip(r0["candidates"], single.to_dict()["candidates"]):
+    for a, b in zip(r0["candidates"], single.to_dict()["details"]["candidates"]):
         assert a["gflops"] == b["gflops"] and abs(a["score"] - b["score"]) < 1e-6
-    assert r0["chosen"] == single.chosen and r0["after_search"] == single.after_search
+    assert r0["chosen"] == single.details["chosen"] and r0["after_search"] == single.details["after_search"]

@@ -1,12 +1,15 @@
 """EagleEye pieces and the ``prune_model`` loop on a tiny model and a tiny synthetic data set."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from yolocompress.compress.prune import PruneConfig, adaptive_bn, channel_graph, prune_model
 from yolocompress.compress.prune import eagleeye
+from yolocompress.compress.stage import StageReport
 from yolocompress.errors import InputError
 from yolocompress.models.shapes import shape_spec
 
@@ -137,14 +140,16 @@ def test_guided_candidates_come_from_scored_probes(tiny_data):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
     cfg = PruneConfig(ratio=0.5, **{**FAST, "candidates": 5, "guided": 2})
     _, report = prune_model(model, tiny_data, cfg)
-    kinds = [c["kind"] for c in report.candidates]
+    d = report.details
+    kinds = [c["kind"] for c in d["candidates"]]
     assert kinds == ["uniform", "random", "random", "guided", "guided"]
-    n_groups = sum(g["searchable"] for g in report.groups)
-    assert len(report.sensitivity) == n_groups and n_groups < report.probes <= 2 * n_groups + 1
-    assert report.timing_s["probes"] > 0
+    n_groups = sum(g["searchable"] for g in d["groups"])
+    assert len(d["sensitivity"]) == n_groups and n_groups < d["probes"] <= 2 * n_groups + 1
+    assert d["timing_s"]["probes"] > 0
     _, plain = prune_model(model, tiny_data, PruneConfig(ratio=0.5, **{**FAST, "candidates": 5, "guided": 0}))
-    assert [c["kind"] for c in plain.candidates] == ["uniform"] + ["random"] * 4
-    assert plain.probes == 0 and plain.sensitivity == [] and "probes" not in plain.timing_s
+    p = plain.details
+    assert [c["kind"] for c in p["candidates"]] == ["uniform"] + ["random"] * 4
+    assert p["probes"] == 0 and p["sensitivity"] == [] and "probes" not in p["timing_s"]
 
 
 def test_search_keeps_the_best_candidate_and_respects_the_budget(tiny_data, monkeypatch):
@@ -159,17 +164,44 @@ def test_search_keeps_the_best_candidate_and_respects_the_budget(tiny_data, monk
 
     monkeypatch.setattr(eagleeye.SubnetScorer, "__call__", scored)
     pruned, report = prune_model(model, tiny_data, PruneConfig(ratio=0.5, **FAST))
-    scores = [c["score"] for c in report.candidates]
-    assert len(scores) == 4 and report.candidates[0]["kind"] == "uniform"
-    assert report.chosen == int(np.argmax(scores)) and report.candidates[report.chosen]["chosen"]
-    assert all(c["gflops"] <= report.budget_gflops * (1 + 1e-9) for c in report.candidates)
-    assert report.pruned["gflops"] == pytest.approx(report.candidates[report.chosen]["gflops"], rel=1e-9)
-    assert report.pruned["params"] == sum(p.numel() for p in pruned.parameters())
+    details = report.details
+    scores = [c["score"] for c in details["candidates"]]
+    chosen = details["chosen"]
+    assert len(scores) == 4 and details["candidates"][0]["kind"] == "uniform"
+    assert chosen == int(np.argmax(scores)) and details["candidates"][chosen]["chosen"]
+    assert all(c["gflops"] <= details["budget_gflops"] * (1 + 1e-9) for c in details["candidates"])
+    assert report.after.gflops == pytest.approx(details["candidates"][chosen]["gflops"], rel=1e-9)
+    assert report.after.params == sum(p.numel() for p in pruned.parameters())
     assert all(p.is_contiguous() for p in pruned.parameters())  # scored channels-last, returned as usual
-    assert sum(p.numel() for p in pruned.parameters()) == pytest.approx(scores[report.chosen] * 1e6)
-    d = report.to_dict()
+    assert sum(p.numel() for p in pruned.parameters()) == pytest.approx(scores[chosen] * 1e6)
+    d = report.to_dict()["details"]
     assert {"bn_recalibration", "inference", "nms_map", "search"} <= set(d["timing_s"])
     assert d["candidates_per_minute"] > 0 and len(d["groups"]) == len(channel_graph(model).groups)
+
+
+def test_report_is_a_stage_report_that_round_trips_through_json(tiny_data):
+    from yolocompress.profile import gflops
+
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
+    cfg = PruneConfig(ratio=0.5, **{**FAST, "candidates": 2, "guided": 0, "eval_baseline": True,
+                                    "latency": True, "latency_threads": 1})
+    pruned, r = prune_model(model, tiny_data, cfg)
+    assert isinstance(r, StageReport) and r.stage == r.name == "prune" and r.warnings == ()
+    assert r.config == cfg.to_dict() and r.seconds >= r.details["timing_s"]["search"] > 0
+    assert StageReport.from_dict(json.loads(json.dumps(r.to_dict()))).to_dict() == r.to_dict()
+    assert r.after.params == sum(p.numel() for p in pruned.parameters()) < r.before.params
+    assert r.before.params == sum(p.numel() for p in model.parameters())
+    assert r.after.gflops == pytest.approx(gflops(pruned, 64)) and r.before.imgsz == r.after.imgsz == 64
+    assert r.before.map50_95 is not None and r.after.map50_95 == r.details["after_search"]["map50_95"]
+    assert r.after.per_class and set(r.after.per_class) <= set(tiny_data.names)
+    assert r.before.per_class and set(r.before.per_class) <= set(tiny_data.names)
+    for snap in (r.before, r.after):
+        lat = snap.latency["onnxruntime"]
+        assert lat.backend == "onnxruntime" and lat.threads == 1 and lat.median_ms > 0
+    assert {"imgsz", "budget_gflops", "chosen", "after_search", "after_finetune", "groups", "candidates",
+            "candidates_per_minute", "timing_s", "distributed_ranks", "probes", "sensitivity",
+            "notes"} == set(r.details)
+    assert r.details["after_finetune"] is None and r.details["distributed_ranks"] == 1
 
 
 def test_target_gflops_and_exclusions(tiny_data):
@@ -182,7 +214,7 @@ def test_target_gflops_and_exclusions(tiny_data):
                                                                exclude=("0", "model.2.cv1"), **FAST))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the input is not modified
     assert gflops(pruned, 64) <= target
-    for g in report.groups:
+    for g in report.details["groups"]:
         if g["layer"] == 0 or g["name"].startswith("model.2.cv1"):
             assert g["excluded"] and g["kept"] == g["channels"]
     assert pruned.model[0].conv.out_channels == model.model[0].conv.out_channels
@@ -214,12 +246,14 @@ def test_same_seed_same_result_and_finetune_keeps_architecture(tiny_data):
     a, ra = prune_model(model, tiny_data, cfg)
     b, rb = prune_model(model, tiny_data, cfg)
     assert shape_spec(a) == shape_spec(b)
-    assert [c["gflops"] for c in ra.candidates] == [c["gflops"] for c in rb.candidates]
-    assert ra.after_finetune == rb.after_finetune and ra.after_search == rb.after_search
+    assert [c["gflops"] for c in ra.details["candidates"]] == [c["gflops"] for c in rb.details["candidates"]]
+    assert ra.details["after_finetune"] == rb.details["after_finetune"]
+    assert ra.details["after_search"] == rb.details["after_search"]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert a.detect.m[0].in_channels < model.detect.m[0].in_channels  # fine-tuned, still pruned
     c, rc = prune_model(model, tiny_data, PruneConfig(ratio=0.4, **{**FAST, "candidates": 3, "seed": 1}))
-    assert [x["gflops"] for x in rc.candidates[1:]] != [x["gflops"] for x in ra.candidates[1:]]
+    assert [x["gflops"] for x in rc.details["candidates"][1:]] != \
+        [x["gflops"] for x in ra.details["candidates"][1:]]
 
 
 def test_scored_images_are_training_images_disjoint_from_calibration(tiny_data):
@@ -279,6 +313,6 @@ def test_finetune_distills_from_the_unpruned_model(tiny_data, monkeypatch):
     (kd,) = terms
     assert isinstance(kd, OutputDistillation) and kd.weight == 2.0
     assert shape_spec(kd.teacher) == shape_spec(model) != shape_spec(pruned)
-    assert report.after_finetune is not None
+    assert report.details["after_finetune"] is not None
     with pytest.raises(InputError):
         PruneConfig(ratio=0.5, distill=-1.0)

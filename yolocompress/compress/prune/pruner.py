@@ -1,8 +1,10 @@
-"""The pruning entry point: ``prune_model(model, data_cfg, PruneConfig(...)) -> (pruned_model, PruneReport)``.
+"""The pruning stage: ``prune_model(model, data_cfg, PruneConfig(...)) -> (pruned_model, StageReport)``.
 
 Dependency analysis (``graph``) -> L1 importance (``importance``) -> EagleEye search over per-group ratios
 (``eagleeye``) -> physical removal (``apply``) -> fine-tuning with the project's ``Trainer``. Nothing here
 prints or writes files (the Trainer's run folder is a temporary directory unless ``finetune_dir`` is given).
+The report follows the stage contract (:mod:`yolocompress.compress.stage`): snapshots of the unpruned and
+the final model, and the search's own figures in ``details``.
 
 Budget. ``ratio=R`` means "remove the fraction R of the prunable channels": the budget is the FLOPs of the
 *uniform* strategy (every searchable group pruned by R, rounded per ``ChannelRules``), and every EagleEye
@@ -15,11 +17,12 @@ budget directly (at ``imgsz``).
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch.nn as nn
@@ -29,7 +32,11 @@ from yolocompress.compress.prune.eagleeye import (CostModel, Strategy, StrategyS
                                                   cache_data, group_sensitivity)
 from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
 from yolocompress.compress.prune.importance import l1_importance
+from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport
 from yolocompress.errors import InputError
+
+if TYPE_CHECKING:
+    from yolocompress.profile.latency import LatencyResult
 
 METRICS = ("map50_95", "map50", "fitness")
 
@@ -142,46 +149,6 @@ class PruneConfig:
         return d
 
 
-@dataclass
-class PruneReport:
-    """What a pruning run did and measured (``to_dict()`` is JSON-ready).
-
-    ``baseline`` / ``pruned``: params, GFLOPs at ``imgsz``, ONNX Runtime latency (ms, when measured) and,
-    for the baseline, val mAPs. ``after_search`` / ``after_finetune``: full val-split mAP50 and mAP50-95 of
-    the winner (after adaptive BN, and after fine-tuning). ``groups``: every prunable group with its channels
-    before and after. ``candidates``: every candidate's kind, GFLOPs, held-out score and mean ratio.
-    ``timing_s``: seconds per phase (``bn_recalibration``, ``inference``, ``nms_map`` summed over candidates;
-    ``probes``: the whole probe phase). ``probes``: sub-nets scored to measure ``sensitivity`` (score gained
-    per GFLOP kept, per searchable group; empty without guided candidates).
-    """
-
-    config: dict[str, Any]
-    imgsz: int
-    budget_gflops: float
-    baseline: dict[str, Any]
-    pruned: dict[str, Any]
-    after_search: dict[str, float]
-    after_finetune: dict[str, float] | None
-    chosen: int
-    groups: list[dict[str, Any]]
-    candidates: list[dict[str, Any]]
-    timing_s: dict[str, float]
-    distributed_ranks: int = 1
-    probes: int = 0
-    sensitivity: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def candidates_per_minute(self) -> float:
-        t = self.timing_s.get("search", 0.0)
-        return 60.0 * len(self.candidates) / t if t > 0 else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["candidates_per_minute"] = self.candidates_per_minute
-        return d
-
-
 def resolve_exclusions(graph: ChannelGraph, selectors: tuple[str, ...]) -> set[int]:
     """Indices of groups touched by ``selectors``; a selector that matches no prunable layer is an error."""
     excluded: set[int] = set()
@@ -257,22 +224,44 @@ def _params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def _full_eval(model: nn.Module, data: Any, cfg: PruneConfig) -> dict[str, float]:
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, ``None`` when it is NaN or infinite (reports store JSON-ready figures)."""
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def _full_eval(model: nn.Module, data: Any, cfg: PruneConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """Full val-split evaluation: ``({map50, map50_95, fitness}, {class name: mAP50-95})``."""
     from yolocompress.engine.evaluator import evaluate_model
 
     r = evaluate_model(model, data, split="val", imgsz=cfg.imgsz, batch=cfg.eval_batch * 2,
                        conf_thres=cfg.conf_thres, device=cfg.device, workers=cfg.workers,
                        progress=cfg.progress)
-    return {"map50": r.map50, "map50_95": r.map50_95, "fitness": r.fitness}
+    metrics = {"map50": float(r.map50), "map50_95": float(r.map50_95), "fitness": float(r.fitness)}
+    return metrics, {str(c["name"]): float(c["map50_95"]) for c in r.per_class}
 
 
-def _ort_latency_ms(model: nn.Module, imgsz: int, threads: int, warmup: int = 5, runs: int = 20) -> float:
+def ort_latency(model: nn.Module, imgsz: int, threads: int, warmup: int = 5, runs: int = 20) -> LatencyResult:
+    """ONNX Runtime latency (batch 1, ``threads`` intra-op threads) of ``model`` exported at ``imgsz``."""
     from yolocompress.export.onnx import export_onnx
     from yolocompress.profile.latency import measure_ort_latency
 
     with tempfile.TemporaryDirectory(prefix="yc-prune-") as tmp:
         path = export_onnx(model.cpu().eval(), Path(tmp) / "m.onnx", imgsz=imgsz)
-        return float(measure_ort_latency(path, threads=threads, warmup=warmup, runs=runs).median_ms)
+        return measure_ort_latency(path, threads=threads, warmup=warmup, runs=runs)
+
+
+def _snapshot(model: nn.Module, cfg: PruneConfig, metrics: dict[str, float] | None = None,
+              per_class: dict[str, float] | None = None, latency: Latency | None = None) -> ModelSnapshot:
+    """The report's view of ``model``: params, GFLOPs at ``cfg.imgsz`` and what else was measured."""
+    from yolocompress.profile import gflops
+
+    return ModelSnapshot(
+        imgsz=cfg.imgsz, params=_params(model), gflops=_finite(gflops(model, cfg.imgsz)),
+        map50=_finite(metrics["map50"]) if metrics else None,
+        map50_95=_finite(metrics["map50_95"]) if metrics else None,
+        per_class={k: v for k, v in (per_class or {}).items() if math.isfinite(v)},
+        latency={"onnxruntime": latency} if latency is not None else {})
 
 
 def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: nn.Module | None = None
@@ -374,7 +363,7 @@ def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneC
 
 
 def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = None, hyp: Any = None,
-                progress_callback: Callable[[int, int], None] | None = None) -> tuple[nn.Module, PruneReport]:
+                progress_callback: Callable[[int, int], None] | None = None) -> tuple[nn.Module, StageReport]:
     """EagleEye channel pruning of ``model`` (a ``DetectionModel`` with BatchNorm; it is not modified).
 
     Args:
@@ -385,12 +374,21 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         hyp: training hyperparameters for fine-tuning (``engine.loss.Hyp``; default YOLOv5's).
         progress_callback: ``fn(done, total)`` after each candidate.
     Returns:
-        ``(pruned model in eval mode on the CPU, PruneReport)``.
+        ``(pruned model in eval mode on the CPU, StageReport)``: ``stage="prune"``; ``before`` / ``after``:
+        snapshots of the unpruned and the final model (params, GFLOPs at ``imgsz``; val mAPs and per-class
+        mAP50-95 of the baseline when ``eval_baseline``, of the final model always; ONNX Runtime latency when
+        ``latency``); ``details``: ``imgsz``, ``budget_gflops``, ``chosen`` (candidate index),
+        ``after_search`` / ``after_finetune`` (val ``map50``, ``map50_95``, ``fitness`` of the winner after
+        adaptive BN and after fine-tuning; the latter ``None`` without fine-tuning), ``groups`` (every
+        prunable group, channels before and after), ``candidates`` (kind, GFLOPs, held-out score, mean
+        ratio), ``candidates_per_minute``, ``timing_s`` (seconds per phase; ``bn_recalibration``,
+        ``inference``, ``nms_map`` summed over candidates), ``distributed_ranks``, ``probes`` (sub-nets
+        scored for ``sensitivity``: score gained per GFLOP kept, per searchable group; empty without guided
+        candidates) and ``notes``.
     """
     from yolocompress.compress.fuse import require_unfused
     from yolocompress.data import DataConfig, load_data_config
     from yolocompress.engine import distributed as dist_utils
-    from yolocompress.profile import gflops
 
     cfg = config or PruneConfig()
     t_start = time.perf_counter()
@@ -437,8 +435,9 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
 
         # -- metrics after the search, fine-tuning, metrics after fine-tuning
         t0 = time.perf_counter()
-        baseline_metrics = _full_eval(base, data, cfg) if cfg.eval_baseline else {}
-        after_search = _full_eval(winner, data, cfg)
+        baseline_metrics, baseline_classes = (_full_eval(base, data, cfg) if cfg.eval_baseline
+                                              else (None, None))
+        after_search, final_classes = _full_eval(winner, data, cfg)
         timing["eval"] = time.perf_counter() - t0
         after_finetune = None
         final = winner
@@ -447,17 +446,18 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
             final = _finetune(winner, data, cfg, hyp, teacher=base)
             timing["finetune"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            after_finetune = _full_eval(final, data, cfg)
+            after_finetune, final_classes = _full_eval(final, data, cfg)
             timing["eval"] += time.perf_counter() - t0
         final = final.cpu().eval()
 
-        baseline = {"params": _params(base), "gflops": gflops(base, cfg.imgsz), **baseline_metrics}
-        pruned = {"params": _params(final), "gflops": gflops(final, cfg.imgsz)}
+        base_latency = final_latency = None
         if cfg.latency:
             t0 = time.perf_counter()
-            baseline["ort_latency_ms"] = _ort_latency_ms(base, cfg.imgsz, cfg.latency_threads)
-            pruned["ort_latency_ms"] = _ort_latency_ms(final, cfg.imgsz, cfg.latency_threads)
+            base_latency = Latency.from_result(ort_latency(base, cfg.imgsz, cfg.latency_threads))
+            final_latency = Latency.from_result(ort_latency(final, cfg.imgsz, cfg.latency_threads))
             timing["latency"] = time.perf_counter() - t0
+        before = _snapshot(base, cfg, baseline_metrics, baseline_classes, base_latency)
+        after = _snapshot(final, cfg, after_finetune or after_search, final_classes, final_latency)
         counts = strategies[chosen].counts
         groups = [{"group": g.index, "name": g.name, "layer": g.layer_index, "channels": g.channels,
                    "kept": counts.get(g.index, g.channels),
@@ -468,14 +468,19 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
                       "score_per_gflop": None if not np.isfinite(v) else float(v) * 1e9}
                      for g, v in zip(plan.space.searchable, sensitivity)] if n_probes else []
         timing["total"] = time.perf_counter() - t_start
-        report = PruneReport(
-            config=cfg.to_dict(), imgsz=cfg.imgsz, budget_gflops=budget / 1e9, baseline=baseline,
-            pruned=pruned,
-            after_search=after_search, after_finetune=after_finetune, chosen=chosen, groups=groups,
-            candidates=candidates, timing_s=timing, distributed_ranks=ctx.world_size,
-            probes=n_probes, sensitivity=sens_rows,
-            notes=[f"budget = {budget / plan.base_flops:.3f} of the original FLOPs ("
-                   f"{'the uniform strategy at ratio ' + str(cfg.ratio) if cfg.ratio else 'target GFLOPs'})"])
+        search_s = timing.get("search", 0.0)
+        details = {
+            "imgsz": cfg.imgsz, "budget_gflops": budget / 1e9, "chosen": chosen,
+            "after_search": after_search, "after_finetune": after_finetune, "groups": groups,
+            "candidates": candidates,
+            "candidates_per_minute": 60.0 * len(candidates) / search_s if search_s > 0 else None,
+            "timing_s": timing, "distributed_ranks": ctx.world_size, "probes": n_probes,
+            "sensitivity": sens_rows,
+            "notes": [f"budget = {budget / plan.base_flops:.3f} of the original FLOPs ("
+                      f"{'the uniform strategy at ratio ' + str(cfg.ratio) if cfg.ratio else 'target GFLOPs'}"
+                      ")"]}
+        report = StageReport(stage="prune", config=cfg.to_dict(), before=before, after=after,
+                             seconds=timing["total"], details=details, warnings=())
         return final, report
     finally:
         if owns_group:
