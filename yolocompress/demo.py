@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from yolocompress.errors import CompressionError
+
+if TYPE_CHECKING:
+    from yolocompress.recipe import RecipeResult
 
 ASSETS = Path(__file__).parent / "assets"
 BASELINE_PATH = ASSETS / "baseline.pt"
@@ -54,24 +56,14 @@ def baseline_record() -> dict[str, Any]:
     return json.loads(BASELINE_RECORD.read_text()) if BASELINE_RECORD.is_file() else {}
 
 
-@dataclass
-class DemoResult:
-    """What the demo measured."""
-
-    data_yaml: Path
-    summary: dict[str, Any]
-    evaluation: Any  # EvalResult
-    recorded: dict[str, Any]
-
-
-def run_demo(data_root: str | os.PathLike | None = None, imgsz: int = 256) -> DemoResult:
-    """Describe and evaluate the shipped baseline on the demo data."""
-    from yolocompress.engine.evaluator import evaluate_model
-    from yolocompress.io.checkpoint import load_model_with_info
-    from yolocompress.report.model_info import model_summary
+def run_demo(data_root: str | os.PathLike | None = None, out_dir: str | os.PathLike = "runs/demo",
+             overrides: Sequence[str] = (), on_progress: Callable[[Any], None] | None = None,
+             progress: bool = False) -> RecipeResult:
+    """Run the shipped ``demo`` recipe (prune, short fine-tune, fuse, int8 PTQ) on the shipped baseline and the
+    demo data into ``out_dir``. A second run in the same folder resumes: finished stages are skipped and only
+    the latency is measured again."""
+    from yolocompress.recipe import load_recipe, run_recipe
 
     data_yaml = demo_data(data_root)
-    model, info = load_model_with_info(baseline_path())
-    summary = model_summary(model, imgsz=imgsz, source=info.source)
-    evaluation = evaluate_model(model, data_yaml, imgsz=imgsz, batch=32)
-    return DemoResult(data_yaml, summary, evaluation, baseline_record())
+    loaded = load_recipe("demo", overrides=overrides, model=baseline_path(), data=data_yaml)
+    return run_recipe(loaded, out_dir, resume=True, on_progress=on_progress, progress=progress)

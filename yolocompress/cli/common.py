@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,11 @@ from rich.console import Console
 
 from yolocompress.errors import InputError
 
-console = Console()
-err_console = Console(stderr=True)
+# Wide enough for the 11-column before/after table when output goes to a file or CI log (rich's default
+# there is 80 columns, which wraps every figure); a terminal keeps its own width.
+LOG_WIDTH = 160
+console = Console(width=None if sys.stdout.isatty() else LOG_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else LOG_WIDTH)
 
 
 def positive_int(text: str) -> int:
@@ -48,3 +52,16 @@ def write_json(obj: Any, path: str | None) -> None:
         from yolocompress.io.atomic import atomic_write_json
 
         atomic_write_json(obj, path)
+
+
+def show_progress(event: Any) -> None:
+    """The recipe runner's progress callback (a ``RecipeProgress``): ``[2/4] finetune`` lines on stderr."""
+    label = f"[{event.index}/{event.total}] {event.name}" if event.index else f"[0/{event.total}] baseline"
+    if event.status == "measure":
+        err_console.print("measuring latency of every artifact side by side ...")
+    elif event.status == "start":
+        err_console.print(f"{label} ...")
+    elif event.status == "skip":
+        err_console.print(f"{label}: done in an earlier run, skipped (--resume)")
+    elif event.status == "done" and event.name != "latency":
+        err_console.print(f"{label}: done in {event.seconds:.1f} s")

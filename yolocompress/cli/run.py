@@ -5,20 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolocompress.cli.common import console, err_console, write_json
-
-
-def _show_progress(event) -> None:
-    """The ``RecipeProgress`` callback: ``[2/4] finetune`` lines on stderr."""
-    label = f"[{event.index}/{event.total}] {event.name}" if event.index else f"[0/{event.total}] baseline"
-    if event.status == "measure":
-        err_console.print("measuring latency of every artifact side by side ...")
-    elif event.status == "start":
-        err_console.print(f"{label} ...")
-    elif event.status == "skip":
-        err_console.print(f"{label}: done in an earlier run, skipped (--resume)")
-    elif event.status == "done" and event.name != "latency":
-        err_console.print(f"{label}: done in {event.seconds:.1f} s")
+from yolocompress.cli.common import console, show_progress, write_json
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -39,7 +26,7 @@ def _main(args: argparse.Namespace) -> int:
         write_json(plan, args.json)
         return 0
     out = Path(args.out) if args.out else Path("runs") / "recipe" / loaded.plan.name
-    result = run_recipe(loaded, out, resume=args.resume, on_progress=_show_progress,
+    result = run_recipe(loaded, out, resume=args.resume, on_progress=show_progress,
                         progress=sys.stderr.isatty())
     console.print(pipeline_table(result.report))
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}; plot: {out / 'tradeoff.png'}")

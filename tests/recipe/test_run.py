@@ -1,0 +1,181 @@
+"""``yolocompress run`` end to end on a tiny model: the report's numbers equal what ``info`` and ``eval`` say
+of the saved artifacts, ``--resume`` skips finished stages, and a run killed with SIGKILL in the middle of
+its fine-tune resumes to the metrics of an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from yolocompress.cli import main
+from yolocompress.compress.stage import StageReport
+
+RECIPE = textwrap.dedent("""\
+    version: 1
+    name: tiny
+    imgsz: 64
+    seed: 0
+    measure: {latency: [onnxruntime, torch], runs: 3, warmup: 1, rounds: 3, eval_batch: 8}
+    stages:
+      - prune: {ratio: 0.5, candidates: 2, guided: 0, calib_batches: 1, calib_batch: 4, eval_images: 4,
+                eval_batch: 4, min_channels: 1, round_to: 1}
+      - finetune: {epochs: 3, batch: 4}
+      - fuse: {}
+      - quantize: {method: ptq, calib_images: 4}
+""")
+STAGE_FILES = ("00-baseline/model.pt", "00-baseline/snapshot.json", "01-prune/model.pt", "01-prune/report.json")
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(recipe_file, tiny_checkpoint, recipe_data, tmp_path_factory):
+    """One uninterrupted run through the CLI; returns its output folder."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    code = main(["run", str(recipe_file), "--model", str(tiny_checkpoint), "--data", str(recipe_data.yaml_path),
+                 "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def _json_of(argv: list[str], path: Path) -> dict:
+    assert main([*argv, "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def test_run_writes_every_file_and_a_stable_report(finished_run):
+    out = finished_run
+    for name in ("recipe.resolved.yaml", "report.json", "report.md", "tradeoff.png", "tradeoff.svg",
+                 "02-finetune/model.pt", "03-fuse/model.pt", "04-quantize/model.onnx", *STAGE_FILES):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert list(report)[:3] == ["provenance", "rows", "stages"]
+    assert [r["stage"] for r in report["rows"]] == ["baseline", "prune", "finetune", "fuse", "quantize"]
+    prov = report["provenance"]
+    assert len(prov["recipe"]["sha256"]) == 64 and prov["recipe"]["text"].startswith("version: 1")
+    assert prov["seed"] == 0 and prov["imgsz"] == 64 and prov["cpu"]["model"]
+    assert set(prov["versions"]) >= {"yolocompress", "torch", "onnxruntime"}
+    assert prov["data"]["train_images"] == 16 and prov["data"]["val_images"] == 8
+    assert len(prov["model"]["sha256"]) == 64
+    for row in report["rows"]:
+        assert set(row["latency"]) == ({"onnxruntime"} if row["kind"] == "onnx" else {"onnxruntime", "torch"})
+        for lat in row["latency"].values():
+            assert lat["median_ms"] > 0 and lat["p90_ms"] >= lat["median_ms"] and lat["threads"] == 2
+        assert set(row["per_class"]) <= {"circle", "rectangle", "triangle", "star", "cross", "ring"}
+    for stage in report["stages"]:
+        assert StageReport.from_dict(stage).to_dict() == stage
+    rows = report["rows"]
+    assert rows[1]["params"] < rows[0]["params"] and rows[1]["gflops"] < 0.6 * rows[0]["gflops"]
+    assert rows[4]["file_bytes"] < rows[3]["file_bytes"]  # int8 is smaller than the fused fp32 model
+    assert report["stages"][0]["details"]["chosen"] in (0, 1)
+
+
+def test_report_figures_equal_info_and_eval_on_the_saved_artifacts(finished_run, recipe_data, tmp_path):
+    report = json.loads((finished_run / "report.json").read_text())
+    for k, row in enumerate(report["rows"]):
+        artifact = finished_run / row["artifact"]
+        assert row["file_bytes"] == artifact.stat().st_size
+        evaluated = _json_of(["eval", str(artifact), "--data", str(recipe_data.yaml_path), "--batch", "8"],
+                             tmp_path / f"eval{k}.json")
+        assert row["map50"] == pytest.approx(evaluated["map50"], abs=1e-4)
+        assert row["map50_95"] == pytest.approx(evaluated["map50_95"], abs=1e-4)
+        if artifact.suffix == ".pt":
+            info = _json_of(["info", str(artifact)], tmp_path / f"info{k}.json")
+            assert row["params"] == info["params"]
+            assert row["gflops"] == pytest.approx(info["gflops"], rel=1e-9)
+        else:  # int8 keeps the architecture of the model it was made from
+            assert row["params"] == report["rows"][k - 1]["params"]
+
+
+def test_report_command_rerenders_without_measuring(finished_run, tmp_path, capsys):
+    md = tmp_path / "again.md"
+    assert main(["report", str(finished_run), "--md", str(md)]) == 0
+    assert "quantize" in capsys.readouterr().out
+    assert md.read_text() == (finished_run / "report.md").read_text()
+
+
+def test_resume_of_a_finished_run_skips_every_stage(finished_run, recipe_file, tiny_checkpoint, recipe_data,
+                                                    capsys):
+    before = {p: p.stat().st_mtime_ns for p in finished_run.glob("0*/*") if p.is_file()}
+    code = main(["run", str(recipe_file), "--model", str(tiny_checkpoint), "--data", str(recipe_data.yaml_path),
+                 "--out", str(finished_run), "--resume", "--set", "measure.latency=[]"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert err.count("skipped (--resume)") == 5
+    assert {p: p.stat().st_mtime_ns for p in finished_run.glob("0*/*") if p.is_file()} == before
+
+
+def test_existing_output_without_resume_is_refused(finished_run, recipe_file, tiny_checkpoint, recipe_data, capsys):
+    code = main(["run", str(recipe_file), "--model", str(tiny_checkpoint), "--data", str(recipe_data.yaml_path),
+                 "--out", str(finished_run)])
+    assert code == 2 and "pass --resume" in capsys.readouterr().err
+
+
+def test_changed_stage_reruns_with_the_stages_after_it(finished_run, recipe_file, tiny_checkpoint, recipe_data,
+                                                       tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    prune_mtime = (copy / "01-prune/model.pt").stat().st_mtime_ns
+    code = main(["run", str(recipe_file), "--model", str(tiny_checkpoint), "--data", str(recipe_data.yaml_path),
+                 "--out", str(copy), "--resume", "--set", "stages.2.fuse.tolerance=0.001",
+                 "--set", "measure.latency=[]"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "[1/4] prune: done in an earlier run" in err and "[2/4] finetune: done in an earlier run" in err
+    assert "[3/4] fuse: done in" in err and "[4/4] quantize: done in" in err
+    assert (copy / "01-prune/model.pt").stat().st_mtime_ns == prune_mtime
+
+
+@pytest.mark.slow
+def test_kill_during_finetune_then_resume_matches_an_uninterrupted_run(finished_run, recipe_file, tiny_checkpoint,
+                                                                        recipe_data, tmp_path):
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "yolocompress", "run", str(recipe_file), "--model", str(tiny_checkpoint),
+            "--data", str(recipe_data.yaml_path), "--out", str(out), "--set", "measure.latency=[]"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    last = out / "02-finetune/train/weights/last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), "the fine-tune never wrote its first checkpoint"
+    assert not (out / "02-finetune/report.json").exists(), "the run finished before it could be killed"
+    for partial in out.rglob("*"):  # nothing half-written under a final name
+        assert not partial.name.endswith(".tmp") or partial.name.startswith(".")
+    mtimes = {name: (out / name).stat().st_mtime_ns for name in STAGE_FILES}
+
+    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "[1/4] prune: done in an earlier run" in resumed.stderr
+    assert {name: (out / name).stat().st_mtime_ns for name in STAGE_FILES} == mtimes
+    finetune = json.loads((out / "02-finetune/report.json").read_text())
+    assert finetune["details"]["resumed_from_epoch"] == 1
+    import torch
+
+    from yolocompress.io.checkpoint import load_model
+
+    tuned, reference = (load_model(d / "02-finetune/model.pt").state_dict() for d in (out, finished_run))
+    assert list(tuned) == list(reference) and all(torch.equal(tuned[k], reference[k]) for k in tuned)
+    got = json.loads((out / "report.json").read_text())["rows"]
+    want = json.loads((finished_run / "report.json").read_text())["rows"]
+    for a, b in zip(got, want):
+        assert (a["stage"], a["params"]) == (b["stage"], b["params"])
+        assert a["map50"] == pytest.approx(b["map50"], abs=1e-9)
+        assert a["map50_95"] == pytest.approx(b["map50_95"], abs=1e-9)
+        assert a["per_class"] == pytest.approx(b["per_class"], abs=1e-9)
