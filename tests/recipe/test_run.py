@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -17,37 +16,7 @@ import pytest
 from yolocompress.cli import main
 from yolocompress.compress.stage import StageReport
 
-RECIPE = textwrap.dedent("""\
-    version: 1
-    name: tiny
-    imgsz: 64
-    seed: 0
-    measure: {latency: [onnxruntime, torch], runs: 3, warmup: 1, rounds: 3, eval_batch: 8}
-    stages:
-      - prune: {ratio: 0.5, candidates: 2, guided: 0, calib_batches: 1, calib_batch: 4, eval_images: 4,
-                eval_batch: 4, min_channels: 1, round_to: 1}
-      - finetune: {epochs: 3, batch: 4}
-      - fuse: {}
-      - quantize: {method: ptq, calib_images: 4}
-""")
 STAGE_FILES = ("00-baseline/model.pt", "00-baseline/snapshot.json", "01-prune/model.pt", "01-prune/report.json")
-
-
-@pytest.fixture(scope="module")
-def recipe_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
-    path.write_text(RECIPE)
-    return path
-
-
-@pytest.fixture(scope="module")
-def finished_run(recipe_file, tiny_checkpoint, recipe_data, tmp_path_factory):
-    """One uninterrupted run through the CLI; returns its output folder."""
-    out = tmp_path_factory.mktemp("run") / "out"
-    code = main(["run", str(recipe_file), "--model", str(tiny_checkpoint), "--data", str(recipe_data.yaml_path),
-                 "--out", str(out)])
-    assert code == 0
-    return out
 
 
 def _json_of(argv: list[str], path: Path) -> dict:
@@ -179,3 +148,29 @@ def test_kill_during_finetune_then_resume_matches_an_uninterrupted_run(finished_
         assert a["map50"] == pytest.approx(b["map50"], abs=1e-9)
         assert a["map50_95"] == pytest.approx(b["map50_95"], abs=1e-9)
         assert a["per_class"] == pytest.approx(b["per_class"], abs=1e-9)
+
+
+def test_check_passes_with_loose_limits_and_fails_with_a_tight_one(finished_run, tmp_path, capsys):
+    junit = tmp_path / "gate.xml"
+    assert main(["check", str(finished_run), "--max-map-drop", "100", "--max-params-ratio", "1.0",
+                 "--max-size-ratio", "1.0", "--junit", str(junit)]) == 0
+    assert "gate passed" in capsys.readouterr().out
+    assert main(["check", str(finished_run / "report.json"), "--max-params-ratio", "0.01"]) == 1
+    assert "FAIL max_params_ratio" in capsys.readouterr().out
+    # the same report against itself as the stored one: nothing regressed
+    assert main(["check", str(finished_run), "--baseline", str(finished_run), "--max-map-drop", "0"]) == 0
+
+
+def test_run_with_a_failing_gate_exits_1_and_still_writes_the_report(finished_run, recipe_file, tiny_checkpoint,
+                                                                     recipe_data, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "gated"
+    shutil.copytree(finished_run, copy)
+    (copy / "report.json").unlink()
+    code = main(["run", str(recipe_file), "--model", str(tiny_checkpoint), "--data", str(recipe_data.yaml_path),
+                 "--out", str(copy), "--resume", "--set", "measure.latency=[]", "--set", "gate.max_params_ratio=0.001"])
+    assert code == 1
+    assert "FAIL max_params_ratio" in capsys.readouterr().out
+    gate = json.loads((copy / "report.json").read_text())["gate"]
+    assert gate["passed"] is False and gate["limits"] == {"max_params_ratio": 0.001}

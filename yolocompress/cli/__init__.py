@@ -17,7 +17,7 @@ from yolocompress.errors import YoloCompressError
 
 # Modules under yolocompress.cli that each add one or more sub-commands.
 COMMAND_MODULES = ("info", "export", "bench", "data", "eval", "train", "fuse", "prune", "quantize", "run", "report",
-                   "demo")
+                   "check", "demo")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -65,3 +65,10 @@ def show_progress(event: Any) -> None:
         err_console.print(f"{label}: done in an earlier run, skipped (--resume)")
     elif event.status == "done" and event.name != "latency":
         err_console.print(f"{label}: done in {event.seconds:.1f} s")
+
+
+def print_gate(gate: Any) -> None:
+    """One line per verdict of a ``GateResult`` (``PASS max_map_drop 0.41 <= 1 points``), then the outcome."""
+    for verdict in gate.verdicts:
+        console.print(verdict.line(), markup=False, highlight=False)
+    console.print("gate passed" if gate.passed else "gate FAILED (the report is written)", markup=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from yolocompress.cli.common import console, show_progress, write_json
+from yolocompress.cli.common import console, print_gate, show_progress, write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     if "map50_95" in recorded:
         console.print(f"baseline as recorded at training time: mAP50 {recorded['map50']:.4f}, "
                       f"mAP50-95 {recorded['map50_95']:.4f} (now {result.report['rows'][0]['map50_95']:.4f})")
-    console.print(f"report: {result.out_dir / 'report.md'}; plot: {result.out_dir / 'tradeoff.png'}")
+    if result.gate is not None:
+        print_gate(result.gate)
+    console.print(f"report: {result.out_dir / 'report.md'}; plot: {result.out_dir / 'tradeoff.png'}; "
+                  f"gate it in CI with: yolocompress check {result.out_dir} --max-map-drop 1.0")
     write_json(result.report, args.json)
-    return 0
+    return 0  # a showcase: the gate's verdict is printed, `yolocompress run demo` / `check` exit 1 on it

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolocompress.cli.common import console, show_progress, write_json
+from yolocompress.cli.common import console, print_gate, show_progress, write_json
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -31,7 +31,10 @@ def _main(args: argparse.Namespace) -> int:
     console.print(pipeline_table(result.report))
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}; plot: {out / 'tradeoff.png'}")
     write_json(result.report, args.json)
-    return 0
+    if result.gate is None:
+        return 0
+    print_gate(result.gate)
+    return 0 if result.gate.passed else 1
 
 
 def register(subparsers) -> None:

@@ -35,6 +35,7 @@ import yaml
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport, model_snapshot, onnx_snapshot
 from yolocompress.errors import InputError
 from yolocompress.io.atomic import atomic_write_json, atomic_write_text
+from yolocompress.report.gate import GateLimits, GateResult, check_report
 from yolocompress.recipe.plan import LoadedRecipe, RecipePlan, StagePlan
 from yolocompress.recipe.stages import StageContext
 
@@ -58,11 +59,13 @@ ProgressCallback = Callable[[RecipeProgress], None]
 
 @dataclass(frozen=True)
 class RecipeResult:
-    """What a run produced: its folder, the ``report.json`` content and the report files written."""
+    """What a run produced: its folder, the ``report.json`` content, the report files written and the
+    verdicts of the recipe's ``gate:`` (``None`` without one)."""
 
     out_dir: Path
     report: dict[str, Any]
     files: tuple[Path, ...]
+    gate: GateResult | None = None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -259,6 +262,22 @@ def measure_latencies(artifacts: list[Path], imgsz: int, backends: tuple[str, ..
     return out
 
 
+def data_fingerprint(data: Any) -> str:
+    """SHA-256 over the data set's class names and, per split, every image's path (relative to the data
+    root), size in bytes and label file: two reports with the same fingerprint measured the same data."""
+    from yolocompress.data.labels import label_path_for
+    from yolocompress.data.scan import list_images
+
+    digest = hashlib.sha256(json.dumps(list(data.names)).encode())
+    for split in ("train", "val"):
+        for image in list_images(getattr(data, split)):
+            rel = image.relative_to(data.root) if image.is_relative_to(data.root) else image.name
+            digest.update(f"{split}:{rel}:{image.stat().st_size}\n".encode())
+            label = label_path_for(image)
+            digest.update(label.read_bytes() if label.is_file() else b"-")
+    return digest.hexdigest()
+
+
 def provenance(plan: RecipePlan, data: Any, resolved_text: str) -> dict[str, Any]:
     """Where a report's numbers come from: recipe, seed, versions, CPU, input model, data."""
     import onnxruntime
@@ -279,8 +298,9 @@ def provenance(plan: RecipePlan, data: Any, resolved_text: str) -> dict[str, Any
                      "python": platform.python_version()},
         "cpu": {"model": cpu_name(), "flags": cpu_flags()},
         "model": {"path": str(plan.model_path), "sha256": file_sha256(plan.model_path)},
-        "data": {"path": str(plan.data_path), "train_images": len(list_images(data.train)),
-                 "val_images": len(list_images(data.val)), "nc": data.nc, "names": list(data.names)},
+        "data": {"path": str(plan.data_path), "sha256": data_fingerprint(data),
+                 "train_images": len(list_images(data.train)), "val_images": len(list_images(data.val)),
+                 "nc": data.nc, "names": list(data.names)},
     }
 
 
@@ -336,13 +356,16 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | Path, resume: bool = False,
     rows = [_row("baseline", "baseline", artifacts[0], out_dir, snaps[0])]
     rows += [_row(s.name, s.type.name, a, out_dir, sn) for s, a, sn in zip(plan.stages, artifacts[1:], snaps[1:])]
     report = {"provenance": provenance(plan, data, resolved_text), "rows": rows,
-              "stages": [r.to_dict() for r in reports],
-              "gate": {"limits": dict(plan.document.gate)} if plan.document.gate else None}
+              "stages": [r.to_dict() for r in reports], "gate": None}
+    gate = None
+    if plan.document.gate:
+        gate = check_report(report, GateLimits.from_mapping(plan.document.gate))
+        report["gate"] = {"limits": dict(plan.document.gate), **gate.to_dict()}
     files = [atomic_write_json(report, out_dir / "report.json"),
              atomic_write_text(pipeline_markdown(report), out_dir / "report.md")]
     files += plot_tradeoff(report, out_dir / "tradeoff.png", out_dir / "tradeoff.svg")
-    return RecipeResult(out_dir, report, tuple(files))
+    return RecipeResult(out_dir, report, tuple(files), gate)
 
 
-__all__ = ["RecipeProgress", "RecipeResult", "check_output_folder", "dry_run", "file_sha256", "measure_latencies",
+__all__ = ["RecipeProgress", "RecipeResult", "check_output_folder", "data_fingerprint", "dry_run", "file_sha256", "measure_latencies",
            "provenance", "run_recipe"]

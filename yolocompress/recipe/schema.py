@@ -33,15 +33,11 @@ from typing import Any, Mapping, Sequence
 
 from yolocompress.errors import InputError
 from yolocompress.io.yamlfile import load_yaml_file, load_yaml_text
+from yolocompress.report.gate import LATENCY_BACKENDS, GateLimits
 
 RECIPE_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "recipes"
-LATENCY_BACKENDS = ("onnxruntime", "torch")
 TOP_LEVEL_KEYS = ("version", "name", "model", "data", "imgsz", "seed", "measure", "stages", "gate")
-# The limits the CI gate reads (``yolocompress check`` and a recipe's ``gate:`` use the same names).
-GATE_KEYS = {"max_map_drop": float, "max_map50_drop": float, "max_map_drop_rel": float, "min_map50_95": float,
-             "max_class_map_drop": float, "max_latency_ratio": float, "max_size_ratio": float,
-             "max_gflops_ratio": float, "max_params_ratio": float, "backend": str}
 
 
 def did_you_mean(key: str, allowed: Sequence[str]) -> str:
@@ -274,10 +270,9 @@ def parse_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> RecipeDoc
     gate = raw.get("gate") or {}
     if not isinstance(gate, dict):
         raise InputError(f"recipe.gate: expected a mapping, got {gate!r}")
-    check_keys(gate, list(GATE_KEYS), "recipe.gate")
-    gate = {k: coerce_value(v, GATE_KEYS[k], f"recipe.gate.{k}") for k, v in gate.items()}
-    if "backend" in gate and gate["backend"] not in LATENCY_BACKENDS:
-        raise InputError(f"recipe.gate.backend: expected one of {', '.join(LATENCY_BACKENDS)}, got {gate['backend']!r}")
+    check_keys(gate, [f.name for f in dataclasses.fields(GateLimits)], "recipe.gate")
+    build_config(GateLimits, gate, "recipe.gate")  # types and ranges; the document keeps what was written
+    gate = {k: coerce_value(v, field_hints(GateLimits)[k], f"recipe.gate.{k}") for k, v in gate.items()}
     stages = _parse_stage_list(raw.get("stages"))
     canonical = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return RecipeDocument(name=name.strip(), model=model, data=data, imgsz=imgsz, seed=seed, measure=measure,
@@ -308,6 +303,6 @@ def _parse_stage_list(value: Any) -> tuple[tuple[str, str | None, Mapping[str, A
     return tuple(entries)
 
 
-__all__ = ["GATE_KEYS", "LATENCY_BACKENDS", "MeasureConfig", "RECIPE_VERSION", "RecipeDocument", "SHIPPED_DIR",
+__all__ = ["LATENCY_BACKENDS", "MeasureConfig", "RECIPE_VERSION", "RecipeDocument", "SHIPPED_DIR",
            "apply_overrides", "build_config", "check_keys", "coerce_value", "did_you_mean", "field_hints",
            "find_recipe", "parse_recipe", "shipped_recipes"]
