@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from yolocompress.cli.common import console, print_gate, show_progress, write_json
+from yolocompress.cli.common import console, err_console, print_gate, show_progress, write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,11 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from yolocompress.demo import baseline_record, run_demo
+    from yolocompress.demo import baseline_record, demo_data, run_demo
     from yolocompress.report.pipeline import pipeline_table
 
     console.print("yolocompress demo: the shipped baseline, compressed by the 'demo' recipe "
                   "(prune, short fine-tune, fuse, int8 PTQ)")
+    with err_console.status("preparing the demo data set (generated once, about a minute) ..."):
+        demo_data(args.data_dir)
     result = run_demo(args.data_dir, args.out, overrides=args.set, on_progress=show_progress,
                       progress=sys.stderr.isatty())
     console.print(pipeline_table(result.report))

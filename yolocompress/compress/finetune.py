@@ -29,7 +29,9 @@ class FinetuneConfig:
         epochs: epochs of training.
         imgsz: training and validation image size (pixels); ``None``: the caller's (a recipe's ``imgsz``).
         batch: images per batch; gradients accumulate to ``nominal_batch`` images per optimizer step.
-        lr0: initial SGD learning rate (``None``: YOLOv5's 0.01, with its warm-up).
+        lr0: initial SGD learning rate (``None``: YOLOv5's 0.01).
+        warmup_epochs: learning-rate warm-up (``None``: YOLOv5's 3 epochs, made for training from scratch;
+            a short fine-tune of a trained model spends most of itself warming up with that).
         close_mosaic: mosaic augmentation off for the last N epochs (``None``: half of ``epochs``).
         distill: weight of output distillation from the teacher (0: labels only).
         cos_lr: cosine learning-rate decay instead of linear.
@@ -43,6 +45,7 @@ class FinetuneConfig:
     batch: int = 16
     nominal_batch: int = 64
     lr0: float | None = None
+    warmup_epochs: float | None = None
     close_mosaic: int | None = None
     distill: float = 0.0
     cos_lr: bool = False
@@ -61,6 +64,8 @@ class FinetuneConfig:
             raise InputError(f"imgsz must be a positive multiple of 32, got {self.imgsz}")
         if self.lr0 is not None and not float(self.lr0) > 0:
             raise InputError(f"lr0 must be > 0, got {self.lr0}")
+        if self.warmup_epochs is not None and not float(self.warmup_epochs) >= 0:
+            raise InputError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.close_mosaic is not None and int(self.close_mosaic) < 0:
             raise InputError(f"close_mosaic must be >= 0, got {self.close_mosaic}")
         if not float(self.distill) >= 0:
@@ -102,7 +107,7 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
         raise InputError("finetune with distill > 0 needs a teacher model")
     t0 = time.perf_counter()
     before = shape_spec(model)
-    hyp = Hyp() if cfg.lr0 is None else Hyp(lr0=float(cfg.lr0))
+    hyp = Hyp(**{k: float(v) for k, v in (("lr0", cfg.lr0), ("warmup_epochs", cfg.warmup_epochs)) if v is not None})
     extra = [OutputDistillation(teacher, weight=cfg.distill)] if cfg.distill > 0 else []
     data = data if isinstance(data, DataConfig) else load_data_config(data)
     with tempfile.TemporaryDirectory(prefix="yc-finetune-") as tmp:

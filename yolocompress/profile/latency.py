@@ -175,12 +175,14 @@ def cpu_flags() -> list[str]:
 
 
 def interleaved_times(calls: Mapping[str, Callable[[], object]], warmup: int = 10, runs: int = 50,
-                      rounds: int = 5) -> dict[str, np.ndarray]:
+                      rounds: int = 5, pause_s: float = 0.05) -> dict[str, np.ndarray]:
     """Milliseconds of ``runs`` calls of each entry of ``calls``, timed side by side.
 
-    Every call gets ``warmup`` untimed calls first; then ``rounds`` rounds each time ``runs / rounds`` calls
-    of every entry in turn, so that a busy moment of a shared machine slows all entries alike and their
-    ratios stay meaningful. Returns name -> array of ``runs`` times.
+    Every entry gets ``warmup`` untimed calls first; then ``rounds`` rounds each give every entry, in
+    turn, one block: a pause of ``pause_s`` (the previous entry's worker threads stop spinning: ONNX Runtime
+    and OpenMP threads busy-wait for a while after a call and would compete for the cores), one discarded
+    call, then ``runs / rounds`` timed calls in a row. Rounds make a busy moment of a shared machine slow all
+    entries alike, so their ratios stay meaningful. Returns name -> array of ``runs`` times.
     """
     _check_counts(1, warmup, runs)
     if rounds < 1:
@@ -193,7 +195,8 @@ def interleaved_times(calls: Mapping[str, Callable[[], object]], warmup: int = 1
     for r in range(rounds):
         n = runs // rounds + (1 if r < runs % rounds else 0)
         for name, call in calls.items():
-            times[name].append(_time_calls(call, 0, n))
+            time.sleep(pause_s)
+            times[name].append(_time_calls(call, 1, n))
     return {name: np.concatenate(parts) for name, parts in times.items()}
 
 

@@ -227,9 +227,9 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 def measure_latencies(artifacts: list[Path], imgsz: int, backends: tuple[str, ...], threads: int, runs: int,
                       warmup: int, rounds: int) -> dict[Path, dict[str, Latency]]:
-    """Batch-1 latency of every artifact on every backend it runs on, timed side by side (interleaved). A
-    ``.pt`` model runs on ``torch`` and, exported to fp32 ONNX, on ``onnxruntime``; an ``.onnx`` file on
-    ``onnxruntime`` only."""
+    """Batch-1 latency of every artifact on every backend it runs on: per backend, all artifacts timed side by
+    side in interleaved rounds (:func:`~yolocompress.profile.latency.interleaved_times`). A ``.pt`` model runs
+    on ``torch`` and, exported to fp32 ONNX, on ``onnxruntime``; an ``.onnx`` file on ``onnxruntime`` only."""
     import numpy as np
     import torch
 
@@ -253,8 +253,12 @@ def measure_latencies(artifacts: list[Path], imgsz: int, backends: tuple[str, ..
                 session = create_session(onnx_path, threads=threads)
                 name = session.get_inputs()[0].name
                 calls[(artifact, "onnxruntime")] = (lambda s, n: lambda: s.run(None, {n: feed_x}))(session, name)
+        # one backend after the other: their thread pools (OpenMP, ONNX Runtime) would compete when alternated
+        times = {}
         with _torch_threads(threads), torch.inference_mode():
-            times = interleaved_times(calls, warmup=warmup, runs=runs, rounds=rounds)
+            for backend in backends:
+                group = {key: call for key, call in calls.items() if key[1] == backend}
+                times.update(interleaved_times(group, warmup=warmup, runs=runs, rounds=rounds))
     out: dict[Path, dict[str, Latency]] = {a: {} for a in artifacts}
     for (artifact, backend), t in times.items():
         result = latency_from_times(np.asarray(t), threads, backend, imgsz)
