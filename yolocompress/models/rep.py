@@ -7,7 +7,7 @@ A ``RepConv`` trains as three parallel branches whose outputs are summed before 
 and is deployed as one ``k x k`` convolution with a bias (``rbr_reparam``): every branch is linear, so each
 branch's BN folds into its kernel, the 1x1 kernel is zero-padded to ``k x k`` (its tap is the centre tap), the
 identity becomes a ``k x k`` kernel with a single 1 per output channel, and the kernels and biases add up.
-The arithmetic lives in ``yolocompress.compress.fuse``; this module only defines both structures.
+The arithmetic lives in ``yolocompress.models.deploy``; this module only defines both structures.
 """
 from __future__ import annotations
 

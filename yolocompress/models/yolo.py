@@ -76,7 +76,7 @@ class DetectionModel(nn.Module):
         self.activation = parse_activation(cfg.get("activation"))
         self._apply_activation()
         if cfg.get("fused"):  # a saved deploy-form model: BN folded, RepConv merged (before sizes and weights)
-            from yolocompress.compress.fuse import fuse_structure
+            from yolocompress.models.deploy import fuse_structure
 
             fuse_structure(self)
         if cfg.get("shapes"):
