@@ -25,7 +25,7 @@ from torch import nn
 from yolocompress.errors import CompressionError, InputError
 from yolocompress.export.ort import create_session
 from yolocompress.io.atomic import atomic_path
-from yolocompress.profile.inputs import check_image_size, image_hw, input_channels
+from yolocompress.models.inputs import check_image_size, image_hw, input_channels
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "output0"

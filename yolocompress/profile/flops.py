@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from yolocompress.profile.inputs import check_image_size, image_hw, input_channels
+from yolocompress.models.inputs import check_image_size, image_hw, input_channels
 
 
 def _layers(model: nn.Module) -> nn.Module:
@@ -27,7 +27,7 @@ def _layers(model: nn.Module) -> nn.Module:
     return layers
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
+def meta_copy(model: nn.Module) -> nn.Module:
     """Deep copy whose parameters and buffers are data-less ``meta`` tensors (no weight memory is copied)."""
     memo: dict[int, object] = {}
     for p in model.parameters():
@@ -42,7 +42,7 @@ def _count(model: nn.Module, hw: tuple[int, int], by_layer: bool, meta: bool) ->
     """Run one counted forward; returns (total FLOPs, FLOPs of each top-level layer or [])."""
     h, w = hw
     device = "meta" if meta else "cpu"
-    net = _meta_copy(model) if meta else copy.deepcopy(model).float().cpu()
+    net = meta_copy(model) if meta else copy.deepcopy(model).float().cpu()
     net.eval()
     x = torch.zeros(1, input_channels(model), h, w, device=device)
     counter = FlopCounterMode(display=False)

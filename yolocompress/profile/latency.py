@@ -20,7 +20,7 @@ from torch import nn
 
 from yolocompress.errors import InputError
 from yolocompress.export.ort import create_session
-from yolocompress.profile.inputs import check_image_size, image_hw, input_channels
+from yolocompress.models.inputs import check_image_size, image_hw, input_channels
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,11 @@ class CostModel:
     """FLOPs of a pruned model as a function of ``keep`` (``bool[n_units]``), at a fixed image size."""
 
     def __init__(self, model: nn.Module, graph: ChannelGraph, imgsz: int | tuple[int, int]):
-        from yolocompress.profile.flops import _meta_copy
-        from yolocompress.profile.inputs import image_hw
+        from yolocompress.profile.flops import meta_copy
+        from yolocompress.models.inputs import image_hw
 
         h, w = image_hw(imgsz)
-        net = _meta_copy(model).eval()
+        net = meta_copy(model).eval()
         modules = dict(net.named_modules())
         sites: dict[str, int] = {}
         handles = []
