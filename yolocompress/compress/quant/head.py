@@ -36,8 +36,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from yolocompress.compress.quant.graph import OnnxGraph
+from yolocompress.compress.quant.numerics import WMAX, ort_scale_zero_point
 
-WMAX = 127  # symmetric int8 weights in [-127, 127] (what quantize_static gives conv weights)
 MATMUL_SUFFIX = "_as_MatMul"
 
 
@@ -194,7 +194,6 @@ def integer_head(path: str | os.PathLike, conv_names: Iterable[str], ranges: dic
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from yolocompress.compress.quant.qat import ort_scale_zero_point
 
     proto = onnx.load(str(path))
     g = OnnxGraph(proto)

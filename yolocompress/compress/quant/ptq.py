@@ -27,6 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from yolocompress.compress.quant.head import head_hessians, integer_head
+from yolocompress.compress.quant.numerics import sqnr_db
 from yolocompress.compress.quant.plan import PlanConfig, QuantPlan, build_plan
 from yolocompress.compress.quant.verify import KernelReport, integer_kernel_report
 from yolocompress.compress.stage import ModelSnapshot, StageReport
@@ -363,7 +364,7 @@ def preprocess(fp32: Path, pre: Path) -> None:
         onnx.save(proto, str(pre))
 
 
-def _copy_metadata(src: Path, dst: Path) -> None:
+def copy_metadata(src: Path, dst: Path) -> None:
     """Carry ``metadata_props`` (class names, stride, image size) over to the quantized file."""
     import onnx
 
@@ -395,11 +396,6 @@ def output_sqnr(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
         sig_s += float((ref[..., 4:] ** 2).sum())
         noise_s += float(((ref[..., 4:] - out[..., 4:]) ** 2).sum())
     return sqnr_db(sig, noise), sqnr_db(sig_s, noise_s)
-
-
-def sqnr_db(signal_energy: float, noise_energy: float) -> float:
-    """``10 log10(signal / noise)``; ``inf`` for a noiseless result."""
-    return float("inf") if noise_energy == 0 else float(10 * np.log10(signal_energy / noise_energy))
 
 
 def _fp32_onnx(model_or_onnx: Any, imgsz: int | None, tmp: Path) -> Path:
@@ -480,7 +476,7 @@ def build_int8(prepared: Prepared, plan: QuantPlan, config: QuantConfig, out_pat
                      extra_options=extra_options, hessians=prepared.hessians)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise InputError(f"ONNX Runtime cannot quantize {prepared.fp32.name}: {exc}") from exc
-    _copy_metadata(prepared.fp32, out_path)
+    copy_metadata(prepared.fp32, out_path)
     return out_path
 
 

@@ -35,21 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yolocompress.compress.quant.head import WMAX
+from yolocompress.compress.quant.numerics import QMAX, QMIN, WMAX, ort_scale_zero_point, sqnr_db
 from yolocompress.compress.quant.plan import QuantPlan, node_scope
 from yolocompress.compress.stage import StageReport
 from yolocompress.errors import InputError
-
-QMIN, QMAX = 0, 255  # uint8 activations
-
-
-def ort_scale_zero_point(lo: float, hi: float) -> tuple[float, int]:
-    """ONNX Runtime's uint8 asymmetric parameters for a float range (``quant_utils.compute_scale_zp``)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / (QMAX - QMIN) if hi > lo else 1.0
-    zero_point = int(np.clip(round(QMIN - lo / scale), QMIN, QMAX))
-    return float(np.float32(scale)), zero_point
-
 
 class _FakeQuant(torch.autograd.Function):
     """``(clamp(round(x / scale) + zp, qmin, qmax) - zp) * scale`` with a straight-through gradient inside the
@@ -335,7 +324,6 @@ def fake_quant_output(model: nn.Module, images: np.ndarray) -> np.ndarray:
 
 def parity_sqnr(model: nn.Module, int8_path: Path, images: np.ndarray) -> float:
     """SQNR in dB of the ONNX Runtime int8 output against the torch fake-quant output (same images)."""
-    from yolocompress.compress.quant.ptq import sqnr_db
     from yolocompress.export.ort import create_session
 
     ref = fake_quant_output(model, images).astype(np.float64)
@@ -365,7 +353,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     from yolocompress.compress.fuse import fuse_model
     from yolocompress.compress.quant.head import head_hessians
     from yolocompress.compress.quant.ptq import (
-        Prepared, QuantConfig, _copy_metadata, default_output, finish, prepare, preprocess,
+        Prepared, QuantConfig, copy_metadata, default_output, finish, prepare, preprocess,
         quantize_qdq, shared_ranges,
     )
     from yolocompress.data.config import DataConfig, load_data_config
@@ -377,6 +365,9 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
 
     config = config or QuantConfig()
     qat = qat or QatConfig()
+    if not config.per_channel or config.activation_type != "u8":
+        raise InputError("QAT trains per-channel int8 weights and uint8 activations (what its fake quantization "
+                         "simulates); per_channel=false and activation_type=s8 are for PTQ only")
     t0 = time.perf_counter()
     output = Path(output) if output is not None else default_output(model)
     data = data_cfg if isinstance(data_cfg, DataConfig) else load_data_config(data_cfg)
@@ -406,10 +397,10 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
         learned = learned_ranges(trained)
         qdq = tmp / "qat-int8.onnx"
         quantize_qdq(pre, qdq, plan, {t: learned.get(t, ranges[t]) for t in plan.tensors},
-                     per_channel=True, activation_type="u8",
+                     per_channel=config.per_channel, activation_type=config.activation_type,
                      extra_options={"TensorQuantOverrides": learned_overrides(trained)},
                      hessians=head_hessians(pre, [c.name for c in plan.int8_head], prepared.images))
-        _copy_metadata(fp32, qdq)
+        copy_metadata(fp32, qdq)
         trained_prep = Prepared(fp32, pre, prepared.imgsz, prepared.images, plan, ranges)
         parity = parity_sqnr(trained, qdq, prepared.images[:config.check_images])
         report = finish(trained_prep, plan, config, qdq, output, t0, method="qat")
