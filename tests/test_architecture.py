@@ -159,3 +159,15 @@ def test_the_checks_see_the_imports():
     assert len(MODULES) > 80 and len(IMPORTS) > 300
     assert ("yolocompress.recipe.runner", "yolocompress.report.pipeline", "pipeline_markdown", False) in IMPORTS
     assert ("yolocompress.engine.callbacks", "yolocompress.engine.trainer", "Trainer", True) in IMPORTS
+
+
+def test_every_top_level_export_resolves_to_its_module():
+    import importlib
+
+    import yolocompress
+
+    for name in yolocompress.__all__:
+        value = getattr(yolocompress, name)
+        if name != "__version__":
+            assert getattr(importlib.import_module(yolocompress._EXPORTS[name]), name) is value
+    assert {"prune_model", "quantize_ptq", "quantize_qat", "run_recipe", "StageReport"} <= set(yolocompress.__all__)

@@ -34,6 +34,18 @@ _EXPORTS = {
     "fuse": "yolocompress.compress.fuse",
     "fuse_model": "yolocompress.compress.fuse",
     "accelerate_cpu": "yolocompress.compress.onednn",
+    # the stage contract and the compression stages
+    "StageReport": "yolocompress.compress.stage",
+    "ModelSnapshot": "yolocompress.compress.stage",
+    "fuse_stage": "yolocompress.compress.fuse",
+    "finetune": "yolocompress.compress.finetune",
+    "prune_model": "yolocompress.compress.prune",
+    "quantize_ptq": "yolocompress.compress.quant",
+    "quantize_qat": "yolocompress.compress.quant",
+    # recipes and the CI gate
+    "load_recipe": "yolocompress.recipe",
+    "run_recipe": "yolocompress.recipe",
+    "check_run": "yolocompress.recipe.check",
 }
 
 __all__ = ["__version__", *_EXPORTS]
