@@ -61,6 +61,8 @@ BAD_RECIPES = [
     ("imgsz not a multiple of 32", "imgsz: 100\n" + GOOD_STAGES, [], "recipe.imgsz: must be a positive multiple of 32"),
     ("unknown latency backend", "measure: {latency: [tensorrt]}\n" + GOOD_STAGES, [], "recipe.measure: latency backend 'tensorrt'"),
     ("unknown measure key", "measure: {run: 5}\n" + GOOD_STAGES, [], "recipe.measure.run: unknown key; did you mean 'runs'?"),
+    ("gate latency not measured", "measure: {latency: [torch]}\ngate: {max_latency_ratio: 0.5}\n" + GOOD_STAGES, [],
+     "recipe.gate.max_latency_ratio: needs the onnxruntime latency"),
     ("unknown gate key", "gate: {max_drop: 1}\n" + GOOD_STAGES, [], "recipe.gate.max_drop: unknown key"),
     ("empty stage list", "stages: []\n", [], "recipe.stages: expected a non-empty list"),
     ("stage entry with two keys", "stages:\n  - {prune: {}, fuse: {}}\n", [], "stages[0]: each stage is a mapping with one key"),

@@ -325,8 +325,6 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | Path, resume: bool = False,
         on_progress: called with a :class:`RecipeProgress` at every stage start, skip and end.
         progress: let stages draw their inner progress bars (the trainer's, the pruning search's).
     """
-    from yolocompress.report.pipeline import pipeline_markdown, plot_tradeoff
-
     plan, model, info, data = loaded.plan, loaded.model, loaded.info, loaded.data
     out_dir = Path(out_dir)
     check_output_folder(out_dir, resume)
@@ -363,12 +361,23 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | Path, resume: bool = False,
               "stages": [r.to_dict() for r in reports], "gate": None}
     gate = None
     if plan.document.gate:
-        gate = check_report(report, GateLimits.from_mapping(plan.document.gate))
-        report["gate"] = {"limits": dict(plan.document.gate), **gate.to_dict()}
+        try:
+            gate = check_report(report, GateLimits.from_mapping(plan.document.gate))
+            report["gate"] = {"limits": dict(plan.document.gate), **gate.to_dict()}
+        except InputError as exc:  # a figure the gate needs is missing: write the report, then say so
+            report["gate"] = {"limits": dict(plan.document.gate), "error": str(exc)}
+            _write_report(report, out_dir)
+            raise
+    files = _write_report(report, out_dir)
+    return RecipeResult(out_dir, report, tuple(files), gate)
+
+
+def _write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    from yolocompress.report.pipeline import pipeline_markdown, plot_tradeoff
+
     files = [atomic_write_json(report, out_dir / "report.json"),
              atomic_write_text(pipeline_markdown(report), out_dir / "report.md")]
-    files += plot_tradeoff(report, out_dir / "tradeoff.png", out_dir / "tradeoff.svg")
-    return RecipeResult(out_dir, report, tuple(files), gate)
+    return files + plot_tradeoff(report, out_dir / "tradeoff.png", out_dir / "tradeoff.svg")
 
 
 __all__ = ["RecipeProgress", "RecipeResult", "check_output_folder", "data_fingerprint", "dry_run", "file_sha256", "measure_latencies",

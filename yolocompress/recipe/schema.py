@@ -273,6 +273,10 @@ def parse_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> RecipeDoc
     check_keys(gate, [f.name for f in dataclasses.fields(GateLimits)], "recipe.gate")
     build_config(GateLimits, gate, "recipe.gate")  # types and ranges; the document keeps what was written
     gate = {k: coerce_value(v, field_hints(GateLimits)[k], f"recipe.gate.{k}") for k, v in gate.items()}
+    backend = gate.get("backend", GateLimits.backend)
+    if "max_latency_ratio" in gate and backend not in measure.latency:
+        raise InputError(f"recipe.gate.max_latency_ratio: needs the {backend} latency, but measure.latency is "
+                         f"{list(measure.latency)}")
     stages = _parse_stage_list(raw.get("stages"))
     canonical = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return RecipeDocument(name=name.strip(), model=model, data=data, imgsz=imgsz, seed=seed, measure=measure,
