@@ -73,20 +73,25 @@ def load_yaml_text(text: str, where: str = "<yaml>") -> Any:
         loader.dispose()
 
 
-def load_yaml_file(path: str | os.PathLike, what: str = "YAML file") -> Any:
-    """Read and parse a YAML file with the bounds above; a missing or unreadable file is an ``InputError``."""
+def read_yaml_text(path: str | os.PathLike, what: str = "YAML file") -> str:
+    """The text of a YAML file, refused (``InputError``) when missing, unreadable, not UTF-8 or over the size
+    bound."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
     if path.stat().st_size > MAX_BYTES:
         raise InputError(f"{path}: larger than {MAX_BYTES // (1024 * 1024)} MB; not a hand-written YAML file")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a UTF-8 text file") from None
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return load_yaml_text(text, str(path))
 
 
-__all__ = ["MAX_ALIASES", "MAX_BYTES", "load_yaml_file", "load_yaml_text"]
+def load_yaml_file(path: str | os.PathLike, what: str = "YAML file") -> Any:
+    """Read and parse a YAML file with the bounds above (see :func:`read_yaml_text`)."""
+    return load_yaml_text(read_yaml_text(path, what), str(path))
+
+
+__all__ = ["MAX_ALIASES", "MAX_BYTES", "load_yaml_file", "load_yaml_text", "read_yaml_text"]

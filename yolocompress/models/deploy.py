@@ -262,4 +262,3 @@ def relative_error(reference: nn.Module, candidate: nn.Module, x: torch.Tensor) 
         raise ValueError(f"the models return {len(ref)} and {len(out)} tensors")
     return max(float((o.double() - r.double()).abs().max() / r.double().abs().max().clamp_min(1e-30))
                for r, o in zip(ref, out))
-

@@ -100,7 +100,8 @@ def _result(times: np.ndarray, threads: int, backend: str, imgsz: tuple[int, int
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the ``with`` block; the previous count is restored after it."""
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -126,7 +127,7 @@ def measure_torch_latency(model: nn.Module, imgsz: int | Sequence[int] = 640, th
     was_training = model.training
     model.eval()
     try:
-        with _torch_threads(threads), torch.inference_mode():
+        with torch_threads(threads), torch.inference_mode():
             times = _time_calls(lambda: model(x), warmup, runs)
     finally:
         model.train(was_training)

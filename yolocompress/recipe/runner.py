@@ -18,7 +18,6 @@ side (:func:`~yolocompress.profile.latency.interleaved_times`), so its ratios ar
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -28,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import yaml
 
@@ -182,7 +181,7 @@ class _Run:
         context = StageContext(data=self.data, imgsz=self.plan.imgsz, seed=self.plan.document.seed,
                                work_dir=folder, teacher=teacher, resume=same_start, progress=self.progress)
         output, report = stage.type.run(context, artifact_in, stage.configs)
-        artifact = self._save(stage, output, source, folder, report)
+        artifact = self._save(stage, output, source, folder)
         after = _snapshot(artifact, self.plan, self.data, torch_source) if artifact != source else before
         report = report.replace(name=stage.name, before=before, after=after, seconds=time.perf_counter() - t0)
         atomic_write_json({**report.to_dict(), "artifact": str(artifact.relative_to(self.out_dir))
@@ -200,7 +199,9 @@ class _Run:
             return None
         return artifact, StageReport.from_dict(saved)
 
-    def _save(self, stage: StagePlan, output: Any, source: Path, folder: Path, report: StageReport) -> Path:
+    def _save(self, stage: StagePlan, output: Any, source: Path, folder: Path) -> Path:
+        """The stage's artifact file: a returned model saved as ``model.pt`` (history extended), an ONNX path as
+        it is, or the input file for a stage that gives the same artifact."""
         from yolocompress.io.checkpoint import history_entry, load_model_with_info, save_model
 
         if stage.type.gives == "same":
@@ -213,18 +214,6 @@ class _Run:
                           metrics=info.metrics)
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def measure_latencies(artifacts: list[Path], imgsz: int, backends: tuple[str, ...], threads: int, runs: int,
                       warmup: int, rounds: int) -> dict[Path, dict[str, Latency]]:
     """Batch-1 latency of every artifact on every backend it runs on: per backend, all artifacts timed side by
@@ -235,7 +224,7 @@ def measure_latencies(artifacts: list[Path], imgsz: int, backends: tuple[str, ..
 
     from yolocompress.export.onnx import export_onnx
     from yolocompress.export.ort import create_session
-    from yolocompress.profile.latency import interleaved_times, latency_from_times
+    from yolocompress.profile.latency import interleaved_times, latency_from_times, torch_threads
 
     calls: dict[tuple[Path, str], Callable[[], object]] = {}
     x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
@@ -255,7 +244,7 @@ def measure_latencies(artifacts: list[Path], imgsz: int, backends: tuple[str, ..
                 calls[(artifact, "onnxruntime")] = (lambda s, n: lambda: s.run(None, {n: feed_x}))(session, name)
         # one backend after the other: their thread pools (OpenMP, ONNX Runtime) would compete when alternated
         times = {}
-        with _torch_threads(threads), torch.inference_mode():
+        with torch_threads(threads), torch.inference_mode():
             for backend in backends:
                 group = {key: call for key, call in calls.items() if key[1] == backend}
                 times.update(interleaved_times(group, warmup=warmup, runs=runs, rounds=rounds))

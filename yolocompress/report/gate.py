@@ -200,8 +200,10 @@ def dominated(new: Mapping[str, Any], old: Mapping[str, Any], limits: GateLimits
     if lat_new and lat_old and lat_new < (1 - limits.tolerance) * lat_old:
         gains.append(f"latency {lat_new / lat_old:.2f}x")
     passed = drop <= EPS or bool(gains)
-    detail = (f"mAP50-95 {drop:+.2f} points lower, " + ("but " + ", ".join(gains) if gains else
-                                                          "and neither smaller nor faster")) if drop > EPS else ""
+    detail = ""
+    if drop > EPS:
+        why = "but " + ", ".join(gains) if gains else "and neither smaller nor faster"
+        detail = f"mAP50-95 {drop:+.2f} points lower, {why}"
     return Verdict("not_dominated", passed, drop, 0.0, "points lower", "<=", detail)
 
 

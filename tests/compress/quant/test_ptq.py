@@ -75,6 +75,7 @@ def test_stage_report_round_trips_through_json(ptq):
     assert report.config["method"] == "ptq" and report.config["calib_images"] == 8
     assert report.details["qat"] is None and "qat" not in report.config
 
+
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 def test_calibration_methods(method, tiny_onnx, tiny_data, tmp_path):
     path, report = quantize_ptq(tiny_onnx, tiny_data, QuantConfig(calib_images=4, calibration=method),

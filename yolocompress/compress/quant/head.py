@@ -194,7 +194,6 @@ def integer_head(path: str | os.PathLike, conv_names: Iterable[str], ranges: dic
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-
     proto = onnx.load(str(path))
     g = OnnxGraph(proto)
     patterns = find_head_patterns(g, conv_names)

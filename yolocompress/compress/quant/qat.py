@@ -40,6 +40,7 @@ from yolocompress.compress.quant.plan import QuantPlan, node_scope
 from yolocompress.compress.stage import StageReport
 from yolocompress.errors import InputError
 
+
 class _FakeQuant(torch.autograd.Function):
     """``(clamp(round(x / scale) + zp, qmin, qmax) - zp) * scale`` with a straight-through gradient inside the
     range and none outside; only a boolean mask is kept for backward (a chain of autograd ops would keep
