@@ -2,53 +2,61 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from yolocompress.cli.common import image_size, positive_int
+from yolocompress.compress.prune.pruner import PruneConfig
 from yolocompress.errors import InputError
 
 if TYPE_CHECKING:
     from yolocompress.compress.stage import ModelSnapshot
 
 
-def run(model: str, output: str, data: str, ratio: float | None = None, target_gflops: float | None = None,
-        imgsz: int | None = None, candidates: int = 20, calib_batches: int = 8, eval_images: int = 256,
-        finetune_epochs: int = 10, round_to: int = 8, min_channels: int = 8, exclude: str | None = None,
-        seed: int = 0, device: str = "cpu", batch: int = 16, workers: int = 0, latency: bool = False,
-        json_path: str | None = None, cfg: str | None = None, progress: bool = False, bf16: bool = False,
-        channels_last: bool = False, distill: float | None = None, guided: int | None = None
-        ) -> dict[str, Any]:
+# PruneConfig fields set by flags of the same name (``--calib-batches`` -> ``calib_batches``); their defaults
+# are PruneConfig's, shown in --help. ``--batch`` sets the three batch sizes, ``--exclude`` takes a list.
+CONFIG_FLAGS = ("ratio", "target_gflops", "candidates", "guided", "calib_batches", "eval_images", "finetune_epochs",
+                "round_to", "min_channels", "seed", "device", "workers", "distill", "bf16", "channels_last",
+                "latency")
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneConfig)}
+
+
+def prune_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The PruneConfig keywords the command line gave (flags left out keep PruneConfig's defaults)."""
+    settings = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
+    if args.target_gflops is not None:
+        settings.setdefault("ratio", None)
+    if args.batch is not None:
+        settings.update(calib_batch=args.batch, eval_batch=args.batch, finetune_batch=args.batch)
+    if args.exclude:
+        settings["exclude"] = tuple(e.strip() for e in args.exclude.split(",") if e.strip())
+    settings["progress"] = not args.quiet
+    return settings
+
+
+def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None = None, imgsz: int | None = None,
+        json_path: str | None = None, cfg: str | None = None) -> dict[str, Any]:
     """Prune the checkpoint ``model`` and save the result (our format, atomically) to ``output``.
 
-    Every keyword is a CLI flag; ``imgsz`` defaults to the checkpoint's own image size (640 for Ultralytics
-    files), ``distill`` (the fine-tune's distillation weight) and ``guided`` (sensitivity-guided candidates)
-    to ``PruneConfig``'s. Returns the ``StageReport`` as a dict (``report.to_dict()``, also written to
-    ``json_path`` when given). Only rank 0 writes files in a ``torchrun`` run.
+    ``settings``: ``PruneConfig`` keywords (:func:`prune_settings` builds them from the flags); ``imgsz``
+    defaults to the checkpoint's own image size (640 for Ultralytics files). Returns the ``StageReport`` as
+    a dict (``report.to_dict()``, also written to ``json_path`` when given). Only rank 0 writes files in a
+    ``torchrun`` run.
     """
-    import dataclasses
-
     from yolocompress.cli.common import load_cli_model, write_json
     from yolocompress.compress.fuse import require_unfused
-    from yolocompress.compress.prune import PruneConfig, prune_model
+    from yolocompress.compress.prune import prune_model
     from yolocompress.data import load_data_config
     from yolocompress.engine.distributed import context_from_env
     from yolocompress.io.checkpoint import history_entry, save_model
 
-    if ratio is not None and target_gflops is not None:
+    settings = dict(settings or {})
+    if settings.get("ratio") is not None and settings.get("target_gflops") is not None:
         raise InputError("give --ratio or --target-gflops, not both")
-    if ratio is None and target_gflops is None:
-        ratio = 0.5
     if Path(output).suffix.lower() != ".pt":
         raise InputError(f"output must be a .pt file, got {output}")
-    config = PruneConfig(
-        ratio=ratio, target_gflops=target_gflops, imgsz=imgsz or 640, candidates=candidates,
-        calib_batches=calib_batches, eval_images=eval_images, finetune_epochs=finetune_epochs,
-        round_to=round_to, min_channels=min_channels,
-        exclude=tuple(e.strip() for e in exclude.split(",") if e.strip()) if exclude else (), seed=seed,
-        device=device, calib_batch=batch, eval_batch=batch, finetune_batch=batch, workers=workers,
-        latency=latency, progress=progress, bf16=bf16, channels_last=channels_last,
-        **{k: v for k, v in (("distill", distill), ("guided", guided)) if v is not None})
+    config = PruneConfig(**settings, imgsz=imgsz or DEFAULTS["imgsz"])  # validated before any loading
     if not Path(model).is_file():
         raise InputError(f"model file not found: {model}")
     data_cfg = load_data_config(data)
@@ -85,13 +93,8 @@ def _snapshot_summary(snap: ModelSnapshot | None) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    r = run(args.model, args.output, args.data, ratio=args.ratio, target_gflops=args.target_gflops,
-            imgsz=args.imgsz, candidates=args.candidates, calib_batches=args.calib_batches,
-            eval_images=args.eval_images, finetune_epochs=args.finetune_epochs, round_to=args.round_to,
-            min_channels=args.min_channels, exclude=args.exclude, seed=args.seed, device=args.device,
-            batch=args.batch, workers=args.workers, latency=args.latency, json_path=args.json, cfg=args.cfg,
-            progress=not args.quiet, bf16=args.bf16, channels_last=args.channels_last, distill=args.distill,
-            guided=args.guided)
+    r = run(args.model, args.output, args.data, prune_settings(args), imgsz=args.imgsz, json_path=args.json,
+            cfg=args.cfg)
     from yolocompress.compress.stage import StageReport
     from yolocompress.engine.distributed import context_from_env
 
@@ -134,37 +137,42 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True,
                    help="data.yaml (train: BN calibration, fine-tuning; val: scoring)")
     p.add_argument("--ratio", type=float, default=None,
-                   help="fraction of prunable channels removed, 0 < R < 1 (default 0.5)")
+                   help=f"fraction of prunable channels removed, 0 < R < 1 (default {DEFAULTS['ratio']})")
     p.add_argument("--target-gflops", type=float, default=None,
                    help="FLOPs budget at --imgsz instead of --ratio")
     p.add_argument("--imgsz", type=image_size, default=None,
                    help="image size for FLOPs, search and fine-tuning (default: the checkpoint's)")
-    p.add_argument("--candidates", type=positive_int, default=20,
-                   help="strategies scored (the first is uniform)")
+    p.add_argument("--candidates", type=positive_int, default=None,
+                   help=f"strategies scored (the first is uniform; default {DEFAULTS['candidates']})")
     p.add_argument("--guided", type=int, default=None, metavar="N",
-                   help="how many candidates are sensitivity-guided instead of random (default 8; 0: the "
-                        "paper's random sampling only, no probe phase)")
-    p.add_argument("--calib-batches", type=positive_int, default=8, help="training batches for adaptive BN")
-    p.add_argument("--eval-images", type=positive_int, default=256,
-                   help="held-out images each candidate is scored on (fewer: faster, noisier ranking)")
-    p.add_argument("--finetune-epochs", type=int, default=10,
-                   help="epochs of fine-tuning of the winner (0: none)")
-    p.add_argument("--round-to", type=positive_int, default=8, help="keep channel counts a multiple of this")
-    p.add_argument("--min-channels", type=positive_int, default=8,
-                   help="never keep fewer channels in a group")
+                   help=f"how many candidates are sensitivity-guided instead of random (default "
+                        f"{DEFAULTS['guided']}; 0: the paper's random sampling only, no probe phase)")
+    p.add_argument("--calib-batches", type=positive_int, default=None,
+                   help=f"training batches for adaptive BN (default {DEFAULTS['calib_batches']})")
+    p.add_argument("--eval-images", type=positive_int, default=None,
+                   help=f"held-out images each candidate is scored on (fewer: faster, noisier ranking; default "
+                        f"{DEFAULTS['eval_images']})")
+    p.add_argument("--finetune-epochs", type=int, default=None,
+                   help=f"epochs of fine-tuning of the winner (0: none; default {DEFAULTS['finetune_epochs']})")
+    p.add_argument("--round-to", type=positive_int, default=None,
+                   help=f"keep channel counts a multiple of this (default {DEFAULTS['round_to']})")
+    p.add_argument("--min-channels", type=positive_int, default=None,
+                   help=f"never keep fewer channels in a group (default {DEFAULTS['min_channels']})")
     p.add_argument("--exclude", default=None,
                    help="comma-separated layer indices or module names never pruned")
-    p.add_argument("--batch", type=positive_int, default=16,
-                   help="batch size (calibration, scoring, fine-tuning)")
-    p.add_argument("--seed", type=int, default=0, help="strategy sampling, data subsets, fine-tuning")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=0, help="data-loading workers for fine-tuning")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help=f"batch size (calibration, scoring, fine-tuning; default {DEFAULTS['calib_batch']})")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"strategy sampling, data subsets, fine-tuning (default {DEFAULTS['seed']})")
+    p.add_argument("--device", default=None, help=f"cpu, cuda or cuda:N (default {DEFAULTS['device']})")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"data-loading workers for fine-tuning (default {DEFAULTS['workers']})")
     p.add_argument("--distill", type=float, default=None, metavar="W",
-                   help="fine-tune with output distillation from the unpruned model at weight W "
-                        "(0: labels only)")
-    p.add_argument("--bf16", action="store_true", help="fine-tune with CPU bf16 autocast (AMX CPUs)")
-    p.add_argument("--channels-last", action="store_true", help="fine-tune in NHWC memory format")
-    p.add_argument("--latency", action="store_true",
+                   help=f"fine-tune with output distillation from the unpruned model at weight W "
+                        f"(0: labels only; default {DEFAULTS['distill']})")
+    p.add_argument("--bf16", action="store_true", default=None, help="fine-tune with CPU bf16 autocast (AMX CPUs)")
+    p.add_argument("--channels-last", action="store_true", default=None, help="fine-tune in NHWC memory format")
+    p.add_argument("--latency", action="store_true", default=None,
                    help="also measure ONNX Runtime latency before and after")
     p.add_argument("--cfg", default=None, help="model config for a bare state_dict")
     p.add_argument("--json", default=None, help="write the full report as JSON here")
