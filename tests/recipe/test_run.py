@@ -174,3 +174,20 @@ def test_run_with_a_failing_gate_exits_1_and_still_writes_the_report(finished_ru
     assert "FAIL max_params_ratio" in capsys.readouterr().out
     gate = json.loads((copy / "report.json").read_text())["gate"]
     assert gate["passed"] is False and gate["limits"] == {"max_params_ratio": 0.001}
+
+
+def test_check_remeasure_compares_reports_from_different_cpus(finished_run, tmp_path, capsys):
+    import shutil
+
+    stored = tmp_path / "stored"
+    shutil.copytree(finished_run, stored)
+    report = json.loads((stored / "report.json").read_text())
+    report["provenance"]["cpu"]["model"] = "Some Other CPU"
+    (stored / "report.json").write_text(json.dumps(report))
+    argv = ["check", str(finished_run), "--baseline", str(stored), "--max-latency-ratio", "3"]
+    assert main(argv) == 2
+    assert "different CPUs" in capsys.readouterr().err
+    out = tmp_path / "gate.json"
+    assert main([*argv, "--remeasure", "--json", str(out)]) == 0  # the same artifact timed twice, side by side
+    verdicts = {v["name"]: v for v in json.loads(out.read_text())["verdicts"]}
+    assert 0.33 < verdicts["max_latency_ratio"]["value"] < 3 and verdicts["not_dominated"]["passed"]

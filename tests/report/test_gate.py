@@ -142,14 +142,22 @@ def test_check_reads_the_recipe_gate_and_flags_override_it(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["check", "MISSING"], "not found"),
+    (["check", "REPORT", "--baseline", "OTHER_DATA", "--max-map-drop", "1"], "different data sets"),
+    (["check", "REPORT", "--baseline", "OTHER_SIZE", "--max-map-drop", "1"], "different image sizes"),
+    (["check", "NO_LATENCY", "--max-latency-ratio", "1"], "needs the onnxruntime latency"),
     (["check", "REPORT"], "no limit given"),
     (["check", "REPORT", "--baseline", "OTHER", "--max-latency-ratio", "1"], "different CPUs"),
     (["check", "REPORT", "--remeasure", "--max-map-drop", "1"], "--remeasure compares two reports"),
     (["check", "REPORT", "--max-map-drop", "-1"], "max_map_drop must be >= 0"),
 ])
 def test_check_bad_input_is_exit_2(tmp_path, capsys, argv, message):
+    no_latency = _report()
+    no_latency["rows"][-1]["latency"] = {}
     paths = {"REPORT": _write(tmp_path, "report.json", _report()),
-             "OTHER": _write(tmp_path, "other.json", _report(cpu="CPU B")), "MISSING": tmp_path / "nope"}
+             "OTHER": _write(tmp_path, "other.json", _report(cpu="CPU B")), "MISSING": tmp_path / "nope",
+             "OTHER_DATA": _write(tmp_path, "data.json", _report(val_images=64)),
+             "OTHER_SIZE": _write(tmp_path, "size.json", _report(imgsz=640)),
+             "NO_LATENCY": _write(tmp_path, "nolat.json", no_latency)}
     assert main([str(paths.get(a, a)) for a in argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
