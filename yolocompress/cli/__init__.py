@@ -16,8 +16,8 @@ from typing import Sequence
 from yolocompress.errors import YoloCompressError
 
 # Modules under yolocompress.cli that each add one or more sub-commands.
-COMMAND_MODULES = ("info", "export", "bench", "data", "eval", "train", "fuse", "prune", "quantize", "run", "report",
-                   "check", "demo")
+COMMAND_MODULES = ("info", "export", "bench", "data", "eval", "train", "fuse", "prune", "quantize", "distill",
+                   "run", "report", "check", "demo")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -78,8 +78,8 @@ class FinetuneConfig:
 
 
 def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, teacher: nn.Module | None = None,
-             out_dir: str | Path | None = None, resume: bool = False, progress: bool = False
-             ) -> tuple[nn.Module, StageReport]:
+             out_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
+             extra_losses: Sequence[Any] = ()) -> tuple[nn.Module, StageReport]:
     """Fine-tune ``model`` (not modified) on ``data`` (``data.yaml`` or ``DataConfig``).
 
     Args:
@@ -88,6 +88,8 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
         out_dir: keep the Trainer's run folder (``weights/last.pt``, ``best.pt``, ``results.csv``) here.
         resume: continue from ``out_dir/weights/last.pt`` when it exists.
         progress: let the Trainer draw its progress bar.
+        extra_losses: further trainer loss terms (e.g. feature distillation), after the output
+            distillation that ``config.distill`` adds.
     Returns:
         ``(best EMA model in eval mode on the CPU, StageReport)``; ``details``: ``epochs_completed``,
         ``best_epoch``, ``best_fitness``, ``resumed_from_epoch`` (or None) and the per-epoch ``history``.
@@ -109,6 +111,7 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
     before = shape_spec(model)
     hyp = Hyp(**{k: float(v) for k, v in (("lr0", cfg.lr0), ("warmup_epochs", cfg.warmup_epochs)) if v is not None})
     extra = [OutputDistillation(teacher, weight=cfg.distill)] if cfg.distill > 0 else []
+    extra += list(extra_losses)
     data = data if isinstance(data, DataConfig) else load_data_config(data)
     with tempfile.TemporaryDirectory(prefix="yc-finetune-") as tmp:
         run_dir = Path(out_dir) if out_dir is not None else Path(tmp)
@@ -137,9 +140,9 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
     params = int(count_params(tuned).total)
     report = StageReport(
         stage="finetune", config=config_dict(cfg), seconds=time.perf_counter() - t0,
-        before=ModelSnapshot(imgsz=int(cfg.imgsz), params=params), after=ModelSnapshot(imgsz=int(cfg.imgsz),
-                                                                                         params=params),
-        details={**summary, "resumed_from_epoch": resumed_epoch, "teacher": cfg.distill > 0})
+        before=ModelSnapshot(imgsz=int(cfg.imgsz), params=params),
+        after=ModelSnapshot(imgsz=int(cfg.imgsz), params=params),
+        details={**summary, "resumed_from_epoch": resumed_epoch, "teacher": cfg.distill > 0 or bool(extra_losses)})
     return tuned, report
 
 

@@ -46,17 +46,21 @@ def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     return biases, weights, norm_weights
 
 
-def build_optimizer(model: nn.Module, hyp: Hyp, batch: int, nominal_batch: int = NOMINAL_BATCH) -> torch.optim.SGD:
-    """SGD (Nesterov) over the three parameter groups.
+def build_optimizer(model: nn.Module, hyp: Hyp, batch: int, nominal_batch: int = NOMINAL_BATCH,
+                    extra: nn.Module | None = None) -> torch.optim.SGD:
+    """SGD (Nesterov) over the three parameter groups, plus two for ``extra``.
 
     Args:
         batch: images per optimizer micro-step across all processes (the global batch).
+        extra: modules that train with the model but are not part of it (a feature-distillation term's
+            connectors): their weights get a group of their own with weight decay, their biases and
+            normalisation weights one without (groups 3 and 4).
     Weight decay is ``hyp.weight_decay * batch * accumulate / nominal_batch``: the decay per image seen
     stays that of the nominal batch whatever the batch actually is.
     """
     biases, weights, norm_weights = parameter_groups(model)
     decay = hyp.weight_decay * batch * accumulate_steps(batch, nominal_batch) / nominal_batch
-    return torch.optim.SGD(
+    optimizer = torch.optim.SGD(
         [
             {"params": biases, "weight_decay": 0.0},
             {"params": weights, "weight_decay": decay},
@@ -64,6 +68,11 @@ def build_optimizer(model: nn.Module, hyp: Hyp, batch: int, nominal_batch: int =
         ],
         lr=hyp.lr0, momentum=hyp.momentum, nesterov=True,
     )
+    if extra is not None and any(p.requires_grad for p in extra.parameters()):
+        extra_biases, extra_weights, extra_norms = parameter_groups(extra)
+        optimizer.add_param_group({"params": extra_weights, "weight_decay": decay})
+        optimizer.add_param_group({"params": extra_biases + extra_norms, "weight_decay": 0.0})
+    return optimizer
 
 
 def lr_factor(epochs: int, lrf: float, cosine: bool = False) -> Callable[[float], float]:

@@ -270,7 +270,12 @@ class Trainer:
         self.nc = int(unwrap(self.model).nc)
         if int(self.data_cfg.nc) != self.nc:
             raise InputError(f"the model has {self.nc} classes but the data set {self.data_cfg.nc}")
-        self.optimizer = build_optimizer(self.model, self.hyp, batch=cfg.batch, nominal_batch=cfg.nominal_batch)
+        # modules of extra loss terms that train with the model (feature-distillation connectors)
+        self.extra_modules = nn.ModuleList([term.trainable for term in self.extra_losses
+                                            if isinstance(getattr(term, "trainable", None), nn.Module)])
+        self.extra_modules.to(self.device)
+        self.optimizer = build_optimizer(self.model, self.hyp, batch=cfg.batch, nominal_batch=cfg.nominal_batch,
+                                         extra=self.extra_modules)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.autocast_dtype = torch.float16 if self.use_amp else torch.bfloat16
         self.use_autocast = self.use_amp or (cfg.bf16 and self.device.type == "cpu")
@@ -321,6 +326,11 @@ class Trainer:
         params = dict(unwrap(self.model).named_parameters())
         for name, grad in ckpt.get("pending_grads", {}).items():
             params[name].grad = grad.to(self.device)
+        if ckpt.get("extra_modules"):
+            self.extra_modules.load_state_dict(ckpt["extra_modules"])
+            extra = dict(self.extra_modules.named_parameters())
+            for name, grad in ckpt.get("extra_pending_grads", {}).items():
+                extra[name].grad = grad.to(self.device)
         self.start_epoch = int(ckpt["epoch"]) + 1
         if self.start_epoch >= self.config.epochs or ckpt.get("stopped_early"):
             how = "stopped early" if ckpt.get("stopped_early") else "finished"
@@ -347,6 +357,8 @@ class Trainer:
         model = unwrap(self.model)
         assert self.ema is not None
         pending = {n: p.grad.detach().cpu() for n, p in model.named_parameters() if p.grad is not None}
+        extra_pending = {n: p.grad.detach().cpu() for n, p in self.extra_modules.named_parameters()
+                         if p.grad is not None}
         return {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
@@ -362,6 +374,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "pending_grads": pending,
+            "extra_modules": {k: v.detach().cpu().clone() for k, v in self.extra_modules.state_dict().items()},
+            "extra_pending_grads": extra_pending,
             "rng": rng,
             "train_config": self.config.to_dict(),
             "hyp": self.hyp.to_dict(),
@@ -419,6 +433,7 @@ class Trainer:
         cfg = self.config
         start = time.perf_counter()
         self.train_model.train()
+        self.extra_modules.train()
         loader = self.train_loader
         loader.set_epoch(epoch)
         loader.mosaic = self.hyp.augment.mosaic > 0 and epoch < cfg.epochs - cfg.close_mosaic
@@ -476,7 +491,14 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=MAX_GRAD_NORM)
+        extra = [p for p in self.extra_modules.parameters() if p.grad is not None]
+        if extra and self.ctx.distributed:  # DDP averages the model's gradients; these are not in it
+            import torch.distributed as dist
+
+            for p in extra:
+                dist.all_reduce(p.grad)
+                p.grad /= self.ctx.world_size
+        nn.utils.clip_grad_norm_([*self.model.parameters(), *extra], max_norm=MAX_GRAD_NORM)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

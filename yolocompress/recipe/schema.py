@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from yolocompress.errors import InputError
-from yolocompress.io.yamlfile import load_yaml_file, load_yaml_text
+from yolocompress.io.yamlfile import load_yaml_text, read_yaml_text
 from yolocompress.report.gate import LATENCY_BACKENDS, GateLimits
 
 RECIPE_VERSION = 1
@@ -62,7 +62,7 @@ def _describe(hint: Any) -> str:
     if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args) + " or null"
     if typing.get_origin(hint) is tuple:
-        return "a list of strings"
+        return {int: "a list of integers", str: "a list of strings"}.get(typing.get_args(hint)[0], "a list")
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
@@ -81,9 +81,10 @@ def coerce_value(value: Any, hint: Any, where: str) -> Any:
                 continue
         raise InputError(f"{where}: expected {_describe(hint)}, got {value!r}")
     if origin is tuple:
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise InputError(f"{where}: expected a list of strings, got {value!r}")
+        item = typing.get_args(hint)[0]
+        if isinstance(value, (list, tuple)):
+            return tuple(coerce_value(v, item, f"{where}[{k}]") for k, v in enumerate(value))
+        raise InputError(f"{where}: expected {_describe(hint)}, got {value!r}")
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -241,8 +242,8 @@ def _path_value(value: Any, where: str, base: Path | None) -> Path | None:
 def parse_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> RecipeDocument:
     """Read a recipe file (or shipped recipe name), apply ``overrides`` and check its top level."""
     path = find_recipe(recipe)
-    text = path.read_text(encoding="utf-8") if path.stat().st_size < (4 << 20) else ""
-    raw = load_yaml_file(path, "recipe")
+    text = read_yaml_text(path, "recipe")
+    raw = load_yaml_text(text, str(path))
     where = path.name
     if not isinstance(raw, dict):
         raise InputError(f"{where}: a recipe is a mapping of keys (version, stages, ...), got "

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from yolocompress.compress.distill.stage import DistillConfig, distill_model
 from yolocompress.compress.finetune import FinetuneConfig, finetune
 from yolocompress.compress.fuse import FuseConfig, fuse_stage
 from yolocompress.compress.prune.pruner import PruneConfig, prune_model
@@ -135,8 +136,8 @@ def _run_finetune(ctx: StageContext, model: Any, configs: Mapping[str, Any]) -> 
 
 
 def _run_distill(ctx: StageContext, model: Any, configs: Mapping[str, Any]) -> tuple[Any, StageReport]:
-    tuned, report = _run_finetune(ctx, model, configs)
-    return tuned, report.replace(stage="distill")
+    return distill_model(model, ctx.teacher, ctx.data, configs["distill"], configs["train"],
+                         out_dir=ctx.work_dir / "train", resume=ctx.resume, progress=ctx.progress)
 
 
 def _run_fuse(ctx: StageContext, model: Any, configs: Mapping[str, Any]) -> tuple[Any, StageReport]:
@@ -189,8 +190,8 @@ register_stage(StageType(
     defaults={"finetune_epochs": 0}))
 register_stage(StageType("finetune", {"config": FinetuneConfig}, takes="torch", gives="torch", run=_run_finetune,
                          runner_fields=_TRAINER_FIELDS))
-register_stage(StageType("distill", {"config": FinetuneConfig}, takes="torch", gives="torch", run=_run_distill,
-                         runner_fields=_TRAINER_FIELDS, defaults={"distill": 1.0}))
+register_stage(StageType("distill", {"distill": DistillConfig, "train": FinetuneConfig}, takes="torch", gives="torch",
+                         run=_run_distill, runner_fields=frozenset({"imgsz", "distill"})))
 register_stage(StageType("fuse", {"config": FuseConfig}, takes="torch", gives="torch", run=_run_fuse, fuses=True))
 register_stage(StageType(
     "quantize", {"quant": QuantConfig, "qat": QatConfig}, takes="any", gives="onnx", run=_run_quantize,

@@ -59,7 +59,7 @@ def test_training_on_the_term_moves_the_student_toward_the_teacher(teacher):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert items["kd"] > 0 and before > 0.05
+    assert items["kd_output"] > 0 and before > 0.05
     assert excess() < 0.5 * before
 
 

@@ -1,6 +1,12 @@
-"""Knowledge distillation for detectors: ``output`` (the teacher's head outputs as soft targets), used by QAT
-(teacher: the float model) and optionally by the pruning fine-tune (teacher: the unpruned model); any
-``Trainer`` takes it as an ``extra_losses`` term."""
-from yolocompress.compress.distill.output import OutputDistillation
+"""Knowledge distillation for detectors.
 
-__all__ = ["OutputDistillation"]
+``output`` (the teacher's head outputs as soft targets; used by QAT with the float model as teacher),
+``feature`` (channel-wise distillation of the neck outputs, with 1x1 connectors where channel counts differ)
+and the stage that trains a student under a teacher with either or both, ``distill_model``. Any ``Trainer``
+takes the loss terms as ``extra_losses`` entries.
+"""
+from yolocompress.compress.distill.feature import FeatureDistillation, cwd_loss
+from yolocompress.compress.distill.output import OutputDistillation
+from yolocompress.compress.distill.stage import DistillConfig, distill_model
+
+__all__ = ["DistillConfig", "FeatureDistillation", "OutputDistillation", "cwd_loss", "distill_model"]

@@ -38,7 +38,7 @@ class OutputDistillation:
         weight: multiplier of the whole term (the detection loss has weight 1).
         box, obj, cls: weights of the three parts.
 
-    Called as ``term(batch, preds, features)`` it returns ``(loss per image, {"kd": value})``; the trainer
+    Called as ``term(batch, preds, features)`` it returns ``(loss per image, {"kd_output": value})``; the trainer
     multiplies it by the batch size like its detection loss.
     """
 
@@ -84,7 +84,7 @@ class OutputDistillation:
             targets = _raw_outputs(self.teacher, batch.imgs.float())
         box, obj, cls = self.loss(preds, targets)
         total = self.weight * (self.box * box + self.obj * obj + self.cls * cls)
-        return total, {"kd": float(total.detach())}
+        return total, {"kd_output": float(total.detach())}
 
 
 __all__ = ["OutputDistillation"]

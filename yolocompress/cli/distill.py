@@ -1,0 +1,100 @@
+"""``yolocompress distill STUDENT --teacher T --data D -o OUT.pt``: train a student under a teacher."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from yolocompress.cli.common import console, err_console, image_size, positive_int, write_json
+from yolocompress.errors import InputError
+
+
+def _layers(text: str) -> tuple[int, ...] | None:
+    """argparse type: ``auto`` or comma-separated layer indices."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or layer indices such as 17,20,23, got {text!r}") from None
+
+
+def _main(args: argparse.Namespace) -> int:
+    from yolocompress.compress.distill import DistillConfig, distill_model
+    from yolocompress.compress.finetune import FinetuneConfig
+    from yolocompress.data import load_data_config
+    from yolocompress.io.checkpoint import history_entry, load_model_with_info, save_model
+    from yolocompress.models import build_model, list_configs
+
+    if Path(args.output).suffix.lower() != ".pt":
+        raise InputError(f"output must be a .pt file, got {args.output}")
+    config = DistillConfig(method=args.method, feature_layers=args.feature_layers, weight=args.weight,
+                           feature_weight=args.feature_weight, temperature=args.temperature)
+    data = load_data_config(args.data)
+    teacher, teacher_info = load_model_with_info(args.teacher)
+    if Path(args.student).is_file():
+        student, info = load_model_with_info(args.student)
+        history, imgsz = info.history, args.imgsz or info.imgsz
+    elif Path(args.student).stem in list_configs():  # a config: trained from scratch under the teacher
+        student, history, imgsz = build_model(args.student, nc=data.nc), [], args.imgsz or teacher_info.imgsz
+    else:
+        raise InputError(f"student not found: {args.student} (a checkpoint or a config name such as yolov5n)")
+    train = FinetuneConfig(epochs=args.epochs, imgsz=imgsz, batch=args.batch, lr0=args.lr0,
+                           warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device, workers=args.workers)
+    tuned, report = distill_model(student, teacher, data, config, train, out_dir=args.out_dir, resume=args.resume,
+                                  progress=sys.stderr.isatty())
+    entry = history_entry("distill", teacher=Path(args.teacher).name, config=dict(report.config))
+    save_model(tuned, args.output, imgsz=imgsz, history=[*history, entry])
+    _print(report.to_dict(), args.output)
+    write_json(report.to_dict(), args.json)
+    return 0
+
+
+def _print(report: dict[str, Any], output: str) -> None:
+    d = report["details"]
+    last = d["history"][-1] if d.get("history") else {}
+    terms = ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in last.items()
+                      if k.startswith("train/") and isinstance(v, float))
+    console.print(f"distilled ({d['method']}) -> {output}: {d['epochs_completed']} epochs; last epoch: {terms}")
+    if d.get("connectors"):
+        console.print("connectors (student -> teacher channels): " +
+                      ", ".join(f"layer {i}: {s} -> {t}" for i, (s, t) in d["connectors"].items()))
+    if "metrics/mAP_0.5:0.95" in last:
+        console.print(f"val mAP50-95 after the last epoch: {last['metrics/mAP_0.5:0.95']:.4f} "
+                      f"(best epoch {d['best_epoch'] + 1})")
+    for warning in report["warnings"]:
+        err_console.print(f"warning: {warning}")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "distill", help="train a student (e.g. a pruned model) under a teacher: output and/or feature KD",
+        description="Knowledge distillation. --method output: the teacher's head outputs as soft targets (same "
+                    "classes, anchors and strides); feature: channel-wise distillation (CWD) of the neck outputs, "
+                    "with 1x1 conv + BN connectors where the channel counts differ (dropped from the saved "
+                    "student); both. Every loss term is logged per epoch in results.csv.")
+    p.add_argument("student", help="student checkpoint (.pt), or a config name to train from scratch")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (.pt)")
+    p.add_argument("--data", required=True, help="data.yaml")
+    p.add_argument("-o", "--output", required=True, help="distilled student to write (.pt, our format)")
+    p.add_argument("--method", choices=("output", "feature", "both"), default="feature",
+                   help="what to distill (default feature)")
+    p.add_argument("--feature-layers", type=_layers, default=None, metavar="auto|17,20,23",
+                   help="layers for feature KD (default auto: the layers that feed Detect)")
+    p.add_argument("--weight", type=float, default=1.0, help="output-KD weight (default 1)")
+    p.add_argument("--feature-weight", type=float, default=1.0, help="feature-KD weight (default 1)")
+    p.add_argument("--temperature", type=float, default=1.0, help="CWD temperature (default 1)")
+    p.add_argument("--epochs", type=positive_int, default=20, help="training epochs (default 20)")
+    p.add_argument("--imgsz", type=image_size, default=None, help="image size (default: the student's, else "
+                                                                  "the teacher's recorded size)")
+    p.add_argument("--batch", type=positive_int, default=16, help="batch size (default 16)")
+    p.add_argument("--lr0", type=float, default=None, help="initial learning rate (default YOLOv5's 0.01)")
+    p.add_argument("--warmup-epochs", type=float, default=None, help="warm-up epochs (default YOLOv5's 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=0, help="data-loading workers (default 0)")
+    p.add_argument("--out-dir", default="runs/distill", help="the trainer's run folder (default runs/distill)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from --out-dir's last.pt")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the stage report as JSON")
+    p.set_defaults(func=_main)
