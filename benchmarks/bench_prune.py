@@ -92,13 +92,20 @@ def _baseline_and_data(args):
     return load_model(model_path), data
 
 
+def _printer(args):
+    """Progress lines (bars in a terminal) with ``--progress``, else none."""
+    from yolocompress.cli.common import ProgressPrinter
+
+    return ProgressPrinter() if args.progress else None
+
+
 def part_accuracy(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_model
 
     model, data = _baseline_and_data(args)
     common = dict(ratio=args.ratio, imgsz=args.imgsz, calib_batches=args.calib_batches,
                   eval_images=args.eval_images, finetune_epochs=args.epochs, seed=args.seed, bf16=args.bf16,
-                  channels_last=args.bf16, progress=args.progress, finetune_nominal_batch=args.nominal_batch,
+                  channels_last=args.bf16, finetune_nominal_batch=args.nominal_batch,
                   distill=args.distill)
     out = {}
     eagleeye = dict(candidates=args.candidates, include_uniform=not args.no_uniform, spread=args.spread,
@@ -107,7 +114,7 @@ def part_accuracy(args) -> dict:
     for label, extra in runs[:1] if args.eagleeye_only else runs:
         t0 = time.perf_counter()
         config = PruneConfig(**common, **extra, eval_baseline=label == "eagleeye")
-        _, report = prune_model(model, data, config)
+        _, report = prune_model(model, data, config, on_progress=_printer(args))
         out[label] = report.to_dict()
         out[label]["wall_s"] = time.perf_counter() - t0
         print(f"[{label}] done in {out[label]['wall_s']:.0f} s", flush=True)
@@ -146,7 +153,7 @@ def part_speed(args) -> dict:
     cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
                       calib_batches=args.calib_batches, eval_images=args.eval_images, finetune_epochs=0,
                       eval_baseline=False, **_guided(args))
-    _, report = prune_model(model, data, cfg)
+    _, report = prune_model(model, data, cfg, on_progress=_printer(args))
     d = report.details
     t, n, probes = d["timing_s"], len(d["candidates"]), d["probes"]
     if probes:
@@ -216,8 +223,8 @@ def part_correlation(args) -> dict:
             tc = TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=16, nominal_batch=args.nominal_batch,
                              workers=0, seed=args.seed,
                              out_dir=tmp, close_mosaic=args.epochs // 2, patience=0, val=False,
-                             bf16=args.bf16, channels_last=args.bf16, progress=args.progress)
-            tuned = Trainer(sub, data, tc).train().model
+                             bf16=args.bf16, channels_last=args.bf16)
+            tuned = Trainer(sub, data, tc, on_progress=_printer(args)).train().model
         final = evaluate_model(tuned, data, imgsz=args.imgsz, batch=32)
         rows.append({"index": i, "kind": s.kind, "gflops": s.flops / 1e9, "score_raw": raw.map50_95,
                      "score_adaptive_bn": abn.map50_95, "finetuned_map50_95": final.map50_95})

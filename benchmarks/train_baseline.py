@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from yolocompress.cli.common import ProgressPrinter
 from yolocompress.data import load_data_config
 from yolocompress.data.synthetic import synthesize_dataset
 from yolocompress.engine.evaluator import evaluate_model
@@ -76,13 +77,13 @@ def main() -> int:
     config = TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu",
                          workers=args.workers, seed=args.seed, out_dir=str(work / "train"),
                          resume=str(last) if args.resume and last.is_file() else None,
-                         close_mosaic=args.close_mosaic, patience=0, cache=True, progress=True,
+                         close_mosaic=args.close_mosaic, patience=0, cache=True,
                          nominal_batch=args.nominal_batch, bf16=not args.fp32, channels_last=True)
     start = time.time()
     if args.export_only:
         best, epochs, best_epoch, curve_rows = _current_best(work / "train")
     else:
-        result = Trainer(model, data, config).train()
+        result = Trainer(model, data, config, on_progress=ProgressPrinter()).train()
         best, epochs, best_epoch, curve_rows = result.model, result.epochs_completed, result.best_epoch, result.history
     train_s = time.time() - start
 

@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "yolocompress"
 
 # Lowest first: a module may import from its own layer or a lower one, never a higher one.
-LAYERS = ("errors", "models", "io", "data", "export", "profile", "engine", "compress", "report", "recipe", "demo",
+LAYERS = ("errors", "progress", "models", "io", "data", "export", "profile", "engine", "compress", "report", "recipe", "demo",
           "cli", "__main__")
 
 

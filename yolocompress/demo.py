@@ -58,7 +58,7 @@ def baseline_record() -> dict[str, Any]:
 
 def run_demo(data_root: str | os.PathLike | None = None, out_dir: str | os.PathLike = "runs/demo",
              overrides: Sequence[str] = (), on_progress: Callable[[Any], None] | None = None,
-             progress: bool = False) -> RecipeResult:
+             on_inner_progress: Callable[[Any], None] | None = None) -> RecipeResult:
     """Run the shipped ``demo`` recipe (prune, short fine-tune, fuse, int8 PTQ) on the shipped baseline and the
     demo data into ``out_dir``. A second run in the same folder resumes: finished stages are skipped and only
     the latency is measured again."""
@@ -66,4 +66,4 @@ def run_demo(data_root: str | os.PathLike | None = None, out_dir: str | os.PathL
 
     data_yaml = demo_data(data_root)
     loaded = load_recipe("demo", overrides=overrides, model=baseline_path(), data=data_yaml)
-    return run_recipe(loaded, out_dir, resume=True, on_progress=on_progress, progress=progress)
+    return run_recipe(loaded, out_dir, resume=True, on_progress=on_progress, on_inner_progress=on_inner_progress)

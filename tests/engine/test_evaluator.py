@@ -116,7 +116,9 @@ def test_many_batches_and_result_dict():
                 for image in labels]
         batches.append(batch(labels))
         outputs.append(decoded(dets))
-    r = run(batches, outputs, progress=False)
+    events = []
+    r = run(batches, outputs, on_progress=events.append)
+    assert [(e.task, e.done, e.total) for e in events] == [("eval", k, 3) for k in (1, 2, 3)]
     assert isinstance(r, EvalResult) and r.images == 12
     d = json.loads(json.dumps(r.to_dict()))
     keys = ("map50", "map50_95", "precision", "recall", "per_class", "imgsz", "images", "speed_ms", "fitness")

@@ -28,7 +28,7 @@ def tiny_model(nc: int) -> nn.Module:
 
 def train_config(tmp_path, **overrides) -> TrainConfig:
     settings = dict(epochs=2, imgsz=64, batch=4, workers=0, seed=0, out_dir=str(tmp_path / "run"),
-                    close_mosaic=0, progress=False)
+                    close_mosaic=0)
     settings.update(overrides)
     return TrainConfig(**settings)
 

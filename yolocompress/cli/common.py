@@ -72,3 +72,50 @@ def print_gate(gate: Any) -> None:
     for verdict in gate.verdicts:
         console.print(verdict.line(), markup=False, highlight=False)
     console.print("gate passed" if gate.passed else "gate FAILED (the report is written)", markup=False)
+
+
+class ProgressPrinter:
+    """A ``ProgressCallback`` that draws: tqdm bars when stderr is a terminal, else one plain line per task
+    every ``interval_s`` seconds and at its end (no carriage-return frames in a log file or CI log)."""
+
+    def __init__(self, interval_s: float = 30.0) -> None:
+        self.terminal = sys.stderr.isatty()
+        self.interval_s = interval_s
+        self.bars: dict[str, Any] = {}
+        self.last_line: dict[str, float] = {}
+
+    def __call__(self, event: Any) -> None:
+        import time
+
+        if event.message:
+            if self.terminal:
+                from tqdm import tqdm
+
+                tqdm.write(event.message, file=sys.stderr)
+            else:
+                print(event.message, file=sys.stderr, flush=True)
+        if not event.total:
+            return
+        info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in event.info.items())
+        if self.terminal:
+            from tqdm import tqdm
+
+            bar = self.bars.get(event.task)
+            if bar is None:
+                bar = self.bars[event.task] = tqdm(total=event.total, desc=event.task, unit=event.unit,
+                                                   leave=False, dynamic_ncols=True, file=sys.stderr)
+            bar.n = event.done
+            bar.set_postfix_str(info, refresh=False)
+            bar.refresh()
+            if event.final or event.done >= event.total:
+                bar.close()
+                del self.bars[event.task]
+            return
+        now = time.monotonic()
+        last = self.last_line.setdefault(event.task, now)
+        if event.final or event.done >= event.total or now - last >= self.interval_s:
+            self.last_line[event.task] = now
+            print(f"{event.task}: {event.done}/{event.total} {event.unit}  {info}".rstrip(), file=sys.stderr,
+                  flush=True)
+            if event.final or event.done >= event.total:
+                del self.last_line[event.task]

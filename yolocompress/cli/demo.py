@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from yolocompress.cli.common import console, err_console, print_gate, show_progress, write_json
+from yolocompress.cli.common import ProgressPrinter, console, err_console, print_gate, show_progress, write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     with err_console.status("preparing the demo data set (generated once, about a minute) ..."):
         demo_data(args.data_dir)
     result = run_demo(args.data_dir, args.out, overrides=args.set, on_progress=show_progress,
-                      progress=sys.stderr.isatty())
+                      on_inner_progress=ProgressPrinter())
     console.print(pipeline_table(result.report))
     recorded = baseline_record()
     if "map50_95" in recorded:

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from yolocompress.cli.common import console, err_console, image_size, positive_int, write_json
+from yolocompress.cli.common import ProgressPrinter, console, err_console, image_size, positive_int, write_json
 from yolocompress.errors import InputError
 
 
@@ -43,7 +42,7 @@ def _main(args: argparse.Namespace) -> int:
     train = FinetuneConfig(epochs=args.epochs, imgsz=imgsz, batch=args.batch, lr0=args.lr0,
                            warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device, workers=args.workers)
     tuned, report = distill_model(student, teacher, data, config, train, out_dir=args.out_dir, resume=args.resume,
-                                  progress=sys.stderr.isatty())
+                                  on_progress=ProgressPrinter())
     entry = history_entry("distill", teacher=Path(args.teacher).name, config=dict(report.config))
     save_model(tuned, args.output, imgsz=imgsz, history=[*history, entry])
     _print(report.to_dict(), args.output)

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING, Any
 
-from yolocompress.cli.common import console, image_size, positive_int, write_json
+from yolocompress.cli.common import ProgressPrinter, console, image_size, positive_int, write_json
 from yolocompress.errors import InputError
 from yolocompress.report.tables import eval_table
 
@@ -26,7 +25,7 @@ def _fraction(text: str) -> float:
 
 def run(model: str, data: str, imgsz: int | None = None, batch: int = 32, conf: float = 0.001,
         iou: float = 0.6, split: str = "val", max_det: int = 300, threads: int | None = None,
-        device: str = "cpu", workers: int = 0, progress: bool = False) -> EvalResult:
+        device: str = "cpu", workers: int = 0, on_progress: Any = None) -> EvalResult:
     """Evaluate ``model`` (``.pt`` or ``.onnx``) on ``split`` of ``data`` (a ``data.yaml``)."""
     import torch
 
@@ -41,13 +40,13 @@ def run(model: str, data: str, imgsz: int | None = None, batch: int = 32, conf: 
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda requested but no CUDA device is available")
     return evaluate_model(model, data, split=split, imgsz=imgsz, batch=batch, conf_thres=conf, iou_thres=iou,
-                          max_det=max_det, device=device, threads=threads, workers=workers, progress=progress)
+                          max_det=max_det, device=device, threads=threads, workers=workers, on_progress=on_progress)
 
 
 def _main(args: argparse.Namespace) -> int:
     result = run(args.model, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
                  split=args.split, max_det=args.max_det, threads=args.threads, device=args.device,
-                 workers=args.workers, progress=sys.stderr.isatty())
+                 workers=args.workers, on_progress=ProgressPrinter())
     console.print(eval_table(args.model, result))
     report: dict[str, Any] = {"model": str(args.model), "data": str(args.data), "split": args.split,
                               **result.to_dict()}

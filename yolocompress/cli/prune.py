@@ -31,12 +31,11 @@ def prune_settings(args: argparse.Namespace) -> dict[str, Any]:
         settings.update(calib_batch=args.batch, eval_batch=args.batch, finetune_batch=args.batch)
     if args.exclude:
         settings["exclude"] = tuple(e.strip() for e in args.exclude.split(",") if e.strip())
-    settings["progress"] = not args.quiet
     return settings
 
 
 def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None = None, imgsz: int | None = None,
-        json_path: str | None = None, cfg: str | None = None) -> dict[str, Any]:
+        json_path: str | None = None, cfg: str | None = None, on_progress: Any = None) -> dict[str, Any]:
     """Prune the checkpoint ``model`` and save the result (our format, atomically) to ``output``.
 
     ``settings``: ``PruneConfig`` keywords (:func:`prune_settings` builds them from the flags); ``imgsz``
@@ -64,7 +63,7 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
     require_unfused(net, "pruning")
     if imgsz is None:
         config = dataclasses.replace(config, imgsz=info.imgsz)
-    pruned, report = prune_model(net, data_cfg, config)
+    pruned, report = prune_model(net, data_cfg, config, on_progress=on_progress)
     result = report.to_dict()
     if context_from_env().is_main:
         details = result["details"]
@@ -93,8 +92,10 @@ def _snapshot_summary(snap: ModelSnapshot | None) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from yolocompress.cli.common import ProgressPrinter
+
     r = run(args.model, args.output, args.data, prune_settings(args), imgsz=args.imgsz, json_path=args.json,
-            cfg=args.cfg)
+            cfg=args.cfg, on_progress=None if args.quiet else ProgressPrinter())
     from yolocompress.compress.stage import StageReport
     from yolocompress.engine.distributed import context_from_env
 

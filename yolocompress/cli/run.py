@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from yolocompress.cli.common import console, print_gate, show_progress, write_json
+from yolocompress.cli.common import ProgressPrinter, console, print_gate, show_progress, write_json
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -27,7 +26,7 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out) if args.out else Path("runs") / "recipe" / loaded.plan.name
     result = run_recipe(loaded, out, resume=args.resume, on_progress=show_progress,
-                        progress=sys.stderr.isatty())
+                        on_inner_progress=ProgressPrinter())
     console.print(pipeline_table(result.report))
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}; plot: {out / 'tradeoff.png'}")
     write_json(result.report, args.json)

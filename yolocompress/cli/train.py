@@ -98,7 +98,10 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
     as given here), and ``model``/``data`` may be left out.
     """
     from yolocompress.data import load_data_config
+    from yolocompress.cli.common import ProgressPrinter
     from yolocompress.engine.trainer import TrainConfig, Trainer, load_checkpoint, seed_everything
+
+    printer = ProgressPrinter() if progress else None
 
     if resume:
         ckpt = load_checkpoint(resume)
@@ -106,7 +109,7 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
             raise InputError(f"{resume} trains a wrapped (e.g. quantization-aware) model; resume it through "
                              "the recipe that started it")
         stored: dict[str, Any] = dict(ckpt["train_config"])
-        stored.update(resume=str(resume), device=device, workers=workers, progress=progress,
+        stored.update(resume=str(resume), device=device, workers=workers,
                       out_dir=str(Path(resume).resolve().parent.parent))
         config = TrainConfig(**{f.name: stored[f.name] for f in dataclasses.fields(TrainConfig) if f.name in stored})
         data_path = data or ckpt["data"].get("yaml_path")
@@ -117,13 +120,13 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
         from yolocompress.models import DetectionModel
 
         net = DetectionModel(ckpt["model_config"])
-        return Trainer(net, data_cfg, config, Hyp.from_dict(ckpt["hyp"])).train()
+        return Trainer(net, data_cfg, config, Hyp.from_dict(ckpt["hyp"]), on_progress=printer).train()
 
     if model is None or data is None:
         raise InputError("train needs MODEL_OR_CFG and --data (or --resume)")
     config = TrainConfig(epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=workers, seed=seed,
                          out_dir=out, patience=patience, close_mosaic=close_mosaic, cos_lr=cos_lr, amp=amp,
-                         sync_bn=sync_bn, val=val, cache=cache, progress=progress, bf16=bf16,
+                         sync_bn=sync_bn, val=val, cache=cache, bf16=bf16,
                          channels_last=channels_last, nominal_batch=nominal_batch)
     last = Path(out) / "weights" / "last.pt"
     if last.exists() and not exist_ok:
@@ -133,7 +136,7 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
     data_cfg = load_data_config(data)
     seed_everything(seed)  # the fresh model's initial weights too
     net = build_training_model(model, data_cfg)
-    return Trainer(net, data_cfg, config, hyperparameters).train()
+    return Trainer(net, data_cfg, config, hyperparameters, on_progress=printer).train()
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from torch import nn
 
 from yolocompress.compress.stage import ModelSnapshot, StageReport, config_dict
 from yolocompress.errors import InputError
+from yolocompress.progress import ProgressCallback
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class FinetuneConfig:
 
 
 def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, teacher: nn.Module | None = None,
-             out_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
+             out_dir: str | Path | None = None, resume: bool = False, on_progress: ProgressCallback | None = None,
              extra_losses: Sequence[Any] = ()) -> tuple[nn.Module, StageReport]:
     """Fine-tune ``model`` (not modified) on ``data`` (``data.yaml`` or ``DataConfig``).
 
@@ -87,7 +88,7 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
         teacher: the distillation teacher (needed when ``config.distill > 0``).
         out_dir: keep the Trainer's run folder (``weights/last.pt``, ``best.pt``, ``results.csv``) here.
         resume: continue from ``out_dir/weights/last.pt`` when it exists.
-        progress: let the Trainer draw its progress bar.
+        on_progress: the Trainer's progress events (see ``Trainer``).
         extra_losses: further trainer loss terms (e.g. feature distillation), after the output
             distillation that ``config.distill`` adds.
     Returns:
@@ -122,7 +123,7 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
                          nominal_batch=max(cfg.nominal_batch, cfg.batch), device=cfg.device, workers=cfg.workers,
                          seed=cfg.seed, out_dir=str(run_dir), resume=resume_from,
                          close_mosaic=cfg.epochs // 2 if cfg.close_mosaic is None else cfg.close_mosaic,
-                         patience=0, cos_lr=cfg.cos_lr, progress=progress, bf16=cfg.bf16,
+                         patience=0, cos_lr=cfg.cos_lr, bf16=cfg.bf16,
                          channels_last=cfg.channels_last, val=cfg.val)
         if resumed_epoch is not None and resumed_epoch >= cfg.epochs:  # killed after its last epoch was saved
             tuned, finished = load_model(run_dir / "weights" / "best.pt"), load_checkpoint(last)
@@ -130,7 +131,7 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
                        "best_fitness": float(finished["best_fitness"]), "history": []}
         else:
             result = Trainer(copy.deepcopy(model).float().cpu().train(), data, tc, hyp=hyp,
-                             extra_losses=extra).train()
+                             extra_losses=extra, on_progress=on_progress).train()
             tuned = result.model
             summary = {"epochs_completed": result.epochs_completed, "best_epoch": result.best_epoch,
                        "best_fitness": result.best_fitness, "history": result.history}

@@ -25,6 +25,7 @@ from yolocompress.engine.metrics import IOU_THRESHOLDS, ap_per_class, fitness, m
 from yolocompress.engine.nms import non_max_suppression, xywh2xyxy
 from yolocompress.engine.predictors import OnnxPredictor, Predictor, TorchPredictor
 from yolocompress.errors import InputError
+from yolocompress.progress import ProgressCallback, report
 from yolocompress.io.checkpoint import DEFAULT_IMGSZ  # when neither the caller nor the model says
 
 
@@ -158,7 +159,7 @@ def evaluate(
     iou_thres: float = 0.6,
     max_det: int = 300,
     device: str | torch.device = "cpu",
-    progress: bool = False,
+    on_progress: ProgressCallback | None = None,
     imgsz: int | None = None,
 ) -> EvalResult:
     """Run ``predictor`` over ``loader`` and compute val.py's detection metrics.
@@ -169,7 +170,7 @@ def evaluate(
         nc, names: number of classes and their names.
         conf_thres, iou_thres, max_det: NMS settings (val.py's defaults).
         device: where images are converted, NMS and matching run.
-        progress: show a progress bar on stderr.
+        on_progress: called with a ``ProgressEvent`` (task ``eval``) after every batch.
         imgsz: recorded in the result (default: the longest image side seen).
     """
     device = torch.device(device)
@@ -177,12 +178,9 @@ def evaluate(
     stats = _Stats(nc)
     timing = {"pre": 0.0, "inference": 0.0, "nms": 0.0, "metrics": 0.0}
     longest = 0
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc="eval", unit="batch", leave=False)
+    total = len(loader) if hasattr(loader, "__len__") else 0
     with torch.inference_mode():
-        for imgs, targets, _paths, shapes in loader:
+        for batch_index, (imgs, targets, _paths, shapes) in enumerate(loader):
             t0 = time.perf_counter()
             imgs = imgs.to(device, non_blocking=True).float() / 255
             _, _, height, width = imgs.shape
@@ -202,6 +200,7 @@ def evaluate(
             timing["inference"] += t2 - t1
             timing["nms"] += t3 - t2
             timing["metrics"] += t4 - t3
+            report(on_progress, "eval", batch_index + 1, total, "batch")
     t5 = time.perf_counter()
     map50, map50_95, precision, recall, per_class, instances = stats.result(names)
     timing["metrics"] += time.perf_counter() - t5
@@ -229,7 +228,7 @@ def evaluate_model(
     threads: int | None = None,
     workers: int = 0,
     label_cache: bool = True,
-    progress: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> EvalResult:
     """Evaluate a model, a checkpoint or an ONNX file on a split of a ``data.yaml``.
 
@@ -246,6 +245,7 @@ def evaluate_model(
         threads: ONNX Runtime intra-op threads (PyTorch uses the process setting).
         workers: loader worker processes.
         label_cache: read/write the label scan cache beside the labels.
+        on_progress: see :func:`evaluate`.
         Others: as :func:`evaluate` and :class:`TorchPredictor`.
     """
     from yolocompress.data.config import DataConfig, load_data_config
@@ -256,7 +256,7 @@ def evaluate_model(
     loader = build_eval_loader(data, split, imgsz=imgsz, batch=batch, stride=stride, pad=0.5, rect=rect,
                                workers=workers, label_cache=label_cache)
     return evaluate(predictor, loader, data.nc, data.names, conf_thres=conf_thres, iou_thres=iou_thres,
-                    max_det=max_det, device=device, progress=progress, imgsz=imgsz)
+                    max_det=max_det, device=device, on_progress=on_progress, imgsz=imgsz)
 
 
 def _predictor_for(model_or_path: nn.Module | str | os.PathLike, nc: int, imgsz: int | None,

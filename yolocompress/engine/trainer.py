@@ -39,6 +39,7 @@ from yolocompress.engine.loss import DetectionLoss, Hyp
 from yolocompress.engine.optim import Schedule, build_optimizer
 from yolocompress.errors import InputError
 from yolocompress.io.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from yolocompress.progress import ProgressCallback, report
 
 LOGGER = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "yolocompress-train"
@@ -70,7 +71,6 @@ class TrainConfig:
         sync_bn: SyncBatchNorm in distributed CUDA runs.
         val: evaluate after every epoch (otherwise ``best.pt`` is the last EMA model).
         cache: keep decoded, resized images in RAM.
-        progress: show a progress bar and per-epoch metrics on stderr (rank 0).
         nominal_batch: gradients are accumulated to this many images per optimizer step (YOLOv5: 64) and
             weight decay scaled to match; set it to ``batch`` to step after every batch.
     """
@@ -92,7 +92,6 @@ class TrainConfig:
     sync_bn: bool = False
     val: bool = True
     cache: bool = False
-    progress: bool = False
     nominal_batch: int = 64
 
     def __post_init__(self) -> None:
@@ -208,6 +207,8 @@ class Trainer:
         extra_losses: ``ExtraLoss`` terms added to the detection loss (see ``callbacks``).
         wrap_model: ``fn(model) -> model`` applied once before the optimizer is built (QAT inserts its
             fake-quant modules here); a resumed run must pass the same function.
+        on_progress: called (rank 0) with a ``ProgressEvent`` after every batch (task ``epoch E/N``, the
+            running losses in ``info``) and once per epoch with its metrics as ``message``.
 
     Attributes for callbacks: ``model`` (the bare model being trained), ``train_model`` (the same or its
     DDP wrapper), ``ema`` (``ModelEMA``, rank 0 only, else ``None``), ``optimizer``, ``epoch``, ``step``
@@ -216,7 +217,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, data_cfg: Any, config: TrainConfig, hyp: Hyp | None = None,
                  callbacks: Iterable[Callback] = (), extra_losses: Sequence[Any] = (),
-                 wrap_model: Callable[[nn.Module], nn.Module] | None = None) -> None:
+                 wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+                 on_progress: ProgressCallback | None = None) -> None:
         self.model = model
         self.data_cfg = data_cfg
         self.config = config
@@ -230,6 +232,7 @@ class Trainer:
             raise InputError("nothing to train: the detection loss gains box, obj and cls are all 0 and there "
                              "is no extra loss")
         self.wrap_model = wrap_model
+        self.on_progress = on_progress if dist_utils.context_from_env().is_main else None
         self.out_dir = Path(config.out_dir)
         self.weights_dir = self.out_dir / "weights"
         self.last_path = self.weights_dir / "last.pt"
@@ -442,12 +445,7 @@ class Trainer:
         nb = len(loader)
         mean_loss = torch.zeros(len(LOSS_NAMES), device=self.device)
         extra_sums: dict[str, float] = {}
-        bar = None
-        if cfg.progress and self.ctx.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=True,
-                       dynamic_ncols=True)
+        task = f"epoch {epoch + 1}/{cfg.epochs}"
         for i, (imgs, targets, paths, shapes) in enumerate(loader):
             ni = i + nb * epoch  # batches since the start of training
             self.schedule.warmup(self.optimizer, ni, epoch)
@@ -479,13 +477,10 @@ class Trainer:
             self.step = ni + 1
             self.callbacks.on_batch_end(self, ni)
             mean_loss = (mean_loss * i + items) / (i + 1)
-            if bar is not None:
-                bar.set_postfix({**{k: f"{v:.4g}" for k, v in zip(LOSS_NAMES, mean_loss.tolist())},
-                                 **{k: f"{v / (i + 1):.4g}" for k, v in extra_sums.items()},
-                                 "inst": int(targets.shape[0]), "size": int(imgs.shape[-1])}, refresh=False)
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            if self.on_progress is not None:
+                report(self.on_progress, task, i + 1, nb, "batch",
+                       {**dict(zip(LOSS_NAMES, mean_loss.tolist())), **{k: v / (i + 1) for k, v in extra_sums.items()},
+                        "inst": int(targets.shape[0]), "size": int(imgs.shape[-1])})
         extra_means = {k: v / max(nb, 1) for k, v in extra_sums.items()}
         return mean_loss.cpu(), extra_means, time.perf_counter() - start
 
@@ -540,11 +535,10 @@ class Trainer:
             if stop:
                 LOGGER.info("stopping early: no better fitness for %d epochs (best %.4g at epoch %d)",
                             cfg.patience, self.best_fitness, self.best_epoch + 1)
-            if cfg.progress:
-                from tqdm import tqdm
-
-                tqdm.write("  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in row.items()
-                                     if k.startswith("metrics/")) or f"epoch {epoch + 1} done")
+            if self.on_progress is not None:
+                metrics_line = "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in row.items() if k.startswith("metrics/"))
+                report(self.on_progress, "", 0, 0, message=f"epoch {epoch + 1}/{cfg.epochs}: "
+                       f"{metrics_line or 'done'}")
         rng = dist_utils.gather_objects(rng_state())
         if self.ctx.is_main:
             atomic_torch_save(self._checkpoint(epoch, rng), self.last_path)

@@ -33,6 +33,7 @@ import yaml
 
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport, model_snapshot, onnx_snapshot
 from yolocompress.errors import InputError
+from yolocompress.progress import ProgressCallback
 from yolocompress.io.atomic import atomic_write_json, atomic_write_text
 from yolocompress.report.gate import GateLimits, GateResult, check_report
 from yolocompress.recipe.plan import LoadedRecipe, RecipePlan, StagePlan
@@ -53,7 +54,7 @@ class RecipeProgress:
     seconds: float = 0.0
 
 
-ProgressCallback = Callable[[RecipeProgress], None]
+StageProgressCallback = Callable[[RecipeProgress], None]
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,9 @@ class _Run:
     """The state of one run (kept small: the plan, the folder, what was measured so far)."""
 
     def __init__(self, plan: RecipePlan, data: Any, out_dir: Path, resume: bool,
-                 on_progress: ProgressCallback | None, progress: bool) -> None:
+                 on_progress: StageProgressCallback | None, on_inner_progress: ProgressCallback | None) -> None:
         self.plan, self.data, self.out_dir, self.resume = plan, data, out_dir, resume
-        self.on_progress, self.progress = on_progress, progress
+        self.on_progress, self.on_inner_progress = on_progress, on_inner_progress
         self.total = len(plan.stages)
 
     def emit(self, index: int, name: str, status: str, seconds: float = 0.0) -> None:
@@ -179,7 +180,8 @@ class _Run:
         t0 = time.perf_counter()
         artifact_in = source if source.suffix == ".onnx" else _load_torch(source)
         context = StageContext(data=self.data, imgsz=self.plan.imgsz, seed=self.plan.document.seed,
-                               work_dir=folder, teacher=teacher, resume=same_start, progress=self.progress)
+                               work_dir=folder, teacher=teacher, resume=same_start,
+                               on_progress=self.on_inner_progress)
         output, report = stage.type.run(context, artifact_in, stage.configs)
         artifact = self._save(stage, output, source, folder)
         after = _snapshot(artifact, self.plan, self.data, torch_source) if artifact != source else before
@@ -305,14 +307,16 @@ def _row(stage: str, kind: str, artifact: Path, out_dir: Path, snap: ModelSnapsh
 
 
 def run_recipe(loaded: LoadedRecipe, out_dir: str | Path, resume: bool = False,
-               on_progress: ProgressCallback | None = None, progress: bool = False) -> RecipeResult:
+               on_progress: StageProgressCallback | None = None,
+               on_inner_progress: ProgressCallback | None = None) -> RecipeResult:
     """Run a checked recipe (:func:`~yolocompress.recipe.load_recipe`) into ``out_dir``; see the module
     docstring.
 
     Args:
         resume: skip stages already done with the same input and config; continue a killed trainer run.
         on_progress: called with a :class:`RecipeProgress` at every stage start, skip and end.
-        progress: let stages draw their inner progress bars (the trainer's, the pruning search's).
+        on_inner_progress: the stages' own progress events (the trainer's batches, the pruning search's
+            candidates, evaluation batches).
     """
     plan, model, info, data = loaded.plan, loaded.model, loaded.info, loaded.data
     out_dir = Path(out_dir)
@@ -320,7 +324,7 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | Path, resume: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved_text = yaml.safe_dump(plan.resolved(), sort_keys=False)
     atomic_write_text(resolved_text, out_dir / "recipe.resolved.yaml")
-    run = _Run(plan, data, out_dir, resume, on_progress, progress)
+    run = _Run(plan, data, out_dir, resume, on_progress, on_inner_progress)
 
     source, snap = run.baseline(model, info)
     artifacts, snaps, reports = [source], [snap], []

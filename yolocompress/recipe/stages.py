@@ -2,7 +2,7 @@
 
 Each :class:`StageType` says which config dataclass(es) its recipe keys are the fields of, what artifact it
 takes (a PyTorch model, or either) and gives (``torch``, ``onnx`` or the same artifact), which fields the
-runner sets itself (the recipe's one image size, progress, work folders) and which recipe defaults differ
+runner sets itself (the recipe's one image size, work folders) and which recipe defaults differ
 from the library's (a recipe's ``prune`` does not fine-tune by itself: a ``finetune`` stage follows it).
 ``run(context, artifact, configs)`` calls the library's stage function and returns ``(artifact, StageReport)``.
 """
@@ -24,6 +24,7 @@ from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 from yolocompress.compress.quant.qat import QatConfig, quantize_qat
 from yolocompress.compress.stage import StageReport, config_dict
 from yolocompress.errors import InputError
+from yolocompress.progress import ProgressCallback
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class StageContext:
     work_dir: Path
     teacher: Any = None
     resume: bool = False
-    progress: bool = False
+    on_progress: ProgressCallback | None = None
 
 
 @dataclass(frozen=True)
@@ -126,18 +127,17 @@ def stage_type(name: str, where: str) -> StageType:
 
 # ------------------------------------------------------------------------------------------ the runners
 def _run_prune(ctx: StageContext, model: Any, configs: Mapping[str, Any]) -> tuple[Any, StageReport]:
-    cfg = dataclasses.replace(configs["config"], progress=ctx.progress)
-    return prune_model(model, ctx.data, cfg)
+    return prune_model(model, ctx.data, configs["config"], on_progress=ctx.on_progress)
 
 
 def _run_finetune(ctx: StageContext, model: Any, configs: Mapping[str, Any]) -> tuple[Any, StageReport]:
     return finetune(model, ctx.data, configs["config"], teacher=ctx.teacher, out_dir=ctx.work_dir / "train",
-                    resume=ctx.resume, progress=ctx.progress)
+                    resume=ctx.resume, on_progress=ctx.on_progress)
 
 
 def _run_distill(ctx: StageContext, model: Any, configs: Mapping[str, Any]) -> tuple[Any, StageReport]:
     return distill_model(model, ctx.teacher, ctx.data, configs["distill"], configs["train"],
-                         out_dir=ctx.work_dir / "train", resume=ctx.resume, progress=ctx.progress)
+                         out_dir=ctx.work_dir / "train", resume=ctx.resume, on_progress=ctx.on_progress)
 
 
 def _run_fuse(ctx: StageContext, model: Any, configs: Mapping[str, Any]) -> tuple[Any, StageReport]:
@@ -186,7 +186,7 @@ def _run_evaluate(ctx: StageContext, artifact: Any, configs: Mapping[str, Any]) 
 _TRAINER_FIELDS = frozenset({"imgsz"})
 register_stage(StageType(
     "prune", {"config": PruneConfig}, takes="torch", gives="torch", run=_run_prune, needs_unfused=True,
-    runner_fields=frozenset({"imgsz", "progress", "finetune_dir", "latency", "latency_threads", "eval_baseline"}),
+    runner_fields=frozenset({"imgsz", "finetune_dir", "latency", "latency_threads", "eval_baseline"}),
     defaults={"finetune_epochs": 0}))
 register_stage(StageType("finetune", {"config": FinetuneConfig}, takes="torch", gives="torch", run=_run_finetune,
                          runner_fields=_TRAINER_FIELDS))

@@ -118,9 +118,11 @@ def test_distill_command_bad_input_is_exit_2(distill_data, tmp_path, capsys):
     student = save_model(_model(nc=6), tmp_path / "student.pt", imgsz=64)
     base = ["distill", str(student), "--teacher", str(teacher), "--data", str(distill_data.yaml_path),
             "-o", str(tmp_path / "out.pt"), "--epochs", "1"]
-    for extra, message in ((["--method", "output"], "same classes"), (["--feature-layers", "x"], "layer indices"),
-                           (["--feature-layers", "99"], "not layers of the student")):
+    for extra, message in ((["--method", "output"], "same classes"), (["--feature-layers", "99"], "not layers of the student")):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as usage:  # argparse's own usage error
+        main([*base, "--feature-layers", "x"])
+    assert usage.value.code == 2 and "layer indices" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()

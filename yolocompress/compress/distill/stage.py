@@ -26,6 +26,7 @@ from yolocompress.compress.distill.output import OutputDistillation
 from yolocompress.compress.finetune import FinetuneConfig, finetune
 from yolocompress.compress.stage import StageReport, config_dict
 from yolocompress.errors import InputError
+from yolocompress.progress import ProgressCallback
 
 METHODS = ("output", "feature", "both")
 # A KD term below this share of the detection loss hardly trains anything; above the other it drowns it.
@@ -103,7 +104,7 @@ def _kd_warnings(history: list[dict[str, Any]]) -> list[str]:
 
 def distill_model(student: nn.Module, teacher: nn.Module, data: Any, config: DistillConfig | None = None,
                   train: FinetuneConfig | None = None, out_dir: str | Path | None = None, resume: bool = False,
-                  progress: bool = False) -> tuple[nn.Module, StageReport]:
+                  on_progress: ProgressCallback | None = None) -> tuple[nn.Module, StageReport]:
     """Train ``student`` (not modified) under ``teacher`` on ``data``; see the module docstring.
 
     ``train.imgsz`` must be set; ``train.distill`` is ignored (``config.weight`` is the output-KD weight).
@@ -138,7 +139,7 @@ def distill_model(student: nn.Module, teacher: nn.Module, data: Any, config: Dis
         if scores["teacher"] <= scores["student"]:
             warnings.append(f"the teacher is not better than the student on the val split (mAP50-95 "
                             f"{scores['teacher']:.4f} vs {scores['student']:.4f}): distillation may not help")
-    tuned, report = finetune(student, data, train, out_dir=out_dir, resume=resume, progress=progress,
+    tuned, report = finetune(student, data, train, out_dir=out_dir, resume=resume, on_progress=on_progress,
                              extra_losses=terms)
     warnings += _kd_warnings(report.details.get("history", []))
     return tuned, report.replace(stage="distill", config={**config_dict(cfg), **config_dict(train)},

@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch.nn as nn
@@ -34,6 +34,7 @@ from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
 from yolocompress.compress.prune.importance import l1_importance
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport
 from yolocompress.errors import InputError
+from yolocompress.progress import ProgressCallback, report
 
 if TYPE_CHECKING:
     from yolocompress.profile.latency import LatencyResult
@@ -112,7 +113,6 @@ class PruneConfig:
     latency_threads: int = 2
     eval_baseline: bool = True
     finetune_dir: str | None = None
-    progress: bool = False
 
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.target_gflops is None):
@@ -230,13 +230,14 @@ def _finite(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _full_eval(model: nn.Module, data: Any, cfg: PruneConfig) -> tuple[dict[str, float], dict[str, float]]:
+def _full_eval(model: nn.Module, data: Any, cfg: PruneConfig, on_progress: ProgressCallback | None = None
+               ) -> tuple[dict[str, float], dict[str, float]]:
     """Full val-split evaluation: ``({map50, map50_95, fitness}, {class name: mAP50-95})``."""
     from yolocompress.engine.evaluator import evaluate_model
 
     r = evaluate_model(model, data, split="val", imgsz=cfg.imgsz, batch=cfg.eval_batch * 2,
                        conf_thres=cfg.conf_thres, device=cfg.device, workers=cfg.workers,
-                       progress=cfg.progress)
+                       on_progress=on_progress)
     metrics = {"map50": float(r.map50), "map50_95": float(r.map50_95), "fitness": float(r.fitness)}
     return metrics, {str(c["name"]): float(c["map50_95"]) for c in r.per_class}
 
@@ -264,8 +265,8 @@ def _snapshot(model: nn.Module, cfg: PruneConfig, metrics: dict[str, float] | No
         latency={"onnxruntime": latency} if latency is not None else {})
 
 
-def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: nn.Module | None = None
-              ) -> nn.Module:
+def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: nn.Module | None = None,
+              on_progress: ProgressCallback | None = None) -> nn.Module:
     from yolocompress.compress.distill.output import OutputDistillation
     from yolocompress.engine.trainer import TrainConfig, Trainer
     from yolocompress.models.shapes import shape_spec
@@ -277,10 +278,10 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: 
                          nominal_batch=max(cfg.finetune_nominal_batch, cfg.finetune_batch),
                          device=cfg.device, workers=cfg.workers, seed=cfg.seed, out_dir=out_dir,
                          close_mosaic=cfg.finetune_epochs // 2,
-                         patience=0, progress=cfg.progress, bf16=cfg.bf16, channels_last=cfg.channels_last)
+                         patience=0, bf16=cfg.bf16, channels_last=cfg.channels_last)
         use_teacher = cfg.distill > 0 and teacher is not None
         extra = [OutputDistillation(teacher, weight=cfg.distill)] if use_teacher else []
-        result = Trainer(model, data, tc, hyp=hyp, extra_losses=extra).train()
+        result = Trainer(model, data, tc, hyp=hyp, extra_losses=extra, on_progress=on_progress).train()
     tuned = result.model.cpu().eval()
     if shape_spec(tuned) != before:  # the Trainer must not change the architecture
         raise RuntimeError("fine-tuning changed the pruned architecture")
@@ -288,8 +289,7 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: 
 
 
 def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: SubnetScorer, metric: str,
-                   ctx: Any, bar_label: str, show: bool,
-                   progress_callback: Callable[[int, int], None] | None = None
+                   ctx: Any, task: str, on_progress: ProgressCallback | None = None
                    ) -> tuple[list[dict[str, Any]], dict[str, float], tuple[float, int, nn.Module] | None]:
     """Score this rank's share of ``strategies`` (index ``i`` on rank ``i % world_size``) and gather every
     rank's rows. Returns ``(rows in index order, seconds per phase summed over ranks, this rank's best
@@ -300,7 +300,6 @@ def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: 
     local: list[dict[str, Any]] = []
     phase = {"build": 0.0, "bn_recalibration": 0.0, "inference": 0.0, "nms_map": 0.0}
     best_local: tuple[float, int, nn.Module] | None = None
-    bar = _bar(len(mine), show and ctx.is_main, bar_label)
     for i in mine:
         s = strategies[i]
         tb = time.perf_counter()
@@ -316,33 +315,28 @@ def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: 
                       "mean_ratio": float(np.mean(s.ratios)) if len(s.ratios) else 0.0})
         if best_local is None or value > best_local[0]:
             best_local = (value, i, sub)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(best=f"{best_local[0]:.4f}")
-        if progress_callback is not None:
-            progress_callback(len(local), len(mine))
-    if bar is not None:
-        bar.close()
+        if ctx.is_main:
+            report(on_progress, task, len(local), len(mine), "net", {"best": best_local[0]})
     gathered = dist_utils.gather_objects((local, phase))
     rows = sorted((c for part, _ in gathered for c in part), key=lambda c: c["index"])
     total = {key: sum(p[key] for _, p in gathered) for key in phase}
     return rows, total, best_local
 
 
-def _sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any
-                 ) -> tuple[np.ndarray, int]:
+def _sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
+                 on_progress: ProgressCallback | None = None) -> tuple[np.ndarray, int]:
     """Score the uniform strategy and its one-group probes; returns ``(score per FLOP per searchable group,
     number of sub-nets scored)``."""
     probes = plan.space.probes(plan.uniform, cfg.probe_step)
     rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], scorer,
-                                cfg.metric, ctx, "probes", cfg.progress)
+                                cfg.metric, ctx, "probes", on_progress)
     scores = [r["score"] for r in rows]
     sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable))
     return sens, len(rows)
 
 
 def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
-            progress_callback: Callable[[int, int], None] | None
+            on_progress: ProgressCallback | None
             ) -> tuple[list[dict[str, Any]], dict[str, float], int, nn.Module]:
     """Score this rank's share of the candidates, gather every rank's rows, pick the best.
 
@@ -350,7 +344,7 @@ def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneC
     sub-net after adaptive BN)``. Ties go to the lowest index, so the uniform candidate wins a tie.
     """
     candidates, total, best_local = _score_sharded(base, plan, plan.strategies, scorer, cfg.metric, ctx,
-                                                   "eagleeye", cfg.progress, progress_callback)
+                                                   "eagleeye", on_progress)
     chosen = max(candidates, key=lambda c: (c["score"], -c["index"]))["index"]
     for c in candidates:
         c["chosen"] = c["index"] == chosen
@@ -363,7 +357,7 @@ def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneC
 
 
 def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = None, hyp: Any = None,
-                progress_callback: Callable[[int, int], None] | None = None) -> tuple[nn.Module, StageReport]:
+                on_progress: ProgressCallback | None = None) -> tuple[nn.Module, StageReport]:
     """EagleEye channel pruning of ``model`` (a ``DetectionModel`` with BatchNorm; it is not modified).
 
     Args:
@@ -372,7 +366,8 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
             candidate scores and the reported mAPs).
         config: ``PruneConfig``.
         hyp: training hyperparameters for fine-tuning (``engine.loss.Hyp``; default YOLOv5's).
-        progress_callback: ``fn(done, total)`` after each candidate.
+        on_progress: called with a ``ProgressEvent`` after each probe (task ``probes``), candidate
+            (``eagleeye``), evaluation batch and fine-tune batch.
     Returns:
         ``(pruned model in eval mode on the CPU, StageReport)``: ``stage="prune"``; ``before`` / ``after``:
         snapshots of the unpruned and the final model (params, GFLOPs at ``imgsz``; val mAPs and per-class
@@ -423,30 +418,30 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         n_probes = 0
         if plan.n_guided:
             t0 = time.perf_counter()
-            sensitivity, n_probes = _sensitivity(base, plan, scorer, cfg, ctx)
+            sensitivity, n_probes = _sensitivity(base, plan, scorer, cfg, ctx, on_progress)
             add_guided(plan, sensitivity)
             timing["probes"] = time.perf_counter() - t0
 
         # -- search: candidates sharded over ranks
         t0 = time.perf_counter()
-        candidates, phase, chosen, winner = _search(base, plan, scorer, cfg, ctx, progress_callback)
+        candidates, phase, chosen, winner = _search(base, plan, scorer, cfg, ctx, on_progress)
         timing.update(phase)
         timing["search"] = time.perf_counter() - t0
 
         # -- metrics after the search, fine-tuning, metrics after fine-tuning
         t0 = time.perf_counter()
-        baseline_metrics, baseline_classes = (_full_eval(base, data, cfg) if cfg.eval_baseline
+        baseline_metrics, baseline_classes = (_full_eval(base, data, cfg, on_progress) if cfg.eval_baseline
                                               else (None, None))
-        after_search, final_classes = _full_eval(winner, data, cfg)
+        after_search, final_classes = _full_eval(winner, data, cfg, on_progress)
         timing["eval"] = time.perf_counter() - t0
         after_finetune = None
         final = winner
         if cfg.finetune_epochs > 0:
             t0 = time.perf_counter()
-            final = _finetune(winner, data, cfg, hyp, teacher=base)
+            final = _finetune(winner, data, cfg, hyp, teacher=base, on_progress=on_progress)
             timing["finetune"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            after_finetune, final_classes = _full_eval(final, data, cfg)
+            after_finetune, final_classes = _full_eval(final, data, cfg, on_progress)
             timing["eval"] += time.perf_counter() - t0
         final = final.cpu().eval()
 
@@ -490,11 +485,3 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
 def _base_model(model: nn.Module) -> nn.Module:
     """A float32 CPU copy in eval mode: the original is never modified."""
     return copy.deepcopy(model).float().cpu().eval()
-
-
-def _bar(total: int, show: bool, label: str = "eagleeye"):
-    if not show:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=label, unit="net", leave=False)
