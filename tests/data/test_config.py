@@ -68,6 +68,9 @@ def test_txt_list_source(tree):
     ("path: nowhere\ntrain: images/train\nval: images/val\nnames: [a]\n", "not a folder"),
     ("train: [images/train\nval: x\n", "not valid YAML"),
     ("- just\n- a list\n", "expected a mapping"),
+    ("train: images/train\ntrain: images/val\nval: images/val\nnames: [a]\n", "duplicate key 'train' \\(line 2\\)"),
+    ("l0: &l0 [a, a, a, a, a, a, a, a, a]\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n"
+                                                         for i in range(1, 9)) + "names: *l8\n", "alias bomb"),
     ("train: images/train\nval: images/train/x.jpg\nnames: [a]\n", "image folder or a .txt list"),
 ])
 def test_bad_yaml(tree, text, message):

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from yolocompress.errors import InputError
+from yolocompress.io.yamlfile import load_yaml_file
 
 SPLITS = ("train", "val", "test")
 
@@ -56,13 +56,7 @@ class DataConfig:
 def load_data_config(path: str | os.PathLike) -> DataConfig:
     """Read and validate a ``data.yaml``; every problem is an InputError with one clear message."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"data.yaml not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: not valid YAML ({first})") from exc
+    raw = load_yaml_file(path, "data.yaml")  # bounded: no alias bombs, duplicate keys or huge files
     if not isinstance(raw, Mapping):
         raise InputError(f"{path}: expected a mapping of keys (path, train, val, names), got {type(raw).__name__}")
     return data_config_from_dict(raw, base_dir=path.parent.resolve(), yaml_path=path.resolve())
