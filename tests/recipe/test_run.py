@@ -191,3 +191,17 @@ def test_check_remeasure_compares_reports_from_different_cpus(finished_run, tmp_
     assert main([*argv, "--remeasure", "--json", str(out)]) == 0  # the same artifact timed twice, side by side
     verdicts = {v["name"]: v for v in json.loads(out.read_text())["verdicts"]}
     assert 0.33 < verdicts["max_latency_ratio"]["value"] < 3 and verdicts["not_dominated"]["passed"]
+
+
+def test_a_large_accuracy_loss_is_a_warning_naming_the_stages():
+    from yolocompress.recipe.runner import RUIN_POINTS, accuracy_warnings
+
+    rows = [{"stage": "baseline", "type": "baseline", "map50_95": 0.80},
+            {"stage": "prune", "type": "prune", "map50_95": 0.36},
+            {"stage": "finetune", "type": "finetune", "map50_95": 0.688},
+            {"stage": "quantize", "type": "quantize", "map50_95": 0.6875}]
+    (warning,) = accuracy_warnings(rows)
+    assert "11.25 mAP50-95 points below" in warning and "prune -44.00" in warning and "fine-tune" in warning
+    assert "quantize -0.05" in warning
+    kept = [rows[0], {"stage": "quantize", "type": "quantize", "map50_95": 0.80 - RUIN_POINTS / 100}]
+    assert accuracy_warnings(kept) == []  # exactly at the bound: no warning

@@ -67,6 +67,12 @@ def show_progress(event: Any) -> None:
         err_console.print(f"{label}: done in {event.seconds:.1f} s")
 
 
+def print_warnings(report: dict[str, Any]) -> None:
+    """A run report's top-level warnings, on stderr."""
+    for warning in report.get("warnings") or ():
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+
+
 def print_gate(gate: Any) -> None:
     """One line per verdict of a ``GateResult`` (``PASS max_map_drop 0.41 <= 1 points``), then the outcome."""
     for verdict in gate.verdicts:

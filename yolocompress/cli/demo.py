@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from yolocompress.cli.common import ProgressPrinter, console, err_console, print_gate, show_progress, write_json
+from yolocompress.cli.common import (ProgressPrinter, console, err_console, print_gate, print_warnings,
+                                     show_progress, write_json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(args.data_dir, args.out, overrides=args.set, on_progress=show_progress,
                       on_inner_progress=ProgressPrinter())
     console.print(pipeline_table(result.report))
+    print_warnings(result.report)
     recorded = baseline_record()
     if "map50_95" in recorded:
         console.print(f"baseline as recorded at training time: mAP50 {recorded['map50']:.4f}, "

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from yolocompress.cli.common import ProgressPrinter, console, print_gate, show_progress, write_json
+from yolocompress.cli.common import (ProgressPrinter, console, print_gate, print_warnings, show_progress,
+                                     write_json)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -28,6 +29,7 @@ def _main(args: argparse.Namespace) -> int:
     result = run_recipe(loaded, out, resume=args.resume, on_progress=show_progress,
                         on_inner_progress=ProgressPrinter())
     console.print(pipeline_table(result.report))
+    print_warnings(result.report)
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}; plot: {out / 'tradeoff.png'}")
     write_json(result.report, args.json)
     if result.gate is None:

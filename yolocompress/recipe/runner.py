@@ -299,6 +299,28 @@ def provenance(plan: RecipePlan, data: Any, resolved_text: str) -> dict[str, Any
     }
 
 
+# A compressed model this many mAP50-95 points below its baseline is reported loudly, whatever the gate says.
+RUIN_POINTS = 5.0
+
+
+def accuracy_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A warning when the last row's mAP50-95 is more than ``RUIN_POINTS`` below the baseline's, naming the
+    stages that lost the most (and what usually wins it back)."""
+    base, final = rows[0].get("map50_95"), rows[-1].get("map50_95")
+    if base is None or final is None or 100 * (base - final) <= RUIN_POINTS + 1e-9:  # float noise at the bound
+        return []
+    steps = [(r["stage"], r["type"], 100 * (r["map50_95"] - p["map50_95"])) for p, r in zip(rows, rows[1:])
+             if r.get("map50_95") is not None and p.get("map50_95") is not None]
+    losses = sorted((s for s in steps if s[2] < 0), key=lambda s: s[2])[:3]
+    worst = ", ".join(f"{name} {delta:+.2f}" for name, _, delta in losses) or "none lost alone"
+    hint = ""
+    if any(kind == "prune" for _, kind, _ in steps):
+        hint = ("; a pruned model needs a long fine-tune to win its accuracy back (ratio 0.5 on a nano model: "
+                "about 150 epochs; see benchmarks/RESULTS.md)")
+    return [f"the compressed model is {100 * (base - final):.2f} mAP50-95 points below the baseline (stages that "
+            f"lost: {worst}){hint}"]
+
+
 def _row(stage: str, kind: str, artifact: Path, out_dir: Path, snap: ModelSnapshot) -> dict[str, Any]:
     return {"stage": stage, "type": kind, "artifact": str(artifact.relative_to(out_dir)),
             "kind": snap.kind, "params": snap.params, "gflops": snap.gflops, "file_bytes": snap.file_bytes,
@@ -351,7 +373,7 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | Path, resume: bool = False,
     rows = [_row("baseline", "baseline", artifacts[0], out_dir, snaps[0])]
     rows += [_row(s.name, s.type.name, a, out_dir, sn) for s, a, sn in zip(plan.stages, artifacts[1:], snaps[1:])]
     report = {"provenance": provenance(plan, data, resolved_text), "rows": rows,
-              "stages": [r.to_dict() for r in reports], "gate": None}
+              "stages": [r.to_dict() for r in reports], "gate": None, "warnings": accuracy_warnings(rows)}
     gate = None
     if plan.document.gate:
         try:
@@ -373,5 +395,5 @@ def _write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     return files + plot_tradeoff(report, out_dir / "tradeoff.png", out_dir / "tradeoff.svg")
 
 
-__all__ = ["RecipeProgress", "RecipeResult", "check_output_folder", "data_fingerprint", "dry_run", "file_sha256", "measure_latencies",
+__all__ = ["RecipeProgress", "RecipeResult", "accuracy_warnings", "check_output_folder", "data_fingerprint", "dry_run", "file_sha256", "measure_latencies",
            "provenance", "run_recipe"]
