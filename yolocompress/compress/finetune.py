@@ -96,7 +96,7 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
         ``best_epoch``, ``best_fitness``, ``resumed_from_epoch`` (or None) and the per-epoch ``history``.
     """
     from yolocompress.compress.distill.output import OutputDistillation
-    from yolocompress.data.config import DataConfig, load_data_config
+    from yolocompress.data.config import as_data_config
     from yolocompress.engine.loss import Hyp
     from yolocompress.engine.trainer import TrainConfig, Trainer, load_checkpoint
     from yolocompress.io.checkpoint import load_model
@@ -113,7 +113,7 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
     hyp = Hyp(**{k: float(v) for k, v in (("lr0", cfg.lr0), ("warmup_epochs", cfg.warmup_epochs)) if v is not None})
     extra = [OutputDistillation(teacher, weight=cfg.distill)] if cfg.distill > 0 else []
     extra += list(extra_losses)
-    data = data if isinstance(data, DataConfig) else load_data_config(data)
+    data = as_data_config(data)
     with tempfile.TemporaryDirectory(prefix="yc-finetune-") as tmp:
         run_dir = Path(out_dir) if out_dir is not None else Path(tmp)
         last = run_dir / "weights" / "last.pt"

@@ -62,6 +62,11 @@ def load_data_config(path: str | os.PathLike) -> DataConfig:
     return data_config_from_dict(raw, base_dir=path.parent.resolve(), yaml_path=path.resolve())
 
 
+def as_data_config(data: "DataConfig | str | os.PathLike") -> DataConfig:
+    """``data`` itself when it is a ``DataConfig``, else the ``data.yaml`` it names, loaded."""
+    return data if isinstance(data, DataConfig) else load_data_config(data)
+
+
 def data_config_from_dict(raw: Mapping[str, Any], base_dir: str | os.PathLike,
                           yaml_path: Path | None = None) -> DataConfig:
     """Validate a parsed ``data.yaml`` mapping; relative ``path`` resolves against ``base_dir``."""

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from yolocompress.data.augment import AugmentConfig
-from yolocompress.data.config import DataConfig, load_data_config
+from yolocompress.data.config import DataConfig, as_data_config
 from yolocompress.data.dataset import EvalDataset, SampleKey, TrainDataset, check_imgsz, collate
 from yolocompress.data.scan import load_split
 from yolocompress.errors import InputError
@@ -39,7 +39,7 @@ def build_eval_loader(data_cfg: DataConfig | str | os.PathLike, split: str = "va
     Returns:
         A DataLoader over an :class:`EvalDataset` (``loader.dataset``), in a fixed order.
     """
-    data = _as_config(data_cfg)
+    data = as_data_config(data_cfg)
     _check_counts(batch=batch, workers=workers)
     imgsz = _imgsz(imgsz, stride)
     index = load_split(data, split, cache=label_cache)
@@ -126,7 +126,7 @@ def build_train_loader(data_cfg: DataConfig | str | os.PathLike, imgsz: int = 64
             shards each epoch's permutation).
         cache: keep the resized images in RAM.
     """
-    data = _as_config(data_cfg)
+    data = as_data_config(data_cfg)
     _check_counts(batch=batch, workers=workers, world_size=world_size)
     if batch % world_size:
         raise InputError(f"batch {batch} is not divisible by world_size {world_size}")
@@ -151,10 +151,6 @@ def build_train_loader(data_cfg: DataConfig | str | os.PathLike, imgsz: int = 64
 def _worker_init(worker_id: int) -> None:
     # one intra-op thread per worker process: the workers already run in parallel
     torch.set_num_threads(1)
-
-
-def _as_config(data_cfg: DataConfig | str | os.PathLike) -> DataConfig:
-    return data_cfg if isinstance(data_cfg, DataConfig) else load_data_config(data_cfg)
 
 
 def _imgsz(imgsz: int, stride: int) -> int:

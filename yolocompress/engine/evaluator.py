@@ -248,10 +248,10 @@ def evaluate_model(
         on_progress: see :func:`evaluate`.
         Others: as :func:`evaluate` and :class:`TorchPredictor`.
     """
-    from yolocompress.data.config import DataConfig, load_data_config
+    from yolocompress.data.config import as_data_config
     from yolocompress.data.loaders import build_eval_loader
 
-    data = data_yaml if isinstance(data_yaml, DataConfig) else load_data_config(data_yaml)
+    data = as_data_config(data_yaml)
     predictor, stride, rect, imgsz = _predictor_for(model_or_path, data.nc, imgsz, device, half, threads)
     loader = build_eval_loader(data, split, imgsz=imgsz, batch=batch, stride=stride, pad=0.5, rect=rect,
                                workers=workers, label_cache=label_cache)

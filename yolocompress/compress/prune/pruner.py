@@ -382,14 +382,14 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         candidates) and ``notes``.
     """
     from yolocompress.compress.fuse import require_unfused
-    from yolocompress.data import DataConfig, load_data_config
+    from yolocompress.data.config import as_data_config
     from yolocompress.engine import distributed as dist_utils
 
     cfg = config or PruneConfig()
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     require_unfused(model, "pruning")
-    data = data_cfg if isinstance(data_cfg, DataConfig) else load_data_config(data_cfg)
+    data = as_data_config(data_cfg)
     if int(getattr(model, "nc", data.nc)) != data.nc:
         raise InputError(f"the model predicts {model.nc} classes but the data set has {data.nc}")
     stride = int(max(float(s) for s in model.stride))

@@ -102,10 +102,10 @@ def calibration_images(data_cfg: Any, imgsz: int, n: int, stride: int = 32) -> n
     Images are taken evenly spread over the training split (never the validation split); fewer are
     returned when the split is smaller. Raises ``InputError`` when the split has no image.
     """
-    from yolocompress.data.config import DataConfig, load_data_config
+    from yolocompress.data.config import as_data_config
     from yolocompress.data.loaders import build_eval_loader
 
-    data = data_cfg if isinstance(data_cfg, DataConfig) else load_data_config(data_cfg)
+    data = as_data_config(data_cfg)
     try:
         loader = build_eval_loader(data, "train", imgsz=imgsz, batch=1, stride=stride, rect=False)
     except InputError as exc:

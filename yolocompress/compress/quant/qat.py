@@ -357,7 +357,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
         Prepared, QuantConfig, copy_metadata, default_output, finish, prepare, preprocess,
         quantize_qdq, shared_ranges,
     )
-    from yolocompress.data.config import DataConfig, load_data_config
+    from yolocompress.data.config import as_data_config
     from yolocompress.engine.loss import Hyp
     from yolocompress.engine.trainer import TrainConfig, Trainer
     from yolocompress.export.onnx import export_onnx
@@ -371,7 +371,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
                          "simulates); per_channel=false and activation_type=s8 are for PTQ only")
     t0 = time.perf_counter()
     output = Path(output) if output is not None else default_output(model)
-    data = data_cfg if isinstance(data_cfg, DataConfig) else load_data_config(data_cfg)
+    data = as_data_config(data_cfg)
     with tempfile.TemporaryDirectory(prefix="yolocompress-qat-") as tmp_name:
         tmp = Path(tmp_name)
         folded = fuse_model(model).float().cpu()

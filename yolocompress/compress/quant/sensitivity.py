@@ -58,13 +58,13 @@ def _eval_subset(path: Path, data_cfg: Any, split: str, images: int, imgsz: int)
     """mAP50-95 of an ONNX file on up to ``images`` evenly spread images of ``split`` (square letterbox)."""
     from torch.utils.data import DataLoader, Subset
 
-    from yolocompress.data.config import DataConfig, load_data_config
+    from yolocompress.data.config import as_data_config
     from yolocompress.data.dataset import collate
     from yolocompress.data.loaders import build_eval_loader
     from yolocompress.engine.evaluator import evaluate
     from yolocompress.engine.predictors import OnnxPredictor
 
-    data = data_cfg if isinstance(data_cfg, DataConfig) else load_data_config(data_cfg)
+    data = as_data_config(data_cfg)
     dataset = build_eval_loader(data, split, imgsz=imgsz, batch=1, rect=False).dataset
     picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(images, len(dataset))).round().astype(int))
     loader = DataLoader(Subset(dataset, picks.tolist()), batch_size=16, shuffle=False, collate_fn=collate)
