@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from rich.table import Table
 
-from yolocompress.cli.common import console, write_json
+from yolocompress.cli.common import console, print_gate, write_json
 
 # (flag, GateLimits field, help)
 LIMIT_FLAGS = (
@@ -39,15 +40,14 @@ def _main(args: argparse.Namespace) -> int:
                       f"{v.limit:.4g}", v.unit, v.detail)
     if console.is_terminal:
         console.print(table)
+        console.print("gate passed" if gate.passed else "gate FAILED", markup=False)
     else:
-        for v in gate.verdicts:
-            console.print(v.line(), markup=False, highlight=False)
+        print_gate(gate)
     if args.junit:
         atomic_write_text(junit_xml(gate), args.junit)
     if args.md:
         atomic_write_text(pipeline_markdown(result.report) + "\n" + gate_markdown(gate), args.md)
-    write_json({**gate.to_dict(), "limits": {k: v for k, v in vars(result.limits).items()}}, args.json)
-    console.print("gate passed" if gate.passed else "gate FAILED", markup=False)
+    write_json({**gate.to_dict(), "limits": dataclasses.asdict(result.limits)}, args.json)
     return 0 if gate.passed else 1
 
 

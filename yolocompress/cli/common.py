@@ -73,11 +73,12 @@ def print_warnings(report: dict[str, Any]) -> None:
         err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
 
 
-def print_gate(gate: Any) -> None:
-    """One line per verdict of a ``GateResult`` (``PASS max_map_drop 0.41 <= 1 points``), then the outcome."""
+def print_gate(gate: Any, failed: str = "gate FAILED") -> None:
+    """One line per verdict of a ``GateResult`` (``PASS max_map_drop 0.41 <= 1 points``), then the outcome
+    (``failed`` when a limit does not hold)."""
     for verdict in gate.verdicts:
         console.print(verdict.line(), markup=False, highlight=False)
-    console.print("gate passed" if gate.passed else "gate FAILED (the report is written)", markup=False)
+    console.print("gate passed" if gate.passed else failed, markup=False)
 
 
 class ProgressPrinter:

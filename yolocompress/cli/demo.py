@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"baseline as recorded at training time: mAP50 {recorded['map50']:.4f}, "
                       f"mAP50-95 {recorded['map50_95']:.4f} (now {result.report['rows'][0]['map50_95']:.4f})")
     if result.gate is not None:
-        print_gate(result.gate)
+        print_gate(result.gate, failed="gate FAILED (the report is written)")
     console.print(f"report: {result.out_dir / 'report.md'}; plot: {result.out_dir / 'tradeoff.png'}; "
                   f"gate it in CI with: yolocompress check {result.out_dir} --max-map-drop 1.0")
     write_json(result.report, args.json)

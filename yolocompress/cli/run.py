@@ -34,7 +34,7 @@ def _main(args: argparse.Namespace) -> int:
     write_json(result.report, args.json)
     if result.gate is None:
         return 0
-    print_gate(result.gate)
+    print_gate(result.gate, failed="gate FAILED (the report is written)")
     return 0 if result.gate.passed else 1
 
 
