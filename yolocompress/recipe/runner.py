@@ -98,15 +98,14 @@ def dry_run(loaded: LoadedRecipe) -> dict[str, Any]:
     plan, model = loaded.plan, loaded.model
     base_gflops = gflops(model, plan.imgsz)
     budgets = []
-    for stage in plan.stages:
-        if stage.type.name == "prune":
-            search = plan_search(model.float().cpu().eval(), stage.configs["config"])
-            budgets.append({"stage": stage.name, "budget_gflops": search.budget / 1e9,
-                            "budget_fraction": search.budget / search.base_flops,
-                            "searchable_groups": len(search.space.searchable)})
-            break  # a later prune works on an architecture known only at run time
-        if stage.type.gives != "same" and stage.type.name not in ("finetune", "distill"):
-            break
+    # The first prune stage sees the input architecture (the plan refuses prune after fuse, quantize or
+    # export); a later one works on an architecture known only at run time.
+    first = next((s for s in plan.stages if s.type.name == "prune"), None)
+    if first is not None:
+        search = plan_search(model.float().cpu().eval(), first.configs["config"])
+        budgets.append({"stage": first.name, "budget_gflops": search.budget / 1e9,
+                        "budget_fraction": search.budget / search.base_flops,
+                        "searchable_groups": len(search.space.searchable)})
     return {"recipe": plan.resolved(), "model": {"path": str(plan.model_path), "params": count_params(model).total,
                                                  "gflops": base_gflops, "imgsz": plan.imgsz},
             "prune_budget": budgets}
