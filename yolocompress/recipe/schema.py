@@ -33,7 +33,8 @@ from typing import Any, Mapping, Sequence
 
 from yolocompress.errors import InputError
 from yolocompress.io.yamlfile import load_yaml_text, read_yaml_text
-from yolocompress.report.gate import LATENCY_BACKENDS, GateLimits
+from yolocompress.export.openvino import OPENVINO_BACKENDS, openvino_version
+from yolocompress.report.gate import DEFAULT_LATENCY_BACKENDS, LATENCY_BACKENDS, GateLimits
 
 RECIPE_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -123,8 +124,9 @@ class MeasureConfig:
     """How the report measures every artifact.
 
     Attributes:
-        latency: backends timed (``onnxruntime``, ``torch``; ``[]``: none). A torch model is exported to
-            fp32 ONNX for the ``onnxruntime`` figure; an ONNX artifact has no ``torch`` figure.
+        latency: backends timed (default ``onnxruntime`` and ``torch``; also ``openvino`` (fp32 precision)
+            and ``openvino-bf16`` with the ``openvino`` extra; ``[]``: none). A torch model is exported to
+            fp32 ONNX for the ``onnxruntime`` and OpenVINO figures; an ONNX artifact has no ``torch`` figure.
         threads: intra-op threads for every latency figure.
         runs, warmup: timed and untimed batch-1 calls per artifact and backend.
         rounds: the timed calls are split into this many rounds, interleaved over all artifacts, so that a
@@ -132,7 +134,7 @@ class MeasureConfig:
         eval_batch: images per batch for the val-split mAPs.
     """
 
-    latency: tuple[str, ...] = LATENCY_BACKENDS
+    latency: tuple[str, ...] = DEFAULT_LATENCY_BACKENDS
     threads: int = 2
     runs: int = 50
     warmup: int = 10
@@ -150,6 +152,8 @@ class MeasureConfig:
                 raise InputError(f"latency backend {backend!r} is not one of {', '.join(LATENCY_BACKENDS)}")
         if len(set(self.latency)) != len(self.latency):
             raise InputError("latency lists a backend twice")
+        if any(b in OPENVINO_BACKENDS for b in self.latency) and openvino_version() is None:
+            raise InputError("latency backend openvino needs OpenVINO: pip install 'yolocompress[openvino]'")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "latency": list(self.latency)}
