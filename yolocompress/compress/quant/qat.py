@@ -366,6 +366,9 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
 
     config = config or QuantConfig()
     qat = qat or QatConfig()
+    if config.autotune:
+        raise InputError("silu/stem 'auto' times candidate plans after calibration, which PTQ does; QAT trains one "
+                         "plan: choose int8 or float (or run PTQ with auto first and use its choice)")
     if not config.per_channel or config.activation_type != "u8":
         raise InputError("QAT trains per-channel int8 weights and uint8 activations (what its fake quantization "
                          "simulates); per_channel=false and activation_type=s8 are for PTQ only")
