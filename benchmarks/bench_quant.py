@@ -188,13 +188,15 @@ def bench_baseline(args, tmp: Path) -> None:
         from yolocompress.compress.quant.qat import QatConfig, quantize_qat
 
         cfg = QuantConfig(calib_images=args.baseline_calib, imgsz=imgsz)  # the baseline's training size
-        qat = QatConfig(epochs=args.qat_epochs, lr=args.qat_lr, batch=16, distill=args.qat_distill,
-                        labels=args.qat_labels)
-        path, report = quantize_qat(model, data, cfg, qat, output=tmp / "baseline-qat.onnx")
-        loss = "+".join((["kd"] if args.qat_distill else []) + (["labels"] if args.qat_labels else []))
-        _eval_row(f"QAT {args.qat_epochs} ep lr {args.qat_lr:g} {loss}", path, report, ref, data, args)
-        parity = _db(report.details["qat"]["parity_sqnr_db"])
-        print(f"QAT parity (ORT int8 vs torch fake-quant): {parity:.1f} dB")
+        for momentum in args.qat_range_momentum:
+            qat = QatConfig(epochs=args.qat_epochs, lr=args.qat_lr, batch=16, distill=args.qat_distill,
+                            labels=args.qat_labels, range_momentum=momentum)
+            path, report = quantize_qat(model, data, cfg, qat, output=tmp / f"baseline-qat-{momentum:g}.onnx")
+            loss = "+".join((["kd"] if args.qat_distill else []) + (["labels"] if args.qat_labels else []))
+            _eval_row(f"QAT {args.qat_epochs} ep lr {args.qat_lr:g} {loss} m {momentum:g}", path, report, ref, data,
+                      args)
+            parity = _db(report.details["qat"]["parity_sqnr_db"])
+            print(f"QAT parity (ORT int8 vs torch fake-quant): {parity:.1f} dB")
     print("drop = fp32 - int8 mAP50-95 in points; SQNR = int8 vs fp32 decoded output on calibration images")
 
 
@@ -239,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qat-lr", type=float, default=1e-4)
     parser.add_argument("--qat-distill", type=float, default=1.0, help="distillation weight (0: off)")
     parser.add_argument("--qat-labels", action="store_true", help="add the detection loss on the labels")
+    parser.add_argument("--qat-range-momentum", type=float, nargs="+", default=[0.01],
+                        help="QAT activation-range EMA momentum (0: fixed at the PTQ ranges); one QAT run each")
     args = parser.parse_args(argv)
 
     import onnxruntime

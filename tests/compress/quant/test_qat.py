@@ -105,6 +105,17 @@ def test_bad_qat_config():
         QatConfig(distill=-1)
     with pytest.raises(InputError):  # no loss at all
         QatConfig(distill=0, labels=False)
+    with pytest.raises(InputError, match="range_momentum"):
+        QatConfig(range_momentum=1.5)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_activation_range_momentum(momentum):
+    """Momentum 0 keeps the calibrated range in training; a positive one moves it toward the batch's."""
+    fq = ActivationFakeQuant(-1.0, 2.0, momentum=momentum).train()
+    fq(torch.linspace(-5.0, 9.0, 100))
+    expected = (-1.0 + momentum * (-5.0 + 1.0), 2.0 + momentum * (9.0 - 2.0))
+    assert (float(fq.lo), float(fq.hi)) == pytest.approx(expected)
 
 
 def test_leaky_relu_model(tiny_data, tmp_path):

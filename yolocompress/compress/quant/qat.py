@@ -163,13 +163,14 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
 _ACTIVATION_OPS = ("LeakyRelu", "Relu", "HardSwish", "HardSigmoid", "Clip", "Elu", "Tanh")
 
 
-def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str, tuple[float, float]]
-                      ) -> nn.Module:
+def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str, tuple[float, float]],
+                      momentum: float = 0.01) -> nn.Module:
     """Put fake quantization into ``model`` (in place, BatchNorm already folded) where ``plan`` quantizes;
     returns ``model``.
 
     ``proto`` is the ONNX graph the plan was built on (an export of ``model``: node names give module paths);
-    ``ranges`` the calibrated float range of every planned tensor, merged over the shared groups.
+    ``ranges`` the calibrated float range of every planned tensor, merged over the shared groups;
+    ``momentum`` how fast the activation ranges follow the batches' min / max (0: fixed at ``ranges``).
     """
     producers = _producers(proto)
     consumers: dict[str, list[Any]] = {}
@@ -183,7 +184,7 @@ def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str
         key = ("group", group_of[tensor]) if tensor in group_of else tensor
         if key not in by_key:  # a shared group's quantizer stands for every member (Concat outputs too)
             members = list(plan.shared[group_of[tensor]]) if tensor in group_of else []
-            by_key[key] = ActivationFakeQuant(*ranges[tensor], tensors=members)
+            by_key[key] = ActivationFakeQuant(*ranges[tensor], tensors=members, momentum=momentum)
         if tensor not in by_key[key].tensors:
             by_key[key].tensors.append(tensor)
         return by_key[key]
@@ -288,7 +289,8 @@ class QatConfig:
     when ``labels``: on the shipped baseline the label loss alone pulls the converged network away from its
     optimum (1.07 mAP50-95 points lost after 3 epochs at lr 1e-3, 0.65 at 1e-4) while distillation alone keeps
     the quantized network next to the float one (0.27; benchmarks/RESULTS.md). ``val=False``: the last EMA
-    weights are exported, the validation split is not used to pick them.
+    weights are exported, the validation split is not used to pick them. ``range_momentum``: how fast the
+    activation ranges follow each batch's min / max (0 keeps the PTQ calibration's ranges).
     """
 
     epochs: int = 3
@@ -300,6 +302,7 @@ class QatConfig:
     out_dir: str | None = None
     distill: float = 1.0
     labels: bool = False
+    range_momentum: float = 0.01
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1:
@@ -308,6 +311,8 @@ class QatConfig:
             raise InputError(f"QAT lr must be > 0, got {self.lr}")
         if self.distill < 0:
             raise InputError(f"QAT distill weight must be >= 0, got {self.distill}")
+        if not 0.0 <= self.range_momentum <= 1.0:
+            raise InputError(f"QAT range_momentum must be in [0, 1], got {self.range_momentum}")
         if not self.labels and self.distill == 0:
             raise InputError("QAT needs a loss: labels, distillation from the float model, or both")
 
@@ -391,7 +396,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
             hyp = dataclasses.replace(hyp, box=0.0, obj=0.0, cls=0.0)
         extra = [OutputDistillation(folded, weight=qat.distill)] if qat.distill > 0 else []
         trainer = Trainer(folded, data, train_cfg, hyp=hyp, extra_losses=extra,
-                          wrap_model=lambda m: insert_fake_quant(m, plan, proto, ranges))
+                          wrap_model=lambda m: insert_fake_quant(m, plan, proto, ranges, qat.range_momentum))
         trained = trainer.train().model.eval()
         # the trained weights as plain fp32 ONNX, named as the plan expects
         plain = strip_fake_quant(trained)
@@ -410,7 +415,9 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
         report = finish(trained_prep, plan, config, qdq, output, t0, method="qat")
     details = {"epochs": qat.epochs, "lr": qat.lr, "batch": qat.batch, "parity_sqnr_db": parity,
                "distill": qat.distill, "labels": qat.labels,
-               "batchnorm": "folded before QAT", "activation_ranges": "PTQ-initialised, EMA-tracked"}
+               "batchnorm": "folded before QAT", "range_momentum": qat.range_momentum,
+               "activation_ranges": ("PTQ-calibrated, fixed" if qat.range_momentum == 0
+                                     else f"PTQ-initialised, EMA-tracked (momentum {qat.range_momentum:g})")}
     report = report.replace(config={**report.config, "qat": dataclasses.asdict(qat)},
                             details={**report.details, "qat": details})
     return output, report
