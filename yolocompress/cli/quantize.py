@@ -22,8 +22,8 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         exclude: Sequence[str] = (), silu: str = "int8", stem: str = "float", head: str = "int8",
         activations: str = "u8", sensitivity: bool = False, auto_exclude: int = 0,
         sensitivity_images: int = 128, epochs: int = 3, lr: float = 1e-4, batch: int = 16,
-        workers: int = 0, distill: float = 1.0, labels: bool = False, tune_backend: str = "onnxruntime"
-        ) -> tuple[StageReport, SensitivityReport | None]:
+        workers: int = 0, distill: float = 1.0, labels: bool = False, tune_backend: str = "onnxruntime",
+        float_prefix: int | str = 0) -> tuple[StageReport, SensitivityReport | None]:
     """Quantize ``model`` (``.pt`` or fp32 ``.onnx``) to int8 and write it to ``output`` (``.onnx``).
 
     With ``sensitivity`` (or ``auto_exclude`` k > 0) the planned int8 convolutions are first ranked by the
@@ -56,7 +56,7 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
     config = QuantConfig(calibration=calibration, calib_images=calib_images, per_channel=per_channel,
                          activation_type=activations, silu=silu, stem=stem, head=head, exclude=tuple(exclude),
                          imgsz=imgsz,  # None: a .pt checkpoint is exported at its training size
-                         tune_backend=tune_backend)
+                         tune_backend=tune_backend, float_prefix=float_prefix)
     ranking = None
     if auto_exclude:
         config, ranking = sens.auto_exclude(model, data, auto_exclude, config, images=sensitivity_images)
@@ -74,6 +74,15 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         qat = QatConfig(epochs=epochs, lr=lr, batch=batch, workers=workers, distill=distill, labels=labels)
         return quantize_qat(net, data, config, qat, output=output)[1], ranking
     return quantize_ptq(model, data, config, output=output)[1], ranking
+
+
+def _prefix(text: str) -> int | str:
+    """argparse type of --float-prefix: a layer count >= 0 or 'auto'."""
+    if text == "auto":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a layer count >= 0 or 'auto', got {text!r}")
+    return int(text)
 
 
 def _db(value: float | None) -> float:
@@ -124,7 +133,8 @@ def _main(args: argparse.Namespace) -> int:
                           head=args.head, activations=args.activations, sensitivity=args.sensitivity,
                           auto_exclude=args.auto_exclude, sensitivity_images=args.sensitivity_images,
                           epochs=args.epochs, lr=args.lr, batch=args.batch, workers=args.workers,
-                          distill=args.distill, labels=args.labels, tune_backend=args.tune_backend)
+                          distill=args.distill, labels=args.labels, tune_backend=args.tune_backend,
+                          float_prefix=args.float_prefix)
     if ranking is not None:
         _print_ranking(ranking)
     _print(report)
@@ -163,6 +173,8 @@ def register(subparsers) -> None:
                         "plans on this machine (--tune-backend) and keep the faster within 1 dB SQNR")
     p.add_argument("--stem", choices=("int8", "float", "auto"), default="float",
                    help="the first conv (3-channel image input): float (default; faster on x86), int8, or auto")
+    p.add_argument("--float-prefix", type=_prefix, default=0, metavar="N|auto",
+                   help="keep the first N layers float (model.0 .. model.N-1; default 0), or auto: try 0, 1, 2")
     p.add_argument("--tune-backend", choices=ONNX_BACKENDS, default="onnxruntime",
                    help="runtime that --silu/--stem auto time the candidates on: where the file will run "
                         "(default onnxruntime)")

@@ -1,7 +1,8 @@
 """OpenVINO: a second CPU runtime for the exported ONNX files (fp32, and our int8 QDQ files as they are).
 
 Optional (``pip install 'yolocompress[openvino]'``): nothing else in the package needs it, and a command that
-asks for it without it installed gets one error line. Two backends:
+asks for it without it installed gets one error line. The module imports neither OpenVINO nor numpy at import
+time: the command line reads its backend names before anything heavy is loaded. Two backends:
 
 - ``openvino``: inference precision pinned to fp32. OpenVINO's default on CPUs with AVX-512 BF16 or AMX is
   bf16, which moved decoded boxes by up to 16 px against ONNX Runtime on one such Xeon; pinned, a fp32 file
@@ -18,8 +19,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from yolocompress.errors import InputError
 
@@ -67,8 +66,10 @@ class OpenVinoModel:
     threads: int | None
     _request: Any
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """The first output for ``x`` (``[B, C, H, W]``), as a numpy array owned by the caller."""
+    def run(self, x: Any) -> Any:
+        """The first output for ``x`` (a numpy ``[B, C, H, W]`` array), as a numpy array owned by the caller."""
+        import numpy as np
+
         result = self._request.infer({0: x})
         return np.array(result[0], copy=True)
 
@@ -100,6 +101,8 @@ def compile_openvino(path: str | os.PathLike, threads: int | None = None, backen
     port = compiled.input(0)
     shape = port.get_partial_shape()
     dims = tuple(int(d.get_length()) if d.is_static else None for d in shape)
+    import numpy as np
+
     dtype = np.float16 if "f16" in str(port.get_element_type()) else np.float32
     precision = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
     return OpenVinoModel(path, port.get_any_name(), dims, dtype, precision, threads,

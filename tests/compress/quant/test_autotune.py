@@ -44,6 +44,12 @@ def test_candidates_of_a_config():
     # one calibration serves every candidate: the prepared plan quantizes the union of their tensors
     full = QuantConfig(silu="auto", stem="auto").plan_config()
     assert (full.silu, full.stem) == ("int8", "int8")
+    prefixes = QuantConfig(float_prefix="auto").plan_candidates()
+    assert [(c.float_prefix, c.selectors) for c in prefixes] == [(0, ()), (1, ("model.0",)),
+                                                                  (2, ("model.0", "model.1"))]
+    assert QuantConfig(float_prefix="auto").plan_config().float_prefix == 0  # calibrates every tensor
+    with pytest.raises(InputError, match="float_prefix"):
+        QuantConfig(float_prefix=-1)
     with pytest.raises(InputError, match="tune_backend"):
         QuantConfig(silu="auto", tune_backend="tensorrt")
     with pytest.raises(InputError, match="silu"):
@@ -62,7 +68,7 @@ def test_ptq_keeps_the_plan_the_timings_favour(tiny_onnx, tiny_data, tmp_path, m
     cfg = QuantConfig(calib_images=4, silu="auto", tune_tolerance_db=100.0)
     path, report = quantize_ptq(tiny_onnx, tiny_data, cfg, output=tmp_path / f"auto-{faster}.onnx")
     tuning = report.details["autotune"]
-    assert tuning["chosen"] == {"silu": faster, "stem": "float"}
+    assert tuning["chosen"] == {"silu": faster, "stem": "float", "float_prefix": 0}
     assert [c["chosen"] for c in tuning["candidates"]] == [faster == "int8", faster == "float"]
     assert tuning["cpu"] and isinstance(tuning["cpu_flags"], list)
     op_types = report.details["plan"]["op_types"]
@@ -78,3 +84,12 @@ def test_real_timing_and_qat_refuses_auto(tiny_model, tiny_onnx, tiny_data):
 
     with pytest.raises(InputError, match="auto"):
         quantize_qat(tiny_model, tiny_data, QuantConfig(silu="auto", imgsz=64), QatConfig(epochs=1))
+
+
+def test_float_prefix_keeps_the_first_layers_float(tiny_onnx, tiny_data, tmp_path):
+    """``float_prefix=2``: the convs of model.0 and model.1 stay float (their SiLUs too), the rest int8."""
+    _, report = quantize_ptq(tiny_onnx, tiny_data, QuantConfig(calib_images=4, float_prefix=2),
+                             output=tmp_path / "prefix.onnx")
+    float_convs = report.details["plan"]["float_convs"]
+    assert set(float_convs) == {"model.0.conv", "model.1.conv"}
+    assert report.details["kernels"]["planned_integer"] == report.details["kernels"]["planned"]

@@ -39,6 +39,7 @@ class PlanCandidate:
         sqnr_db, score_sqnr_db: int8 vs fp32 decoded output SQNR (all columns, score columns); ``None``:
             noiseless.
         median_ms, min_ms: batch-1 latency on the tuning backend, timed side by side with the others.
+        float_prefix: leading layers kept float.
     """
 
     silu: str
@@ -47,10 +48,12 @@ class PlanCandidate:
     score_sqnr_db: float | None
     median_ms: float
     min_ms: float
+    float_prefix: int = 0
 
     @property
     def label(self) -> str:
-        return f"silu={self.silu}, stem={self.stem}"
+        return f"silu={self.silu}, stem={self.stem}" + (f", float_prefix={self.float_prefix}" if self.float_prefix
+                                                         else "")
 
 
 def _db(value: float | None) -> float:
@@ -112,7 +115,8 @@ def autotune_details(candidates: Sequence[PlanCandidate], chosen: int, reason: s
     from yolocompress.profile.latency import cpu_flags, cpu_name
 
     return {"backend": backend, "threads": threads, "cpu": cpu_name(), "cpu_flags": cpu_flags(),
-            "chosen": {"silu": candidates[chosen].silu, "stem": candidates[chosen].stem}, "reason": reason,
+            "chosen": {"silu": candidates[chosen].silu, "stem": candidates[chosen].stem,
+                       "float_prefix": candidates[chosen].float_prefix}, "reason": reason,
             "candidates": [{**asdict(c), "chosen": i == chosen} for i, c in enumerate(candidates)]}
 
 

@@ -40,6 +40,8 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 ACTIVATION_TYPES = ("u8", "s8")
 # silu / stem value that lets PTQ time the candidate plans on this machine (compress/quant/autotune.py)
 AUTO = "auto"
+# float_prefix values "auto" tries: none, the stem block, the stem and the next layer
+AUTO_FLOAT_PREFIXES = (0, 1, 2)
 # Images run through the calibration model per collect_data call: ORT keeps every intermediate tensor of
 # a call in memory (about 100 MB per 640 px image for yolov5s), so calibration streams in chunks.
 _CHUNK = 4
@@ -62,6 +64,8 @@ class QuantConfig:
             ``stem`` may also be ``"auto"``: PTQ builds each candidate plan, times them on this machine with
             ``tune_backend`` and keeps the fastest within ``tune_tolerance_db`` of the default plan's output
             SQNR (:mod:`~yolocompress.compress.quant.autotune`).
+        float_prefix: leading layers kept float (:class:`~yolocompress.compress.quant.plan.PlanConfig`), or
+            ``"auto"``: try 0, 1 and 2.
         tune_backend: runtime the candidates are timed on (``onnxruntime``, ``openvino``, ``openvino-bf16``):
             where the file will be deployed.
         tune_threads, tune_runs: threads and timed batch-1 calls per candidate.
@@ -85,6 +89,7 @@ class QuantConfig:
     percentile: float = 99.999
     bins: int = 2048
     check_images: int = 4
+    float_prefix: int | str = 0
     tune_backend: str = "onnxruntime"
     tune_threads: int = 2
     tune_runs: int = 20
@@ -110,19 +115,23 @@ class QuantConfig:
             raise InputError(f"tune_threads and tune_runs must be >= 1, got {self.tune_threads}, {self.tune_runs}")
         if not float(self.tune_tolerance_db) >= 0:
             raise InputError(f"tune_tolerance_db must be >= 0, got {self.tune_tolerance_db}")
-        self.plan_config()  # validates silu / stem / head
+        if self.float_prefix != AUTO and not isinstance(self.float_prefix, int):
+            raise InputError(f"float_prefix must be a layer count >= 0 or 'auto', got {self.float_prefix!r}")
+        self.plan_config()  # validates silu / stem / head / float_prefix
 
     @property
     def autotune(self) -> bool:
         """Whether PTQ chooses the SiLU and/or stem form by timing candidate plans."""
-        return AUTO in (self.silu, self.stem)
+        return AUTO in (self.silu, self.stem, self.float_prefix)
 
     def plan_candidates(self) -> list[PlanConfig]:
         """The plans to choose from: the configured one, or with ``"auto"`` every value of that setting (the
         default plan's values first: it is the reference of :func:`~.autotune.choose_plan`)."""
         silus = SILU_MODES if self.silu == AUTO else (self.silu,)
         stems = tuple(reversed(STEM_MODES)) if self.stem == AUTO else (self.stem,)  # "float" (default) first
-        return [PlanConfig(silu=a, stem=b, head=self.head, exclude=self.exclude) for a in silus for b in stems]
+        prefixes = AUTO_FLOAT_PREFIXES if self.float_prefix == AUTO else (self.float_prefix,)
+        return [PlanConfig(silu=a, stem=b, head=self.head, exclude=self.exclude, float_prefix=k)
+                for k in prefixes for a in silus for b in stems]
 
     def plan_config(self, exclude: Sequence[str] = ()) -> PlanConfig:
         """The plan settings, with ``exclude`` added to the configured exclusions. With ``"auto"`` this is the
@@ -130,7 +139,8 @@ class QuantConfig:
         serves all candidates."""
         silu = "int8" if self.silu == AUTO else self.silu
         stem = "int8" if self.stem == AUTO else self.stem
-        return PlanConfig(silu=silu, stem=stem, head=self.head, exclude=(*self.exclude, *exclude))
+        prefix = 0 if self.float_prefix == AUTO else self.float_prefix
+        return PlanConfig(silu=silu, stem=stem, head=self.head, exclude=(*self.exclude, *exclude), float_prefix=prefix)
 
 
 # --------------------------------------------------------------------------------------- calibration data
@@ -557,7 +567,7 @@ def _autotuned_int8(prepared: Prepared, config: QuantConfig, folder: Path) -> tu
         built.append((plan_cfg, plan, qdq, output_sqnr(prepared.fp32, qdq, prepared.images[:config.check_images])))
     times = time_plans({str(k): b[2] for k, b in enumerate(built)}, prepared.imgsz[0], config.tune_backend,
                        config.tune_threads, config.tune_runs)
-    candidates = [PlanCandidate(cfg.silu, cfg.stem, sqnr[0], sqnr[1], *times[str(k)])
+    candidates = [PlanCandidate(cfg.silu, cfg.stem, sqnr[0], sqnr[1], *times[str(k)], float_prefix=cfg.float_prefix)
                   for k, (cfg, _, _, sqnr) in enumerate(built)]
     chosen, reason = choose_plan(candidates, config.tune_tolerance_db)
     details = autotune_details(candidates, chosen, reason, config.tune_backend, config.tune_threads)
