@@ -10,7 +10,7 @@ import torch
 
 from yolocompress.cli import main
 from yolocompress.compress.distill import DistillConfig, FeatureDistillation, cwd_loss
-from yolocompress.compress.distill.stage import check_output_compatible
+from yolocompress.compress.distill.config import check_output_compatible
 from yolocompress.engine.callbacks import Batch, FeatureCapture
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import save_model
