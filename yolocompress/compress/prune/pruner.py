@@ -404,6 +404,9 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
     owns_group = dist_utils.init_process_group(ctx, device)
     try:
         base = _base_model(model)
+        kd = as_distill_config(cfg.distill) if cfg.finetune_epochs > 0 else None
+        if kd is not None:  # its layers are checked now, not after the search (pruning keeps layers and strides)
+            distill_terms(kd, base, base, cfg.imgsz)
 
         # -- dependency analysis, importance, cost model, candidate strategies
         t0 = time.perf_counter()
