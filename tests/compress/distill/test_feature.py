@@ -51,6 +51,11 @@ def test_connectors_only_where_channels_differ():
     assert sorted(kd.trainable) == ["17", "20", "23"]
     conv = kd.trainable["17"][0]
     assert (conv.in_channels, conv.out_channels) == (32, 64) and conv.kernel_size == (1, 1)
+    torch.manual_seed(123)  # the process's generator does not decide the connectors' start, the seed does
+    again = FeatureDistillation(wide, student).trainable.state_dict()
+    assert all(torch.equal(v, kd.trainable.state_dict()[k]) for k, v in again.items())
+    other = FeatureDistillation(wide, student, seed=1).trainable.state_dict()
+    assert not torch.equal(other["17.0.weight"], again["17.0.weight"])
 
 
 def test_gradients_reach_the_student_and_the_connectors_not_the_teacher():

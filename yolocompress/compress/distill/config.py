@@ -91,13 +91,14 @@ def check_output_compatible(student: nn.Module, teacher: nn.Module) -> None:
                          f"(strides {s.stride.tolist()} vs {t.stride.tolist()}); use method feature")
 
 
-def distill_terms(config: DistillConfig, teacher: nn.Module, student: nn.Module, imgsz: int | None = None
-                  ) -> tuple[list[Any], dict[str, Any]]:
+def distill_terms(config: DistillConfig, teacher: nn.Module, student: nn.Module, imgsz: int | None = None,
+                  seed: int = 0) -> tuple[list[Any], dict[str, Any]]:
     """The trainer ``extra_losses`` terms of ``config`` for ``student`` under ``teacher`` (neither is
     modified), checked before any training, and the report's ``details``: ``method`` and, for feature KD,
     ``feature_layers`` and ``connectors`` (layer -> [student, teacher] channels; none where they match).
 
-    ``imgsz``: the size of the dry forward that sizes the connectors and compares strides.
+    ``imgsz``: the size of the dry forward that sizes the connectors and compares strides; ``seed``: the
+    connectors' initial weights (the stage's seed, so that a run is reproducible).
     """
     terms: list[Any] = []
     details: dict[str, Any] = {"method": config.method}
@@ -106,7 +107,7 @@ def distill_terms(config: DistillConfig, teacher: nn.Module, student: nn.Module,
         terms.append(OutputDistillation(teacher, weight=config.weight))
     if config.method in ("feature", "both"):
         feature = FeatureDistillation(teacher, student, config.feature_layers, weight=config.feature_weight,
-                                      tau=config.temperature, probe_size=imgsz)
+                                      tau=config.temperature, probe_size=imgsz, seed=seed)
         terms.append(feature)
         details["feature_layers"] = list(feature.feature_layers)
         details["connectors"] = {i: [int(m[0].in_channels), int(m[0].out_channels)]

@@ -48,7 +48,7 @@ def distill_model(student: nn.Module, teacher: nn.Module, data: Any, config: Dis
     if train.imgsz is None:
         raise InputError("distillation needs an image size (FinetuneConfig.imgsz)")
     t0 = time.perf_counter()
-    terms, details = distill_terms(cfg, teacher, student, int(train.imgsz))
+    terms, details = distill_terms(cfg, teacher, student, int(train.imgsz), train.seed)
     warnings: list[str] = []
     if cfg.check_teacher:
         scores = {who: float(evaluate_model(m, data, imgsz=int(train.imgsz)).map50_95)

@@ -284,7 +284,8 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: 
                          close_mosaic=cfg.finetune_epochs // 2,
                          patience=0, bf16=cfg.bf16, channels_last=cfg.channels_last)
         kd = as_distill_config(cfg.distill) if teacher is not None else None
-        extra, details = distill_terms(kd, teacher, model, cfg.imgsz) if kd is not None else ([], {})
+        extra, details = (distill_terms(kd, teacher, model, cfg.imgsz, cfg.seed) if kd is not None
+                          else ([], {}))
         result = Trainer(model, data, tc, hyp=hyp, extra_losses=extra, on_progress=on_progress).train()
     tuned = result.model.cpu().eval()
     if shape_spec(tuned) != before:  # the Trainer must not change the architecture
@@ -405,8 +406,8 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
     try:
         base = _base_model(model)
         kd = as_distill_config(cfg.distill) if cfg.finetune_epochs > 0 else None
-        if kd is not None:  # its layers are checked now, not after the search (pruning keeps layers and strides)
-            distill_terms(kd, base, base, cfg.imgsz)
+        if kd is not None:  # its layers are checked now, not after the search (pruning keeps layers, strides)
+            distill_terms(kd, base, base, cfg.imgsz, cfg.seed)
 
         # -- dependency analysis, importance, cost model, candidate strategies
         t0 = time.perf_counter()

@@ -387,7 +387,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
         if not qat.labels:
             hyp = dataclasses.replace(hyp, box=0.0, obj=0.0, cls=0.0)
         kd = as_distill_config(qat.distill)
-        extra = distill_terms(kd, folded, folded, imgsz)[0] if kd is not None else []
+        extra = distill_terms(kd, folded, folded, imgsz, qat.seed)[0] if kd is not None else []
         trainer = Trainer(folded, data, train_cfg, hyp=hyp, extra_losses=extra,
                           wrap_model=lambda m: insert_fake_quant(m, plan, proto, ranges))
         trained = trainer.train().model.eval()
