@@ -92,6 +92,9 @@ def _print(report: dict[str, Any], output: str) -> None:
     if d.get("connectors"):
         console.print("connectors (student -> teacher channels): " +
                       ", ".join(f"layer {i}: {s} -> {t}" for i, (s, t) in d["connectors"].items()))
+    if d.get("teacher_forward_s_per_epoch") is not None:
+        console.print(f"teacher forward (the KD overhead): {d['teacher_forward_s_per_epoch']:.3g} s per epoch, "
+                      f"{100 * d['teacher_forward_share']:.0f}% of the training time")
     if "metrics/mAP_0.5:0.95" in last:
         console.print(f"val mAP50-95 after the last epoch: {last['metrics/mAP_0.5:0.95']:.4f} "
                       f"(best epoch {d['best_epoch'] + 1})")

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from yolocompress.compress.distill.config import (DistillConfig, as_distill_config, distill_json,
-                                                  distill_terms, kd_warnings)
+                                                  distill_terms, kd_warnings, teacher_overhead)
 from yolocompress.compress.stage import ModelSnapshot, StageReport, config_dict
 from yolocompress.errors import InputError
 from yolocompress.progress import ProgressCallback
@@ -98,8 +98,9 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
     Returns:
         ``(best EMA model in eval mode on the CPU, StageReport)``; ``details``: ``epochs_completed``,
         ``best_epoch``, ``best_fitness``, ``resumed_from_epoch`` (or None) and the per-epoch ``history``;
-        with distillation also ``method``, ``feature_layers`` and ``connectors``, and warnings when a KD
-        term of epoch 1 is under 1% or over 100x of the detection loss.
+        with distillation also ``method``, ``feature_layers``, ``connectors``, the KD overhead of the epochs
+        trained by this call (``teacher_forward_s_per_epoch``, ``teacher_forward_share`` of the training time)
+        and warnings when a KD term of epoch 1 is under 1% or over 100x of the detection loss.
     """
     from yolocompress.data.config import as_data_config
     from yolocompress.engine.loss import Hyp
@@ -145,11 +146,13 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
     if shape_spec(tuned) != before:  # the Trainer must not change the architecture
         raise RuntimeError("fine-tuning changed the model's architecture")
     params = int(count_params(tuned).total)
+    trained_now = [r for r in summary["history"] if r["epoch"] >= (resumed_epoch or 0)]  # by this call
     report = StageReport(
         stage="finetune", config=config_dict(cfg), seconds=time.perf_counter() - t0,
         before=ModelSnapshot(imgsz=int(cfg.imgsz), params=params),
         after=ModelSnapshot(imgsz=int(cfg.imgsz), params=params),
-        details={**summary, "resumed_from_epoch": resumed_epoch, "teacher": bool(extra), **kd_details},
+        details={**summary, "resumed_from_epoch": resumed_epoch, "teacher": bool(extra), **kd_details,
+                 **teacher_overhead(extra, trained_now)},
         warnings=tuple(kd_warnings(summary["history"])))
     return tuned, report
 

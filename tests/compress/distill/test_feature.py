@@ -131,6 +131,7 @@ def test_distill_command_trains_a_student_that_eval_reads(distill_data, tmp_path
     r = json.loads(report.read_text())
     assert r["stage"] == "distill" and r["details"]["connectors"]["17"] == [32, 64]
     assert r["config"]["method"] == "both" and set(r["details"]["val_map50_95"]) == {"teacher", "student"}
+    assert r["details"]["teacher_forward_s_per_epoch"] > 0 and "teacher forward" in err.out
     assert main(["eval", str(out), "--data", str(distill_data.yaml_path), "--batch", "4"]) == 0
 
 
@@ -158,6 +159,7 @@ def test_finetune_takes_the_same_settings_and_reports_the_connectors(distill_dat
     assert d["method"] == "feature" and d["connectors"] == {"17": [32, 64], "20": [64, 128]}
     assert d["history"][0]["train/kd_feature"] > 0 and "train/kd_output" not in d["history"][0]
     assert report.config["distill"]["feature_layers"] == [17, 20]
+    assert d["teacher_forward_s_per_epoch"] > 0 and 0 < d["teacher_forward_share"] < 1  # KD's overhead
     bad = FinetuneConfig(epochs=1, imgsz=64, batch=4, distill=DistillConfig(method="feature"))
     with pytest.raises(InputError, match="feature layer 17: .*same stride"):  # before any training
         finetune(student, distill_data.yaml_path, bad, teacher=_model("yolov5n6", width=0.5),

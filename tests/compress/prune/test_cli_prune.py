@@ -98,6 +98,7 @@ def test_fine_tune_takes_the_distill_method_of_distill(checkpoints, tiny_data, t
     assert tuned["connectors"] and all(s < t for s, t in tuned["connectors"].values())  # pruned -> unpruned
     (row,) = tuned["history"]
     assert row["train/kd_feature"] > 0 and "train/kd_output" not in row
+    assert tuned["teacher_forward_s_per_epoch"] > 0 and 0 < tuned["teacher_forward_share"] < 1
     state = torch.load(out, weights_only=True)["state_dict"]
     assert state and all(k.startswith("model.") for k in state)  # the student only, no connector tensors
     assert load_model_with_info(out)[1].history[-1]["config"]["distill"]["method"] == "feature"

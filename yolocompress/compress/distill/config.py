@@ -115,6 +115,19 @@ def distill_terms(config: DistillConfig, teacher: nn.Module, student: nn.Module,
     return terms, details
 
 
+def teacher_overhead(terms: Sequence[Any], history: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The KD wall-time overhead of the epochs in ``history`` (those trained since ``terms`` were built):
+    ``teacher_forward_s_per_epoch`` (the terms' teacher forwards, each term its own) and
+    ``teacher_forward_share`` (of the epochs' training time, ``time_s``); empty without a teacher or
+    epochs."""
+    seconds = sum(float(getattr(t, "teacher_seconds", 0.0)) for t in terms)
+    if not history or not any(hasattr(t, "teacher_seconds") for t in terms):
+        return {}
+    train_s = sum(float(row.get("time_s", 0.0)) for row in history)
+    return {"teacher_forward_s_per_epoch": seconds / len(history),
+            "teacher_forward_share": seconds / train_s if train_s > 0 else float("nan")}
+
+
 def kd_warnings(history: Sequence[dict[str, Any]]) -> list[str]:
     """Warnings when a KD term of the first epoch is tiny or huge against the detection loss."""
     if not history:
@@ -137,4 +150,4 @@ def kd_warnings(history: Sequence[dict[str, Any]]) -> list[str]:
 
 
 __all__ = ["DistillConfig", "KD_SHARE_WARN", "METHODS", "as_distill_config", "check_output_compatible",
-           "distill_json", "distill_terms", "kd_warnings"]
+           "distill_json", "distill_terms", "kd_warnings", "teacher_overhead"]

@@ -18,6 +18,7 @@ By default (``layers=None``) the layers are the ones that feed Detect (the neck 
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Sequence
 
 import torch
@@ -72,6 +73,7 @@ class FeatureDistillation:
     Attributes:
         feature_layers: the student layers the trainer captures for it.
         trainable: the connectors (``nn.ModuleDict``, empty when every channel count matches).
+        teacher_seconds: the wall time of its teacher forwards so far (the KD overhead).
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, layers: Sequence[int] | None = None,
@@ -89,6 +91,7 @@ class FeatureDistillation:
                 raise InputError(f"feature layers {bad} are not layers of the {who} (0..{len(model.model) - 2})")
         self.feature_layers = tuple(chosen)
         self.weight, self.tau = float(weight), float(tau)
+        self.teacher_seconds = 0.0  # wall time of the teacher's forward passes so far
         size = probe_size or 2 * int(max(float(s) for s in student.stride))
         x = torch.zeros(1, 3, size, size)
         was = student.training
@@ -103,8 +106,8 @@ class FeatureDistillation:
                 s, t = s_feats[i], t_feats[i]
                 if s.shape[-2:] != t.shape[-2:]:
                     raise InputError(f"feature layer {i}: the student's output is {tuple(s.shape[-2:])} and "
-                                     f"the teacher's {tuple(t.shape[-2:])} at {size} px; distill layers of the "
-                                     "same stride")
+                                     f"the teacher's {tuple(t.shape[-2:])} at {size} px; distill layers of "
+                                     "the same stride")
                 if s.shape[1] != t.shape[1]:
                     connectors[str(i)] = nn.Sequential(nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False),
                                                        nn.BatchNorm2d(t.shape[1]))
@@ -117,8 +120,10 @@ class FeatureDistillation:
 
     def __call__(self, batch: Any, preds: list[Tensor], features: dict[int, Tensor]
                  ) -> tuple[Tensor, dict[str, float]]:
+        start = time.perf_counter()
         with torch.no_grad():
             targets = _features(self.teacher, self.feature_layers, batch.imgs.float())
+        self.teacher_seconds += time.perf_counter() - start
         total = preds[0].new_zeros(())
         for i in self.feature_layers:
             s = features[i]

@@ -28,7 +28,7 @@ import numpy as np
 import torch.nn as nn
 
 from yolocompress.compress.distill.config import (DistillConfig, as_distill_config, distill_json,
-                                                  distill_terms, kd_warnings)
+                                                  distill_terms, kd_warnings, teacher_overhead)
 from yolocompress.compress.prune.apply import ChannelRules, prune_channels
 from yolocompress.compress.prune.eagleeye import (CostModel, Strategy, StrategySpace, SubnetScorer,
                                                   cache_data, group_sensitivity)
@@ -271,7 +271,8 @@ def _snapshot(model: nn.Module, cfg: PruneConfig, metrics: dict[str, float] | No
 def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: nn.Module | None = None,
               on_progress: ProgressCallback | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The fine-tuned model and what the report says of it: the distillation's details (``method``,
-    ``connectors``, ...; none without a teacher) and the per-epoch ``history`` with every loss term."""
+    ``connectors``, the teacher's share of the time, ...; none without a teacher) and the per-epoch
+    ``history`` with every loss term."""
     from yolocompress.engine.trainer import TrainConfig, Trainer
     from yolocompress.models.shapes import shape_spec
 
@@ -290,7 +291,7 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: 
     tuned = result.model.cpu().eval()
     if shape_spec(tuned) != before:  # the Trainer must not change the architecture
         raise RuntimeError("fine-tuning changed the pruned architecture")
-    return tuned, {**details, "history": result.history}
+    return tuned, {**details, **teacher_overhead(extra, result.history), "history": result.history}
 
 
 def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: SubnetScorer, metric: str,
