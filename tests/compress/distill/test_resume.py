@@ -7,10 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -23,7 +21,7 @@ EPOCHS = 2
 
 
 @pytest.mark.slow
-def test_kill_after_epoch_1_then_resume_matches_an_uninterrupted_run(make_synthetic_data, tmp_path):
+def test_kill_after_epoch_1_then_resume_matches_an_uninterrupted_run(make_synthetic_data, tmp_path, kill_when_written):
     data = make_synthetic_data("distill-resume", n_train=8, n_val=4)
     student = save_model(_model(width=0.5), tmp_path / "student.pt", imgsz=64)
     teacher = save_model(_model(width=1.0, seed=1), tmp_path / "teacher.pt", imgsz=64)
@@ -39,13 +37,8 @@ def test_kill_after_epoch_1_then_resume_matches_an_uninterrupted_run(make_synthe
     whole = subprocess.run(argv("whole"), capture_output=True, text=True, env=env, timeout=600)
     assert whole.returncode == 0, whole.stderr
 
-    proc = subprocess.Popen(argv("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     last = tmp_path / "killed" / "weights" / "last.pt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_written(argv("killed"), last, env)
     assert last.exists(), "the run never wrote its first checkpoint"
     interrupted = torch.load(last, weights_only=True)
     assert interrupted["epoch"] == 0 and interrupted["extra_modules"], "killed after epoch 1, with connectors"
