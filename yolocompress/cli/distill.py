@@ -31,10 +31,16 @@ def add_method_flags(p: argparse.ArgumentParser, stage: str) -> None:
                    help=f"{stage}: distill output (the head), feature (CWD of the neck outputs, connectors where "
                         "channels differ) or both, with --distill as the output-KD weight (default: output KD "
                         "at --distill's weight)")
+    _feature_flags(p, None)
+
+
+def _feature_flags(p: argparse.ArgumentParser, default: float | None) -> None:
+    """``--feature-layers``, ``--feature-weight``, ``--temperature`` (``default``: of the last two; the
+    library's 1 either way)."""
     p.add_argument("--feature-layers", type=_layers, default=None, metavar="auto|17,20,23",
                    help="layers for feature KD (default auto: the layers that feed Detect)")
-    p.add_argument("--feature-weight", type=float, default=None, help="feature-KD weight (default 1)")
-    p.add_argument("--temperature", type=float, default=None, help="CWD temperature (default 1)")
+    p.add_argument("--feature-weight", type=float, default=default, metavar="W", help="feature-KD weight (default 1)")
+    p.add_argument("--temperature", type=float, default=default, metavar="T", help="CWD temperature (default 1)")
 
 
 def distill_option(weight: float | None, args: argparse.Namespace) -> Any:
@@ -115,11 +121,8 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="distilled student to write (.pt, our format)")
     p.add_argument("--method", choices=METHODS, default="feature",
                    help="what to distill (default feature)")
-    p.add_argument("--feature-layers", type=_layers, default=None, metavar="auto|17,20,23",
-                   help="layers for feature KD (default auto: the layers that feed Detect)")
-    p.add_argument("--weight", type=float, default=1.0, help="output-KD weight (default 1)")
-    p.add_argument("--feature-weight", type=float, default=1.0, help="feature-KD weight (default 1)")
-    p.add_argument("--temperature", type=float, default=1.0, help="CWD temperature (default 1)")
+    p.add_argument("--weight", type=float, default=1.0, metavar="W", help="output-KD weight (default 1)")
+    _feature_flags(p, 1.0)
     p.add_argument("--epochs", type=positive_int, default=20, help="training epochs (default 20)")
     p.add_argument("--imgsz", type=image_size, default=None, help="image size (default: the student's, else "
                                                                   "the teacher's recorded size)")
