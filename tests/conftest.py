@@ -53,8 +53,8 @@ def make_synthetic_data(tmp_path_factory):
 
 @pytest.fixture
 def kill_when_written():
-    """``kill(argv, path, env)``: start the command ``argv`` and SIGKILL it as soon as the file ``path`` exists
-    (or when it has ended by itself, or after 300 s)."""
+    """``kill(argv, path, env)``: start the command ``argv`` and SIGKILL it as soon as the file ``path``
+    exists (or when it has ended by itself, or after 300 s)."""
     def kill(argv: list[str], path: Path, env: dict[str, str]) -> None:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 300

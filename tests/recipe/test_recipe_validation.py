@@ -81,8 +81,9 @@ BAD_RECIPES = [
      "stages[0].quantize.distill: expected a number or a mapping of method, feature_layers"),
     ("negative distill weight", "stages:\n  - prune: {ratio: 0.5, distill: -1}\n", [],
      "stages[0].prune: distill must be a weight >= 0"),
-    ("distill layers not integers", "stages:\n  - finetune: {distill: {method: feature, feature_layers: [a]}}\n",
-     [], "stages[0].finetune.distill.feature_layers: expected a list of integers or null"),
+    ("distill layers not integers",
+     "stages:\n  - finetune: {distill: {method: feature, feature_layers: [a]}}\n", [],
+     "stages[0].finetune.distill.feature_layers: expected a list of integers or null"),
 ]
 
 

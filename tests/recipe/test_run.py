@@ -109,7 +109,8 @@ def test_changed_stage_reruns_with_the_stages_after_it(finished_run, recipe_file
 
 @pytest.mark.slow
 def test_kill_during_finetune_then_resume_matches_an_uninterrupted_run(finished_run, recipe_file, tiny_checkpoint,
-                                                                        recipe_data, tmp_path, kill_when_written):
+                                                                        recipe_data, tmp_path,
+                                                                        kill_when_written):
     out = tmp_path / "killed"
     argv = [sys.executable, "-m", "yolocompress", "run", str(recipe_file), "--model", str(tiny_checkpoint),
             "--data", str(recipe_data.yaml_path), "--out", str(out), "--set", "measure.latency=[]"]

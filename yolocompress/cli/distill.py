@@ -28,9 +28,9 @@ def add_method_flags(p: argparse.ArgumentParser, stage: str) -> None:
     choice of ``distill`` for a command whose ``--distill W`` is the output-KD weight (``stage``: its name
     in the help)."""
     p.add_argument("--distill-method", choices=METHODS, default=None,
-                   help=f"{stage}: distill output (the head), feature (CWD of the neck outputs, connectors where "
-                        "channels differ) or both, with --distill as the output-KD weight (default: output KD "
-                        "at --distill's weight)")
+                   help=f"{stage}: distill output (the head), feature (CWD of the neck outputs, connectors "
+                        "where channels differ) or both, with --distill as the output-KD weight (default: "
+                        "output KD at --distill's weight)")
     _feature_flags(p, None)
 
 
@@ -39,8 +39,10 @@ def _feature_flags(p: argparse.ArgumentParser, default: float | None) -> None:
     library's 1 either way)."""
     p.add_argument("--feature-layers", type=_layers, default=None, metavar="auto|17,20,23",
                    help="layers for feature KD (default auto: the layers that feed Detect)")
-    p.add_argument("--feature-weight", type=float, default=default, metavar="W", help="feature-KD weight (default 1)")
-    p.add_argument("--temperature", type=float, default=default, metavar="T", help="CWD temperature (default 1)")
+    p.add_argument("--feature-weight", type=float, default=default, metavar="W",
+                   help="feature-KD weight (default 1)")
+    p.add_argument("--temperature", type=float, default=default, metavar="T",
+                   help="CWD temperature (default 1)")
 
 
 def distill_option(weight: float | None, args: argparse.Namespace) -> Any:
@@ -99,8 +101,8 @@ def _print(report: dict[str, Any], output: str) -> None:
         console.print("connectors (student -> teacher channels): " +
                       ", ".join(f"layer {i}: {s} -> {t}" for i, (s, t) in d["connectors"].items()))
     if d.get("teacher_forward_s_per_epoch") is not None:
-        console.print(f"teacher forward (the KD overhead): {d['teacher_forward_s_per_epoch']:.3g} s per epoch, "
-                      f"{100 * d['teacher_forward_share']:.0f}% of the training time")
+        console.print(f"teacher forward (the KD overhead): {d['teacher_forward_s_per_epoch']:.3g} s per "
+                      f"epoch, {100 * d['teacher_forward_share']:.0f}% of the training time")
     if "metrics/mAP_0.5:0.95" in last:
         console.print(f"val mAP50-95 after the last epoch: {last['metrics/mAP_0.5:0.95']:.4f} "
                       f"(best epoch {d['best_epoch'] + 1})")

@@ -31,8 +31,9 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
     mAP50-95 each one costs (on ``sensitivity_images`` training images); ``auto_exclude`` keeps the worst k
     float. ``method="qat"`` fine-tunes with fake quantization first (``epochs``, ``lr``, ``batch``; the loss
     is distillation from the float model, ``distill``: the output-KD weight or a ``DistillConfig``, plus,
-    with ``labels``, the detection loss; needs a ``.pt`` model). ``imgsz`` defaults to a checkpoint's training size. Returns the ``quantize``
-    :class:`~yolocompress.compress.stage.StageReport` and the sensitivity report (or None).
+    with ``labels``, the detection loss; needs a ``.pt`` model). ``imgsz`` defaults to a checkpoint's training
+    size. Returns the ``quantize`` :class:`~yolocompress.compress.stage.StageReport` and the sensitivity
+    report (or None).
     """
     from yolocompress.compress.quant import sensitivity as sens
     from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq

@@ -118,7 +118,8 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
     t0 = time.perf_counter()
     before = shape_spec(model)
     hyp = Hyp(**{k: float(v) for k, v in (("lr0", cfg.lr0), ("warmup_epochs", cfg.warmup_epochs)) if v is not None})
-    extra, kd_details = distill_terms(kd, teacher, model, int(cfg.imgsz), cfg.seed) if kd is not None else ([], {})
+    extra, kd_details = (distill_terms(kd, teacher, model, int(cfg.imgsz), cfg.seed) if kd is not None
+                         else ([], {}))
     extra += list(extra_losses)
     data = as_data_config(data)
     with tempfile.TemporaryDirectory(prefix="yc-finetune-") as tmp:

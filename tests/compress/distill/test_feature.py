@@ -153,7 +153,8 @@ def test_distill_command_bad_input_is_exit_2(distill_data, tmp_path, capsys):
 def test_finetune_takes_the_same_settings_and_reports_the_connectors(distill_data, tmp_path, one_thread):
     student, teacher = _model(width=0.5), _model(width=1.0, seed=1)
     cfg = FinetuneConfig(epochs=1, imgsz=64, batch=4, val=False,
-                         distill=DistillConfig(method="feature", feature_layers=(17, 20), check_teacher=False))
+                         distill=DistillConfig(method="feature", feature_layers=(17, 20),
+                                               check_teacher=False))
     _, report = finetune(student, distill_data.yaml_path, cfg, teacher=teacher, out_dir=tmp_path / "run")
     d = report.details
     assert d["method"] == "feature" and d["connectors"] == {"17": [32, 64], "20": [64, 128]}

@@ -21,7 +21,8 @@ EPOCHS = 2
 
 
 @pytest.mark.slow
-def test_kill_after_epoch_1_then_resume_matches_an_uninterrupted_run(make_synthetic_data, tmp_path, kill_when_written):
+def test_kill_after_epoch_1_then_resume_matches_an_uninterrupted_run(make_synthetic_data, tmp_path,
+                                                                      kill_when_written):
     data = make_synthetic_data("distill-resume", n_train=8, n_val=4)
     student = save_model(_model(width=0.5), tmp_path / "student.pt", imgsz=64)
     teacher = save_model(_model(width=1.0, seed=1), tmp_path / "teacher.pt", imgsz=64)
@@ -44,14 +45,17 @@ def test_kill_after_epoch_1_then_resume_matches_an_uninterrupted_run(make_synthe
     assert interrupted["epoch"] == 0 and interrupted["extra_modules"], "killed after epoch 1, with connectors"
     assert not (tmp_path / "killed.pt").exists(), "the run finished before it could be killed"
 
-    resumed = subprocess.run([*argv("killed"), "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    resumed = subprocess.run([*argv("killed"), "--resume"], capture_output=True, text=True, env=env,
+                             timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads((tmp_path / "killed.json").read_text())
     assert report["details"]["resumed_from_epoch"] == 1 and report["details"]["connectors"]
 
-    got, want = (torch.load(tmp_path / f"{name}.pt", weights_only=True)["state_dict"] for name in ("killed", "whole"))
+    got, want = (torch.load(tmp_path / f"{name}.pt", weights_only=True)["state_dict"]
+                 for name in ("killed", "whole"))
     assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in got)
-    got, want = (torch.load(tmp_path / name / "weights" / "last.pt", weights_only=True) for name in ("killed", "whole"))
+    got, want = (torch.load(tmp_path / name / "weights" / "last.pt", weights_only=True)
+                 for name in ("killed", "whole"))
     assert got["epoch"] == want["epoch"] == EPOCHS - 1
     connectors, reference = got["extra_modules"], want["extra_modules"]
     assert any(".0.weight" in k for k in connectors)  # the 1x1 convs (and their BatchNorms)

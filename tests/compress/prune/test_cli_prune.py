@@ -84,8 +84,8 @@ def test_fused_model_missing_data_missing_model_exit_2(checkpoints, tiny_data, t
 
 
 def test_fine_tune_takes_the_distill_method_of_distill(checkpoints, tiny_data, tmp_path, capsys):
-    """``--distill-method feature``: CWD from the unpruned model, with connectors for the pruned channel counts,
-    its term logged per epoch in the report (the fine-tune's history)."""
+    """``--distill-method feature``: CWD from the unpruned model, with connectors for the pruned channel
+    counts, its term logged per epoch in the report (the fine-tune's history)."""
     out, report = tmp_path / "pruned.pt", tmp_path / "report.json"
     code = main(["prune", str(checkpoints / "tiny.pt"), "--data", str(tiny_data.yaml_path), "--ratio", "0.5",
                  "--finetune-epochs", "1", "--guided", "0", *FAST, "--distill-method", "feature",
@@ -105,17 +105,18 @@ def test_fine_tune_takes_the_distill_method_of_distill(checkpoints, tiny_data, t
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--feature-weight", "2"], "--feature-weight set feature distillation: add --distill-method feature or both"),
+    (["--feature-weight", "2"], "--feature-weight set feature distillation: add --distill-method feature"),
     (["--distill-method", "output", "--temperature", "2"], "add --distill-method feature or both"),
     (["--distill-method", "feature", "--feature-layers", "99"], "feature layers [99] are not layers of the"),
     (["--distill-method", "both", "--temperature", "0"], "temperature must be > 0"),
     (["--distill-method", "logits"], "argument --distill-method: invalid choice: 'logits'"),
     (["--distill-method", "feature", "--feature-layers", "x"], "expected 'auto' or layer indices"),
 ])
-def test_bad_distill_settings_exit_2_before_the_search(checkpoints, tiny_data, tmp_path, capsys, args, message):
+def test_bad_distill_settings_exit_2_before_the_search(checkpoints, tiny_data, tmp_path, capsys, args,
+                                                       message):
     out = tmp_path / "o.pt"
-    argv = ["prune", str(checkpoints / "tiny.pt"), "--data", str(tiny_data.yaml_path), "--ratio", "0.5", *FAST,
-            "--finetune-epochs", "1", *args, "-o", str(out)]
+    argv = ["prune", str(checkpoints / "tiny.pt"), "--data", str(tiny_data.yaml_path), "--ratio", "0.5",
+            *FAST, "--finetune-epochs", "1", *args, "-o", str(out)]
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse's usage errors

@@ -117,7 +117,8 @@ def test_bad_inputs_exit_2(tiny_onnx, tiny_data, tmp_path, capsys):
         ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--auto-exclude", "-1", "-o", str(out)],
         ["quantize", str(CKPT), "--data", str(tiny_data), "--method", "qat", "--distill-method", "logits",
          "-o", str(out)],
-        ["quantize", str(CKPT), "--data", str(tiny_data), "--method", "qat", "--feature-weight", "2", "-o", str(out)],
+        ["quantize", str(CKPT), "--data", str(tiny_data), "--method", "qat", "--feature-weight", "2",
+         "-o", str(out)],
         ["quantize", str(CKPT), "--data", str(tiny_data), "--method", "qat", "--distill-method", "feature",
          "--temperature", "-1", "-o", str(out)],
     ]
