@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from yolocompress.cli.common import console, err_console, image_size, positive_int, write_json
+from yolocompress.cli.distill import add_method_flags, distill_option
 from yolocompress.errors import InputError
 from yolocompress.export.openvino import ONNX_BACKENDS
 
 if TYPE_CHECKING:  # onnxruntime and torch are imported only when the command runs
+    from yolocompress.compress.distill.config import DistillConfig
     from yolocompress.compress.quant.sensitivity import SensitivityReport
     from yolocompress.compress.stage import StageReport
 
@@ -22,16 +24,18 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         exclude: Sequence[str] = (), silu: str = "int8", stem: str = "float", head: str = "int8",
         activations: str = "u8", sensitivity: bool = False, auto_exclude: int = 0,
         sensitivity_images: int = 128, epochs: int = 3, lr: float = 1e-4, batch: int = 16,
-        workers: int = 0, distill: float = 1.0, labels: bool = False, tune_backend: str = "onnxruntime",
-        float_prefix: int | str = 0) -> tuple[StageReport, SensitivityReport | None]:
+        workers: int = 0, distill: float | DistillConfig = 1.0, labels: bool = False,
+        tune_backend: str = "onnxruntime", float_prefix: int | str = 0
+        ) -> tuple[StageReport, SensitivityReport | None]:
     """Quantize ``model`` (``.pt`` or fp32 ``.onnx``) to int8 and write it to ``output`` (``.onnx``).
 
     With ``sensitivity`` (or ``auto_exclude`` k > 0) the planned int8 convolutions are first ranked by the
     mAP50-95 each one costs (on ``sensitivity_images`` training images); ``auto_exclude`` keeps the worst k
     float. ``method="qat"`` fine-tunes with fake quantization first (``epochs``, ``lr``, ``batch``; the loss
-    is distillation from the float model with weight ``distill`` plus, with ``labels``, the detection loss;
-    needs a ``.pt`` model). ``imgsz`` defaults to a checkpoint's training size. Returns the ``quantize``
-    :class:`~yolocompress.compress.stage.StageReport` and the sensitivity report (or None).
+    is distillation from the float model, ``distill``: the output-KD weight or a ``DistillConfig``, plus,
+    with ``labels``, the detection loss; needs a ``.pt`` model). ``imgsz`` defaults to a checkpoint's training
+    size. Returns the ``quantize`` :class:`~yolocompress.compress.stage.StageReport` and the sensitivity
+    report (or None).
     """
     from yolocompress.compress.quant import sensitivity as sens
     from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
@@ -133,8 +137,8 @@ def _main(args: argparse.Namespace) -> int:
                           head=args.head, activations=args.activations, sensitivity=args.sensitivity,
                           auto_exclude=args.auto_exclude, sensitivity_images=args.sensitivity_images,
                           epochs=args.epochs, lr=args.lr, batch=args.batch, workers=args.workers,
-                          distill=args.distill, labels=args.labels, tune_backend=args.tune_backend,
-                          float_prefix=args.float_prefix)
+                          distill=distill_option(args.distill, args), labels=args.labels,
+                          tune_backend=args.tune_backend, float_prefix=args.float_prefix)
     if ranking is not None:
         _print_ranking(ranking)
     _print(report)
@@ -194,6 +198,7 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="QAT initial learning rate (default 1e-4)")
     p.add_argument("--distill", type=float, default=1.0, metavar="W",
                    help="QAT: weight of distillation from the float model (default 1; 0: labels only)")
+    add_method_flags(p, "QAT")
     p.add_argument("--labels", action="store_true",
                    help="QAT: add the detection loss on the training labels (default: distillation only)")
     p.add_argument("--batch", type=positive_int, default=16, help="QAT batch size (default 16)")

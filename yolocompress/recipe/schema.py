@@ -59,6 +59,8 @@ def check_keys(mapping: Mapping[str, Any], allowed: Sequence[str], where: str) -
 
 
 def _describe(hint: Any) -> str:
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}"
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args) + " or null"
@@ -69,12 +71,19 @@ def _describe(hint: Any) -> str:
 
 def coerce_value(value: Any, hint: Any, where: str) -> Any:
     """``value`` checked against a dataclass field type (``int``, ``float``, ``bool``, ``str``, ``X | None``,
-    ``tuple[str, ...]``); ints are accepted for floats, nothing else is converted."""
+    ``tuple[str, ...]``, or a config dataclass given as a mapping of its keys, e.g. ``distill: {method:
+    feature}``); ints are accepted for floats, nothing else is converted."""
     origin = typing.get_origin(hint)
+    if isinstance(value, Mapping) and dataclasses.is_dataclass(hint):
+        check_keys(value, [f.name for f in dataclasses.fields(hint)], where)
+        return build_config(hint, value, where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
+        nested = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, Mapping) and nested:  # its own messages (key paths), not "expected ..."
+            return coerce_value(value, nested[0], where)
         for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce_value(value, arg, where)

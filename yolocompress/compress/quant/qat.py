@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from yolocompress.compress.distill.config import DistillConfig, as_distill_config, distill_json, distill_terms
 from yolocompress.compress.quant.numerics import QMAX, QMIN, WMAX, ort_scale_zero_point, sqnr_db
 from yolocompress.compress.quant.plan import QuantPlan, node_scope
 from yolocompress.compress.stage import StageReport
@@ -284,13 +285,15 @@ class QatConfig:
 
     ``lr`` is SGD's initial rate (no warm-up: the model is trained already; linear decay to
     ``lr * lrf``); mosaic is off for every QAT epoch (a converged YOLOv5 ends its training without it).
-    The loss is output distillation from the float model (``distill``, see
-    :class:`~yolocompress.compress.distill.output.OutputDistillation`), plus the detection loss on the labels
-    when ``labels``: on the shipped baseline the label loss alone pulls the converged network away from its
-    optimum (1.07 mAP50-95 points lost after 3 epochs at lr 1e-3, 0.65 at 1e-4) while distillation alone keeps
-    the quantized network next to the float one (0.27; benchmarks/RESULTS.md). ``val=False``: the last EMA
-    weights are exported, the validation split is not used to pick them. ``range_momentum``: how fast the
-    activation ranges follow each batch's min / max (0 keeps the PTQ calibration's ranges).
+    The loss is distillation from the float model (``distill``: a weight, output KD as
+    :class:`~yolocompress.compress.distill.output.OutputDistillation`, or a
+    :class:`~yolocompress.compress.distill.config.DistillConfig`: output, feature or both; the fake-quant
+    student has the float model's channels, so feature KD needs no connectors), plus the detection loss on
+    the labels when ``labels``: on the shipped baseline the label loss alone pulls the converged network away
+    from its optimum (1.07 mAP50-95 points lost after 3 epochs at lr 1e-3, 0.65 at 1e-4) while distillation
+    alone keeps the quantized network next to the float one (0.27; benchmarks/RESULTS.md). ``val=False``:
+    the last EMA weights are exported, the validation split is not used to pick them. ``range_momentum``: how
+    fast the activation ranges follow each batch's min / max (0 keeps the PTQ calibration's ranges).
     """
 
     epochs: int = 3
@@ -300,7 +303,7 @@ class QatConfig:
     workers: int = 0
     seed: int = 0
     out_dir: str | None = None
-    distill: float = 1.0
+    distill: float | DistillConfig = 1.0
     labels: bool = False
     range_momentum: float = 0.01
 
@@ -309,11 +312,9 @@ class QatConfig:
             raise InputError(f"QAT needs epochs >= 1 and batch >= 1, got {self.epochs} and {self.batch}")
         if not self.lr > 0:
             raise InputError(f"QAT lr must be > 0, got {self.lr}")
-        if self.distill < 0:
-            raise InputError(f"QAT distill weight must be >= 0, got {self.distill}")
         if not 0.0 <= self.range_momentum <= 1.0:
             raise InputError(f"QAT range_momentum must be in [0, 1], got {self.range_momentum}")
-        if not self.labels and self.distill == 0:
+        if as_distill_config(self.distill) is None and not self.labels:  # the first refuses a weight < 0
             raise InputError("QAT needs a loss: labels, distillation from the float model, or both")
 
 
@@ -355,7 +356,6 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     import dataclasses
     import time
 
-    from yolocompress.compress.distill.output import OutputDistillation
     from yolocompress.compress.fuse import fuse_model
     from yolocompress.compress.quant.head import head_hessians
     from yolocompress.compress.quant.ptq import (
@@ -394,7 +394,8 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
         hyp = Hyp(lr0=qat.lr, lrf=qat.lrf, warmup_epochs=0.0)
         if not qat.labels:
             hyp = dataclasses.replace(hyp, box=0.0, obj=0.0, cls=0.0)
-        extra = [OutputDistillation(folded, weight=qat.distill)] if qat.distill > 0 else []
+        kd = as_distill_config(qat.distill)
+        extra = distill_terms(kd, folded, folded, imgsz, qat.seed)[0] if kd is not None else []
         trainer = Trainer(folded, data, train_cfg, hyp=hyp, extra_losses=extra,
                           wrap_model=lambda m: insert_fake_quant(m, plan, proto, ranges, qat.range_momentum))
         trained = trainer.train().model.eval()
@@ -414,7 +415,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
         parity = parity_sqnr(trained, qdq, prepared.images[:config.check_images])
         report = finish(trained_prep, plan, config, qdq, output, t0, method="qat")
     details = {"epochs": qat.epochs, "lr": qat.lr, "batch": qat.batch, "parity_sqnr_db": parity,
-               "distill": qat.distill, "labels": qat.labels,
+               "distill": distill_json(qat.distill), "labels": qat.labels,
                "batchnorm": "folded before QAT", "range_momentum": qat.range_momentum,
                "activation_ranges": ("PTQ-calibrated, fixed" if qat.range_momentum == 0
                                      else f"PTQ-initialised, EMA-tracked (momentum {qat.range_momentum:g})")}
