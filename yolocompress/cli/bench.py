@@ -4,12 +4,16 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from yolocompress.cli.common import console, image_size, load_cli_model, positive_int, write_json
 from yolocompress.errors import InputError
-from yolocompress.profile.latency import LatencyResult
+from yolocompress.io.paths import preflight
+
+if TYPE_CHECKING:  # torch is imported only when the command runs
+    from yolocompress.profile.latency import LatencyResult
 
 BACKENDS = ("torch", "torch-dnn", "onnxruntime")
 
@@ -67,6 +71,7 @@ def _table(model: str, result: LatencyResult) -> Table:
 
 
 def _main(args: argparse.Namespace) -> int:
+    preflight(inputs=[("model file", args.model)], outputs=[("--json", args.json)])
     result = run(args.model, imgsz=args.imgsz, backend=args.backend, threads=args.threads, runs=args.runs,
                  warmup=args.warmup, batch=args.batch)
     console.print(_table(args.model, result))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,31 @@ def image_size(text: str) -> int:
     if value % 32:
         raise argparse.ArgumentTypeError(f"image size must be a multiple of 32, got {value}")
     return value
+
+
+def config_help(**configs: str) -> type[argparse.HelpFormatter]:
+    """A help formatter that fills ``{name.field}`` in help texts with the default of a library config's
+    field, e.g. ``config_help(prune="yolocompress.compress.prune.pruner:PruneConfig")`` and
+    ``"(default {prune.ratio})"``.
+
+    The config is imported only when help is shown: importing it imports torch, which would make every
+    usage or path error of the command wait for it. So flags keep ``default=None`` ("the config's") and
+    the library stays the one place that holds the value.
+    """
+
+    class Formatter(argparse.HelpFormatter):
+        def _get_help_string(self, action: argparse.Action) -> str | None:
+            text = action.help
+            if text and "{" in text:
+                values = {}
+                for name, target in configs.items():
+                    module, _, cls = target.partition(":")
+                    config = getattr(importlib.import_module(module), cls)
+                    values[name] = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(config)})
+                text = text.format_map(values)
+            return text
+
+    return Formatter
 
 
 def load_cli_model(path: str, cfg: str | None = None):

@@ -7,6 +7,7 @@ from typing import Any
 
 from yolocompress.cli.common import ProgressPrinter, console, err_console, image_size, positive_int, write_json
 from yolocompress.errors import InputError
+from yolocompress.io.paths import file_size, names_a_file, preflight
 
 
 def _layers(text: str) -> tuple[int, ...] | None:
@@ -20,14 +21,18 @@ def _layers(text: str) -> tuple[int, ...] | None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if Path(args.output).suffix.lower() != ".pt":
+        raise InputError(f"output must be a .pt file, got {args.output}")
+    preflight(inputs=[("model file", args.student if names_a_file(args.student) else None),
+                      ("model file", args.teacher), ("data.yaml", args.data)],
+              outputs=[("output", args.output), ("--json", args.json)], folders=[("--out-dir", args.out_dir)],
+              expected_bytes=file_size(args.student))
     from yolocompress.compress.distill import DistillConfig, distill_model
     from yolocompress.compress.finetune import FinetuneConfig
     from yolocompress.data import load_data_config
     from yolocompress.io.checkpoint import history_entry, load_model_with_info, save_model
     from yolocompress.models import build_model, list_configs
 
-    if Path(args.output).suffix.lower() != ".pt":
-        raise InputError(f"output must be a .pt file, got {args.output}")
     config = DistillConfig(method=args.method, feature_layers=args.feature_layers, weight=args.weight,
                            feature_weight=args.feature_weight, temperature=args.temperature)
     data = load_data_config(args.data)
@@ -38,7 +43,8 @@ def _main(args: argparse.Namespace) -> int:
     elif Path(args.student).stem in list_configs():  # a config: trained from scratch under the teacher
         student, history, imgsz = build_model(args.student, nc=data.nc), [], args.imgsz or teacher_info.imgsz
     else:
-        raise InputError(f"student not found: {args.student} (a checkpoint or a config name such as yolov5n)")
+        raise InputError(f"model file not found: {args.student} (the student: a checkpoint, or a config name "
+                         "such as yolov5n)")
     train = FinetuneConfig(epochs=args.epochs, imgsz=imgsz, batch=args.batch, lr0=args.lr0,
                            warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device, workers=args.workers)
     tuned, report = distill_model(student, teacher, data, config, train, out_dir=args.out_dir, resume=args.resume,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from yolocompress.cli.common import ProgressPrinter, console, image_size, positive_int, write_json
 from yolocompress.errors import InputError
-from yolocompress.report.tables import eval_table
+from yolocompress.io.paths import preflight
 
 if TYPE_CHECKING:  # torch is imported only when the command runs
     from yolocompress.engine.evaluator import EvalResult
@@ -44,6 +44,9 @@ def run(model: str, data: str, imgsz: int | None = None, batch: int = 32, conf: 
 
 
 def _main(args: argparse.Namespace) -> int:
+    preflight(inputs=[("model file", args.model), ("data.yaml", args.data)], outputs=[("--json", args.json)])
+    from yolocompress.report.tables import eval_table
+
     result = run(args.model, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
                  split=args.split, max_det=args.max_det, threads=args.threads, device=args.device,
                  workers=args.workers, on_progress=ProgressPrinter())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from yolocompress.cli.common import console, image_size, load_cli_model, positive_int
 from yolocompress.errors import CompressionError
+from yolocompress.io.paths import file_size, preflight
 
 # The decoded output must agree with PyTorch to this maximum relative error (see verify_onnx).
 PARITY_TOLERANCE = 1e-3
@@ -32,6 +33,8 @@ def run(model: str, output: str, imgsz: int | None = None, batch: int = 1, dynam
 
 
 def _main(args: argparse.Namespace) -> int:
+    preflight(inputs=[("model file", args.model)], outputs=[("output", args.output)],
+              expected_bytes=file_size(args.model))
     path, error = run(args.model, args.output, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic,
                       opset=args.opset, simplify=args.simplify, verify=not args.no_verify)
     from yolocompress.export.onnx import read_onnx_metadata

@@ -5,17 +5,18 @@ import argparse
 from pathlib import Path
 
 from yolocompress.errors import InputError
+from yolocompress.io.paths import file_size, preflight
 
 
 def _main(args: argparse.Namespace) -> int:
+    if Path(args.output).suffix.lower() != ".pt":
+        raise InputError(f"output must be a .pt file, got {args.output}")
+    preflight(inputs=[("model file", args.model)], outputs=[("output", args.output)],
+              expected_bytes=file_size(args.model))
     from yolocompress.cli.common import load_cli_model
     from yolocompress.compress.fuse import fuse_stage
     from yolocompress.io.checkpoint import history_entry, save_model
 
-    if Path(args.output).suffix.lower() != ".pt":
-        raise InputError(f"output must be a .pt file, got {args.output}")
-    if not Path(args.model).is_file():
-        raise InputError(f"model file not found: {args.model}")
     net, info = load_cli_model(args.model, args.cfg)
     fused, report = fuse_stage(net)
     d = report.details

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from yolocompress.cli.common import console, err_console, image_size, positive_int, write_json
 from yolocompress.errors import InputError
+from yolocompress.io.paths import file_size, preflight
 
 if TYPE_CHECKING:  # onnxruntime and torch are imported only when the command runs
     from yolocompress.compress.quant.sensitivity import SensitivityReport
@@ -111,6 +112,10 @@ def _print_ranking(ranking: SensitivityReport, top: int = 10) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if Path(args.output).suffix.lower() != ".onnx":
+        raise InputError(f"output must be an .onnx file, got {args.output}")
+    preflight(inputs=[("model file", args.model), ("data.yaml", args.data)],
+              outputs=[("output", args.output), ("--json", args.json)], expected_bytes=file_size(args.model))
     exclude = [s for group in (args.exclude or []) for s in group]
     report, ranking = run(args.model, args.data, args.output, method=args.method, imgsz=args.imgsz,
                           calib_images=args.calib_images, calibration=args.calibration,

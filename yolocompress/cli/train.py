@@ -16,6 +16,7 @@ import yaml
 
 from yolocompress.cli.common import image_size, positive_int
 from yolocompress.errors import InputError
+from yolocompress.io.paths import names_a_file, preflight
 
 
 DESCRIPTION = (
@@ -143,6 +144,10 @@ def _main(args: argparse.Namespace) -> int:
     resume = args.resume
     if resume == "":  # bare --resume: the run in --out
         resume = str(Path(args.out) / "weights" / "last.pt")
+    model = args.model if args.model and names_a_file(args.model) else None
+    preflight(inputs=[("checkpoint to resume", resume), ("model file", model), ("data.yaml", args.data),
+                      ("hyp file", args.hyp)],
+              folders=[("--out", None if resume else args.out)])
     result = run(model=args.model, data=args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
                  device=args.device, workers=args.workers, seed=args.seed, out=args.out, resume=resume,
                  patience=args.patience, close_mosaic=args.close_mosaic, cos_lr=args.cos_lr, hyp=args.hyp,
