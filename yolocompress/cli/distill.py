@@ -5,7 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from yolocompress.cli.common import ProgressPrinter, console, err_console, image_size, positive_int, write_json
+from yolocompress.cli.common import (ProgressPrinter, add_max_map_drop, console, image_size, positive_int,
+                                     print_stage_warnings, write_json)
 from yolocompress.errors import InputError
 from yolocompress.io.paths import file_size, names_a_file, preflight
 
@@ -27,6 +28,7 @@ def _main(args: argparse.Namespace) -> int:
                       ("model file", args.teacher), ("data.yaml", args.data)],
               outputs=[("output", args.output), ("--json", args.json)], folders=[("--out-dir", args.out_dir)],
               expected_bytes=file_size(args.student))
+    from yolocompress.compress.accuracy import check_accuracy, with_measured_map
     from yolocompress.compress.distill import DistillConfig, distill_model
     from yolocompress.compress.finetune import FinetuneConfig
     from yolocompress.data import load_data_config
@@ -49,10 +51,14 @@ def _main(args: argparse.Namespace) -> int:
                            warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device, workers=args.workers)
     tuned, report = distill_model(student, teacher, data, config, train, out_dir=args.out_dir, resume=args.resume,
                                   on_progress=ProgressPrinter())
+    report = with_measured_map(report, data, after=tuned, imgsz=imgsz)  # "before": measured by the stage
+    report, verdict = check_accuracy(report, args.max_map_drop)
     entry = history_entry("distill", teacher=Path(args.teacher).name, config=dict(report.config))
     save_model(tuned, args.output, imgsz=imgsz, history=[*history, entry])
     _print(report.to_dict(), args.output)
     write_json(report.to_dict(), args.json)
+    print_stage_warnings(report, verdict)
+    verdict.raise_if_failed()
     return 0
 
 
@@ -68,8 +74,9 @@ def _print(report: dict[str, Any], output: str) -> None:
     if "metrics/mAP_0.5:0.95" in last:
         console.print(f"val mAP50-95 after the last epoch: {last['metrics/mAP_0.5:0.95']:.4f} "
                       f"(best epoch {d['best_epoch'] + 1})")
-    for warning in report["warnings"]:
-        err_console.print(f"warning: {warning}")
+    before, after = report["before"] or {}, report["after"] or {}
+    if before.get("map50_95") is not None and after.get("map50_95") is not None:
+        console.print(f"student mAP50-95 on the val split: {before['map50_95']:.4f} -> {after['map50_95']:.4f}")
 
 
 def register(subparsers) -> None:
@@ -102,4 +109,5 @@ def register(subparsers) -> None:
     p.add_argument("--out-dir", default="runs/distill", help="the trainer's run folder (default runs/distill)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from --out-dir's last.pt")
     p.add_argument("--json", default=None, metavar="FILE", help="write the stage report as JSON")
+    add_max_map_drop(p)
     p.set_defaults(func=_main)
