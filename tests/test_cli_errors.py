@@ -94,6 +94,12 @@ def _sandbox(root: Path) -> None:
 @pytest.mark.parametrize("argv, code, message, written", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_writes_nothing(argv, code, message, written, tmp_path, monkeypatch, capsys):
     _sandbox(tmp_path)
+    _check(argv, code, message, written, tmp_path, monkeypatch, capsys)
+
+
+def _check(argv, code, message, written, tmp_path, monkeypatch, capsys) -> None:
+    """Run ``argv`` in ``tmp_path``: exit ``code``, one error line holding ``message``, no traceback, no
+    advice to load with ``weights_only=False``, ``written`` absent and nothing new in the folder."""
     monkeypatch.chdir(tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     try:
@@ -105,10 +111,44 @@ def test_bad_input_is_one_line_and_writes_nothing(argv, code, message, written, 
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("yolocompress: error: ") and message in lines[0], lines[0]
-    assert "Traceback" not in err and "weights_only" not in err
+    assert "Traceback" not in err and "weights_only" not in err and "allowlist, which is outside the" not in err
     if written:
         assert not (tmp_path / written).exists()
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written at all
+
+
+# Cases that fail once a file is read (torch is imported): the same one-line contract. ``hostile.pt`` would run
+# ``os.system`` if unpickled; ``noise.pt`` is random bytes; ``full/`` is a non-empty folder.
+READ_CASES = [
+    ("info hostile.pt", 2, "refusing to load hostile.pt: it needs posix.system, which is outside the checkpoint "
+                           "allowlist (nothing in the file was executed)", None),
+    ("train --resume hostile.pt", 2, "refusing to load hostile.pt: it needs posix.system", "runs"),
+    ("fuse hostile.pt -o f.pt", 2, "refusing to load hostile.pt", "f.pt"),
+    ("info noise.pt", 2, "noise.pt", None),
+    ("train --resume noise.pt", 2, "cannot read training checkpoint noise.pt", "runs"),
+    ("data synth --out full --n-train 1 --n-val 1 --imgsz 32", 2, "--overwrite replaces it", None),
+]
+
+
+class _Hostile:
+    def __reduce__(self):
+        return os.system, ("echo unpickled > pwned.txt",)
+
+
+@pytest.mark.parametrize("argv, code, message, written", READ_CASES, ids=[c[0] for c in READ_CASES])
+def test_unreadable_files_are_one_line_and_never_advise_weights_only_false(argv, code, message, written, tmp_path,
+                                                                           monkeypatch, capsys):
+    import random
+
+    import torch
+
+    _sandbox(tmp_path)
+    torch.save({"model": _Hostile()}, tmp_path / "hostile.pt")
+    (tmp_path / "noise.pt").write_bytes(random.Random(0).randbytes(4096))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    _check(argv, code, message, written, tmp_path, monkeypatch, capsys)
+    assert not (tmp_path / "pwned.txt").exists()
 
 
 PROBE = """
