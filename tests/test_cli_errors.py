@@ -177,3 +177,30 @@ def test_help_and_path_errors_do_not_import_torch(tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["codes"] == [0, 0, 0, 0, *[c[1] for c in CASES]]
     assert result["heavy"] == []
+
+
+def test_one_workers_default_across_commands():
+    """eval, train and distill default to ``cli.common.WORKERS``; prune and quantize leave it to PruneConfig and
+    QatConfig, which must hold the same value."""
+    from yolocompress.cli import build_parser
+    from yolocompress.cli.common import WORKERS
+    from yolocompress.compress.prune import PruneConfig
+    from yolocompress.compress.quant import QatConfig
+
+    parser = build_parser()
+    library = {"prune": PruneConfig.workers, "quantize": QatConfig.workers}
+    lines = {"eval": "eval m.pt --data d.yaml", "train": "train m.pt --data d.yaml",
+             "distill": "distill m.pt --teacher t.pt --data d.yaml -o o.pt",
+             "prune": "prune m.pt --data d.yaml -o o.pt", "quantize": "quantize m.pt --data d.yaml -o o.onnx"}
+    for command, line in lines.items():
+        given = parser.parse_args(line.split()).workers
+        assert (library[command] if given is None else given) == WORKERS, command
+
+
+def test_train_and_bench_default_to_the_checkpoint_image_size():
+    from yolocompress.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args("train m.pt --data d.yaml".split()).imgsz is None  # None: the checkpoint's size
+    assert parser.parse_args("bench m.pt".split()).imgsz is None
+    assert parser.parse_args("bench m.onnx".split()).backend is None  # None: picked from the file

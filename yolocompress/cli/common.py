@@ -31,6 +31,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+# Data-loading worker processes of every command that loads images (eval, train, distill; prune and quantize
+# take PruneConfig's / QatConfig's, the same value; a test holds them equal): 0 loads in the calling
+# process. Augmentation is identical for any count (seeded per image), so this only changes speed.
+WORKERS = 0
+
+
+def add_workers(parser: argparse.ArgumentParser, what: str = "data-loading") -> None:
+    """The ``--workers`` flag with the one default (``WORKERS``)."""
+    parser.add_argument("--workers", type=non_negative_int, default=WORKERS,
+                        help=f"{what} worker processes (default {WORKERS}: load in the main process; more help "
+                             "on machines with spare cores)")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
     try:

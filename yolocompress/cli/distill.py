@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from yolocompress.cli.common import (ProgressPrinter, add_max_map_drop, console, image_size, positive_int,
+from yolocompress.cli.common import (ProgressPrinter, add_max_map_drop, add_workers, console, image_size, positive_int,
                                      print_stage_warnings, write_json)
 from yolocompress.errors import InputError
 from yolocompress.io.paths import file_size, names_a_file, preflight
@@ -105,7 +105,7 @@ def register(subparsers) -> None:
     p.add_argument("--warmup-epochs", type=float, default=None, help="warm-up epochs (default YOLOv5's 3)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=0, help="data-loading workers (default 0)")
+    add_workers(p)
     p.add_argument("--out-dir", default="runs/distill", help="the trainer's run folder (default runs/distill)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from --out-dir's last.pt")
     p.add_argument("--json", default=None, metavar="FILE", help="write the stage report as JSON")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from yolocompress.cli.common import ProgressPrinter, console, image_size, positive_int, write_json
+from yolocompress.cli.common import ProgressPrinter, add_workers, console, image_size, positive_int, write_json
 from yolocompress.errors import InputError
 from yolocompress.io.paths import preflight
 
@@ -75,6 +75,6 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (PyTorch, or ONNX Runtime intra-op; default: the runtime's own)")
     p.add_argument("--device", default="cpu", help="PyTorch device, e.g. cpu or cuda:0 (default cpu)")
-    p.add_argument("--workers", type=int, default=0, help="image loading worker processes (default 0)")
+    add_workers(p, "image loading")
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     p.set_defaults(func=_main)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from yolocompress.cli.common import image_size, positive_int
+from yolocompress.cli.common import WORKERS, add_workers, image_size, positive_int
 from yolocompress.errors import InputError
 from yolocompress.io.paths import names_a_file, preflight
 
@@ -91,8 +91,8 @@ def build_training_model(model_or_cfg: str, data_cfg):
 
 
 def run(model: str | None = None, data: str | None = None, epochs: int = 100, imgsz: int | None = None,
-        batch: int = 16,
-        device: str = "cpu", workers: int = 2, seed: int = 0, out: str = "runs/train", resume: str | None = None,
+        batch: int = 16, device: str = "cpu", workers: int = WORKERS, seed: int = 0, out: str = "runs/train",
+        resume: str | None = None,
         patience: int = 100, close_mosaic: int = 10, cos_lr: bool = False, hyp: str | None = None,
         amp: bool = True, sync_bn: bool = False, val: bool = True, cache: bool = False,
         exist_ok: bool = False, progress: bool = True, bf16: bool = False, channels_last: bool = False,
@@ -139,8 +139,8 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
     seed_everything(seed)  # the fresh model's initial weights too
     net, recorded_imgsz = build_training_model(model, data_cfg)
     config = TrainConfig(epochs=epochs, imgsz=imgsz or recorded_imgsz, batch=batch, device=device,
-                         workers=workers, seed=seed, out_dir=out, patience=patience, close_mosaic=close_mosaic, cos_lr=cos_lr, amp=amp,
-                         sync_bn=sync_bn, val=val, cache=cache, bf16=bf16,
+                         workers=workers, seed=seed, out_dir=out, patience=patience, close_mosaic=close_mosaic,
+                         cos_lr=cos_lr, amp=amp, sync_bn=sync_bn, val=val, cache=cache, bf16=bf16,
                          channels_last=channels_last, nominal_batch=nominal_batch)
     return Trainer(net, data_cfg, config, hyperparameters, on_progress=printer).train()
 
@@ -179,7 +179,7 @@ def register(subparsers) -> None:
                    help="image size in pixels (default: the size the checkpoint records, else 640)")
     p.add_argument("--batch", type=positive_int, default=16, help="global batch size (default 16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading workers per process (default 2)")
+    add_workers(p, "data-loading (per training process)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="runs/train", help="run folder (default runs/train)")
     p.add_argument("--exist-ok", action="store_true", help="overwrite a previous run in --out")
