@@ -33,7 +33,8 @@ COMMANDS = [
 
 
 def time_command(tree: Path, argv: str, cwd: Path, repeat: int) -> tuple[float, int]:
-    """Median wall seconds of ``python -m yolocompress argv`` with ``tree`` first on the path, and its exit code."""
+    """Median wall seconds of ``python -m yolocompress argv`` with ``tree`` first on the path, and its exit
+    code."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     times, code = [], 0
     for _ in range(repeat):

@@ -33,14 +33,16 @@ CASES = [
     ("prune model.pt --data missing.yaml -o out.pt", 2, "data.yaml not found: missing.yaml", "out.pt"),
     ("quantize missing.pt --data data.yaml -o out.onnx", 2, "model file not found: missing.pt", "out.onnx"),
     ("quantize model.pt --data missing.yaml -o out.onnx", 2, "data.yaml not found", "out.onnx"),
-    ("distill missing.pt --teacher model.pt --data data.yaml -o out.pt", 2, "model file not found: missing.pt",
-     "out.pt"),
+    ("distill missing.pt --teacher model.pt --data data.yaml -o out.pt", 2,
+     "model file not found: missing.pt", "out.pt"),
     ("distill yolov5n --teacher missing.pt --data data.yaml -o out.pt", 2, "model file not found: missing.pt",
      "out.pt"),
     ("train yolov5n --data missing.yaml --out run", 2, "data.yaml not found: missing.yaml", "run"),
     ("train missing.pt --data data.yaml --out run", 2, "model file not found: missing.pt", "run"),
-    ("train yolov5n --data data.yaml --hyp missing.yaml --out run", 2, "hyp file not found: missing.yaml", "run"),
-    ("train --resume gone/weights/last.pt", 2, "checkpoint to resume not found: gone/weights/last.pt", "gone"),
+    ("train yolov5n --data data.yaml --hyp missing.yaml --out run", 2, "hyp file not found: missing.yaml",
+     "run"),
+    ("train --resume gone/weights/last.pt", 2, "checkpoint to resume not found: gone/weights/last.pt",
+     "gone"),
     ("run missing.yaml --out run", 2, "recipe not found: missing.yaml", "run"),
     ("run demo --model missing.pt --out run", 2, "model file not found: missing.pt", "run"),
     ("report missing", 2, "report not found: missing", None),
@@ -50,18 +52,20 @@ CASES = [
     ("eval adir --data data.yaml", 2, "model file is a folder, not a file: adir", None),
     # outputs that cannot be written: "cannot write <what> <path>: <reason>"
     ("info model.pt --json adir", 2, "cannot write --json adir: it is a folder", None),
-    ("eval model.pt --data data.yaml --json afile/m.json", 2, "afile is a file, not a folder", "afile/m.json"),
+    ("eval model.pt --data data.yaml --json afile/m.json", 2, "afile is a file, not a folder",
+     "afile/m.json"),
     ("bench model.pt --json afile/b.json", 2, "cannot write --json afile/b.json", "afile/b.json"),
     ("export model.pt -o adir", 2, "cannot write output adir: it is a folder", None),
     ("export model.pt -o afile/m.onnx", 2, "cannot write output afile/m.onnx", "afile/m.onnx"),
     ("fuse model.pt -o dir.pt", 2, "cannot write output dir.pt: it is a folder", None),
     ("prune model.pt --data data.yaml -o afile/p.pt", 2, "cannot write output afile/p.pt", "afile/p.pt"),
     ("prune model.pt --data data.yaml -o p.pt --json adir", 2, "cannot write --json adir", "p.pt"),
-    ("quantize model.pt --data data.yaml -o adir/q.onnx --json afile/q.json", 2, "cannot write --json afile/q.json",
-     "adir/q.onnx"),
+    ("quantize model.pt --data data.yaml -o adir/q.onnx --json afile/q.json", 2,
+     "cannot write --json afile/q.json", "adir/q.onnx"),
     ("distill yolov5n --teacher model.pt --data data.yaml -o d.pt --out-dir afile", 2,
      "cannot write --out-dir afile: it is a file, not a folder", "d.pt"),
-    ("train yolov5n --data data.yaml --out afile", 2, "cannot write --out afile: it is a file, not a folder", None),
+    ("train yolov5n --data data.yaml --out afile", 2, "cannot write --out afile: it is a file, not a folder",
+     None),
     ("run demo --out afile/run", 2, "cannot write --out afile/run", "afile/run"),
     ("run demo --out r --json adir", 2, "cannot write --json adir: it is a folder", "r"),
     ("report adir --md afile/r.md", 2, "cannot write --md afile/r.md", "afile/r.md"),
@@ -73,7 +77,8 @@ CASES = [
     # wrong kinds and usage errors
     ("fuse model.pt -o out.onnx", 2, "output must be a .pt file, got out.onnx", "out.onnx"),
     ("quantize model.pt --data data.yaml -o out.pt", 2, "output must be an .onnx file, got out.pt", "out.pt"),
-    ("distill yolov5n --teacher model.pt --data data.yaml -o out.onnx", 2, "output must be a .pt file", "out.onnx"),
+    ("distill yolov5n --teacher model.pt --data data.yaml -o out.onnx", 2, "output must be a .pt file",
+     "out.onnx"),
     ("prune model.pt --data data.yaml -o p.pt --ratio 0.5 --target-gflops 1", 2,
      "give --ratio or --target-gflops, not both", "p.pt"),
     ("report adir --plot r.txt", 2, "expected a .png or .svg file name", "r.txt"),
@@ -92,7 +97,8 @@ def _sandbox(root: Path) -> None:
 
 
 @pytest.mark.parametrize("argv, code, message, written", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_writes_nothing(argv, code, message, written, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_line_and_writes_nothing(argv, code, message, written, tmp_path, monkeypatch,
+                                                  capsys):
     _sandbox(tmp_path)
     _check(argv, code, message, written, tmp_path, monkeypatch, capsys)
 
@@ -111,17 +117,18 @@ def _check(argv, code, message, written, tmp_path, monkeypatch, capsys) -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("yolocompress: error: ") and message in lines[0], lines[0]
-    assert "Traceback" not in err and "weights_only" not in err and "allowlist, which is outside the" not in err
+    assert "Traceback" not in err and "weights_only" not in err
+    assert "allowlist, which is outside the" not in err  # issue 19: the allowlist was named twice
     if written:
         assert not (tmp_path / written).exists()
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written at all
 
 
-# Cases that fail once a file is read (torch is imported): the same one-line contract. ``hostile.pt`` would run
-# ``os.system`` if unpickled; ``noise.pt`` is random bytes; ``full/`` is a non-empty folder.
+# Cases that fail once a file is read (torch is imported): the same one-line contract. ``hostile.pt`` would
+# run ``os.system`` if unpickled; ``noise.pt`` is random bytes; ``full/`` is a non-empty folder.
 READ_CASES = [
-    ("info hostile.pt", 2, "refusing to load hostile.pt: it needs posix.system, which is outside the checkpoint "
-                           "allowlist (nothing in the file was executed)", None),
+    ("info hostile.pt", 2, "refusing to load hostile.pt: it needs posix.system, which is outside the "
+                           "checkpoint allowlist (nothing in the file was executed)", None),
     ("train --resume hostile.pt", 2, "refusing to load hostile.pt: it needs posix.system", "runs"),
     ("fuse hostile.pt -o f.pt", 2, "refusing to load hostile.pt", "f.pt"),
     ("info noise.pt", 2, "noise.pt", None),
@@ -136,8 +143,8 @@ class _Hostile:
 
 
 @pytest.mark.parametrize("argv, code, message, written", READ_CASES, ids=[c[0] for c in READ_CASES])
-def test_unreadable_files_are_one_line_and_never_advise_weights_only_false(argv, code, message, written, tmp_path,
-                                                                           monkeypatch, capsys):
+def test_unreadable_files_are_one_line_and_never_advise_weights_only_false(argv, code, message, written,
+                                                                           tmp_path, monkeypatch, capsys):
     import random
 
     import torch
@@ -160,7 +167,8 @@ for argv in json.loads(sys.argv[1]):
         codes.append(main(argv))
     except SystemExit as exc:
         codes.append(exc.code)
-print(json.dumps({"codes": codes, "heavy": sorted(m for m in ("torch", "onnxruntime", "numpy") if m in sys.modules)}))
+heavy = sorted(m for m in ("torch", "onnxruntime", "numpy") if m in sys.modules)
+print(json.dumps({"codes": codes, "heavy": heavy}))
 """
 
 
@@ -180,8 +188,8 @@ def test_help_and_path_errors_do_not_import_torch(tmp_path):
 
 
 def test_one_workers_default_across_commands():
-    """eval, train and distill default to ``cli.common.WORKERS``; prune and quantize leave it to PruneConfig and
-    QatConfig, which must hold the same value."""
+    """eval, train and distill default to ``cli.common.WORKERS``; prune and quantize leave it to PruneConfig
+    and QatConfig, which must hold the same value."""
     from yolocompress.cli import build_parser
     from yolocompress.cli.common import WORKERS
     from yolocompress.compress.prune import PruneConfig

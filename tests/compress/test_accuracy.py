@@ -23,7 +23,8 @@ def test_a_ruinous_prune_is_warned_about_with_its_cause_and_recorded():
     assert "this run fine-tuned 1 epochs" in verdict.warning
     assert report.warnings == ("an earlier warning", verdict.warning)
     acc = report.details["accuracy"]
-    assert acc["drop_points"] == pytest.approx(79.6) and acc["failed"] is False and acc["ruin_points"] == RUIN_POINTS
+    assert acc["drop_points"] == pytest.approx(79.6) and acc["failed"] is False
+    assert acc["ruin_points"] == RUIN_POINTS
     assert StageReport.from_dict(report.to_dict()) == report
 
 
@@ -42,7 +43,8 @@ def test_max_map_drop_fails_past_the_limit_only():
     assert not check_accuracy(_report("prune", 0.80, 0.79), max_drop=1.0)[1].failed  # exactly 1 point
     verdict = check_accuracy(_report("prune", 0.80, 0.785), max_drop=1.0)[1]
     assert verdict.failed and verdict.warning is None  # a small drop: a failure, not a ruin warning
-    with pytest.raises(CompressionError, match=r"fell 1.50 points in prune, more than --max-map-drop 1 .*written"):
+    with pytest.raises(CompressionError, match=r"fell 1.50 points in prune, more than --max-map-drop 1 .*"
+                                               r"written"):
         verdict.raise_if_failed()
     assert CompressionError.exit_code == 1
 

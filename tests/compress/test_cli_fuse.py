@@ -51,7 +51,8 @@ def test_fuse_says_when_it_changes_precision_and_size(checkpoint, tmp_path, caps
     """issue 19: an fp16 checkpoint became a twice-as-large fp32 one without a word."""
     path, model = checkpoint
     half = save_model(model, tmp_path / "half.pt", imgsz=320, half=True)
-    assert load_model_with_info(half)[1].dtype == "float16" and load_model_with_info(path)[1].dtype == "float32"
+    assert load_model_with_info(half)[1].dtype == "float16"
+    assert load_model_with_info(path)[1].dtype == "float32"
     out = tmp_path / "fused32.pt"
     assert main(["fuse", str(half), "-o", str(out)]) == 0
     text = capsys.readouterr().out

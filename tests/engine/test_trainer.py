@@ -301,7 +301,7 @@ def test_cli_train_config_and_checkpoint(data_cfg, tmp_path):
     save_model(source, tmp_path / "two_classes.pt", imgsz=96)
     out = tmp_path / "from_pt"
     no_imgsz = [a for a in common if a not in ("--imgsz", "64")]  # the checkpoint's recorded 96 px (issue 19)
-    assert main(["train", str(tmp_path / "two_classes.pt"), *no_imgsz, "--out", str(out), "--epochs", "1"]) == 0
+    assert main(["train", str(tmp_path / "two_classes.pt"), *no_imgsz, "--out", str(out)]) == 0
     last = torch.load(out / "weights" / "last.pt", weights_only=True)
     assert last["ema"]["config"]["nc"] == data_cfg.nc and last["train_config"]["imgsz"] == 96
 

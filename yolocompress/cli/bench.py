@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from yolocompress.cli.common import (ProgressPrinter, console, err_console, image_size, positive_int,
-                                     write_json)
+from yolocompress.cli.common import (ProgressPrinter, console, err_console, image_size, non_negative_int,
+                                     positive_int, write_json)
 from yolocompress.io.paths import preflight
 
 if TYPE_CHECKING:  # torch is imported only when the command runs
@@ -50,14 +50,12 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure CPU inference latency",
-                              description="Median and p90 latency of one forward pass at a fixed thread count, "
-                                          "with a verdict on the timings' stability and the machine's load.")
+                              description="Median and p90 latency of one forward pass at a fixed thread "
+                                          "count, with a verdict on the timings' stability and the machine's "
+                                          "load.")
     p.add_argument("model", help="checkpoint (.pt) or .onnx file")
     p.add_argument("--imgsz", type=image_size, default=None,
                    help="square input size in pixels (default: the size the checkpoint records, 640 for "
@@ -67,7 +65,7 @@ def register(subparsers) -> None:
                         "torch-dnn: the fused model with oneDNN conv+activation kernels)")
     p.add_argument("--threads", type=positive_int, default=2, help="intra-op threads (default 2)")
     p.add_argument("--runs", type=positive_int, default=50, help="timed runs (default 50)")
-    p.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed warm-up runs (default 10)")
+    p.add_argument("--warmup", type=non_negative_int, default=10, help="untimed warm-up runs (default 10)")
     p.add_argument("--batch", type=positive_int, default=1, help="images per call (default 1)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.set_defaults(func=_main)

@@ -40,8 +40,8 @@ WORKERS = 0
 def add_workers(parser: argparse.ArgumentParser, what: str = "data-loading") -> None:
     """The ``--workers`` flag with the one default (``WORKERS``)."""
     parser.add_argument("--workers", type=non_negative_int, default=WORKERS,
-                        help=f"{what} worker processes (default {WORKERS}: load in the main process; more help "
-                             "on machines with spare cores)")
+                        help=f"{what} worker processes (default {WORKERS}: load in the main process; more "
+                             "help on machines with spare cores)")
 
 
 def non_negative_int(text: str) -> int:
@@ -63,8 +63,8 @@ def non_negative_float(text: str) -> float:
 def add_max_map_drop(parser: argparse.ArgumentParser) -> None:
     """The ``--max-map-drop POINTS`` flag of the commands that change a model and measure it."""
     parser.add_argument("--max-map-drop", type=non_negative_float, default=None, metavar="POINTS",
-                        help="exit 1 when mAP50-95 falls by more than POINTS (e.g. 1.0) from the input model; the "
-                             "outputs are still written. A fall of more than 5 points is always warned about")
+                        help="exit 1 when mAP50-95 falls by more than POINTS (e.g. 1.0) from the input model; "
+                             "the outputs are still written. A fall of more than 5 points is always warned about")
 
 
 def print_stage_warnings(report: Any, verdict: Any) -> None:
@@ -90,7 +90,8 @@ def config_help(**sources: str) -> type[argparse.HelpFormatter]:
 
     A source ``"module:Config"`` (a dataclass) gives its fields' defaults, ``"module:function"`` its
     parameters' defaults, ``"module"`` its attributes (tuples of names shown as ``a, b, c``); e.g.
-    ``config_help(prune="yolocompress.compress.prune.pruner:PruneConfig")`` with ``"(default {prune.ratio})"``.
+    ``config_help(prune="yolocompress.compress.prune.pruner:PruneConfig")`` with
+    ``"(default {prune.ratio})"``.
     The library is imported only then: importing it imports torch, which would make every usage or path
     error wait for it. So flags keep ``default=None`` ("the library's") and the library holds the value.
     """
@@ -104,7 +105,8 @@ def config_help(**sources: str) -> type[argparse.HelpFormatter]:
         obj = getattr(obj, attr)
         if dataclasses.is_dataclass(obj):
             return argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(obj)})
-        return argparse.Namespace(**{name: p.default for name, p in inspect.signature(obj).parameters.items()})
+        parameters = inspect.signature(obj).parameters
+        return argparse.Namespace(**{name: p.default for name, p in parameters.items()})
 
     class Formatter(argparse.HelpFormatter):
         def _get_help_string(self, action: argparse.Action) -> str | None:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from typing import TYPE_CHECKING
 
-from yolocompress.cli.common import console, positive_int
+from yolocompress.cli.common import console, non_negative_int, positive_int
 from yolocompress.errors import InputError
 from yolocompress.io.paths import preflight
 
@@ -88,9 +88,6 @@ def _check_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="make or check detection data sets",
@@ -106,7 +103,7 @@ def register(subparsers) -> None:
     s.add_argument("--classes", default=None,
                    help="comma-separated shapes in class order (default circle,rectangle,triangle,star,cross,ring; "
                         "also hexagon, diamond)")
-    s.add_argument("--seed", type=_non_negative_int, default=0, help="seed; same seed, same bytes (default 0)")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="seed; same seed, same bytes (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=_synth_main)
 

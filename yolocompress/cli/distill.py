@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from yolocompress.cli.common import (ProgressPrinter, add_max_map_drop, add_workers, console, image_size, positive_int,
-                                     print_stage_warnings, write_json)
+from yolocompress.cli.common import (ProgressPrinter, add_max_map_drop, add_workers, console, image_size,
+                                     positive_int, print_stage_warnings, write_json)
 from yolocompress.errors import InputError
 from yolocompress.io.paths import file_size, names_a_file, preflight
 
@@ -76,7 +76,8 @@ def _print(report: dict[str, Any], output: str) -> None:
                       f"(best epoch {d['best_epoch'] + 1})")
     before, after = report["before"] or {}, report["after"] or {}
     if before.get("map50_95") is not None and after.get("map50_95") is not None:
-        console.print(f"student mAP50-95 on the val split: {before['map50_95']:.4f} -> {after['map50_95']:.4f}")
+        console.print(f"student mAP50-95 on the val split: {before['map50_95']:.4f} -> "
+                      f"{after['map50_95']:.4f}")
 
 
 def register(subparsers) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from yolocompress.cli.common import ProgressPrinter, add_workers, console, image_size, positive_int, write_json
+from yolocompress.cli.common import (ProgressPrinter, add_workers, console, image_size, positive_int,
+                                     write_json)
 from yolocompress.errors import InputError
 from yolocompress.io.paths import preflight
 

@@ -25,7 +25,8 @@ def _main(args: argparse.Namespace) -> int:
     save_model(fused, args.output, imgsz=info.imgsz, history=[*info.history, entry], metrics=info.metrics,
                half=args.half)
     stored = "float16" if args.half else "float32"
-    sizes = f"{Path(args.model).stat().st_size / 1e6:.1f} MB -> {Path(args.output).stat().st_size / 1e6:.1f} MB"
+    size_in, size_out = (Path(p).stat().st_size / 1e6 for p in (args.model, args.output))
+    sizes = f"{size_in:.1f} MB -> {size_out:.1f} MB"
     if info.dtype != stored:
         print(f"note: {args.model} stores {info.dtype} weights, {args.output} stores {stored} ({sizes}); "
               + ("--half keeps the file small" if stored == "float32" else "the weights were rounded"))
@@ -34,7 +35,8 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     print(f"fused {args.model} -> {args.output}: {d['batchnorms_folded']} BatchNorm folded, {d['repconvs_merged']} "
           f"RepConv merged, params {report.before.params:,} -> {report.after.params:,}, file {sizes} "
-          f"({stored}), max relative output difference {d['max_relative_error']:.1e} (at {d['check_imgsz']} px)")
+          f"({stored}), max relative output difference {d['max_relative_error']:.1e} "
+          f"(at {d['check_imgsz']} px)")
     for warning in report.warnings:
         print(warning)
     return 0

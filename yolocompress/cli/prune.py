@@ -43,8 +43,8 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
     ``settings``: ``PruneConfig`` keywords (:func:`prune_settings` builds them from the flags); ``imgsz``
     defaults to the checkpoint's own image size (640 for Ultralytics files). Returns the ``StageReport`` as
     a dict (``report.to_dict()``, also written to ``json_path`` when given), with the accuracy verdict of
-    :func:`~yolocompress.compress.accuracy.check_accuracy` (``max_map_drop`` points) in ``details["accuracy"]``
-    and its warning. Only rank 0 writes files in a ``torchrun`` run.
+    :func:`~yolocompress.compress.accuracy.check_accuracy` (``max_map_drop`` points) in
+    ``details["accuracy"]`` and its warning. Only rank 0 writes files in a ``torchrun`` run.
     """
     settings = dict(settings or {})
     if settings.get("ratio") is not None and settings.get("target_gflops") is not None:
@@ -100,7 +100,8 @@ def _main(args: argparse.Namespace) -> int:
     from yolocompress.cli.common import ProgressPrinter
 
     r = run(args.model, args.output, args.data, prune_settings(args), imgsz=args.imgsz, json_path=args.json,
-            cfg=args.cfg, on_progress=None if args.quiet else ProgressPrinter(), max_map_drop=args.max_map_drop)
+            cfg=args.cfg, on_progress=None if args.quiet else ProgressPrinter(),
+            max_map_drop=args.max_map_drop)
     from yolocompress.cli.common import print_stage_warnings
     from yolocompress.compress.accuracy import check_accuracy
     from yolocompress.compress.stage import StageReport
@@ -137,7 +138,8 @@ def _main(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "prune", formatter_class=config_help(prune=PRUNE_CONFIG), help="EagleEye structured channel pruning (real, smaller convolutions)",
+        "prune", formatter_class=config_help(prune=PRUNE_CONFIG),
+        help="EagleEye structured channel pruning (real, smaller convolutions)",
         description="Remove whole convolution channels. EagleEye samples per-layer-group pruning ratios that "
                     "meet the FLOPs budget, builds each sub-net by L1 norm, re-estimates its BatchNorm "
                     "statistics on a few training batches (adaptive BN), scores it on held-out images, keeps "
@@ -164,9 +166,9 @@ def register(subparsers) -> None:
                    help="held-out images each candidate is scored on (fewer: faster, noisier ranking; default "
                         "{prune.eval_images})")
     p.add_argument("--finetune-epochs", type=int, default=None,
-                   help="epochs of fine-tuning of the winner (0: none; default {prune.finetune_epochs}, a quick "
-                        "look: ratio 0.5 on a nano model needs about 150 to come within a point, and a larger "
-                        "fall than 5 points is warned about)")
+                   help="epochs of fine-tuning of the winner (0: none; default {prune.finetune_epochs}, a "
+                        "quick look: ratio 0.5 on a nano model needs about 150 to come within a point, and a "
+                        "larger fall than 5 points is warned about)")
     p.add_argument("--round-to", type=positive_int, default=None,
                    help="keep channel counts a multiple of this (default {prune.round_to})")
     p.add_argument("--min-channels", type=positive_int, default=None,

@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # onnxruntime and torch are imported only when the command ru
 
 METHODS = ("ptq", "qat")
 # help texts say {quant.field} / {qat.field} / {ptq.NAME}: filled from the library when help is shown
-LIBRARY = {"quant": "yolocompress.compress.quant.ptq:QuantConfig", "qat": "yolocompress.compress.quant.qat:QatConfig",
+LIBRARY = {"quant": "yolocompress.compress.quant.ptq:QuantConfig",
+           "qat": "yolocompress.compress.quant.qat:QatConfig",
            "ptq": "yolocompress.compress.quant.ptq", "plan": "yolocompress.compress.quant.plan",
            "sens": "yolocompress.compress.quant.sensitivity:sensitivity"}
 
@@ -29,8 +30,8 @@ def _given(**values: Any) -> dict[str, Any]:
 
 def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | None = None,
         calib_images: int | None = None, calibration: str | None = None, per_channel: bool | None = None,
-        exclude: Sequence[str] = (), silu: str | None = None, stem: str | None = None, head: str | None = None,
-        activations: str | None = None, sensitivity: bool = False, auto_exclude: int = 0,
+        exclude: Sequence[str] = (), silu: str | None = None, stem: str | None = None,
+        head: str | None = None, activations: str | None = None, sensitivity: bool = False, auto_exclude: int = 0,
         sensitivity_images: int | None = None, epochs: int | None = None, lr: float | None = None,
         batch: int | None = None, workers: int | None = None, distill: float | None = None,
         labels: bool | None = None, max_map_drop: float | None = None, measure_map: bool = True
@@ -67,10 +68,11 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
                              f"not {imgsz}x{imgsz}; export it again at --imgsz {imgsz}")
     config = QuantConfig(**_given(calibration=calibration, calib_images=calib_images, per_channel=per_channel,
                                   activation_type=activations, silu=silu, stem=stem, head=head),
-                         exclude=tuple(exclude), imgsz=imgsz)  # None: a .pt checkpoint is exported at its size
+                         exclude=tuple(exclude), imgsz=imgsz)  # None: a .pt checkpoint's own size
     ranking = None
     if auto_exclude:
-        config, ranking = sens.auto_exclude(model, data, auto_exclude, config, **_given(images=sensitivity_images))
+        config, ranking = sens.auto_exclude(model, data, auto_exclude, config,
+                                            **_given(images=sensitivity_images))
     elif sensitivity:
         ranking = sens.sensitivity(model, data, config, **_given(images=sensitivity_images))
     if method == "qat":
@@ -82,7 +84,8 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         net, info = load_model_with_info(model)
         if config.imgsz is None:  # QAT gets the module, which does not know the size it was trained at
             config = dataclasses.replace(config, imgsz=info.imgsz)
-        qat = QatConfig(**_given(epochs=epochs, lr=lr, batch=batch, workers=workers, distill=distill, labels=labels))
+        qat = QatConfig(**_given(epochs=epochs, lr=lr, batch=batch, workers=workers, distill=distill,
+                                 labels=labels))
         report = quantize_qat(net, data, config, qat, output=output)[1]
     else:
         report = quantize_ptq(model, data, config, output=output)[1]
@@ -117,7 +120,8 @@ def _print(report: StageReport) -> None:
         console.print(f"QAT: {qat['epochs']} epochs at lr {qat['lr']}; ONNX Runtime int8 vs torch "
                       f"fake-quant output: {_db(qat['parity_sqnr_db']):.1f} dB")
     before, after = report.before, report.after
-    if before is not None and after is not None and before.map50_95 is not None and after.map50_95 is not None:
+    measured = before is not None and after is not None
+    if measured and before.map50_95 is not None and after.map50_95 is not None:
         console.print(f"mAP50-95 on the val split: {before.map50_95:.4f} -> {after.map50_95:.4f} "
                       f"({100 * (after.map50_95 - before.map50_95):+.2f} points)")
 
@@ -137,10 +141,10 @@ def _main(args: argparse.Namespace) -> int:
               outputs=[("output", args.output), ("--json", args.json)], expected_bytes=file_size(args.model))
     exclude = [s for group in (args.exclude or []) for s in group]
     report, ranking, verdict = run(
-        args.model, args.data, args.output, method=args.method, imgsz=args.imgsz, calib_images=args.calib_images,
-        calibration=args.calibration, per_channel=args.per_channel, exclude=exclude, silu=args.silu, stem=args.stem,
-        head=args.head, activations=args.activations, sensitivity=args.sensitivity, auto_exclude=args.auto_exclude,
-        sensitivity_images=args.sensitivity_images, epochs=args.epochs, lr=args.lr, batch=args.batch,
+        args.model, args.data, args.output, method=args.method, imgsz=args.imgsz,
+        calib_images=args.calib_images, calibration=args.calibration, per_channel=args.per_channel,
+        exclude=exclude, silu=args.silu, stem=args.stem, head=args.head, activations=args.activations,
+        sensitivity=args.sensitivity, auto_exclude=args.auto_exclude, sensitivity_images=args.sensitivity_images, epochs=args.epochs, lr=args.lr, batch=args.batch,
         workers=args.workers, distill=args.distill, labels=args.labels, max_map_drop=args.max_map_drop,
         measure_map=not args.no_eval)
     if ranking is not None:
@@ -158,10 +162,11 @@ def _main(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("quantize", help="int8 quantization for ONNX Runtime (calibrated PTQ or QAT)",
                               formatter_class=config_help(**LIBRARY),
-                              description="Quantize a detector to int8 (QDQ ONNX) with calibration images from "
-                                          "the training split. Detect output convs and box decoding stay float; "
-                                          "the integer kernels ONNX Runtime builds are verified. Then the input "
-                                          "and the int8 model are evaluated on the val split (--no-eval: not).")
+                              description="Quantize a detector to int8 (QDQ ONNX) with calibration images "
+                                          "from the training split. Detect output convs and box decoding stay "
+                                          "float; the integer kernels ONNX Runtime builds are verified. Then "
+                                          "the input and the int8 model are evaluated on the val split "
+                                          "(--no-eval: not).")
     p.add_argument("model", help="checkpoint (.pt) or exported fp32 .onnx (fixed square size, batch 1)")
     p.add_argument("--method", choices=METHODS, default="ptq", help="quantization method (default ptq)")
     p.add_argument("--data", required=True, help="data.yaml; calibration images come from its train split")
@@ -172,7 +177,8 @@ def register(subparsers) -> None:
     p.add_argument("--calib-images", type=positive_int, default=None,
                    help="calibration images (default {quant.calib_images})")
     p.add_argument("--calibration", default=None, metavar="METHOD",
-                   help="activation range estimation: {ptq.CALIBRATION_METHODS} (default {quant.calibration})")
+                   help="activation range estimation: {ptq.CALIBRATION_METHODS} "
+                        "(default {quant.calibration})")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--per-channel", dest="per_channel", action="store_const", const=True,
                        help="one weight scale per output channel (default: {quant.per_channel})")
@@ -189,8 +195,8 @@ def register(subparsers) -> None:
                         "float is faster on x86)")
     p.add_argument("--head", default=None, metavar="MODE",
                    help="the Detect output convs: int8 input and weights in an integer kernel with a float "
-                        "output, or fully float: {plan.HEAD_MODES} (default {quant.head}); their outputs and the "
-                        "box decoding stay float")
+                        "output, or fully float: {plan.HEAD_MODES} (default {quant.head}); their outputs and "
+                        "the box decoding stay float")
     p.add_argument("--activations", default=None, metavar="TYPE",
                    help="activation type: {ptq.ACTIVATION_TYPES} (default {quant.activation_type}: what ONNX "
                         "Runtime's x86 integer kernels take)")
@@ -201,10 +207,12 @@ def register(subparsers) -> None:
                    help="keep the K most sensitive convs float (implies --sensitivity)")
     p.add_argument("--sensitivity-images", type=positive_int, default=None,
                    help="training images evaluated per candidate (default {sens.images})")
-    p.add_argument("--epochs", type=positive_int, default=None, help="QAT fine-tuning epochs (default {qat.epochs})")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="QAT fine-tuning epochs (default {qat.epochs})")
     p.add_argument("--lr", type=float, default=None, help="QAT initial learning rate (default {qat.lr})")
     p.add_argument("--distill", type=float, default=None, metavar="W",
-                   help="QAT: weight of distillation from the float model (default {qat.distill}; 0: labels only)")
+                   help="QAT: weight of distillation from the float model (default {qat.distill}; 0: "
+                        "labels only)")
     p.add_argument("--labels", action="store_true", default=None,
                    help="QAT: add the detection loss on the training labels (default: distillation only)")
     p.add_argument("--batch", type=positive_int, default=None, help="QAT batch size (default {qat.batch})")

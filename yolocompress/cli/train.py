@@ -139,7 +139,8 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
     seed_everything(seed)  # the fresh model's initial weights too
     net, recorded_imgsz = build_training_model(model, data_cfg)
     config = TrainConfig(epochs=epochs, imgsz=imgsz or recorded_imgsz, batch=batch, device=device,
-                         workers=workers, seed=seed, out_dir=out, patience=patience, close_mosaic=close_mosaic,
+                         workers=workers, seed=seed, out_dir=out, patience=patience,
+                         close_mosaic=close_mosaic,
                          cos_lr=cos_lr, amp=amp, sync_bn=sync_bn, val=val, cache=cache, bf16=bf16,
                          channels_last=channels_last, nominal_batch=nominal_batch)
     return Trainer(net, data_cfg, config, hyperparameters, on_progress=printer).train()

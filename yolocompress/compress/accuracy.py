@@ -37,12 +37,12 @@ def _hint(report: StageReport) -> str:
     if report.stage == "prune":
         return prune_hint(config.get("ratio"), config.get("finetune_epochs"))
     if report.stage == "quantize":
-        return ("a few convolutions usually carry most of the int8 error: rank them with --sensitivity and keep "
-                "the worst float (--auto-exclude K), or fine-tune with --method qat")
+        return ("a few convolutions usually carry most of the int8 error: rank them with --sensitivity and "
+                "keep the worst float (--auto-exclude K), or fine-tune with --method qat")
     if report.stage == "distill":
-        return ("distillation pulled the student away from its labels: check that the teacher is accurate on "
-                "this data set, lower the KD weights (--weight/--feature-weight) or the learning rate (--lr0), "
-                "or train more epochs")
+        return ("distillation pulled the student away from its labels: check that the teacher is accurate "
+                "on this data set, lower the KD weights (--weight/--feature-weight) or the learning rate "
+                "(--lr0), or train more epochs")
     return "compare the stage's settings with the ones recorded in benchmarks/RESULTS.md"
 
 
@@ -81,8 +81,8 @@ class AccuracyVerdict:
         """The sentence a user must read when the stage lost more than ``RUIN_POINTS``, else ``None``."""
         if not self.ruinous:
             return None
-        return (f"mAP50-95 fell {self.drop:.2f} points in {self.stage} ({self.before:.4f} -> {self.after:.4f}); "
-                f"{self.hint}")
+        return (f"mAP50-95 fell {self.drop:.2f} points in {self.stage} ({self.before:.4f} -> "
+                f"{self.after:.4f}); {self.hint}")
 
     def failure(self) -> str:
         """The error line of a failed ``max_drop``."""
@@ -138,4 +138,5 @@ def with_measured_map(report: StageReport, data: Any, before: Any = None, after:
     return dataclasses.replace(report, **snaps)
 
 
-__all__ = ["AccuracyVerdict", "PRUNE_RECOVERY", "PRUNE_RECOVERY_EPOCHS", "RUIN_POINTS", "check_accuracy", "prune_hint", "with_measured_map"]
+__all__ = ["AccuracyVerdict", "PRUNE_RECOVERY", "PRUNE_RECOVERY_EPOCHS", "RUIN_POINTS", "check_accuracy",
+           "prune_hint", "with_measured_map"]

@@ -72,11 +72,12 @@ class BenchResult:
             out.append(f"{self.stability} timings: p90 is {100 * (self.spread - 1):.0f}% above the median "
                        f"(stable: within {100 * (STABLE_SPREAD - 1):.0f}%); re-measure, or use more --runs")
         if lat.median_ms > 0 and lat.mean_ms > (1 + MEAN_GAP) * lat.median_ms:
-            out.append(f"the mean ({lat.mean_ms:.2f} ms) is {100 * (lat.mean_ms / lat.median_ms - 1):.0f}% above "
-                       "the median: a few slow runs; quote the median")
+            gap = 100 * (lat.mean_ms / lat.median_ms - 1)
+            out.append(f"the mean ({lat.mean_ms:.2f} ms) is {gap:.0f}% above the median: a few slow runs; "
+                       "quote the median")
         if self.busy:
-            out.append(f"the machine looks busy: load average {self.load_average:.2f} on {self.cpus} CPUs with "
-                       f"{lat.threads} threads measured; other work competes for the cores")
+            out.append(f"the machine looks busy: load average {self.load_average:.2f} on {self.cpus} CPUs "
+                       f"with {lat.threads} threads measured; other work competes for the cores")
         return tuple(out)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,8 +92,8 @@ def _load_average() -> float | None:
         return None
 
 
-def benchmark(model: str | os.PathLike, backend: str | None = None, imgsz: int | None = None, threads: int = 2,
-              runs: int = 50, warmup: int = 10, batch: int = 1,
+def benchmark(model: str | os.PathLike, backend: str | None = None, imgsz: int | None = None,
+              threads: int = 2, runs: int = 50, warmup: int = 10, batch: int = 1,
               on_progress: ProgressCallback | None = None) -> BenchResult:
     """Measure the latency of the model file ``model`` on ``backend`` (``None``: :func:`default_backend`).
 
@@ -109,8 +110,8 @@ def benchmark(model: str | os.PathLike, backend: str | None = None, imgsz: int |
     timing = {"threads": threads, "warmup": warmup, "runs": runs, "batch": batch, "on_progress": on_progress}
     if path.suffix.lower() == ".onnx":
         if backend != "onnxruntime":
-            raise InputError(f"{path.name} is an ONNX model: it runs on --backend onnxruntime (the default for "
-                             f".onnx files), not {backend}")
+            raise InputError(f"{path.name} is an ONNX model: it runs on --backend onnxruntime (the default "
+                             f"for .onnx files), not {backend}")
         load = _load_average()
         result = measure_ort_latency(path, **timing)
         if imgsz is not None and result.imgsz != (imgsz, imgsz):

@@ -333,8 +333,8 @@ PARITY_TOLERANCE = 1e-3
 def export_checked(model: nn.Module, path: str | os.PathLike, imgsz: int | tuple[int, int] = 640,
                    batch: int = 1, dynamic: bool = False, opset: int = 17, simplify: bool = False,
                    verify: bool = True, tolerance: float = PARITY_TOLERANCE) -> tuple[Path, float | None]:
-    """:func:`export_onnx`, then (with ``verify``) :func:`verify_onnx`: the path and the parity error (``None``:
-    not checked). Raises ``CompressionError`` when the error exceeds ``tolerance``; the file is kept so that
+    """:func:`export_onnx`, then (with ``verify``) :func:`verify_onnx`: the path and the parity error
+    (``None``: not checked). Raises ``CompressionError`` when the error exceeds ``tolerance``; the file is kept so that
     it can be inspected."""
     out = export_onnx(model, path, imgsz=imgsz, batch=batch, dynamic=dynamic, opset=opset, simplify=simplify)
     error = verify_onnx(model, out, imgsz) if verify else None

@@ -89,7 +89,8 @@ def _find_ours(ckpt: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _load_weights(model: DetectionModel, state: dict[str, torch.Tensor], name: str) -> str:
-    """Load ``state`` as float32 into ``model``; returns how the file stored its float weights (``float16``...)."""
+    """Load ``state`` as float32 into ``model``; returns how the file stored its float weights
+    (``float32``, ``float16``, ...)."""
     stored = [v.dtype for v in state.values() if v.is_floating_point()]
     dtype = str(max(set(stored), key=stored.count)).removeprefix("torch.") if stored else "float32"
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()

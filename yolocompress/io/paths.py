@@ -66,7 +66,7 @@ def require_writable(what: str, path: str | os.PathLike, folder: bool = False,
             raise InputError(f"cannot write {what} {p}: it is a folder")
         if not os.access(p, os.W_OK) or (folder and not os.access(p, os.X_OK)):
             raise InputError(f"cannot write {what} {p}: permission denied")
-        if not folder and not os.access(p.parent, os.W_OK):  # atomic writes rename a temporary file into place
+        if not folder and not os.access(p.parent, os.W_OK):  # atomic writes rename a temporary file in
             raise InputError(f"cannot write {what} {p}: its folder {p.parent} is not writable")
         base = p if folder else p.parent
     else:

@@ -114,8 +114,8 @@ def load_error(path: Path, exc: BaseException, what: str = "checkpoint") -> Inpu
     message = str(exc)
     match = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"unrecognized function ([^\s]+)", message)
     if match:
-        return UnsafeCheckpointError(f"refusing to load {path.name}: it needs {match.group(1)}, which is outside "
-                                     "the checkpoint allowlist (nothing in the file was executed)")
+        return UnsafeCheckpointError(f"refusing to load {path.name}: it needs {match.group(1)}, which is "
+                                     "outside the checkpoint allowlist (nothing in the file was executed)")
     _, found, detail = message.partition("WeightsUnpickler error:")  # garbage: "Unsupported operand 205"
     lines = [line.strip() for line in (detail if found else message).splitlines() if line.strip()]
     first = lines[0] if lines else type(exc).__name__

@@ -132,13 +132,14 @@ def test_a_ruinous_quantization_warns_and_max_map_drop_exits_1_with_outputs_writ
     monkeypatch.setattr(evaluator, "evaluate_model",
                         lambda *a, **k: SimpleNamespace(map50=0.9, map50_95=next(scores)))
     out, report = tmp_path / "q.onnx", tmp_path / "q.json"
-    code = main(["quantize", str(CKPT), "--data", str(tiny_data), *FAST, "-o", str(out), "--json", str(report),
-                 "--max-map-drop", "1"])
+    code = main(["quantize", str(CKPT), "--data", str(tiny_data), *FAST, "-o", str(out),
+                 "--json", str(report), "--max-map-drop", "1"])
     err = capsys.readouterr().err
     assert code == 1 and out.is_file() and report.is_file()
     assert "WARNING: mAP50-95 fell 70.00 points in quantize" in err and "--auto-exclude" in err
-    assert err.strip().splitlines()[-1].startswith("yolocompress: error: mAP50-95 fell 70.00 points in quantize, "
-                                                   "more than --max-map-drop 1")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("yolocompress: error: mAP50-95 fell 70.00 points in quantize, more than "
+                           "--max-map-drop 1")
     r = json.loads(report.read_text())
     assert r["before"]["map50_95"] == 0.80 and r["after"]["map50_95"] == 0.10
     assert r["details"]["accuracy"]["failed"] is True and any("fell 70.00" in w for w in r["warnings"])
