@@ -134,6 +134,9 @@ READ_CASES = [
     ("info noise.pt", 2, "noise.pt", None),
     ("train --resume noise.pt", 2, "cannot read training checkpoint noise.pt", "runs"),
     ("data synth --out full --n-train 1 --n-val 1 --imgsz 32", 2, "--overwrite replaces it", None),
+    # a data.yaml that does not parse fails before the model is read (model.pt is not a model)
+    ("quantize model.pt --data bad.yaml -o q.onnx", 2, "bad.yaml", "q.onnx"),
+    ("prune model.pt --data bad.yaml -o p.pt", 2, "bad.yaml", "p.pt"),
 ]
 
 
@@ -153,6 +156,7 @@ def test_unreadable_files_are_one_line_and_never_advise_weights_only_false(argv,
     torch.save({"model": _Hostile()}, tmp_path / "hostile.pt")
     (tmp_path / "noise.pt").write_bytes(random.Random(0).randbytes(4096))
     (tmp_path / "full").mkdir()
+    (tmp_path / "bad.yaml").write_text("names: [a, b\ntrain: [\n")
     (tmp_path / "full" / "keep.txt").write_text("mine")
     _check(argv, code, message, written, tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "pwned.txt").exists()

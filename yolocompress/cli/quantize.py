@@ -58,6 +58,9 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
     from yolocompress.compress.accuracy import check_accuracy, with_measured_map
     from yolocompress.compress.quant import sensitivity as sens
     from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
+    from yolocompress.data.config import load_data_config
+
+    load_data_config(data)  # a broken data.yaml fails here, before the export and the calibration
 
     if imgsz is not None and Path(model).suffix.lower() == ".onnx":
         from yolocompress.engine.predictors import onnx_input_shape
