@@ -41,7 +41,7 @@ CASES = [
     ("train missing.pt --data data.yaml --out run", 2, "model file not found: missing.pt", "run"),
     ("train yolov5n --data data.yaml --hyp missing.yaml --out run", 2, "hyp file not found: missing.yaml",
      "run"),
-    ("train --resume gone/weights/last.pt", 2, "checkpoint to resume not found: gone/weights/last.pt",
+    ("train --resume gone/weights/last.pt", 2, "training checkpoint not found: gone/weights/last.pt",
      "gone"),
     ("run missing.yaml --out run", 2, "recipe not found: missing.yaml", "run"),
     ("run demo --model missing.pt --out run", 2, "model file not found: missing.pt", "run"),

@@ -151,7 +151,7 @@ def _main(args: argparse.Namespace) -> int:
     if resume == "":  # bare --resume: the run in --out
         resume = str(Path(args.out) / "weights" / "last.pt")
     model = args.model if args.model and names_a_file(args.model) else None
-    preflight(inputs=[("checkpoint to resume", resume), ("model file", model), ("data.yaml", args.data),
+    preflight(inputs=[("training checkpoint", resume), ("model file", model), ("data.yaml", args.data),
                       ("hyp file", args.hyp)],
               folders=[("--out", None if resume else args.out)])
     result = run(model=args.model, data=args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,

@@ -164,7 +164,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint (``last.pt``) with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"checkpoint not found: {path}")
+        raise InputError(f"training checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file, or one that needs unpickling code

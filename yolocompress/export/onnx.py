@@ -274,7 +274,7 @@ def read_onnx_metadata(path: str | os.PathLike) -> OnnxMetadata:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"ONNX model not found: {path}")
+        raise InputError(f"model file not found: {path}")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends for non-ONNX files
