@@ -47,6 +47,21 @@ def test_fuse_command_writes_a_fused_checkpoint(checkpoint, tmp_path, capsys):
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fuse_says_when_it_changes_precision_and_size(checkpoint, tmp_path, capsys):
+    """issue 19: an fp16 checkpoint became a twice-as-large fp32 one without a word."""
+    path, model = checkpoint
+    half = save_model(model, tmp_path / "half.pt", imgsz=320, half=True)
+    assert load_model_with_info(half)[1].dtype == "float16"
+    assert load_model_with_info(path)[1].dtype == "float32"
+    out = tmp_path / "fused32.pt"
+    assert main(["fuse", str(half), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"{half} stores float16 weights, {out} stores float32" in text and "--half" in text
+    assert "MB -> " in text
+    assert main(["fuse", str(half), "-o", str(tmp_path / "fused16.pt"), "--half"]) == 0
+    assert "note:" not in capsys.readouterr().out  # same precision: nothing to say
+
+
 @pytest.mark.parametrize("argv_tail,message", [
     (["nope.pt", "-o", "out.pt"], "not found"),
     (["MODEL", "-o", "out.onnx"], "must be a .pt"),

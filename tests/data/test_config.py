@@ -64,7 +64,7 @@ def test_txt_list_source(tree):
     ("train: images/train\nval: images/val\nnc: 3\nnames: [a, b]\n", "nc is 3 but names lists 2"),
     ("train: images/train\nval: images/val\nnames: {0: a, 2: b}\n", "keys must be 0..1"),
     ("train: images/train\nval: images/val\nnames: {a: 0}\n", "keys must be integers"),
-    ("train: images/train\nval: images/nope\nnames: [a]\n", "does not exist"),
+    ("train: images/train\nval: images/nope\nnames: [a]\n", "val images not found: "),
     ("path: nowhere\ntrain: images/train\nval: images/val\nnames: [a]\n", "not a folder"),
     ("train: [images/train\nval: x\n", "not valid YAML"),
     ("- just\n- a list\n", "expected a mapping"),

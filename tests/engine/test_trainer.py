@@ -298,11 +298,12 @@ def test_cli_train_config_and_checkpoint(data_cfg, tmp_path):
     # a checkpoint with another class count gets a new head; everything else is transferred
     seed_everything(1)
     source = tiny_model(nc=2)
-    save_model(source, tmp_path / "two_classes.pt", imgsz=64)
+    save_model(source, tmp_path / "two_classes.pt", imgsz=96)
     out = tmp_path / "from_pt"
-    assert main(["train", str(tmp_path / "two_classes.pt"), *common, "--out", str(out), "--epochs", "1"]) == 0
+    no_imgsz = [a for a in common if a not in ("--imgsz", "64")]  # the checkpoint's recorded 96 px (issue 19)
+    assert main(["train", str(tmp_path / "two_classes.pt"), *no_imgsz, "--out", str(out)]) == 0
     last = torch.load(out / "weights" / "last.pt", weights_only=True)
-    assert last["ema"]["config"]["nc"] == data_cfg.nc
+    assert last["ema"]["config"]["nc"] == data_cfg.nc and last["train_config"]["imgsz"] == 96
 
     assert main(["train", str(cfg_path), "--data", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "x")]) == 2
     bad_hyp = tmp_path / "hyp.yaml"

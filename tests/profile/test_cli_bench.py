@@ -23,11 +23,48 @@ def test_bench_checkpoint_writes_json(tmp_path, backend, capsys):
     assert "median ms" in capsys.readouterr().out
 
 
-def test_bench_onnx_file(tmp_path):
+def test_a_checkpoint_is_timed_at_its_recorded_size(tmp_path):
+    from yolocompress.io.checkpoint import save_model
+
+    ckpt = save_model(build_model("yolov5n", nc=3), tmp_path / "n96.pt", imgsz=96)
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(ckpt), *FAST, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["imgsz"] == [96, 96]
+
+
+def test_stability_verdict_and_busy_machine():
+    from yolocompress.compress.benchmark import BACKENDS, BenchResult
+    from yolocompress.cli.bench import BACKENDS as CLI_BACKENDS
+    from yolocompress.profile.latency import LatencyResult
+
+    assert CLI_BACKENDS == BACKENDS
+
+    def bench(median, p90, mean, load, threads=2, cpus=2):
+        lat = LatencyResult(median, p90, mean, 50, threads, "onnxruntime", "cpu", (64, 64))
+        return BenchResult(lat, load, cpus)
+
+    quiet = bench(10.0, 10.5, 10.2, 0.1)
+    assert quiet.stability == "stable" and not quiet.busy and quiet.warnings == ()
+    busy = bench(10.0, 14.0, 13.0, 1.7)  # issue 19: median and mean 30% apart without a word
+    assert busy.stability == "unstable" and busy.busy
+    assert [w.split(" ")[0] for w in busy.warnings] == ["unstable", "the", "the"]
+    assert "30% above the median" in busy.warnings[1] and "load average 1.70 on 2 CPUs" in busy.warnings[2]
+    assert bench(10.0, 12.0, 10.5, 0.2).stability == "noisy"
+    assert not bench(10.0, 10.5, 10.2, 1.2, threads=1, cpus=4).busy  # 3 cores were left free
+
+
+def test_bench_onnx_file(tmp_path, capsys):
     path = export_onnx(build_model("yolov5n"), tmp_path / "n.onnx", imgsz=64)
     out = tmp_path / "bench.json"
-    assert main(["bench", str(path), "--backend", "onnxruntime", *FAST, "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["imgsz"] == [64, 64]
+    assert main(["bench", str(path), *FAST, "--json", str(out)]) == 0  # an .onnx file picks ONNX Runtime
+    result = json.loads(out.read_text())
+    assert result["imgsz"] == [64, 64] and result["backend"] == "onnxruntime"
+    # the verdict: p90/median, its name, the load average and the CPUs it was judged on
+    assert result["spread"] == pytest.approx(result["p90_ms"] / result["median_ms"])
+    assert result["stability"] in ("stable", "noisy", "unstable") and result["cpus"] >= 1
+    captured = capsys.readouterr()
+    assert "timing" in captured.err and "3/3 runs" in captured.err  # progress (plain lines: not a terminal)
+    assert "threads; load average before timing" in captured.out and result["cpu"] in captured.out
     assert main(["bench", str(path), "--backend", "onnxruntime", "--imgsz", "128", *FAST]) == 2  # fixed 64
     assert main(["bench", str(path), "--backend", "torch", *FAST]) == 2
 

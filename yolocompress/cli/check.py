@@ -8,6 +8,7 @@ from rich.table import Table
 
 from yolocompress.cli.common import console, print_gate, write_json
 from yolocompress.report.gate import LATENCY_BACKENDS
+from yolocompress.io.paths import preflight
 
 # (flag, GateLimits field, help)
 LIMIT_FLAGS = (
@@ -24,6 +25,8 @@ LIMIT_FLAGS = (
 
 
 def _main(args: argparse.Namespace) -> int:
+    preflight(input_folders=[("report", args.report), ("--baseline", args.baseline)],
+              outputs=[("--junit", args.junit), ("--md", args.md), ("--json", args.json)])
     from yolocompress.io.atomic import atomic_write_text
     from yolocompress.recipe.check import check_run
     from yolocompress.report.gate import gate_markdown, junit_xml

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,12 +31,91 @@ def positive_int(text: str) -> int:
     return value
 
 
+# Data-loading worker processes of every command that loads images (eval, train, distill; prune and quantize
+# take PruneConfig's / QatConfig's, the same value; a test holds them equal): 0 loads in the calling
+# process. Augmentation is identical for any count (seeded per image), so this only changes speed.
+WORKERS = 0
+
+
+def add_workers(parser: argparse.ArgumentParser, what: str = "data-loading") -> None:
+    """The ``--workers`` flag with the one default (``WORKERS``)."""
+    parser.add_argument("--workers", type=non_negative_int, default=WORKERS,
+                        help=f"{what} worker processes (default {WORKERS}: load in the main process; more "
+                             "help on machines with spare cores)")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def add_max_map_drop(parser: argparse.ArgumentParser) -> None:
+    """The ``--max-map-drop POINTS`` flag of the commands that change a model and measure it."""
+    parser.add_argument("--max-map-drop", type=non_negative_float, default=None, metavar="POINTS",
+                        help="exit 1 when mAP50-95 falls by more than POINTS (e.g. 1.0) from the input model; "
+                             "the outputs are still written. A fall of more than 5 points is always warned about")
+
+
+def print_stage_warnings(report: Any, verdict: Any) -> None:
+    """A stage report's warnings on stderr; the accuracy verdict's (a fall past 5 mAP50-95 points) first and
+    loudest."""
+    if verdict.warning:
+        err_console.print(f"[bold red]WARNING:[/] {verdict.warning}", highlight=False, soft_wrap=True)
+    for warning in report.warnings:
+        if warning != verdict.warning:
+            err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
 def image_size(text: str) -> int:
     """argparse type: image size, a positive multiple of 32."""
     value = positive_int(text)
     if value % 32:
         raise argparse.ArgumentTypeError(f"image size must be a multiple of 32, got {value}")
     return value
+
+
+def config_help(**sources: str) -> type[argparse.HelpFormatter]:
+    """A help formatter that fills ``{name.attr}`` in help texts from the library when help is shown.
+
+    A source ``"module:Config"`` (a dataclass) gives its fields' defaults, ``"module:function"`` its
+    parameters' defaults, ``"module"`` its attributes (tuples of names shown as ``a, b, c``); e.g.
+    ``config_help(prune="yolocompress.compress.prune.pruner:PruneConfig")`` with
+    ``"(default {prune.ratio})"``.
+    The library is imported only then: importing it imports torch, which would make every usage or path
+    error wait for it. So flags keep ``default=None`` ("the library's") and the library holds the value.
+    """
+
+    def values(target: str) -> argparse.Namespace:
+        module_name, _, attr = target.partition(":")
+        obj = importlib.import_module(module_name)
+        if not attr:
+            return argparse.Namespace(**{k: ", ".join(map(str, v)) if isinstance(v, tuple) else v
+                                         for k, v in vars(obj).items() if not k.startswith("_")})
+        obj = getattr(obj, attr)
+        if dataclasses.is_dataclass(obj):
+            return argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(obj)})
+        parameters = inspect.signature(obj).parameters
+        return argparse.Namespace(**{name: p.default for name, p in parameters.items()})
+
+    class Formatter(argparse.HelpFormatter):
+        def _get_help_string(self, action: argparse.Action) -> str | None:
+            text = action.help
+            if text and "{" in text:
+                text = text.format_map({name: values(target) for name, target in sources.items()})
+            return text
+
+    return Formatter
 
 
 def load_cli_model(path: str, cfg: str | None = None):

@@ -7,9 +7,14 @@ from pathlib import Path
 
 from rich.table import Table
 
-from yolocompress.cli.common import console, positive_int
-from yolocompress.data.labels import LabelReport
+from typing import TYPE_CHECKING
+
+from yolocompress.cli.common import console, non_negative_int, positive_int
 from yolocompress.errors import InputError
+from yolocompress.io.paths import preflight
+
+if TYPE_CHECKING:  # torch is imported only when the command runs
+    from yolocompress.data.labels import LabelReport
 
 
 def synth(out: str, n_train: int = 512, n_val: int = 128, imgsz: int = 256, classes: str | None = None,
@@ -57,6 +62,7 @@ def _issues_table(report: LabelReport, root: Path, limit: int = 20) -> Table:
 
 
 def _synth_main(args: argparse.Namespace) -> int:
+    preflight(folders=[("--out", args.out)])
     path = synth(args.out, n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz, classes=args.classes,
                  seed=args.seed, overwrite=args.overwrite)
     console.print(f"wrote {args.n_train} train + {args.n_val} val images; data config: {path}")
@@ -64,6 +70,7 @@ def _synth_main(args: argparse.Namespace) -> int:
 
 
 def _check_main(args: argparse.Namespace) -> int:
+    preflight(inputs=[("data.yaml", args.data)])
     # the tables below show what the scan would log; keep its per-file warnings off stderr
     scan_logger = logging.getLogger("yolocompress.data.scan")
     level = scan_logger.level
@@ -81,9 +88,6 @@ def _check_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="make or check detection data sets",
@@ -99,7 +103,7 @@ def register(subparsers) -> None:
     s.add_argument("--classes", default=None,
                    help="comma-separated shapes in class order (default circle,rectangle,triangle,star,cross,ring; "
                         "also hexagon, diamond)")
-    s.add_argument("--seed", type=_non_negative_int, default=0, help="seed; same seed, same bytes (default 0)")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="seed; same seed, same bytes (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=_synth_main)
 

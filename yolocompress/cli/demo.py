@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from yolocompress.io.paths import preflight
+
+    preflight(outputs=[("--json", args.json)], folders=[("--out", args.out), ("--data-dir", args.data_dir)])
     from yolocompress.demo import baseline_record, demo_data, run_demo
     from yolocompress.report.pipeline import pipeline_table
 

@@ -5,9 +5,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from yolocompress.cli.common import ProgressPrinter, console, err_console, image_size, positive_int, write_json
-from yolocompress.compress.distill.config import METHODS
+from yolocompress.cli.common import (ProgressPrinter, add_max_map_drop, add_workers, console, image_size,
+                                     positive_int, print_stage_warnings, write_json)
 from yolocompress.errors import InputError
+from yolocompress.io.paths import file_size, names_a_file, preflight
 
 
 def _layers(text: str) -> tuple[int, ...] | None:
@@ -27,7 +28,7 @@ def add_method_flags(p: argparse.ArgumentParser, stage: str) -> None:
     """``--distill-method``, ``--feature-layers``, ``--feature-weight``, ``--temperature``: the distillation
     choice of ``distill`` for a command whose ``--distill W`` is the output-KD weight (``stage``: its name
     in the help)."""
-    p.add_argument("--distill-method", choices=METHODS, default=None,
+    p.add_argument("--distill-method", default=None, metavar="output|feature|both",
                    help=f"{stage}: distill output (the head), feature (CWD of the neck outputs, connectors "
                         "where channels differ) or both, with --distill as the output-KD weight (default: "
                         "output KD at --distill's weight)")
@@ -48,27 +49,32 @@ def _feature_flags(p: argparse.ArgumentParser, default: float | None) -> None:
 def distill_option(weight: float | None, args: argparse.Namespace) -> Any:
     """The stage's ``distill`` setting from ``--distill W`` (``weight``) and :func:`add_method_flags`' flags:
     the plain weight (``None``: not given) without ``--distill-method``, else a ``DistillConfig``."""
-    from yolocompress.compress.distill import DistillConfig
-
     given = [f"--{name.replace('_', '-')}" for name in FEATURE_FLAGS if getattr(args, name) is not None]
     if args.distill_method in (None, "output") and given:
         raise InputError(f"{', '.join(given)} set feature distillation: add --distill-method feature or both")
     if args.distill_method is None:
         return weight
+    from yolocompress.compress.distill import DistillConfig  # imports torch: only when it is needed
+
     feature = {name: getattr(args, name) for name in FEATURE_FLAGS if getattr(args, name) is not None}
     return DistillConfig(method=args.distill_method, weight=1.0 if weight is None else weight,
                          check_teacher=False, **feature)
 
 
 def _main(args: argparse.Namespace) -> int:
+    if Path(args.output).suffix.lower() != ".pt":
+        raise InputError(f"output must be a .pt file, got {args.output}")
+    preflight(inputs=[("model file", args.student if names_a_file(args.student) else None),
+                      ("model file", args.teacher), ("data.yaml", args.data)],
+              outputs=[("output", args.output), ("--json", args.json)], folders=[("--out-dir", args.out_dir)],
+              expected_bytes=file_size(args.student))
+    from yolocompress.compress.accuracy import check_accuracy, with_measured_map
     from yolocompress.compress.distill import DistillConfig, distill_model
     from yolocompress.compress.finetune import FinetuneConfig
     from yolocompress.data import load_data_config
     from yolocompress.io.checkpoint import history_entry, load_model_with_info, save_model
     from yolocompress.models import build_model, list_configs
 
-    if Path(args.output).suffix.lower() != ".pt":
-        raise InputError(f"output must be a .pt file, got {args.output}")
     config = DistillConfig(method=args.method, feature_layers=args.feature_layers, weight=args.weight,
                            feature_weight=args.feature_weight, temperature=args.temperature)
     data = load_data_config(args.data)
@@ -79,15 +85,20 @@ def _main(args: argparse.Namespace) -> int:
     elif Path(args.student).stem in list_configs():  # a config: trained from scratch under the teacher
         student, history, imgsz = build_model(args.student, nc=data.nc), [], args.imgsz or teacher_info.imgsz
     else:
-        raise InputError(f"student not found: {args.student} (a checkpoint or a config name such as yolov5n)")
+        raise InputError(f"model file not found: {args.student} (the student: a checkpoint, or a config name "
+                         "such as yolov5n)")
     train = FinetuneConfig(epochs=args.epochs, imgsz=imgsz, batch=args.batch, lr0=args.lr0,
                            warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device, workers=args.workers)
     tuned, report = distill_model(student, teacher, data, config, train, out_dir=args.out_dir, resume=args.resume,
                                   on_progress=ProgressPrinter())
+    report = with_measured_map(report, data, after=tuned, imgsz=imgsz)  # "before": measured by the stage
+    report, verdict = check_accuracy(report, args.max_map_drop)
     entry = history_entry("distill", teacher=Path(args.teacher).name, config=dict(report.config))
     save_model(tuned, args.output, imgsz=imgsz, history=[*history, entry])
     _print(report.to_dict(), args.output)
     write_json(report.to_dict(), args.json)
+    print_stage_warnings(report, verdict)
+    verdict.raise_if_failed()
     return 0
 
 
@@ -106,8 +117,10 @@ def _print(report: dict[str, Any], output: str) -> None:
     if "metrics/mAP_0.5:0.95" in last:
         console.print(f"val mAP50-95 after the last epoch: {last['metrics/mAP_0.5:0.95']:.4f} "
                       f"(best epoch {d['best_epoch'] + 1})")
-    for warning in report["warnings"]:
-        err_console.print(f"warning: {warning}")
+    before, after = report["before"] or {}, report["after"] or {}
+    if before.get("map50_95") is not None and after.get("map50_95") is not None:
+        console.print(f"student mAP50-95 on the val split: {before['map50_95']:.4f} -> "
+                      f"{after['map50_95']:.4f}")
 
 
 def register(subparsers) -> None:
@@ -121,7 +134,7 @@ def register(subparsers) -> None:
     p.add_argument("--teacher", required=True, help="teacher checkpoint (.pt)")
     p.add_argument("--data", required=True, help="data.yaml")
     p.add_argument("-o", "--output", required=True, help="distilled student to write (.pt, our format)")
-    p.add_argument("--method", choices=METHODS, default="feature",
+    p.add_argument("--method", default="feature", metavar="output|feature|both",
                    help="what to distill (default feature)")
     p.add_argument("--weight", type=float, default=1.0, metavar="W", help="output-KD weight (default 1)")
     _feature_flags(p, 1.0)
@@ -133,8 +146,9 @@ def register(subparsers) -> None:
     p.add_argument("--warmup-epochs", type=float, default=None, help="warm-up epochs (default YOLOv5's 3)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=0, help="data-loading workers (default 0)")
+    add_workers(p)
     p.add_argument("--out-dir", default="runs/distill", help="the trainer's run folder (default runs/distill)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from --out-dir's last.pt")
     p.add_argument("--json", default=None, metavar="FILE", help="write the stage report as JSON")
+    add_max_map_drop(p)
     p.set_defaults(func=_main)

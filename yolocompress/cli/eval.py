@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from yolocompress.cli.common import ProgressPrinter, console, image_size, positive_int, write_json
+from yolocompress.cli.common import (ProgressPrinter, add_workers, console, image_size, positive_int,
+                                     write_json)
 from yolocompress.errors import InputError
 from yolocompress.export.openvino import ONNX_BACKENDS
-from yolocompress.report.tables import eval_table
+from yolocompress.io.paths import preflight
 
 if TYPE_CHECKING:  # torch is imported only when the command runs
     from yolocompress.engine.evaluator import EvalResult
@@ -48,6 +49,9 @@ def run(model: str, data: str, imgsz: int | None = None, batch: int = 32, conf: 
 
 
 def _main(args: argparse.Namespace) -> int:
+    preflight(inputs=[("model file", args.model), ("data.yaml", args.data)], outputs=[("--json", args.json)])
+    from yolocompress.report.tables import eval_table
+
     result = run(args.model, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
                  split=args.split, max_det=args.max_det, threads=args.threads, device=args.device,
                  workers=args.workers, on_progress=ProgressPrinter(), backend=args.backend)
@@ -81,6 +85,6 @@ def register(subparsers) -> None:
                    help="runtime of an .onnx MODEL: onnxruntime (default), openvino (fp32 inference precision) "
                         "or openvino-bf16 (needs the openvino extra)")
     p.add_argument("--device", default="cpu", help="PyTorch device, e.g. cpu or cuda:0 (default cpu)")
-    p.add_argument("--workers", type=int, default=0, help="image loading worker processes (default 0)")
+    add_workers(p, "image loading")
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     p.set_defaults(func=_main)

@@ -5,10 +5,7 @@ import argparse
 from pathlib import Path
 
 from yolocompress.cli.common import console, image_size, load_cli_model, positive_int
-from yolocompress.errors import CompressionError
-
-# The decoded output must agree with PyTorch to this maximum relative error (see verify_onnx).
-PARITY_TOLERANCE = 1e-3
+from yolocompress.io.paths import file_size, preflight
 
 
 def run(model: str, output: str, imgsz: int | None = None, batch: int = 1, dynamic: bool = False,
@@ -17,21 +14,18 @@ def run(model: str, output: str, imgsz: int | None = None, batch: int = 1, dynam
     returns the path and the parity error (None: skipped).
 
     Raises ``CompressionError`` when ONNX Runtime's output differs from PyTorch's by more than
-    ``PARITY_TOLERANCE`` (the file is kept so it can be inspected).
+    ``export.onnx.PARITY_TOLERANCE`` (the file is kept so it can be inspected).
     """
-    from yolocompress.export.onnx import export_onnx, verify_onnx
+    from yolocompress.export.onnx import export_checked
 
     net, info = load_cli_model(model)
-    imgsz = imgsz or info.imgsz
-    path = export_onnx(net, output, imgsz=imgsz, batch=batch, dynamic=dynamic, opset=opset, simplify=simplify)
-    error = verify_onnx(net, path, imgsz) if verify else None
-    if error is not None and error > PARITY_TOLERANCE:
-        raise CompressionError(f"{path}: ONNX Runtime output differs from PyTorch (max relative error "
-                               f"{error:.2e} > {PARITY_TOLERANCE:.0e})")
-    return path, error
+    return export_checked(net, output, imgsz=imgsz or info.imgsz, batch=batch, dynamic=dynamic, opset=opset,
+                          simplify=simplify, verify=verify)
 
 
 def _main(args: argparse.Namespace) -> int:
+    preflight(inputs=[("model file", args.model)], outputs=[("output", args.output)],
+              expected_bytes=file_size(args.model))
     path, error = run(args.model, args.output, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic,
                       opset=args.opset, simplify=args.simplify, verify=not args.no_verify)
     from yolocompress.export.onnx import read_onnx_metadata

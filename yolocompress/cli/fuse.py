@@ -5,17 +5,18 @@ import argparse
 from pathlib import Path
 
 from yolocompress.errors import InputError
+from yolocompress.io.paths import file_size, preflight
 
 
 def _main(args: argparse.Namespace) -> int:
+    if Path(args.output).suffix.lower() != ".pt":
+        raise InputError(f"output must be a .pt file, got {args.output}")
+    preflight(inputs=[("model file", args.model)], outputs=[("output", args.output)],
+              expected_bytes=file_size(args.model))
     from yolocompress.cli.common import load_cli_model
     from yolocompress.compress.fuse import fuse_stage
     from yolocompress.io.checkpoint import history_entry, save_model
 
-    if Path(args.output).suffix.lower() != ".pt":
-        raise InputError(f"output must be a .pt file, got {args.output}")
-    if not Path(args.model).is_file():
-        raise InputError(f"model file not found: {args.model}")
     net, info = load_cli_model(args.model, args.cfg)
     fused, report = fuse_stage(net)
     d = report.details
@@ -23,12 +24,19 @@ def _main(args: argparse.Namespace) -> int:
                           params_after=report.after.params, **d)
     save_model(fused, args.output, imgsz=info.imgsz, history=[*info.history, entry], metrics=info.metrics,
                half=args.half)
+    stored = "float16" if args.half else "float32"
+    size_in, size_out = (Path(p).stat().st_size / 1e6 for p in (args.model, args.output))
+    sizes = f"{size_in:.1f} MB -> {size_out:.1f} MB"
+    if info.dtype != stored:
+        print(f"note: {args.model} stores {info.dtype} weights, {args.output} stores {stored} ({sizes}); "
+              + ("--half keeps the file small" if stored == "float32" else "the weights were rounded"))
     if d["already_fused"]:
-        print(f"{args.model} was already fused; written unchanged to {args.output}")
+        print(f"{args.model} was already fused; written to {args.output} ({stored}, {sizes})")
         return 0
     print(f"fused {args.model} -> {args.output}: {d['batchnorms_folded']} BatchNorm folded, {d['repconvs_merged']} "
-          f"RepConv merged, params {report.before.params:,} -> {report.after.params:,}, max relative output "
-          f"difference {d['max_relative_error']:.1e} (at {d['check_imgsz']} px)")
+          f"RepConv merged, params {report.before.params:,} -> {report.after.params:,}, file {sizes} "
+          f"({stored}), max relative output difference {d['max_relative_error']:.1e} "
+          f"(at {d['check_imgsz']} px)")
     for warning in report.warnings:
         print(warning)
     return 0

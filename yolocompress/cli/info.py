@@ -6,7 +6,7 @@ import argparse
 from rich.table import Table
 
 from yolocompress.cli.common import console, image_size, load_cli_model, write_json
-from yolocompress.report.model_info import model_summary
+from yolocompress.io.paths import names_a_file, preflight
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    preflight(inputs=[("model file", args.model if names_a_file(args.model) else None)],
+              outputs=[("--json", args.json)])
     from pathlib import Path
 
     from yolocompress.models import build_model, list_configs
+    from yolocompress.report.model_info import model_summary
 
     if not Path(args.model).exists() and Path(args.model).stem in list_configs():
         model, source, native = build_model(args.model), "config", 640

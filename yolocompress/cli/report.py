@@ -6,6 +6,7 @@ from pathlib import Path
 
 from yolocompress.cli.common import console
 from yolocompress.errors import InputError
+from yolocompress.io.paths import preflight
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,12 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from yolocompress.io.atomic import atomic_write_text
-    from yolocompress.report.pipeline import load_report, pipeline_markdown, pipeline_table, plot_tradeoff
-
     plot = Path(args.plot) if args.plot else None
     if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
         raise InputError(f"--plot {plot}: expected a .png or .svg file name")
+    preflight(input_folders=[("report", args.report)], outputs=[("--md", args.md), ("--plot", args.plot)])
+    from yolocompress.io.atomic import atomic_write_text
+    from yolocompress.report.pipeline import load_report, pipeline_markdown, pipeline_table, plot_tradeoff
+
     report = load_report(args.report)
     console.print(pipeline_table(report))
     written = []

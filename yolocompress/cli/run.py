@@ -9,6 +9,12 @@ from yolocompress.cli.common import (ProgressPrinter, console, print_gate, print
 
 
 def _main(args: argparse.Namespace) -> int:
+    from yolocompress.io.paths import preflight
+
+    recipe_file = Path(args.recipe).suffix or len(Path(args.recipe).parts) > 1  # else a shipped recipe's name
+    preflight(inputs=[("recipe", args.recipe if recipe_file else None), ("model file", args.model),
+                      ("data.yaml", args.data)],
+              outputs=[("--json", args.json)], folders=[("--out", None if args.dry_run else args.out)])
     import yaml
 
     from yolocompress.recipe import dry_run, load_recipe, run_recipe

@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
-from yolocompress.cli.common import image_size, positive_int
+from yolocompress.cli.common import WORKERS, add_workers, image_size, positive_int
 from yolocompress.errors import InputError
+from yolocompress.io.paths import names_a_file, preflight
 
 
 DESCRIPTION = (
@@ -69,13 +70,16 @@ def _transfer(source, nc: int):
 
 
 def build_training_model(model_or_cfg: str, data_cfg):
-    """The model to train: a loaded checkpoint (re-headed when nc differs) or a fresh config model."""
-    from yolocompress.io.checkpoint import load_model
+    """The model to train: a loaded checkpoint (re-headed when nc differs) or a fresh config model, and the
+    image size the checkpoint records (``DEFAULT_IMGSZ``, 640, for a config or an Ultralytics file)."""
+    from yolocompress.io.checkpoint import DEFAULT_IMGSZ, load_model_with_info
     from yolocompress.models import build_model
 
     path = Path(model_or_cfg)
+    imgsz = DEFAULT_IMGSZ
     if path.suffix.lower() == ".pt":
-        model = load_model(path)
+        model, info = load_model_with_info(path)
+        imgsz = info.imgsz
         if model.nc != data_cfg.nc:
             model = _transfer(model, data_cfg.nc)
     elif path.suffix.lower() == ".onnx":
@@ -83,11 +87,12 @@ def build_training_model(model_or_cfg: str, data_cfg):
     else:
         model = build_model(model_or_cfg, nc=data_cfg.nc)
     model.names = list(data_cfg.names)
-    return model.train()
+    return model.train(), imgsz
 
 
-def run(model: str | None = None, data: str | None = None, epochs: int = 100, imgsz: int = 640, batch: int = 16,
-        device: str = "cpu", workers: int = 2, seed: int = 0, out: str = "runs/train", resume: str | None = None,
+def run(model: str | None = None, data: str | None = None, epochs: int = 100, imgsz: int | None = None,
+        batch: int = 16, device: str = "cpu", workers: int = WORKERS, seed: int = 0, out: str = "runs/train",
+        resume: str | None = None,
         patience: int = 100, close_mosaic: int = 10, cos_lr: bool = False, hyp: str | None = None,
         amp: bool = True, sync_bn: bool = False, val: bool = True, cache: bool = False,
         exist_ok: bool = False, progress: bool = True, bf16: bool = False, channels_last: bool = False,
@@ -95,7 +100,8 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
     """Train and return the ``TrainResult``; every CLI flag is a keyword here.
 
     ``resume``: a ``last.pt`` to continue; the run's stored settings are used (``device`` and ``workers``
-    as given here), and ``model``/``data`` may be left out.
+    as given here), and ``model``/``data`` may be left out. ``imgsz`` defaults to the size a checkpoint of
+    ours records (640 for a config or an Ultralytics checkpoint), as in ``eval``, ``export`` and ``prune``.
     """
     from yolocompress.data import load_data_config
     from yolocompress.cli.common import ProgressPrinter
@@ -124,10 +130,6 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
 
     if model is None or data is None:
         raise InputError("train needs MODEL_OR_CFG and --data (or --resume)")
-    config = TrainConfig(epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=workers, seed=seed,
-                         out_dir=out, patience=patience, close_mosaic=close_mosaic, cos_lr=cos_lr, amp=amp,
-                         sync_bn=sync_bn, val=val, cache=cache, bf16=bf16,
-                         channels_last=channels_last, nominal_batch=nominal_batch)
     last = Path(out) / "weights" / "last.pt"
     if last.exists() and not exist_ok:
         raise InputError(f"{out} already holds a run ({last}): --resume to continue it, --exist-ok to overwrite, "
@@ -135,7 +137,12 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
     hyperparameters = _load_hyp(hyp)
     data_cfg = load_data_config(data)
     seed_everything(seed)  # the fresh model's initial weights too
-    net = build_training_model(model, data_cfg)
+    net, recorded_imgsz = build_training_model(model, data_cfg)
+    config = TrainConfig(epochs=epochs, imgsz=imgsz or recorded_imgsz, batch=batch, device=device,
+                         workers=workers, seed=seed, out_dir=out, patience=patience,
+                         close_mosaic=close_mosaic,
+                         cos_lr=cos_lr, amp=amp, sync_bn=sync_bn, val=val, cache=cache, bf16=bf16,
+                         channels_last=channels_last, nominal_batch=nominal_batch)
     return Trainer(net, data_cfg, config, hyperparameters, on_progress=printer).train()
 
 
@@ -143,6 +150,10 @@ def _main(args: argparse.Namespace) -> int:
     resume = args.resume
     if resume == "":  # bare --resume: the run in --out
         resume = str(Path(args.out) / "weights" / "last.pt")
+    model = args.model if args.model and names_a_file(args.model) else None
+    preflight(inputs=[("training checkpoint", resume), ("model file", model), ("data.yaml", args.data),
+                      ("hyp file", args.hyp)],
+              folders=[("--out", None if resume else args.out)])
     result = run(model=args.model, data=args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
                  device=args.device, workers=args.workers, seed=args.seed, out=args.out, resume=resume,
                  patience=args.patience, close_mosaic=args.close_mosaic, cos_lr=args.cos_lr, hyp=args.hyp,
@@ -165,10 +176,11 @@ def register(subparsers) -> None:
     p.add_argument("model", nargs="?", help="checkpoint (.pt) or model config (name such as yolov5n, or YAML)")
     p.add_argument("--data", help="data.yaml")
     p.add_argument("--epochs", type=positive_int, default=100, help="total epochs (default 100)")
-    p.add_argument("--imgsz", type=image_size, default=640, help="image size in pixels (default 640)")
+    p.add_argument("--imgsz", type=image_size, default=None,
+                   help="image size in pixels (default: the size the checkpoint records, else 640)")
     p.add_argument("--batch", type=positive_int, default=16, help="global batch size (default 16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading workers per process (default 2)")
+    add_workers(p, "data-loading (per training process)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="runs/train", help="run folder (default runs/train)")
     p.add_argument("--exist-ok", action="store_true", help="overwrite a previous run in --out")

@@ -127,5 +127,5 @@ def _parse_sources(value: Any, split: str, root: Path, where: str) -> list[Path]
         elif p.is_file():
             raise InputError(f"{where}: {split} source {p} must be an image folder or a .txt list of images")
         else:
-            raise InputError(f"{where}: {split} source {p} does not exist")
+            raise InputError(f"{where}: {split} images not found: {p}")
     return sources

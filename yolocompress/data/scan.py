@@ -84,7 +84,7 @@ def list_images(sources: Sequence[Path]) -> list[Path]:
                     p = Path(line).expanduser()
                     found.append(str(p if p.is_absolute() else (src.parent / p).resolve()))
         else:
-            raise InputError(f"image source {src} does not exist")
+            raise InputError(f"image source not found: {src}")
     files = sorted({f for f in found if f.rsplit(".", 1)[-1].lower() in IMG_FORMATS})
     return [Path(f) for f in files]
 

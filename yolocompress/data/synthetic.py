@@ -92,7 +92,7 @@ def _check_args(out: Path, n_train: int, n_val: int, imgsz: int, classes: Sequen
     if seed < 0:
         raise InputError(f"seed must be >= 0, got {seed}")
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out} already exists and is not empty (pass overwrite to replace it)")
+        raise InputError(f"{out} already exists and is not empty (--overwrite replaces it)")
     return classes
 
 

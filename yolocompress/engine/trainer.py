@@ -39,6 +39,7 @@ from yolocompress.engine.loss import DetectionLoss, Hyp
 from yolocompress.engine.optim import Schedule, build_optimizer
 from yolocompress.errors import InputError
 from yolocompress.io.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from yolocompress.io.ultralytics import load_error
 from yolocompress.progress import ProgressCallback, report
 
 LOGGER = logging.getLogger(__name__)
@@ -163,11 +164,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint (``last.pt``) with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"checkpoint not found: {path}")
+        raise InputError(f"training checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file, or one that needs unpickling code
-        raise InputError(f"cannot read training checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+        raise load_error(path, exc, "training checkpoint") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a yolocompress training checkpoint (last.pt)")
     if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:

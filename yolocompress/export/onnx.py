@@ -274,7 +274,7 @@ def read_onnx_metadata(path: str | os.PathLike) -> OnnxMetadata:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"ONNX model not found: {path}")
+        raise InputError(f"model file not found: {path}")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends for non-ONNX files
@@ -324,3 +324,21 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, imgsz: int | tuple[in
     if out.shape != ref.shape:
         raise CompressionError(f"ONNX output shape {list(out.shape)} != PyTorch {list(ref.shape)}")
     return float(np.max(np.abs(out - ref) / np.maximum(np.abs(ref), 1.0)))
+
+
+# ``export_checked``'s default bound on the decoded output's error against PyTorch (see ``verify_onnx``).
+PARITY_TOLERANCE = 1e-3
+
+
+def export_checked(model: nn.Module, path: str | os.PathLike, imgsz: int | tuple[int, int] = 640,
+                   batch: int = 1, dynamic: bool = False, opset: int = 17, simplify: bool = False,
+                   verify: bool = True, tolerance: float = PARITY_TOLERANCE) -> tuple[Path, float | None]:
+    """:func:`export_onnx`, then (with ``verify``) :func:`verify_onnx`: the path and the parity error
+    (``None``: not checked). Raises ``CompressionError`` when the error exceeds ``tolerance``; the file is kept so that
+    it can be inspected."""
+    out = export_onnx(model, path, imgsz=imgsz, batch=batch, dynamic=dynamic, opset=opset, simplify=simplify)
+    error = verify_onnx(model, out, imgsz) if verify else None
+    if error is not None and error > tolerance:
+        raise CompressionError(f"{out}: ONNX Runtime output differs from PyTorch (max relative error "
+                               f"{error:.2e} > {tolerance:.0e})")
+    return out, error

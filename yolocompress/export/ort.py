@@ -20,7 +20,7 @@ def create_session(path: str | os.PathLike, threads: int | None = None, optimize
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"ONNX model not found: {path}")
+        raise InputError(f"model file not found: {path}")
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = int(threads)

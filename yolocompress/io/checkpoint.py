@@ -42,6 +42,7 @@ class ModelInfo:
     imgsz: int = DEFAULT_IMGSZ
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"           # how the file stores the float weights (the model is loaded as float32)
 
 
 def load_model(path: str | os.PathLike, cfg: str | Path | dict | None = None,
@@ -87,7 +88,11 @@ def _find_ours(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _load_weights(model: DetectionModel, state: dict[str, torch.Tensor], name: str) -> None:
+def _load_weights(model: DetectionModel, state: dict[str, torch.Tensor], name: str) -> str:
+    """Load ``state`` as float32 into ``model``; returns how the file stored its float weights
+    (``float32``, ``float16``, ...)."""
+    stored = [v.dtype for v in state.values() if v.is_floating_point()]
+    dtype = str(max(set(stored), key=stored.count)).removeprefix("torch.") if stored else "float32"
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()
              if k.rsplit(".", 1)[-1] not in _LEGACY_KEYS}
     ours = model.state_dict()
@@ -99,6 +104,7 @@ def _load_weights(model: DetectionModel, state: dict[str, torch.Tensor], name: s
                   else f"shape mismatch at {wrong[:3]}")
         raise InputError(f"{name}: weights do not fit the model config ({detail})")
     model.load_state_dict(state, strict=True)
+    return dtype
 
 
 def _from_ours(ckpt: dict[str, Any], name: str) -> tuple[DetectionModel, ModelInfo]:
@@ -110,11 +116,11 @@ def _from_ours(ckpt: dict[str, Any], name: str) -> tuple[DetectionModel, ModelIn
     except KeyError as exc:
         raise InputError(f"{name}: yolocompress checkpoint lacks {exc}") from exc
     model = DetectionModel(config)
-    _load_weights(model, state, name)
+    dtype = _load_weights(model, state, name)
     if ckpt.get("names"):
         model.names = list(ckpt["names"])
     info = ModelInfo("yolocompress", int(ckpt.get("imgsz", DEFAULT_IMGSZ)), list(ckpt.get("history", [])),
-                     dict(ckpt.get("metrics", {})))
+                     dict(ckpt.get("metrics", {})), dtype)
     return model, info
 
 
@@ -127,7 +133,7 @@ def _from_ultralytics(pickled: PickledObject, name: str) -> tuple[DetectionModel
     config.pop("ch", None)
     model = DetectionModel(config)
     state = pickled_state_dict(pickled)
-    _load_weights(model, state, name)
+    dtype = _load_weights(model, state, name)
     for module_name, eps in pickled_batchnorm_eps(pickled).items():
         bn = model.get_submodule(module_name)
         if isinstance(bn, torch.nn.BatchNorm2d):
@@ -138,7 +144,7 @@ def _from_ultralytics(pickled: PickledObject, name: str) -> tuple[DetectionModel
     if isinstance(names, (list, tuple)) and len(names) == model.nc:
         model.names = [str(n) for n in names]
     history = [{"step": "import", "from": "ultralytics", "file": name, "time": _now()}]
-    return model, ModelInfo("ultralytics", DEFAULT_IMGSZ, history)
+    return model, ModelInfo("ultralytics", DEFAULT_IMGSZ, history, dtype=dtype)
 
 
 def _from_state_dict(ckpt: dict[str, Any], cfg: Any, name: str) -> tuple[DetectionModel, ModelInfo]:
@@ -156,9 +162,9 @@ def _from_state_dict(ckpt: dict[str, Any], cfg: Any, name: str) -> tuple[Detecti
             na = state[anchors_key].shape[1]
             nc = state[last].shape[0] // na - 5
     model = DetectionModel(cfg, nc=nc)
-    _load_weights(model, state, name)
+    dtype = _load_weights(model, state, name)
     imported = {"step": "import", "from": "state_dict", "file": name, "time": _now()}
-    return model, ModelInfo("state_dict", DEFAULT_IMGSZ, [imported])
+    return model, ModelInfo("state_dict", DEFAULT_IMGSZ, [imported], dtype=dtype)
 
 
 def _now() -> str:

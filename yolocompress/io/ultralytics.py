@@ -95,20 +95,33 @@ def safe_torch_load(path: str | Path) -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"checkpoint not found: {path}")
+        raise InputError(f"model file not found: {path}")
     try:
         with torch.serialization.safe_globals(_STAND_INS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError (bad zip), EOFError, ...
-        message = str(exc)
-        if "Weights only load failed" in message or "Unsupported global" in message or "unrecognized function" in message:
-            match = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"unrecognized function ([^\s]+)", message)
-            what = match.group(1) if match else "a global outside the allowlist"
-            raise UnsafeCheckpointError(
-                f"refusing to load {path.name}: it needs {what}, which is outside the checkpoint allowlist "
-                "(nothing in the file was executed)") from exc
-        first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-        raise InputError(f"cannot read checkpoint {path.name}: not a valid torch file ({first})") from exc
+        raise load_error(path, exc) from exc
+
+
+def load_error(path: Path, exc: BaseException, what: str = "checkpoint") -> InputError:
+    """The one-line error for a failed ``torch.load(weights_only=True)`` of ``path``.
+
+    torch's own message for a refused global advises re-running with ``weights_only=False``, which is
+    exactly what must never be done with an untrusted file: it is never passed on. A refused global gives
+    ``UnsafeCheckpointError`` naming the global; anything else (truncated, not a torch file) ``InputError``
+    with the first line of the cause.
+    """
+    message = str(exc)
+    match = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"unrecognized function ([^\s]+)", message)
+    if match:
+        return UnsafeCheckpointError(f"refusing to load {path.name}: it needs {match.group(1)}, which is "
+                                     "outside the checkpoint allowlist (nothing in the file was executed)")
+    _, found, detail = message.partition("WeightsUnpickler error:")  # garbage: "Unsupported operand 205"
+    lines = [line.strip() for line in (detail if found else message).splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    if "weights_only" in first:  # never repeat torch's advice to turn the safety off
+        first = type(exc).__name__
+    return InputError(f"cannot read {what} {path.name}: not a valid torch file ({first})")
 
 
 def is_pickled(obj: Any, *names: str) -> bool:

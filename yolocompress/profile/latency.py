@@ -20,6 +20,7 @@ from torch import nn
 
 from yolocompress.errors import InputError
 from yolocompress.export.ort import create_session
+from yolocompress.progress import ProgressCallback, report
 from yolocompress.models.inputs import check_image_size, image_hw, input_channels
 
 
@@ -73,15 +74,20 @@ def _check_counts(threads: int, warmup: int, runs: int) -> None:
         raise InputError(f"runs must be >= 1, got {runs}")
 
 
-def _time_calls(call: Callable[[], object], warmup: int, runs: int) -> np.ndarray:
-    """Milliseconds of each of ``runs`` calls after ``warmup`` untimed ones."""
+def _time_calls(call: Callable[[], object], warmup: int, runs: int,
+                on_progress: ProgressCallback | None = None) -> np.ndarray:
+    """Milliseconds of each of ``runs`` calls after ``warmup`` untimed ones (progress: about 20 events, sent
+    between timed calls, never inside one)."""
     for _ in range(warmup):
         call()
     times = np.empty(runs)
+    every = max(1, runs // 20)
     for k in range(runs):
         t0 = time.perf_counter()
         call()
         times[k] = (time.perf_counter() - t0) * 1e3
+        if on_progress is not None and ((k + 1) % every == 0 or k + 1 == runs):
+            report(on_progress, "timing", k + 1, runs, "runs", {"median ms": float(np.median(times[:k + 1]))})
     return times
 
 
@@ -112,7 +118,8 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def measure_torch_latency(model: nn.Module, imgsz: int | Sequence[int] = 640, threads: int = 2,
-                          warmup: int = 10, runs: int = 50, batch: int = 1) -> LatencyResult:
+                          warmup: int = 10, runs: int = 50, batch: int = 1,
+                          on_progress: ProgressCallback | None = None) -> LatencyResult:
     """Eager PyTorch CPU latency of ``model`` in eval mode on a ``Tensor[batch, ch, H, W]`` input.
 
     ``torch.set_num_threads(threads)`` holds only for the measurement; the previous count and the model's
@@ -129,14 +136,14 @@ def measure_torch_latency(model: nn.Module, imgsz: int | Sequence[int] = 640, th
     model.eval()
     try:
         with torch_threads(threads), torch.inference_mode():
-            times = _time_calls(lambda: model(x), warmup, runs)
+            times = _time_calls(lambda: model(x), warmup, runs, on_progress)
     finally:
         model.train(was_training)
     return _result(times, threads, "torch", (h, w), batch)
 
 
 def measure_ort_latency(onnx_path: str | os.PathLike, threads: int = 2, warmup: int = 10, runs: int = 50,
-                        batch: int = 1) -> LatencyResult:
+                        batch: int = 1, on_progress: ProgressCallback | None = None) -> LatencyResult:
     """ONNX Runtime CPU latency of an ONNX file (full graph optimizations, ``threads`` intra-op threads).
 
     The input shape is the model's own; a symbolic batch dimension takes ``batch``. Symbolic height or
@@ -157,7 +164,7 @@ def measure_ort_latency(onnx_path: str | os.PathLike, threads: int = 2, warmup: 
                          "export with a fixed image size")
     dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
     feed = {inp.name: np.random.default_rng(0).random(shape, dtype=np.float32).astype(dtype)}
-    times = _time_calls(lambda: session.run(None, feed), warmup, runs)
+    times = _time_calls(lambda: session.run(None, feed), warmup, runs, on_progress)
     return _result(times, threads, "onnxruntime", (shape[2], shape[3]), shape[0])
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import yaml
 
+from yolocompress.compress.accuracy import PRUNE_RECOVERY, RUIN_POINTS
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport, model_snapshot, onnx_snapshot
 from yolocompress.errors import InputError
 from yolocompress.progress import ProgressCallback
@@ -303,10 +304,6 @@ def provenance(plan: RecipePlan, data: Any, resolved_text: str) -> dict[str, Any
     }
 
 
-# A compressed model this many mAP50-95 points below its baseline is reported loudly, whatever the gate says.
-RUIN_POINTS = 5.0
-
-
 def accuracy_warnings(rows: list[dict[str, Any]]) -> list[str]:
     """A warning when the last row's mAP50-95 is more than ``RUIN_POINTS`` below the baseline's, naming the
     stages that lost the most (and what usually wins it back)."""
@@ -319,8 +316,7 @@ def accuracy_warnings(rows: list[dict[str, Any]]) -> list[str]:
     worst = ", ".join(f"{name} {delta:+.2f}" for name, _, delta in losses) or "none lost alone"
     hint = ""
     if any(kind == "prune" for _, kind, _ in steps):
-        hint = ("; a pruned model needs a long fine-tune to win its accuracy back (ratio 0.5 on a nano model: "
-                "about 150 epochs; see benchmarks/RESULTS.md)")
+        hint = f"; {PRUNE_RECOVERY} (see benchmarks/RESULTS.md)"
     return [f"the compressed model is {100 * (base - final):.2f} mAP50-95 points below the baseline (stages that "
             f"lost: {worst}){hint}"]
 

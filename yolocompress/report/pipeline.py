@@ -34,7 +34,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     file = p / "report.json" if p.is_dir() else p
     if not file.is_file():
-        raise InputError(f"{file}: not found (expected an output folder with report.json, or a report.json file)")
+        raise InputError(f"report not found: {file} (expected an output folder with report.json, or a report.json file)")
     try:
         report = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

@@ -132,6 +132,10 @@ def test_distill_command_trains_a_student_that_eval_reads(distill_data, tmp_path
     assert r["stage"] == "distill" and r["details"]["connectors"]["17"] == [32, 64]
     assert r["config"]["method"] == "both" and set(r["details"]["val_map50_95"]) == {"teacher", "student"}
     assert r["details"]["teacher_forward_s_per_epoch"] > 0 and "teacher forward" in err.out
+    # the student's val score before (from the stage) and after (measured on the saved weights) are checked
+    acc = r["details"]["accuracy"]
+    assert acc["before_map50_95"] == r["details"]["val_map50_95"]["student"]
+    assert acc["after_map50_95"] is not None
     assert main(["eval", str(out), "--data", str(distill_data.yaml_path), "--batch", "4"]) == 0
 
 

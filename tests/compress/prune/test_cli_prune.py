@@ -30,7 +30,8 @@ def test_prune_writes_model_and_report(checkpoints, tiny_data, tmp_path, capsys)
     out, report = tmp_path / "pruned.pt", tmp_path / "report.json"
     no_imgsz = FAST[2:]  # the checkpoint's own size (64) is the default
     code = main(["prune", str(checkpoints / "tiny.pt"), "--data", str(tiny_data.yaml_path), "--ratio", "0.5",
-                 "--finetune-epochs", "1", "--guided", "1", *no_imgsz, "-o", str(out), "--json", str(report)])
+                 "--finetune-epochs", "1", "--guided", "1", *no_imgsz, "-o", str(out), "--json", str(report),
+                 "--max-map-drop", "100"])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "pruned" in printed and "probes" in printed
@@ -42,6 +43,9 @@ def test_prune_writes_model_and_report(checkpoints, tiny_data, tmp_path, capsys)
     assert d["after_finetune"] is not None and len(d["candidates"]) == 3
     assert [c["kind"] for c in d["candidates"]] == ["uniform", "random", "guided"] and d["probes"] > 0
     assert d["imgsz"] == 64 and r["before"]["imgsz"] == r["after"]["imgsz"] == 64 and info.imgsz == 64
+    acc = d["accuracy"]  # the verdict of compress.accuracy.check_accuracy on the before/after val mAP50-95
+    assert acc["max_drop_points"] == 100 and acc["failed"] is False
+    assert acc["drop_points"] == pytest.approx(100 * (r["before"]["map50_95"] - r["after"]["map50_95"]))
     entry = info.history[-1]
     assert entry["step"] == "prune" and entry["config"]["ratio"] == 0.5
     assert {"budget_gflops", "chosen", "after_search", "after_finetune", "baseline", "pruned"} <= set(entry)
@@ -109,7 +113,7 @@ def test_fine_tune_takes_the_distill_method_of_distill(checkpoints, tiny_data, t
     (["--distill-method", "output", "--temperature", "2"], "add --distill-method feature or both"),
     (["--distill-method", "feature", "--feature-layers", "99"], "feature layers [99] are not layers of the"),
     (["--distill-method", "both", "--temperature", "0"], "temperature must be > 0"),
-    (["--distill-method", "logits"], "argument --distill-method: invalid choice: 'logits'"),
+    (["--distill-method", "logits"], "method must be one of output, feature, both, got 'logits'"),
     (["--distill-method", "feature", "--feature-layers", "x"], "expected 'auto' or layer indices"),
 ])
 def test_bad_distill_settings_exit_2_before_the_search(checkpoints, tiny_data, tmp_path, capsys, args,

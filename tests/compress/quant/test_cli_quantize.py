@@ -127,3 +127,35 @@ def test_bad_inputs_exit_2(tiny_onnx, tiny_data, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err.startswith("yolocompress: error:"), err
     assert not out.exists() and not (tmp_path / "bad.pt").exists()
+
+
+def test_a_ruinous_quantization_warns_and_max_map_drop_exits_1_with_outputs_written(tiny_data, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """The int8 model is measured against its input on the val split; here the evaluator reports 0.80 for the
+    input and 0.10 for the int8 file (a real tiny model scores ~0 on both, which shows nothing)."""
+    from types import SimpleNamespace
+
+    import yolocompress.engine.evaluator as evaluator
+
+    scores = iter([0.80, 0.10])
+    monkeypatch.setattr(evaluator, "evaluate_model",
+                        lambda *a, **k: SimpleNamespace(map50=0.9, map50_95=next(scores)))
+    out, report = tmp_path / "q.onnx", tmp_path / "q.json"
+    code = main(["quantize", str(CKPT), "--data", str(tiny_data), *FAST, "-o", str(out),
+                 "--json", str(report), "--max-map-drop", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and out.is_file() and report.is_file()
+    assert "WARNING: mAP50-95 fell 70.00 points in quantize" in err and "--auto-exclude" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("yolocompress: error: mAP50-95 fell 70.00 points in quantize, more than "
+                           "--max-map-drop 1")
+    r = json.loads(report.read_text())
+    assert r["before"]["map50_95"] == 0.80 and r["after"]["map50_95"] == 0.10
+    assert r["details"]["accuracy"]["failed"] is True and any("fell 70.00" in w for w in r["warnings"])
+
+
+def test_no_eval_skips_the_measurement_and_refuses_max_map_drop(tiny_data, tmp_path, capsys):
+    out = tmp_path / "n.onnx"
+    assert main(["quantize", str(CKPT), "--data", str(tiny_data), *FAST, "-o", str(out), "--no-eval",
+                 "--max-map-drop", "1"]) == 2
+    assert "--max-map-drop needs the mAP measured" in capsys.readouterr().err and not out.exists()

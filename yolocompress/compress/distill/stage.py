@@ -59,6 +59,8 @@ def distill_model(student: nn.Module, teacher: nn.Module, data: Any, config: Dis
                             f"{scores['teacher']:.4f} vs {scores['student']:.4f}): distillation may not help")
     tuned, report = finetune(student, data, train, out_dir=out_dir, resume=resume, on_progress=on_progress,
                              extra_losses=terms)
+    if cfg.check_teacher and report.before is not None:  # the student's score before: no second evaluation
+        report = report.replace(before=dataclasses.replace(report.before, map50_95=scores["student"]))
     return tuned, report.replace(stage="distill", config={**config_dict(cfg), **config_dict(train)},
                                  details={**report.details, **details},
                                  warnings=(*warnings, *report.warnings), seconds=time.perf_counter() - t0)

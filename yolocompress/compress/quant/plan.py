@@ -242,7 +242,7 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not path.is_file():
-            raise InputError(f"ONNX model not found: {path}")
+            raise InputError(f"model file not found: {path}")
         try:
             proto = onnx.load(str(path))
         except Exception as exc:  # DecodeError and friends
