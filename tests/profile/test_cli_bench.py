@@ -1,3 +1,4 @@
+import importlib.util
 import json
 from pathlib import Path
 
@@ -87,3 +88,13 @@ def test_bad_options_exit_2(option):
     with pytest.raises(SystemExit) as exc:  # argparse rejects them before anything runs
         main(["bench", str(CKPT), *option])
     assert exc.value.code == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="the openvino extra is not installed")
+def test_bench_on_openvino(tmp_path):
+    path = export_onnx(build_model("yolov5n"), tmp_path / "n.onnx", imgsz=64)
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(path), "--backend", "openvino", *FAST, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["backend"] == "openvino" and result["imgsz"] == [64, 64] and result["median_ms"] > 0
+    assert main(["bench", str(path), "--backend", "openvino", "--batch", "2", *FAST]) == 2  # fixed batch 1

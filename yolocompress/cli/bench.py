@@ -8,6 +8,7 @@ from rich.table import Table
 
 from yolocompress.cli.common import (ProgressPrinter, console, err_console, image_size, non_negative_int,
                                      positive_int, write_json)
+from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.paths import preflight
 
 if TYPE_CHECKING:  # torch is imported only when the command runs
@@ -15,7 +16,7 @@ if TYPE_CHECKING:  # torch is imported only when the command runs
 
 # the library's (compress.benchmark.BACKENDS); restated because argparse needs them before the library is
 # imported, and a test holds the two equal
-BACKENDS = ("torch", "torch-dnn", "onnxruntime")
+BACKENDS = ("torch", "torch-dnn", *ONNX_BACKENDS)
 
 
 def _table(model: str, bench: BenchResult) -> Table:
@@ -62,7 +63,8 @@ def register(subparsers) -> None:
                         "Ultralytics checkpoints; an .onnx file's own size)")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="runtime to measure (default: onnxruntime for an .onnx file, torch for a checkpoint; "
-                        "torch-dnn: the fused model with oneDNN conv+activation kernels)")
+                        "torch-dnn: the fused model with oneDNN conv+activation kernels; openvino, "
+                        "openvino-bf16: OpenVINO at fp32 / bf16 precision, with the openvino extra)")
     p.add_argument("--threads", type=positive_int, default=2, help="intra-op threads (default 2)")
     p.add_argument("--runs", type=positive_int, default=50, help="timed runs (default 50)")
     p.add_argument("--warmup", type=non_negative_int, default=10, help="untimed warm-up runs (default 10)")

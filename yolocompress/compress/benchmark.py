@@ -2,8 +2,9 @@
 how far the figure can be trusted.
 
 Backends: ``torch`` (eager), ``torch-dnn`` (the deploy form: fused, with oneDNN conv+activation kernels,
-:func:`~yolocompress.compress.onednn.accelerate_cpu`) and ``onnxruntime`` (a checkpoint is exported to a
-temporary ONNX file first). An ``.onnx`` file runs on ONNX Runtime, a ``.pt`` checkpoint on ``torch`` unless
+:func:`~yolocompress.compress.onednn.accelerate_cpu`), ``onnxruntime``, and ``openvino`` / ``openvino-bf16``
+(the ``openvino`` extra; fp32 or bf16 inference precision); for the last three a checkpoint is exported to a
+temporary ONNX file first. An ``.onnx`` file runs on ONNX Runtime, a ``.pt`` checkpoint on ``torch`` unless
 told otherwise; a checkpoint is measured at the image size it records (as ``eval`` and ``export`` do).
 
 The verdict: ``spread`` = p90 / median of the timed runs. On a quiet machine it stays within ~10%; a
@@ -19,12 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from yolocompress.errors import InputError
+from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from yolocompress.profile.latency import LatencyResult
 
-BACKENDS = ("torch", "torch-dnn", "onnxruntime")
+BACKENDS = ("torch", "torch-dnn", *ONNX_BACKENDS)
 # p90 / median up to STABLE_SPREAD: stable; up to NOISY_SPREAD: noisy; beyond: unstable.
 STABLE_SPREAD = 1.10
 NOISY_SPREAD = 1.25
@@ -101,7 +103,12 @@ def benchmark(model: str | os.PathLike, backend: str | None = None, imgsz: int |
     which ``imgsz`` must then match). Progress events (``timing``) come between the timed runs.
     """
     from yolocompress.io.checkpoint import load_model_with_info
-    from yolocompress.profile.latency import measure_ort_latency, measure_torch_latency
+    from yolocompress.profile.latency import measure_openvino_latency, measure_ort_latency, measure_torch_latency
+
+    def measure_onnx(onnx_path: Path) -> Any:
+        if backend == "onnxruntime":
+            return measure_ort_latency(onnx_path, **timing)
+        return measure_openvino_latency(onnx_path, backend=backend, **timing)
 
     backend = backend or default_backend(model)
     if backend not in BACKENDS:
@@ -109,24 +116,24 @@ def benchmark(model: str | os.PathLike, backend: str | None = None, imgsz: int |
     path = Path(model)
     timing = {"threads": threads, "warmup": warmup, "runs": runs, "batch": batch, "on_progress": on_progress}
     if path.suffix.lower() == ".onnx":
-        if backend != "onnxruntime":
+        if backend not in ONNX_BACKENDS:
             raise InputError(f"{path.name} is an ONNX model: it runs on --backend onnxruntime (the default "
-                             f"for .onnx files), not {backend}")
+                             f"for .onnx files) or {', '.join(ONNX_BACKENDS[1:])}, not {backend}")
         load = _load_average()
-        result = measure_ort_latency(path, **timing)
+        result = measure_onnx(path)
         if imgsz is not None and result.imgsz != (imgsz, imgsz):
             raise InputError(f"{path.name} has a fixed input size {result.imgsz[0]}x{result.imgsz[1]}, "
                              f"not {imgsz}x{imgsz}")
         return BenchResult(result, load, os.cpu_count() or 1)
     net, info = load_model_with_info(path)
     imgsz = imgsz or info.imgsz
-    if backend == "onnxruntime":
+    if backend in ONNX_BACKENDS:
         from yolocompress.export.onnx import export_onnx
 
         with tempfile.TemporaryDirectory(prefix="yolocompress-bench-") as tmp:
             onnx_path = export_onnx(net, Path(tmp) / f"{path.stem}.onnx", imgsz=imgsz, batch=batch)
             load = _load_average()
-            return BenchResult(measure_ort_latency(onnx_path, **timing), load, os.cpu_count() or 1)
+            return BenchResult(measure_onnx(onnx_path), load, os.cpu_count() or 1)
     if backend == "torch-dnn":
         from yolocompress.compress.fuse import fuse_model, is_fused
         from yolocompress.compress.onednn import accelerate_cpu

@@ -169,10 +169,12 @@ def measure_ort_latency(onnx_path: str | os.PathLike, threads: int = 2, warmup: 
 
 
 def measure_openvino_latency(onnx_path: str | os.PathLike, threads: int = 2, warmup: int = 10, runs: int = 50,
-                             backend: str = "openvino") -> LatencyResult:
-    """OpenVINO CPU latency of an ONNX file at batch 1 (its own fixed input size), ``threads`` inference
-    threads, one stream; ``backend`` ``"openvino"`` pins fp32 inference precision, ``"openvino-bf16"`` asks
-    for bf16 (:mod:`yolocompress.export.openvino`). The result's ``backend`` is that name."""
+                             backend: str = "openvino", batch: int = 1,
+                             on_progress: ProgressCallback | None = None) -> LatencyResult:
+    """OpenVINO CPU latency of an ONNX file (its own fixed input size; a dynamic batch takes ``batch``),
+    ``threads`` inference threads, one stream; ``backend`` ``"openvino"`` pins fp32 inference precision,
+    ``"openvino-bf16"`` asks for bf16 (:mod:`yolocompress.export.openvino`). The result's ``backend`` is that
+    name."""
     from yolocompress.export.openvino import compile_openvino
 
     _check_counts(threads, warmup, runs)
@@ -181,9 +183,11 @@ def measure_openvino_latency(onnx_path: str | os.PathLike, threads: int = 2, war
     if len(shape) != 4 or any(d is None for d in shape[1:]):
         raise InputError(f"{onnx_path}: input {model.input_name} has dynamic image dimensions {shape}; "
                          "export with a fixed image size")
-    shape[0] = shape[0] or 1
+    if shape[0] is not None and shape[0] != batch:
+        raise InputError(f"{onnx_path}: the input batch is fixed at {shape[0]}, cannot measure batch {batch}")
+    shape[0] = batch
     x = np.random.default_rng(0).random(shape, dtype=np.float32).astype(model.input_dtype)
-    times = _time_calls(lambda: model.run(x), warmup, runs)
+    times = _time_calls(lambda: model.run(x), warmup, runs, on_progress)
     return _result(times, threads, backend, (shape[2], shape[3]), shape[0])
 
 
