@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from yolocompress.errors import InputError
-from yolocompress.io.yamlfile import load_yaml_text, read_yaml_text
+from yolocompress.yamlfile import load_yaml_text, read_yaml_text
 from yolocompress.report.gate import LATENCY_BACKENDS, GateLimits
 
 RECIPE_VERSION = 1
