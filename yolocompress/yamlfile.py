@@ -59,8 +59,9 @@ def load_yaml_text(text: str, where: str = "<yaml>") -> Any:
     """Parse ``text`` with the bounds above; ``where`` names the source in error messages."""
     if len(text.encode("utf-8", errors="replace")) > MAX_BYTES:
         raise InputError(f"{where}: larger than {MAX_BYTES // (1024 * 1024)} MB; not a hand-written YAML file")
-    loader = _BoundedLoader(text, where)
+    loader = None
     try:
+        loader = _BoundedLoader(text, where)  # its reader refuses control characters at once
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -71,8 +72,14 @@ def load_yaml_text(text: str, where: str = "<yaml>") -> Any:
         raise InputError(f"{where}: not valid YAML ({first})") from None
     except RecursionError:
         raise InputError(f"{where}: YAML nested too deeply") from None
+    except (ValueError, IndexError, TypeError, KeyError, OverflowError) as exc:
+        # a tagged scalar's constructor (an empty ``!!int``, a ``!!timestamp`` of month 13) fails with a plain
+        # Python error
+        raise InputError(f"{where}: not valid YAML (a value cannot be read: {type(exc).__name__} "
+                         f"{exc})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml_text(path: str | os.PathLike, what: str = "YAML file") -> str:

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from yolocompress.errors import InputError
+
 COORD_TOL = 1e-6
 MAX_ISSUES = 50  # offending files kept in a report (the counts are always complete)
 
 
-class LabelError(Exception):
-    """A label file is malformed; the message says which line and why."""
+class LabelError(InputError):
+    """A label file is malformed; the message says which line and why (a scan skips the image)."""
 
 
 def label_path_for(image: str | os.PathLike) -> Path:
