@@ -140,6 +140,20 @@ class LabelReport:
     def skipped(self) -> int:
         return self.corrupt + self.bad_labels
 
+    def problems(self) -> tuple[str, ...]:
+        """What makes the split unfit, one phrase each with its count (empty: nothing found): corrupt images,
+        images with bad labels (both skipped), or no labelled image at all."""
+        found = []
+        if self.corrupt:
+            found.append(f"{self.corrupt} corrupt image{'s' if self.corrupt != 1 else ''} (skipped)")
+        if self.bad_labels:
+            plural = "s" if self.bad_labels != 1 else ""
+            found.append(f"{self.bad_labels} image{plural} with bad labels (skipped)")
+        if not self.ok:
+            found.append(f"no labelled image ({self.usable} usable, all background: an empty or misplaced "
+                         "labels folder?)")
+        return tuple(found)
+
     def summary(self) -> str:
         """One line: ``val: 128 images, 120 labelled, 8 background, 0 corrupt, 0 bad labels ...``."""
         text = (f"{self.split}: {self.images} images, {self.ok} labelled ({self.instances} boxes), "
