@@ -34,3 +34,7 @@ class CompressionError(YoloCompressError):
     """A run failed or a check found a regression."""
 
     exit_code = 1
+
+
+class TrainingDivergedError(CompressionError):
+    """Training met a non-finite loss, gradient or weight; the checkpoint of the last good epoch was kept."""
