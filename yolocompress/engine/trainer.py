@@ -500,7 +500,7 @@ class Trainer:
                 dist.all_reduce(p.grad)
                 p.grad /= self.ctx.world_size
         norm = nn.utils.clip_grad_norm_([*self.model.parameters(), *extra], max_norm=MAX_GRAD_NORM)
-        if not self.scaler.is_enabled() and not torch.isfinite(norm):  # (AMP's scaler skips such a step itself)
+        if not self.scaler.is_enabled() and not torch.isfinite(norm):  # (AMP's scaler skips such steps)
             raise self._diverged("gradient", epoch, where)
         self.scaler.step(self.optimizer)
         self.scaler.update()
