@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 from yolocompress.compress.quant.qat import QatConfig, quantize_qat
 from yolocompress.compress.stage import StageReport, config_dict
 from yolocompress.errors import InputError
+from yolocompress.io.workdir import work_dir
 from yolocompress.progress import ProgressCallback
 
 
@@ -160,7 +160,7 @@ def _run_export(ctx: StageContext, model: Any, configs: Mapping[str, Any]) -> tu
     cfg = configs["config"]
     t0 = time.perf_counter()
     output = ctx.work_dir / "model.onnx"
-    with tempfile.TemporaryDirectory(prefix="yc-export-", dir=ctx.work_dir) as tmp:
+    with work_dir("yc-export-", parent=ctx.work_dir) as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", imgsz=ctx.imgsz, opset=cfg.opset)
         error = verify_onnx(model, path, imgsz=ctx.imgsz)
         if error > cfg.tolerance:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
 from yolocompress.compress.prune.importance import l1_importance
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport
 from yolocompress.errors import InputError
+from yolocompress.io.workdir import work_dir
 from yolocompress.progress import ProgressCallback, report
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ def ort_latency(model: nn.Module, imgsz: int, threads: int, warmup: int = 5, run
     from yolocompress.export.onnx import export_onnx
     from yolocompress.profile.latency import measure_ort_latency
 
-    with tempfile.TemporaryDirectory(prefix="yc-prune-") as tmp:
+    with work_dir("yc-prune-") as tmp:
         path = export_onnx(model.cpu().eval(), Path(tmp) / "m.onnx", imgsz=imgsz)
         return measure_ort_latency(path, threads=threads, warmup=warmup, runs=runs)
 
@@ -272,8 +272,8 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: 
     from yolocompress.models.shapes import shape_spec
 
     before = shape_spec(model)
-    with tempfile.TemporaryDirectory(prefix="yc-prune-ft-") as tmp:
-        out_dir = cfg.finetune_dir or tmp
+    with work_dir("yc-prune-ft-") as tmp:
+        out_dir = cfg.finetune_dir or str(tmp)
         tc = TrainConfig(epochs=cfg.finetune_epochs, imgsz=cfg.imgsz, batch=cfg.finetune_batch,
                          nominal_batch=max(cfg.finetune_nominal_batch, cfg.finetune_batch),
                          device=cfg.device, workers=cfg.workers, seed=cfg.seed, out_dir=out_dir,
