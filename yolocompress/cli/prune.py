@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 # are PruneConfig's, shown in --help. ``--batch`` sets the three batch sizes, ``--exclude`` takes a list.
 CONFIG_FLAGS = ("ratio", "target_gflops", "candidates", "guided", "calib_batches", "eval_images", "finetune_epochs",
                 "round_to", "min_channels", "seed", "device", "workers", "distill", "bf16", "channels_last",
-                "latency")
+                "latency", "resume")
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneConfig)}
 
 
@@ -55,7 +55,8 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
         raise InputError("give --ratio or --target-gflops, not both")
     if Path(output).suffix.lower() != ".pt":
         raise InputError(f"output must be a .pt file, got {output}")
-    config = PruneConfig(**settings, imgsz=imgsz or DEFAULTS["imgsz"])  # validated before any loading
+    config = PruneConfig(**settings, imgsz=imgsz or DEFAULTS["imgsz"],  # validated before any loading
+                         search_log=f"{output}.search.jsonl")  # what --resume continues
     if not Path(model).is_file():
         raise InputError(f"model file not found: {model}")
     data_cfg = load_data_config(data)
@@ -175,6 +176,9 @@ def register(subparsers) -> None:
     p.add_argument("--channels-last", action="store_true", default=None, help="fine-tune in NHWC memory format")
     p.add_argument("--latency", action="store_true", default=None,
                    help="also measure ONNX Runtime latency before and after")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue a killed search recorded in OUTPUT.search.jsonl (same model, data and "
+                        "settings): sub-nets scored there are not scored again")
     p.add_argument("--cfg", default=None, help="model config for a bare state_dict")
     p.add_argument("--json", default=None, help="write the full report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -186,7 +186,8 @@ def _run_evaluate(ctx: StageContext, artifact: Any, configs: Mapping[str, Any]) 
 _TRAINER_FIELDS = frozenset({"imgsz"})
 register_stage(StageType(
     "prune", {"config": PruneConfig}, takes="torch", gives="torch", run=_run_prune, needs_unfused=True,
-    runner_fields=frozenset({"imgsz", "finetune_dir", "latency", "latency_threads", "eval_baseline"}),
+    runner_fields=frozenset({"imgsz", "finetune_dir", "latency", "latency_threads", "eval_baseline",
+                             "search_log", "resume"}),
     defaults={"finetune_epochs": 0}))
 register_stage(StageType("finetune", {"config": FinetuneConfig}, takes="torch", gives="torch", run=_run_finetune,
                          runner_fields=_TRAINER_FIELDS))
