@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +49,18 @@ def make_synthetic_data(tmp_path_factory):
         return load_data_config(synthesize_dataset(root, n_train=n_train, n_val=n_val, imgsz=64, seed=0))
 
     return make
+
+
+@pytest.fixture
+def kill_when_written():
+    """``kill(argv, path, env)``: start the command ``argv`` and SIGKILL it as soon as the file ``path``
+    exists (or when it has ended by itself, or after 300 s)."""
+    def kill(argv: list[str], path: Path, env: dict[str, str]) -> None:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 300
+        while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    return kill

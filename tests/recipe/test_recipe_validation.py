@@ -73,6 +73,17 @@ BAD_RECIPES = [
     ("--set out of range", None, ["--set", "stages.0.prune.ratio=2"], "ratio must be strictly between 0 and 1"),
     ("--set without =", None, ["--set", "stages.0.prune.ratio"], "expected KEY=VALUE"),
     ("fused input for prune", None, ["--model", "FUSED"], "stages[0].prune: the input model is fused"),
+    ("unknown distill method", "stages:\n  - finetune: {epochs: 1, distill: {method: logits}}\n", [],
+     "stages[0].finetune.distill: method must be one of output, feature, both"),
+    ("unknown distill key", "stages:\n  - finetune: {distill: {feature_weigth: 1}}\n", [],
+     "stages[0].finetune.distill.feature_weigth: unknown key; did you mean 'feature_weight'?"),
+    ("distill method as a string", "stages:\n  - quantize: {method: qat, distill: feature}\n", [],
+     "stages[0].quantize.distill: expected a number or a mapping of method, feature_layers"),
+    ("negative distill weight", "stages:\n  - prune: {ratio: 0.5, distill: -1}\n", [],
+     "stages[0].prune: distill must be a weight >= 0"),
+    ("distill layers not integers",
+     "stages:\n  - finetune: {distill: {method: feature, feature_layers: [a]}}\n", [],
+     "stages[0].finetune.distill.feature_layers: expected a list of integers or null"),
 ]
 
 
@@ -149,3 +160,23 @@ def test_dry_run_fills_defaults_and_overrides_win(tiny_checkpoint, recipe_data, 
     configs = {s.name: s.configs for s in loaded.plan.stages}
     assert configs["prune"]["config"].imgsz == 96 and configs["quantize"]["quant"].imgsz == 96
     assert configs["quantize"]["qat"].seed == 3
+
+
+def test_a_weight_or_the_distill_settings_in_finetune_prune_and_qat(tiny_checkpoint, recipe_data, tmp_path):
+    from yolocompress.compress.distill import DistillConfig
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent("""\
+        stages:
+          - prune: {ratio: 0.5, distill: 0.5}
+          - finetune: {epochs: 1, distill: {method: both, feature_layers: [17, 20], feature_weight: 0.5}}
+          - quantize: {method: qat, distill: {method: feature, temperature: 2}}
+    """))
+    loaded = load_recipe(recipe, model=tiny_checkpoint, data=recipe_data.yaml_path)
+    configs = {s.name: s.configs for s in loaded.plan.stages}
+    assert configs["prune"]["config"].distill == 0.5  # the plain weight: output KD, as before
+    assert configs["finetune"]["config"].distill == DistillConfig(method="both", feature_layers=(17, 20),
+                                                                  feature_weight=0.5)
+    assert configs["quantize"]["qat"].distill == DistillConfig(method="feature", temperature=2.0)
+    finetune = next(iter(loaded.plan.resolved()["stages"][1].values()))
+    assert finetune["distill"]["feature_layers"] == [17, 20]

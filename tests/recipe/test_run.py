@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -111,18 +109,14 @@ def test_changed_stage_reruns_with_the_stages_after_it(finished_run, recipe_file
 
 @pytest.mark.slow
 def test_kill_during_finetune_then_resume_matches_an_uninterrupted_run(finished_run, recipe_file, tiny_checkpoint,
-                                                                        recipe_data, tmp_path):
+                                                                        recipe_data, tmp_path,
+                                                                        kill_when_written):
     out = tmp_path / "killed"
     argv = [sys.executable, "-m", "yolocompress", "run", str(recipe_file), "--model", str(tiny_checkpoint),
             "--data", str(recipe_data.yaml_path), "--out", str(out), "--set", "measure.latency=[]"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     last = out / "02-finetune/train/weights/last.pt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_written(argv, last, env)
     assert last.exists(), "the fine-tune never wrote its first checkpoint"
     assert not (out / "02-finetune/report.json").exists(), "the run finished before it could be killed"
     for partial in out.rglob("*"):  # nothing half-written under a final name

@@ -188,3 +188,27 @@ def test_load_report_messages(tmp_path, run_dir):
         load_report(tmp_path / "bad.json")
     with pytest.raises(InputError, match="not found"):
         load_report(tmp_path / "missing")
+
+
+def test_openvino_columns_only_when_measured():
+    plain = Console(record=True, width=220)
+    plain.print(pipeline_table(REPORT))
+    assert "OpenVINO ms" not in plain.export_text() and "OpenVINO" not in pipeline_markdown(REPORT)
+
+    report = copy.deepcopy(REPORT)
+    report["rows"][0]["latency"]["openvino"] = _latency(4.0, 4.2)
+    report["rows"][3]["latency"]["openvino"] = _latency(3.2, 3.4)
+    report["rows"][3]["latency"]["openvino-bf16"] = _latency(2.2, 2.4)
+    rows = report_rows(report)
+    assert [r["ov_ms"] for r in rows] == [4.0, None, None, 3.2]
+    assert [r["ov_bf16_ms"] for r in rows] == [None, None, None, 2.2]
+    assert rows[3]["latency_x"] == pytest.approx(2.6 / 5.0)  # the ratio stays ONNX Runtime's
+    console = Console(record=True, width=240)
+    console.print(pipeline_table(report))
+    text = console.export_text()
+    assert "OpenVINO ms" in text and "OV bf16 ms" in text
+    quant = next(line for line in text.splitlines() if "quantize" in line)
+    assert "2.60" in quant and "3.20" in quant and "2.20" in quant
+    md = pipeline_markdown(report)
+    header = next(line for line in md.splitlines() if line.startswith("| stage |"))
+    assert header.count("|") == 14 and "| OpenVINO ms | OV bf16 ms |" in header

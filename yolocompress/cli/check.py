@@ -7,6 +7,7 @@ import dataclasses
 from rich.table import Table
 
 from yolocompress.cli.common import console, print_gate, write_json
+from yolocompress.report.gate import LATENCY_BACKENDS
 
 # (flag, GateLimits field, help)
 LIMIT_FLAGS = (
@@ -63,7 +64,7 @@ def register(subparsers) -> None:
     p.add_argument("--baseline", default=None, metavar="BASE", help="a stored report.json (or run folder) to compare with")
     for flag, field, text in LIMIT_FLAGS:
         p.add_argument(flag, dest=field, type=float, default=None, help=text)
-    p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
+    p.add_argument("--backend", choices=LATENCY_BACKENDS, default="onnxruntime",
                    help="latency figure of --max-latency-ratio (default onnxruntime)")
     p.add_argument("--tolerance", type=float, default=0.02,
                    help="relative margin of 'smaller' and 'faster' in the dominance check (default 0.02)")

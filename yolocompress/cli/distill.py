@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from yolocompress.cli.common import ProgressPrinter, console, err_console, image_size, positive_int, write_json
+from yolocompress.compress.distill.config import METHODS
 from yolocompress.errors import InputError
 
 
@@ -17,6 +18,46 @@ def _layers(text: str) -> tuple[int, ...] | None:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'auto' or layer indices such as 17,20,23, got {text!r}") from None
+
+
+FEATURE_FLAGS = ("feature_layers", "feature_weight", "temperature")
+
+
+def add_method_flags(p: argparse.ArgumentParser, stage: str) -> None:
+    """``--distill-method``, ``--feature-layers``, ``--feature-weight``, ``--temperature``: the distillation
+    choice of ``distill`` for a command whose ``--distill W`` is the output-KD weight (``stage``: its name
+    in the help)."""
+    p.add_argument("--distill-method", choices=METHODS, default=None,
+                   help=f"{stage}: distill output (the head), feature (CWD of the neck outputs, connectors "
+                        "where channels differ) or both, with --distill as the output-KD weight (default: "
+                        "output KD at --distill's weight)")
+    _feature_flags(p, None)
+
+
+def _feature_flags(p: argparse.ArgumentParser, default: float | None) -> None:
+    """``--feature-layers``, ``--feature-weight``, ``--temperature`` (``default``: of the last two; the
+    library's 1 either way)."""
+    p.add_argument("--feature-layers", type=_layers, default=None, metavar="auto|17,20,23",
+                   help="layers for feature KD (default auto: the layers that feed Detect)")
+    p.add_argument("--feature-weight", type=float, default=default, metavar="W",
+                   help="feature-KD weight (default 1)")
+    p.add_argument("--temperature", type=float, default=default, metavar="T",
+                   help="CWD temperature (default 1)")
+
+
+def distill_option(weight: float | None, args: argparse.Namespace) -> Any:
+    """The stage's ``distill`` setting from ``--distill W`` (``weight``) and :func:`add_method_flags`' flags:
+    the plain weight (``None``: not given) without ``--distill-method``, else a ``DistillConfig``."""
+    from yolocompress.compress.distill import DistillConfig
+
+    given = [f"--{name.replace('_', '-')}" for name in FEATURE_FLAGS if getattr(args, name) is not None]
+    if args.distill_method in (None, "output") and given:
+        raise InputError(f"{', '.join(given)} set feature distillation: add --distill-method feature or both")
+    if args.distill_method is None:
+        return weight
+    feature = {name: getattr(args, name) for name in FEATURE_FLAGS if getattr(args, name) is not None}
+    return DistillConfig(method=args.distill_method, weight=1.0 if weight is None else weight,
+                         check_teacher=False, **feature)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -59,6 +100,9 @@ def _print(report: dict[str, Any], output: str) -> None:
     if d.get("connectors"):
         console.print("connectors (student -> teacher channels): " +
                       ", ".join(f"layer {i}: {s} -> {t}" for i, (s, t) in d["connectors"].items()))
+    if d.get("teacher_forward_s_per_epoch") is not None:
+        console.print(f"teacher forward (the KD overhead): {d['teacher_forward_s_per_epoch']:.3g} s per "
+                      f"epoch, {100 * d['teacher_forward_share']:.0f}% of the training time")
     if "metrics/mAP_0.5:0.95" in last:
         console.print(f"val mAP50-95 after the last epoch: {last['metrics/mAP_0.5:0.95']:.4f} "
                       f"(best epoch {d['best_epoch'] + 1})")
@@ -77,13 +121,10 @@ def register(subparsers) -> None:
     p.add_argument("--teacher", required=True, help="teacher checkpoint (.pt)")
     p.add_argument("--data", required=True, help="data.yaml")
     p.add_argument("-o", "--output", required=True, help="distilled student to write (.pt, our format)")
-    p.add_argument("--method", choices=("output", "feature", "both"), default="feature",
+    p.add_argument("--method", choices=METHODS, default="feature",
                    help="what to distill (default feature)")
-    p.add_argument("--feature-layers", type=_layers, default=None, metavar="auto|17,20,23",
-                   help="layers for feature KD (default auto: the layers that feed Detect)")
-    p.add_argument("--weight", type=float, default=1.0, help="output-KD weight (default 1)")
-    p.add_argument("--feature-weight", type=float, default=1.0, help="feature-KD weight (default 1)")
-    p.add_argument("--temperature", type=float, default=1.0, help="CWD temperature (default 1)")
+    p.add_argument("--weight", type=float, default=1.0, metavar="W", help="output-KD weight (default 1)")
+    _feature_flags(p, 1.0)
     p.add_argument("--epochs", type=positive_int, default=20, help="training epochs (default 20)")
     p.add_argument("--imgsz", type=image_size, default=None, help="image size (default: the student's, else "
                                                                   "the teacher's recorded size)")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from yolocompress.cli.common import ProgressPrinter, console, image_size, positive_int, write_json
 from yolocompress.errors import InputError
+from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.report.tables import eval_table
 
 if TYPE_CHECKING:  # torch is imported only when the command runs
@@ -25,8 +26,10 @@ def _fraction(text: str) -> float:
 
 def run(model: str, data: str, imgsz: int | None = None, batch: int = 32, conf: float = 0.001,
         iou: float = 0.6, split: str = "val", max_det: int = 300, threads: int | None = None,
-        device: str = "cpu", workers: int = 0, on_progress: Any = None) -> EvalResult:
-    """Evaluate ``model`` (``.pt`` or ``.onnx``) on ``split`` of ``data`` (a ``data.yaml``)."""
+        device: str = "cpu", workers: int = 0, on_progress: Any = None, backend: str = "onnxruntime"
+        ) -> EvalResult:
+    """Evaluate ``model`` (``.pt`` or ``.onnx``) on ``split`` of ``data`` (a ``data.yaml``); an ``.onnx`` file
+    runs on ``backend`` (``onnxruntime``, ``openvino`` or ``openvino-bf16``)."""
     import torch
 
     from yolocompress.engine.evaluator import evaluate_model
@@ -40,16 +43,19 @@ def run(model: str, data: str, imgsz: int | None = None, batch: int = 32, conf: 
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda requested but no CUDA device is available")
     return evaluate_model(model, data, split=split, imgsz=imgsz, batch=batch, conf_thres=conf, iou_thres=iou,
-                          max_det=max_det, device=device, threads=threads, workers=workers, on_progress=on_progress)
+                          max_det=max_det, device=device, threads=threads, workers=workers, on_progress=on_progress,
+                          backend=backend)
 
 
 def _main(args: argparse.Namespace) -> int:
     result = run(args.model, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
                  split=args.split, max_det=args.max_det, threads=args.threads, device=args.device,
-                 workers=args.workers, on_progress=ProgressPrinter())
+                 workers=args.workers, on_progress=ProgressPrinter(), backend=args.backend)
     console.print(eval_table(args.model, result))
     report: dict[str, Any] = {"model": str(args.model), "data": str(args.data), "split": args.split,
                               **result.to_dict()}
+    if args.model.lower().endswith(".onnx"):
+        report["backend"] = args.backend
     write_json(report, args.json)
     return 0
 
@@ -71,6 +77,9 @@ def register(subparsers) -> None:
     p.add_argument("--split", choices=("val", "test", "train"), default="val", help="split to evaluate")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (PyTorch, or ONNX Runtime intra-op; default: the runtime's own)")
+    p.add_argument("--backend", choices=ONNX_BACKENDS, default="onnxruntime",
+                   help="runtime of an .onnx MODEL: onnxruntime (default), openvino (fp32 inference precision) "
+                        "or openvino-bf16 (needs the openvino extra)")
     p.add_argument("--device", default="cpu", help="PyTorch device, e.g. cpu or cuda:0 (default cpu)")
     p.add_argument("--workers", type=int, default=0, help="image loading worker processes (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from yolocompress.cli.common import image_size, positive_int
+from yolocompress.cli.distill import add_method_flags, distill_option
 from yolocompress.compress.prune.pruner import PruneConfig
 from yolocompress.errors import InputError
 
@@ -31,6 +32,9 @@ def prune_settings(args: argparse.Namespace) -> dict[str, Any]:
         settings.update(calib_batch=args.batch, eval_batch=args.batch, finetune_batch=args.batch)
     if args.exclude:
         settings["exclude"] = tuple(e.strip() for e in args.exclude.split(",") if e.strip())
+    distill = distill_option(args.distill, args)  # --distill W, or the --distill-method settings
+    if distill is not None:
+        settings["distill"] = distill
     return settings
 
 
@@ -172,6 +176,7 @@ def register(subparsers) -> None:
     p.add_argument("--distill", type=float, default=None, metavar="W",
                    help=f"fine-tune with output distillation from the unpruned model at weight W "
                         f"(0: labels only; default {DEFAULTS['distill']})")
+    add_method_flags(p, "fine-tune")
     p.add_argument("--bf16", action="store_true", default=None, help="fine-tune with CPU bf16 autocast (AMX CPUs)")
     p.add_argument("--channels-last", action="store_true", default=None, help="fine-tune in NHWC memory format")
     p.add_argument("--latency", action="store_true", default=None,

@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from yolocompress.cli.common import console, err_console, image_size, positive_int, write_json
+from yolocompress.cli.distill import add_method_flags, distill_option
 from yolocompress.errors import InputError
+from yolocompress.export.openvino import ONNX_BACKENDS
 
 if TYPE_CHECKING:  # onnxruntime and torch are imported only when the command runs
+    from yolocompress.compress.distill.config import DistillConfig
     from yolocompress.compress.quant.sensitivity import SensitivityReport
     from yolocompress.compress.stage import StageReport
 
@@ -21,16 +24,18 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         exclude: Sequence[str] = (), silu: str = "int8", stem: str = "float", head: str = "int8",
         activations: str = "u8", sensitivity: bool = False, auto_exclude: int = 0,
         sensitivity_images: int = 128, epochs: int = 3, lr: float = 1e-4, batch: int = 16,
-        workers: int = 0, distill: float = 1.0, labels: bool = False
+        workers: int = 0, distill: float | DistillConfig = 1.0, labels: bool = False,
+        tune_backend: str = "onnxruntime", float_prefix: int | str = 0
         ) -> tuple[StageReport, SensitivityReport | None]:
     """Quantize ``model`` (``.pt`` or fp32 ``.onnx``) to int8 and write it to ``output`` (``.onnx``).
 
     With ``sensitivity`` (or ``auto_exclude`` k > 0) the planned int8 convolutions are first ranked by the
     mAP50-95 each one costs (on ``sensitivity_images`` training images); ``auto_exclude`` keeps the worst k
     float. ``method="qat"`` fine-tunes with fake quantization first (``epochs``, ``lr``, ``batch``; the loss
-    is distillation from the float model with weight ``distill`` plus, with ``labels``, the detection loss;
-    needs a ``.pt`` model). ``imgsz`` defaults to a checkpoint's training size. Returns the ``quantize``
-    :class:`~yolocompress.compress.stage.StageReport` and the sensitivity report (or None).
+    is distillation from the float model, ``distill``: the output-KD weight or a ``DistillConfig``, plus,
+    with ``labels``, the detection loss; needs a ``.pt`` model). ``imgsz`` defaults to a checkpoint's training
+    size. Returns the ``quantize`` :class:`~yolocompress.compress.stage.StageReport` and the sensitivity
+    report (or None).
     """
     from yolocompress.compress.quant import sensitivity as sens
     from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
@@ -54,7 +59,8 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
                              f"not {imgsz}x{imgsz}; export it again at --imgsz {imgsz}")
     config = QuantConfig(calibration=calibration, calib_images=calib_images, per_channel=per_channel,
                          activation_type=activations, silu=silu, stem=stem, head=head, exclude=tuple(exclude),
-                         imgsz=imgsz)  # None: a .pt checkpoint is exported at its training size
+                         imgsz=imgsz,  # None: a .pt checkpoint is exported at its training size
+                         tune_backend=tune_backend, float_prefix=float_prefix)
     ranking = None
     if auto_exclude:
         config, ranking = sens.auto_exclude(model, data, auto_exclude, config, images=sensitivity_images)
@@ -72,6 +78,15 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         qat = QatConfig(epochs=epochs, lr=lr, batch=batch, workers=workers, distill=distill, labels=labels)
         return quantize_qat(net, data, config, qat, output=output)[1], ranking
     return quantize_ptq(model, data, config, output=output)[1], ranking
+
+
+def _prefix(text: str) -> int | str:
+    """argparse type of --float-prefix: a layer count >= 0 or 'auto'."""
+    if text == "auto":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a layer count >= 0 or 'auto', got {text!r}")
+    return int(text)
 
 
 def _db(value: float | None) -> float:
@@ -94,6 +109,10 @@ def _print(report: StageReport) -> None:
                   f"calibration images: {sqnr:.1f} dB (scores {score_sqnr:.1f} dB); "
                   f"{d['calib_images']} images, {report.config['calibration']} calibration, "
                   f"{report.seconds:.1f} s")
+    tuning = d.get("autotune")
+    if tuning:
+        console.print(f"plan chosen on {tuning['cpu']} with {tuning['backend']}, {tuning['threads']} threads: "
+                      f"{tuning['reason']}")
     qat = d.get("qat")
     if qat:
         console.print(f"QAT: {qat['epochs']} epochs at lr {qat['lr']}; ONNX Runtime int8 vs torch "
@@ -118,7 +137,8 @@ def _main(args: argparse.Namespace) -> int:
                           head=args.head, activations=args.activations, sensitivity=args.sensitivity,
                           auto_exclude=args.auto_exclude, sensitivity_images=args.sensitivity_images,
                           epochs=args.epochs, lr=args.lr, batch=args.batch, workers=args.workers,
-                          distill=args.distill, labels=args.labels)
+                          distill=distill_option(args.distill, args), labels=args.labels,
+                          tune_backend=args.tune_backend, float_prefix=args.float_prefix)
     if ranking is not None:
         _print_ranking(ranking)
     _print(report)
@@ -152,10 +172,16 @@ def register(subparsers) -> None:
     p.add_argument("--exclude", nargs="+", action="append", metavar="NAME",
                    help="keep these float: module paths (model.17, model.17.cv3.conv) or ONNX node names; "
                         "a name that matches nothing is an error")
-    p.add_argument("--silu", choices=("int8", "float"), default="int8",
-                   help="SiLU as QLinearSigmoid + QLinearMul (int8, default) or in float")
-    p.add_argument("--stem", choices=("int8", "float"), default="float",
-                   help="the first conv (3-channel image input): float (default; faster on x86) or int8")
+    p.add_argument("--silu", choices=("int8", "float", "auto"), default="int8",
+                   help="SiLU as QLinearSigmoid + QLinearMul (int8, default), in float, or auto: time both "
+                        "plans on this machine (--tune-backend) and keep the faster within 1 dB SQNR")
+    p.add_argument("--stem", choices=("int8", "float", "auto"), default="float",
+                   help="the first conv (3-channel image input): float (default; faster on x86), int8, or auto")
+    p.add_argument("--float-prefix", type=_prefix, default=0, metavar="N|auto",
+                   help="keep the first N layers float (model.0 .. model.N-1; default 0), or auto: try 0, 1, 2")
+    p.add_argument("--tune-backend", choices=ONNX_BACKENDS, default="onnxruntime",
+                   help="runtime that --silu/--stem auto time the candidates on: where the file will run "
+                        "(default onnxruntime)")
     p.add_argument("--head", choices=("int8", "float"), default="int8",
                    help="the Detect output convs: int8 input and weights in an integer kernel with a float "
                         "output (default) or fully float; their outputs and the box decoding stay float")
@@ -172,6 +198,7 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="QAT initial learning rate (default 1e-4)")
     p.add_argument("--distill", type=float, default=1.0, metavar="W",
                    help="QAT: weight of distillation from the float model (default 1; 0: labels only)")
+    add_method_flags(p, "QAT")
     p.add_argument("--labels", action="store_true",
                    help="QAT: add the detection loss on the training labels (default: distillation only)")
     p.add_argument("--batch", type=positive_int, default=16, help="QAT batch size (default 16)")

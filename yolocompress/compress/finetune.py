@@ -1,8 +1,10 @@
 """The fine-tune stage: train a compressed model back towards its accuracy with the project's ``Trainer``.
 
 ``finetune(model, data, FinetuneConfig(epochs=20), teacher=None)`` returns ``(tuned model, StageReport)``.
-With ``distill > 0`` and a ``teacher`` (in a recipe: the unpruned input model), the detection loss is joined
-by output distillation (:class:`~yolocompress.compress.distill.output.OutputDistillation`). The Trainer's run
+With ``distill`` (a weight ``W > 0``: output KD at ``W``; or a
+:class:`~yolocompress.compress.distill.config.DistillConfig`: output, feature or both) and a ``teacher`` (in a
+recipe: the unpruned input model), the detection loss is joined by the distillation terms
+(:func:`~yolocompress.compress.distill.config.distill_terms`). The Trainer's run
 folder is a temporary one unless ``out_dir`` is given; there ``weights/last.pt`` is written every epoch and
 ``resume=True`` continues a killed run from it (bit-exactly on the CPU).
 """
@@ -16,6 +18,8 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from yolocompress.compress.distill.config import (DistillConfig, as_distill_config, distill_json,
+                                                  distill_terms, kd_warnings, teacher_overhead)
 from yolocompress.compress.stage import ModelSnapshot, StageReport, config_dict
 from yolocompress.errors import InputError
 from yolocompress.io.workdir import work_dir
@@ -34,7 +38,9 @@ class FinetuneConfig:
         warmup_epochs: learning-rate warm-up (``None``: YOLOv5's 3 epochs, made for training from scratch;
             a short fine-tune of a trained model spends most of itself warming up with that).
         close_mosaic: mosaic augmentation off for the last N epochs (``None``: half of ``epochs``).
-        distill: weight of output distillation from the teacher (0: labels only).
+        distill: distillation from the teacher: a weight ``W`` (output KD at ``W``; 0: labels only) or a
+            :class:`~yolocompress.compress.distill.config.DistillConfig` (``method`` output, feature or both;
+            its ``check_teacher`` is the ``distill`` stage's).
         cos_lr: cosine learning-rate decay instead of linear.
         bf16, channels_last: CPU bf16 autocast / NHWC memory format (see ``TrainConfig``).
         val: evaluate every epoch and return the best epoch's EMA weights (else the last).
@@ -48,7 +54,7 @@ class FinetuneConfig:
     lr0: float | None = None
     warmup_epochs: float | None = None
     close_mosaic: int | None = None
-    distill: float = 0.0
+    distill: float | DistillConfig = 0.0
     cos_lr: bool = False
     bf16: bool = False
     channels_last: bool = False
@@ -69,13 +75,12 @@ class FinetuneConfig:
             raise InputError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.close_mosaic is not None and int(self.close_mosaic) < 0:
             raise InputError(f"close_mosaic must be >= 0, got {self.close_mosaic}")
-        if not float(self.distill) >= 0:
-            raise InputError(f"distill must be >= 0, got {self.distill}")
+        as_distill_config(self.distill)  # a weight >= 0 or a DistillConfig
         if int(self.workers) < 0:
             raise InputError(f"workers must be >= 0, got {self.workers}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "distill": distill_json(self.distill)}
 
 
 def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, teacher: nn.Module | None = None,
@@ -85,17 +90,18 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
 
     Args:
         config: :class:`FinetuneConfig`; ``imgsz`` must be set (a recipe sets it).
-        teacher: the distillation teacher (needed when ``config.distill > 0``).
+        teacher: the distillation teacher (needed when ``config.distill`` asks for distillation).
         out_dir: keep the Trainer's run folder (``weights/last.pt``, ``best.pt``, ``results.csv``) here.
         resume: continue from ``out_dir/weights/last.pt`` when it exists.
         on_progress: the Trainer's progress events (see ``Trainer``).
-        extra_losses: further trainer loss terms (e.g. feature distillation), after the output
-            distillation that ``config.distill`` adds.
+        extra_losses: further trainer loss terms, after the distillation terms ``config.distill`` adds.
     Returns:
         ``(best EMA model in eval mode on the CPU, StageReport)``; ``details``: ``epochs_completed``,
-        ``best_epoch``, ``best_fitness``, ``resumed_from_epoch`` (or None) and the per-epoch ``history``.
+        ``best_epoch``, ``best_fitness``, ``resumed_from_epoch`` (or None) and the per-epoch ``history``;
+        with distillation also ``method``, ``feature_layers``, ``connectors``, the KD overhead of the epochs
+        trained by this call (``teacher_forward_s_per_epoch``, ``teacher_forward_share`` of the training time)
+        and warnings when a KD term of epoch 1 is under 1% or over 100x of the detection loss.
     """
-    from yolocompress.compress.distill.output import OutputDistillation
     from yolocompress.data.config import as_data_config
     from yolocompress.engine.loss import Hyp
     from yolocompress.engine.trainer import TrainConfig, Trainer, load_checkpoint
@@ -106,12 +112,14 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
     cfg = config or FinetuneConfig()
     if cfg.imgsz is None:
         raise InputError("finetune needs an image size (FinetuneConfig.imgsz)")
-    if cfg.distill > 0 and teacher is None:
-        raise InputError("finetune with distill > 0 needs a teacher model")
+    kd = as_distill_config(cfg.distill)
+    if kd is not None and teacher is None:
+        raise InputError("finetune with distill needs a teacher model")
     t0 = time.perf_counter()
     before = shape_spec(model)
     hyp = Hyp(**{k: float(v) for k, v in (("lr0", cfg.lr0), ("warmup_epochs", cfg.warmup_epochs)) if v is not None})
-    extra = [OutputDistillation(teacher, weight=cfg.distill)] if cfg.distill > 0 else []
+    extra, kd_details = (distill_terms(kd, teacher, model, int(cfg.imgsz), cfg.seed) if kd is not None
+                         else ([], {}))
     extra += list(extra_losses)
     data = as_data_config(data)
     with work_dir("yc-finetune-") as tmp:
@@ -139,11 +147,14 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
     if shape_spec(tuned) != before:  # the Trainer must not change the architecture
         raise RuntimeError("fine-tuning changed the model's architecture")
     params = int(count_params(tuned).total)
+    trained_now = [r for r in summary["history"] if r["epoch"] >= (resumed_epoch or 0)]  # by this call
     report = StageReport(
         stage="finetune", config=config_dict(cfg), seconds=time.perf_counter() - t0,
         before=ModelSnapshot(imgsz=int(cfg.imgsz), params=params),
         after=ModelSnapshot(imgsz=int(cfg.imgsz), params=params),
-        details={**summary, "resumed_from_epoch": resumed_epoch, "teacher": cfg.distill > 0 or bool(extra_losses)})
+        details={**summary, "resumed_from_epoch": resumed_epoch, "teacher": bool(extra), **kd_details,
+                 **teacher_overhead(extra, trained_now)},
+        warnings=tuple(kd_warnings(summary["history"])))
     return tuned, report
 
 

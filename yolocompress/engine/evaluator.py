@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from yolocompress.engine.metrics import IOU_THRESHOLDS, ap_per_class, fitness, match_predictions
 from yolocompress.engine.nms import non_max_suppression, xywh2xyxy
-from yolocompress.engine.predictors import OnnxPredictor, Predictor, TorchPredictor
+from yolocompress.engine.predictors import OnnxPredictor, OpenVinoPredictor, Predictor, TorchPredictor
+from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.errors import InputError
 from yolocompress.progress import ProgressCallback, report
 from yolocompress.io.checkpoint import DEFAULT_IMGSZ  # when neither the caller nor the model says
@@ -229,6 +230,7 @@ def evaluate_model(
     workers: int = 0,
     label_cache: bool = True,
     on_progress: ProgressCallback | None = None,
+    backend: str = "onnxruntime",
 ) -> EvalResult:
     """Evaluate a model, a checkpoint or an ONNX file on a split of a ``data.yaml``.
 
@@ -242,7 +244,9 @@ def evaluate_model(
         model_or_path: a detector module, a ``.pt`` checkpoint (ours or Ultralytics') or an ``.onnx`` file.
         data_yaml: a ``data.yaml`` path or a ``DataConfig``.
         split: ``val``, ``test`` or ``train``.
-        threads: ONNX Runtime intra-op threads (PyTorch uses the process setting).
+        threads: ONNX Runtime / OpenVINO inference threads (PyTorch uses the process setting).
+        backend: the runtime of an ``.onnx`` file: ``"onnxruntime"``, ``"openvino"`` (fp32 inference
+            precision) or ``"openvino-bf16"`` (:mod:`yolocompress.export.openvino`); ignored for PyTorch models.
         workers: loader worker processes.
         label_cache: read/write the label scan cache beside the labels.
         on_progress: see :func:`evaluate`.
@@ -252,7 +256,7 @@ def evaluate_model(
     from yolocompress.data.loaders import build_eval_loader
 
     data = as_data_config(data_yaml)
-    predictor, stride, rect, imgsz = _predictor_for(model_or_path, data.nc, imgsz, device, half, threads)
+    predictor, stride, rect, imgsz = _predictor_for(model_or_path, data.nc, imgsz, device, half, threads, backend)
     loader = build_eval_loader(data, split, imgsz=imgsz, batch=batch, stride=stride, pad=0.5, rect=rect,
                                workers=workers, label_cache=label_cache)
     return evaluate(predictor, loader, data.nc, data.names, conf_thres=conf_thres, iou_thres=iou_thres,
@@ -260,7 +264,7 @@ def evaluate_model(
 
 
 def _predictor_for(model_or_path: nn.Module | str | os.PathLike, nc: int, imgsz: int | None,
-                   device: str | torch.device, half: bool, threads: int | None
+                   device: str | torch.device, half: bool, threads: int | None, backend: str = "onnxruntime"
                    ) -> tuple[Predictor, int, bool, int]:
     """The predictor for a model or file, and the loader settings it needs: predictor, stride, rect, imgsz."""
     if isinstance(model_or_path, nn.Module):
@@ -270,7 +274,7 @@ def _predictor_for(model_or_path: nn.Module | str | os.PathLike, nc: int, imgsz:
         if not path.is_file():
             raise InputError(f"model file not found: {path}")
         if path.suffix.lower() == ".onnx":
-            return _onnx_predictor_for(path, nc, imgsz or DEFAULT_IMGSZ, threads)
+            return _onnx_predictor_for(path, nc, imgsz or DEFAULT_IMGSZ, threads, backend)
         from yolocompress.io.checkpoint import load_model_with_info
 
         model, info = load_model_with_info(path)
@@ -283,11 +287,16 @@ def _predictor_for(model_or_path: nn.Module | str | os.PathLike, nc: int, imgsz:
     return TorchPredictor(model, device, half=half), stride, True, imgsz or DEFAULT_IMGSZ
 
 
-def _onnx_predictor_for(path: Path, nc: int, imgsz: int,
-                        threads: int | None) -> tuple[Predictor, int, bool, int]:
+def _onnx_predictor_for(path: Path, nc: int, imgsz: int, threads: int | None,
+                        backend: str = "onnxruntime") -> tuple[Predictor, int, bool, int]:
     from yolocompress.export.onnx import read_onnx_metadata
 
-    predictor = OnnxPredictor(path, threads=threads)
+    if backend == "onnxruntime":
+        predictor: OnnxPredictor | OpenVinoPredictor = OnnxPredictor(path, threads=threads)
+    elif backend in ONNX_BACKENDS:
+        predictor = OpenVinoPredictor(path, threads=threads, backend=backend)
+    else:
+        raise InputError(f"unknown backend {backend!r} for an ONNX file; choose from {', '.join(ONNX_BACKENDS)}")
     meta = read_onnx_metadata(path)
     if meta.names is not None and len(meta.names) != nc:
         raise InputError(f"{path.name} predicts {len(meta.names)} classes but the data set has {nc}")

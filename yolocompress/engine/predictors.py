@@ -92,7 +92,36 @@ def onnx_input_shape(session_or_path) -> OnnxInputShape:
     return OnnxInputShape(first.name, batch, height, width)
 
 
-class OnnxPredictor:
+class _ArrayPredictor:
+    """Shared by the ONNX Runtime and OpenVINO predictors: batching against a fixed input batch, the image
+    size check, numpy in and out. Subclasses set ``input_shape`` and ``_dtype`` and implement ``_run``."""
+
+    input_shape: OnnxInputShape
+    _dtype: type = np.float32
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, imgs: Tensor) -> Tensor:
+        shape = self.input_shape
+        if shape.static_size and tuple(imgs.shape[2:]) != (shape.height, shape.width):
+            raise InputError(f"ONNX model takes {shape.height}x{shape.width} images, got "
+                             f"{imgs.shape[2]}x{imgs.shape[3]}: build the loader square (rect=False) at "
+                             "that size")
+        array = imgs.detach().cpu().numpy().astype(self._dtype, copy=False)
+        step = shape.batch if shape.batch is not None else len(array)
+        outputs = []
+        for start in range(0, len(array), step):
+            chunk = array[start:start + step]
+            n = len(chunk)
+            if n < step:  # a fixed batch larger than what is left: pad with blank images, drop their rows
+                chunk = np.concatenate((chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)))
+            outputs.append(self._run(chunk)[:n])
+        out = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, 0)
+        return torch.from_numpy(np.ascontiguousarray(out)).float()
+
+
+class OnnxPredictor(_ArrayPredictor):
     """Run an exported ONNX detector with ONNX Runtime (CPU).
 
     With a fixed batch dimension the batch is run in chunks of that size (one image at a time for the
@@ -114,20 +143,35 @@ class OnnxPredictor:
         input_type = self.session.get_inputs()[0].type
         self._dtype = np.float16 if "float16" in input_type else np.float32
 
-    def __call__(self, imgs: Tensor) -> Tensor:
-        shape = self.input_shape
-        if shape.static_size and tuple(imgs.shape[2:]) != (shape.height, shape.width):
-            raise InputError(f"ONNX model takes {shape.height}x{shape.width} images, got "
-                             f"{imgs.shape[2]}x{imgs.shape[3]}: build the loader square (rect=False) at "
-                             "that size")
-        array = imgs.detach().cpu().numpy().astype(self._dtype, copy=False)
-        step = shape.batch if shape.batch is not None else len(array)
-        outputs = []
-        for start in range(0, len(array), step):
-            chunk = array[start:start + step]
-            n = len(chunk)
-            if n < step:  # a fixed batch larger than what is left: pad with blank images, drop their rows
-                chunk = np.concatenate((chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)))
-            outputs.append(self.session.run([self.output_name], {shape.name: chunk})[0][:n])
-        out = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, 0)
-        return torch.from_numpy(np.ascontiguousarray(out)).float()
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_shape.name: chunk})[0]
+
+
+class OpenVinoPredictor(_ArrayPredictor):
+    """Run an exported ONNX detector (fp32 or int8 QDQ) with OpenVINO's CPU plugin; batching and image size
+    rules as :class:`OnnxPredictor`.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: inference threads (``None``: OpenVINO's default).
+        backend: ``"openvino"`` (fp32 inference precision) or ``"openvino-bf16"``
+            (:mod:`yolocompress.export.openvino`).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, backend: str = "openvino"):
+        from yolocompress.export.openvino import compile_openvino
+
+        self.model = compile_openvino(path, threads=threads, backend=backend)
+        dims = self.model.input_shape
+        if len(dims) != 4:
+            raise InputError(f"expected one image input [B, 3, H, W], got {self.model.input_name} {list(dims)}")
+        self.input_shape = OnnxInputShape(self.model.input_name, dims[0], dims[2], dims[3])
+        self._dtype = self.model.input_dtype
+
+    @property
+    def precision(self) -> str:
+        """The inference precision OpenVINO chose (``"f32"``, ``"bf16"``)."""
+        return self.model.precision
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        return self.model.run(chunk)

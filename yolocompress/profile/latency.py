@@ -1,4 +1,4 @@
-"""CPU inference latency of a PyTorch model (eager) or an ONNX file (ONNX Runtime).
+"""CPU inference latency of a PyTorch model (eager) or an ONNX file (ONNX Runtime, or OpenVINO when installed).
 
 Every measurement uses a fixed thread count, discards ``warmup`` runs, then times ``runs`` single calls
 with ``time.perf_counter`` and reports the median and 90th percentile in milliseconds, so figures from
@@ -31,7 +31,8 @@ class LatencyResult:
         median_ms, p90_ms, mean_ms: over the timed runs, milliseconds per call (one call = one batch).
         runs: number of timed calls (warm-up excluded).
         threads: intra-op threads used.
-        backend: ``"torch"``, ``"torch-dnn"`` (fused, oneDNN conv+activation kernels) or ``"onnxruntime"``.
+        backend: ``"torch"``, ``"torch-dnn"`` (fused, oneDNN conv+activation kernels), ``"onnxruntime"``,
+            ``"openvino"`` (fp32 inference precision) or ``"openvino-bf16"``.
         cpu: CPU model name.
         imgsz: ``(H, W)`` of the input in pixels.
         batch: images per call.
@@ -158,6 +159,25 @@ def measure_ort_latency(onnx_path: str | os.PathLike, threads: int = 2, warmup: 
     feed = {inp.name: np.random.default_rng(0).random(shape, dtype=np.float32).astype(dtype)}
     times = _time_calls(lambda: session.run(None, feed), warmup, runs)
     return _result(times, threads, "onnxruntime", (shape[2], shape[3]), shape[0])
+
+
+def measure_openvino_latency(onnx_path: str | os.PathLike, threads: int = 2, warmup: int = 10, runs: int = 50,
+                             backend: str = "openvino") -> LatencyResult:
+    """OpenVINO CPU latency of an ONNX file at batch 1 (its own fixed input size), ``threads`` inference
+    threads, one stream; ``backend`` ``"openvino"`` pins fp32 inference precision, ``"openvino-bf16"`` asks
+    for bf16 (:mod:`yolocompress.export.openvino`). The result's ``backend`` is that name."""
+    from yolocompress.export.openvino import compile_openvino
+
+    _check_counts(threads, warmup, runs)
+    model = compile_openvino(onnx_path, threads=threads, backend=backend)
+    shape = list(model.input_shape)
+    if len(shape) != 4 or any(d is None for d in shape[1:]):
+        raise InputError(f"{onnx_path}: input {model.input_name} has dynamic image dimensions {shape}; "
+                         "export with a fixed image size")
+    shape[0] = shape[0] or 1
+    x = np.random.default_rng(0).random(shape, dtype=np.float32).astype(model.input_dtype)
+    times = _time_calls(lambda: model.run(x), warmup, runs)
+    return _result(times, threads, backend, (shape[2], shape[3]), shape[0])
 
 
 # ISA extensions that decide which int8 / bf16 / fp32 kernels a runtime picks (printed beside latency figures).

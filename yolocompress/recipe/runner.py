@@ -219,11 +219,13 @@ def measure_latencies(artifacts: list[Path], imgsz: int, backends: tuple[str, ..
                       warmup: int, rounds: int) -> dict[Path, dict[str, Latency]]:
     """Batch-1 latency of every artifact on every backend it runs on: per backend, all artifacts timed side by
     side in interleaved rounds (:func:`~yolocompress.profile.latency.interleaved_times`). A ``.pt`` model runs
-    on ``torch`` and, exported to fp32 ONNX, on ``onnxruntime``; an ``.onnx`` file on ``onnxruntime`` only."""
+    on ``torch`` and, exported to fp32 ONNX, on ``onnxruntime`` and OpenVINO; an ``.onnx`` file on ``onnxruntime``
+    and OpenVINO only."""
     import numpy as np
     import torch
 
     from yolocompress.export.onnx import export_onnx
+    from yolocompress.export.openvino import OPENVINO_BACKENDS, compile_openvino
     from yolocompress.export.ort import create_session
     from yolocompress.profile.latency import interleaved_times, latency_from_times, torch_threads
 
@@ -237,12 +239,15 @@ def measure_latencies(artifacts: list[Path], imgsz: int, backends: tuple[str, ..
                 model = _load_torch(artifact)
                 if "torch" in backends:
                     calls[(artifact, "torch")] = (lambda m: lambda: m(x))(model)
-                if "onnxruntime" in backends:
+                if any(b != "torch" for b in backends):
                     onnx_path = export_onnx(model, Path(tmp) / f"{k}.onnx", imgsz=imgsz)
             if "onnxruntime" in backends:
                 session = create_session(onnx_path, threads=threads)
                 name = session.get_inputs()[0].name
                 calls[(artifact, "onnxruntime")] = (lambda s, n: lambda: s.run(None, {n: feed_x}))(session, name)
+            for backend in (b for b in backends if b in OPENVINO_BACKENDS):
+                compiled = compile_openvino(onnx_path, threads=threads, backend=backend)
+                calls[(artifact, backend)] = (lambda m: lambda: m.run(feed_x))(compiled)
         # one backend after the other: their thread pools (OpenMP, ONNX Runtime) would compete when alternated
         times = {}
         with torch_threads(threads), torch.inference_mode():

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from yolocompress.errors import InputError
+from yolocompress.export.openvino import OPENVINO_BACKENDS, openvino_version
+from yolocompress.report.gate import DEFAULT_LATENCY_BACKENDS, LATENCY_BACKENDS, GateLimits
 from yolocompress.yamlfile import load_yaml_text, read_yaml_text
-from yolocompress.report.gate import LATENCY_BACKENDS, GateLimits
 
 RECIPE_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -58,6 +59,8 @@ def check_keys(mapping: Mapping[str, Any], allowed: Sequence[str], where: str) -
 
 
 def _describe(hint: Any) -> str:
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}"
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args) + " or null"
@@ -68,12 +71,19 @@ def _describe(hint: Any) -> str:
 
 def coerce_value(value: Any, hint: Any, where: str) -> Any:
     """``value`` checked against a dataclass field type (``int``, ``float``, ``bool``, ``str``, ``X | None``,
-    ``tuple[str, ...]``); ints are accepted for floats, nothing else is converted."""
+    ``tuple[str, ...]``, or a config dataclass given as a mapping of its keys, e.g. ``distill: {method:
+    feature}``); ints are accepted for floats, nothing else is converted."""
     origin = typing.get_origin(hint)
+    if isinstance(value, Mapping) and dataclasses.is_dataclass(hint):
+        check_keys(value, [f.name for f in dataclasses.fields(hint)], where)
+        return build_config(hint, value, where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
+        nested = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, Mapping) and nested:  # its own messages (key paths), not "expected ..."
+            return coerce_value(value, nested[0], where)
         for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce_value(value, arg, where)
@@ -123,8 +133,9 @@ class MeasureConfig:
     """How the report measures every artifact.
 
     Attributes:
-        latency: backends timed (``onnxruntime``, ``torch``; ``[]``: none). A torch model is exported to
-            fp32 ONNX for the ``onnxruntime`` figure; an ONNX artifact has no ``torch`` figure.
+        latency: backends timed (default ``onnxruntime`` and ``torch``; also ``openvino`` (fp32 precision)
+            and ``openvino-bf16`` with the ``openvino`` extra; ``[]``: none). A torch model is exported to
+            fp32 ONNX for the ``onnxruntime`` and OpenVINO figures; an ONNX artifact has no ``torch`` figure.
         threads: intra-op threads for every latency figure.
         runs, warmup: timed and untimed batch-1 calls per artifact and backend.
         rounds: the timed calls are split into this many rounds, interleaved over all artifacts, so that a
@@ -132,7 +143,7 @@ class MeasureConfig:
         eval_batch: images per batch for the val-split mAPs.
     """
 
-    latency: tuple[str, ...] = LATENCY_BACKENDS
+    latency: tuple[str, ...] = DEFAULT_LATENCY_BACKENDS
     threads: int = 2
     runs: int = 50
     warmup: int = 10
@@ -150,6 +161,8 @@ class MeasureConfig:
                 raise InputError(f"latency backend {backend!r} is not one of {', '.join(LATENCY_BACKENDS)}")
         if len(set(self.latency)) != len(self.latency):
             raise InputError("latency lists a backend twice")
+        if any(b in OPENVINO_BACKENDS for b in self.latency) and openvino_version() is None:
+            raise InputError("latency backend openvino needs OpenVINO: pip install 'yolocompress[openvino]'")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "latency": list(self.latency)}

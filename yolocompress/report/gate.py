@@ -19,8 +19,11 @@ from typing import Any, Mapping
 from xml.sax.saxutils import quoteattr
 
 from yolocompress.errors import InputError
+from yolocompress.export.openvino import OPENVINO_BACKENDS
 
-LATENCY_BACKENDS = ("onnxruntime", "torch")
+# every backend a report can time; a recipe times the first two unless its measure: says otherwise
+DEFAULT_LATENCY_BACKENDS = ("onnxruntime", "torch")
+LATENCY_BACKENDS = (*DEFAULT_LATENCY_BACKENDS, *OPENVINO_BACKENDS)
 # Float noise allowed at a limit's boundary (a drop of exactly the limit passes).
 EPS = 1e-9
 

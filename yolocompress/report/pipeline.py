@@ -16,8 +16,11 @@ from yolocompress.errors import InputError
 
 # (key in report_rows, header); the table, the Markdown table and the cell formatting share this order.
 COLUMNS = (("stage", "stage"), ("params", "params"), ("gflops", "GFLOPs"), ("size_mb", "size MB"),
-           ("torch_ms", "PyTorch ms"), ("ort_ms", "ORT ms"), ("map50", "mAP50"), ("map50_95", "mAP50-95"),
-           ("delta_map50_95", "Δ mAP50-95"), ("latency_x", "latency ×"), ("size_x", "size ×"))
+           ("torch_ms", "PyTorch ms"), ("ort_ms", "ORT ms"), ("ov_ms", "OpenVINO ms"), ("ov_bf16_ms", "OV bf16 ms"),
+           ("map50", "mAP50"), ("map50_95", "mAP50-95"), ("delta_map50_95", "Δ mAP50-95"),
+           ("latency_x", "latency ×"), ("size_x", "size ×"))
+# columns shown only when some row has the figure (the OpenVINO backends are opt-in)
+OPTIONAL_COLUMNS = ("ov_ms", "ov_bf16_ms")
 
 LATENCY_NOTE = "Latency ratios are measured side by side on this machine and differ on others."
 
@@ -72,8 +75,8 @@ def _latency_x(row: Mapping[str, Any], base: Mapping[str, Any]) -> float | None:
 def report_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One dict per row with the table's figures (``None`` where missing).
 
-    Keys: ``stage``, ``params``, ``gflops``, ``size_mb`` (MB = 1e6 bytes), ``torch_ms`` / ``ort_ms``
-    (latency medians), ``map50``, ``map50_95`` (fractions), ``delta_map50_95`` (points: 100 x (row -
+    Keys: ``stage``, ``params``, ``gflops``, ``size_mb`` (MB = 1e6 bytes), ``torch_ms`` / ``ort_ms`` /
+    ``ov_ms`` / ``ov_bf16_ms`` (latency medians: PyTorch, ONNX Runtime, OpenVINO at fp32 and bf16 precision), ``map50``, ``map50_95`` (fractions), ``delta_map50_95`` (points: 100 x (row -
     baseline)), ``latency_x``, ``size_x`` (row / baseline), ``seconds`` (the stage's wall time; ``None``
     for the baseline).
     """
@@ -93,6 +96,8 @@ def report_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             "size_mb": file_bytes / 1e6 if file_bytes is not None else None,
             "torch_ms": _median(row, "torch"),
             "ort_ms": _median(row, "onnxruntime"),
+            "ov_ms": _median(row, "openvino"),
+            "ov_bf16_ms": _median(row, "openvino-bf16"),
             "map50": _num(row.get("map50")),
             "map50_95": map50_95,
             "delta_map50_95": 100 * (map50_95 - base_map) if None not in (map50_95, base_map) else None,
@@ -104,13 +109,20 @@ def report_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 _FORMATS = {"params": "{:,}", "gflops": "{:.2f}", "size_mb": "{:.2f}", "torch_ms": "{:.2f}", "ort_ms": "{:.2f}",
+            "ov_ms": "{:.2f}", "ov_bf16_ms": "{:.2f}",
             "map50": "{:.3f}", "map50_95": "{:.3f}", "delta_map50_95": "{:+.2f}", "latency_x": "{:.2f}x",
             "size_x": "{:.2f}x"}
 
 
-def _cells(row: Mapping[str, Any]) -> list[str]:
+def shown_columns(rows: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """``COLUMNS`` less the optional ones that no row has a figure for."""
+    return tuple((key, header) for key, header in COLUMNS
+                 if key not in OPTIONAL_COLUMNS or any(r.get(key) is not None for r in rows))
+
+
+def _cells(row: Mapping[str, Any], columns: tuple[tuple[str, str], ...] = COLUMNS) -> list[str]:
     """A ``report_rows`` row as the table's text cells (``-`` where missing)."""
-    return [row["stage"]] + ["-" if row[key] is None else _FORMATS[key].format(row[key]) for key, _ in COLUMNS[1:]]
+    return [row["stage"]] + ["-" if row[key] is None else _FORMATS[key].format(row[key]) for key, _ in columns[1:]]
 
 
 def _machine(report: Mapping[str, Any]) -> tuple[str, list[str], Any, Any]:
@@ -135,11 +147,13 @@ def pipeline_table(report: Mapping[str, Any]) -> Table:
     """The report as a rich table: baseline row first and bold, the machine and latency note as caption."""
     table = Table(title=f"{_recipe_name(report)}: before / after",
                   caption=f"{_machine_line(report)}. {LATENCY_NOTE}")
-    for key, header in COLUMNS:
+    rows = report_rows(report)
+    columns = shown_columns(rows)
+    for key, header in columns:
         table.add_column(header, justify="left" if key == "stage" else "right", no_wrap=key == "stage",
                          overflow="fold")  # a narrow terminal folds figures instead of eliding digits
-    for i, row in enumerate(report_rows(report)):
-        table.add_row(*_cells(row), style="bold" if i == 0 else None)
+    for i, row in enumerate(rows):
+        table.add_row(*_cells(row, columns), style="bold" if i == 0 else None)
     return table
 
 
@@ -163,9 +177,10 @@ def pipeline_markdown(report: Mapping[str, Any]) -> str:
              f"Recipe sha256 `{sha}`, seed {prov.get('seed', '?')}; {versions or 'versions unknown'}; "
              f"CPU {_machine_line(report)}; data: {counts}.", ""]
     rows = report_rows(report)
-    cells = [_cells(r) for r in rows]
+    columns = shown_columns(rows)
+    cells = [_cells(r, columns) for r in rows]
     cells[0][0] = f"**{cells[0][0]}**"
-    lines += _md_table([h for _, h in COLUMNS], cells) + ["", f"_{LATENCY_NOTE}_"]
+    lines += _md_table([h for _, h in columns], cells) + ["", f"_{LATENCY_NOTE}_"]
 
     warnings = [(s.get("name") or s.get("stage"), w) for s in report.get("stages") or () if isinstance(s, Mapping)
                 for w in s.get("warnings") or ()]
@@ -228,4 +243,4 @@ def plot_tradeoff(report: Mapping[str, Any], png_path: str | Path | None,
         plt.close(fig)
 
 
-__all__ = ["COLUMNS", "load_report", "pipeline_markdown", "pipeline_table", "plot_tradeoff", "report_rows"]
+__all__ = ["COLUMNS", "OPTIONAL_COLUMNS", "load_report", "shown_columns", "pipeline_markdown", "pipeline_table", "plot_tradeoff", "report_rows"]

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from yolocompress.cli import main
-from yolocompress.compress.distill import DistillConfig, FeatureDistillation, cwd_loss
-from yolocompress.compress.distill.stage import check_output_compatible
+from yolocompress.compress.distill import DistillConfig, FeatureDistillation, as_distill_config, cwd_loss
+from yolocompress.compress.finetune import FinetuneConfig, finetune
+from yolocompress.compress.prune.pruner import PruneConfig
+from yolocompress.compress.distill.config import check_output_compatible
 from yolocompress.engine.callbacks import Batch, FeatureCapture
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import save_model
@@ -49,6 +51,11 @@ def test_connectors_only_where_channels_differ():
     assert sorted(kd.trainable) == ["17", "20", "23"]
     conv = kd.trainable["17"][0]
     assert (conv.in_channels, conv.out_channels) == (32, 64) and conv.kernel_size == (1, 1)
+    torch.manual_seed(123)  # the process's generator does not decide the connectors' start, the seed does
+    again = FeatureDistillation(wide, student).trainable.state_dict()
+    assert all(torch.equal(v, kd.trainable.state_dict()[k]) for k, v in again.items())
+    other = FeatureDistillation(wide, student, seed=1).trainable.state_dict()
+    assert not torch.equal(other["17.0.weight"], again["17.0.weight"])
 
 
 def test_gradients_reach_the_student_and_the_connectors_not_the_teacher():
@@ -86,6 +93,20 @@ def test_distill_config_is_validated():
         DistillConfig(temperature=0)
 
 
+def test_a_weight_is_output_distillation_and_settings_are_checked_where_given():
+    assert as_distill_config(0.0) is None and as_distill_config(None) is None
+    assert as_distill_config(0.5) == DistillConfig(method="output", weight=0.5, check_teacher=False)
+    kd = DistillConfig(method="both", feature_layers=[17])
+    assert as_distill_config(kd) is kd
+    for bad in (-1.0, "feature", True):
+        with pytest.raises(InputError, match="weight >= 0 or distillation settings"):
+            as_distill_config(bad)
+    for config_type in (FinetuneConfig, PruneConfig):
+        assert config_type(distill=kd).to_dict()["distill"]["feature_layers"] == [17]
+        with pytest.raises(InputError):
+            config_type(distill=-0.5)
+
+
 @pytest.fixture(scope="module")
 def distill_data(make_synthetic_data):
     return make_synthetic_data("distill-synthetic", n_train=8, n_val=4)
@@ -110,6 +131,7 @@ def test_distill_command_trains_a_student_that_eval_reads(distill_data, tmp_path
     r = json.loads(report.read_text())
     assert r["stage"] == "distill" and r["details"]["connectors"]["17"] == [32, 64]
     assert r["config"]["method"] == "both" and set(r["details"]["val_map50_95"]) == {"teacher", "student"}
+    assert r["details"]["teacher_forward_s_per_epoch"] > 0 and "teacher forward" in err.out
     assert main(["eval", str(out), "--data", str(distill_data.yaml_path), "--batch", "4"]) == 0
 
 
@@ -126,3 +148,21 @@ def test_distill_command_bad_input_is_exit_2(distill_data, tmp_path, capsys):
         main([*base, "--feature-layers", "x"])
     assert usage.value.code == 2 and "layer indices" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_finetune_takes_the_same_settings_and_reports_the_connectors(distill_data, tmp_path, one_thread):
+    student, teacher = _model(width=0.5), _model(width=1.0, seed=1)
+    cfg = FinetuneConfig(epochs=1, imgsz=64, batch=4, val=False,
+                         distill=DistillConfig(method="feature", feature_layers=(17, 20),
+                                               check_teacher=False))
+    _, report = finetune(student, distill_data.yaml_path, cfg, teacher=teacher, out_dir=tmp_path / "run")
+    d = report.details
+    assert d["method"] == "feature" and d["connectors"] == {"17": [32, 64], "20": [64, 128]}
+    assert d["history"][0]["train/kd_feature"] > 0 and "train/kd_output" not in d["history"][0]
+    assert report.config["distill"]["feature_layers"] == [17, 20]
+    assert d["teacher_forward_s_per_epoch"] > 0 and 0 < d["teacher_forward_share"] < 1  # KD's overhead
+    bad = FinetuneConfig(epochs=1, imgsz=64, batch=4, distill=DistillConfig(method="feature"))
+    with pytest.raises(InputError, match="feature layer 17: .*same stride"):  # before any training
+        finetune(student, distill_data.yaml_path, bad, teacher=_model("yolov5n6", width=0.5),
+                 out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

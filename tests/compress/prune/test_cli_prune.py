@@ -81,3 +81,46 @@ def test_fused_model_missing_data_missing_model_exit_2(checkpoints, tiny_data, t
         code = main(["prune", *args, "--ratio", "0.5", *FAST, "-o", str(tmp_path / "o.pt")])
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_fine_tune_takes_the_distill_method_of_distill(checkpoints, tiny_data, tmp_path, capsys):
+    """``--distill-method feature``: CWD from the unpruned model, with connectors for the pruned channel
+    counts, its term logged per epoch in the report (the fine-tune's history)."""
+    out, report = tmp_path / "pruned.pt", tmp_path / "report.json"
+    code = main(["prune", str(checkpoints / "tiny.pt"), "--data", str(tiny_data.yaml_path), "--ratio", "0.5",
+                 "--finetune-epochs", "1", "--guided", "0", *FAST, "--distill-method", "feature",
+                 "--feature-weight", "0.5", "--temperature", "2", "-o", str(out), "--json", str(report)])
+    assert code == 0, capsys.readouterr().err
+    r = json.loads(report.read_text())
+    assert r["config"]["distill"]["method"] == "feature" and r["config"]["distill"]["temperature"] == 2.0
+    tuned = r["details"]["finetune"]
+    assert tuned["method"] == "feature" and tuned["feature_layers"] == [17, 20, 23]
+    assert tuned["connectors"] and all(s < t for s, t in tuned["connectors"].values())  # pruned -> unpruned
+    (row,) = tuned["history"]
+    assert row["train/kd_feature"] > 0 and "train/kd_output" not in row
+    assert tuned["teacher_forward_s_per_epoch"] > 0 and 0 < tuned["teacher_forward_share"] < 1
+    state = torch.load(out, weights_only=True)["state_dict"]
+    assert state and all(k.startswith("model.") for k in state)  # the student only, no connector tensors
+    assert load_model_with_info(out)[1].history[-1]["config"]["distill"]["method"] == "feature"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--feature-weight", "2"], "--feature-weight set feature distillation: add --distill-method feature"),
+    (["--distill-method", "output", "--temperature", "2"], "add --distill-method feature or both"),
+    (["--distill-method", "feature", "--feature-layers", "99"], "feature layers [99] are not layers of the"),
+    (["--distill-method", "both", "--temperature", "0"], "temperature must be > 0"),
+    (["--distill-method", "logits"], "argument --distill-method: invalid choice: 'logits'"),
+    (["--distill-method", "feature", "--feature-layers", "x"], "expected 'auto' or layer indices"),
+])
+def test_bad_distill_settings_exit_2_before_the_search(checkpoints, tiny_data, tmp_path, capsys, args,
+                                                       message):
+    out = tmp_path / "o.pt"
+    argv = ["prune", str(checkpoints / "tiny.pt"), "--data", str(tiny_data.yaml_path), "--ratio", "0.5",
+            *FAST, "--finetune-epochs", "1", *args, "-o", str(out)]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

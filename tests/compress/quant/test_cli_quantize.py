@@ -59,10 +59,13 @@ def test_exclude_and_per_tensor(tiny_onnx, tiny_data, tmp_path):
 def test_qat_command(tiny_data, tmp_path):
     out, report = tmp_path / "qat.onnx", tmp_path / "qat.json"
     assert main(["quantize", str(CKPT), "--method", "qat", "--data", str(tiny_data), *FAST, "--epochs", "1",
-                 "--batch", "4", "-o", str(out), "--json", str(report)]) == 0
+                 "--batch", "4", "--distill-method", "both", "--distill", "0.5", "--feature-layers", "17,20",
+                 "-o", str(out), "--json", str(report)]) == 0
     r = json.loads(report.read_text())
     qat = r["details"]["qat"]
     assert out.is_file() and qat["epochs"] == 1 and qat["parity_sqnr_db"] > 30
+    assert {k: qat["distill"][k] for k in ("method", "weight", "feature_layers", "feature_weight")} == \
+        {"method": "both", "weight": 0.5, "feature_layers": [17, 20], "feature_weight": 1.0}
     assert r["details"]["kernels"]["stayed_float"] == [] and r["config"]["method"] == "qat"
 
 
@@ -112,6 +115,12 @@ def test_bad_inputs_exit_2(tiny_onnx, tiny_data, tmp_path, capsys):
         ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--calibration", "kl", "-o", str(out)],
         ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--method", "qat", "-o", str(out)],
         ["quantize", str(tiny_onnx), "--data", str(tiny_data), "--auto-exclude", "-1", "-o", str(out)],
+        ["quantize", str(CKPT), "--data", str(tiny_data), "--method", "qat", "--distill-method", "logits",
+         "-o", str(out)],
+        ["quantize", str(CKPT), "--data", str(tiny_data), "--method", "qat", "--feature-weight", "2",
+         "-o", str(out)],
+        ["quantize", str(CKPT), "--data", str(tiny_data), "--method", "qat", "--distill-method", "feature",
+         "--temperature", "-1", "-o", str(out)],
     ]
     for argv in cases:
         assert _exit_code(argv) == 2, argv

@@ -105,6 +105,39 @@ def test_bad_qat_config():
         QatConfig(distill=-1)
     with pytest.raises(InputError):  # no loss at all
         QatConfig(distill=0, labels=False)
+    with pytest.raises(InputError, match="range_momentum"):
+        QatConfig(range_momentum=1.5)
+    with pytest.raises(InputError, match="weight >= 0"):
+        QatConfig(distill=-1, labels=True)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_activation_range_momentum(momentum):
+    """Momentum 0 keeps the calibrated range in training; a positive one moves it toward the batch's."""
+    fq = ActivationFakeQuant(-1.0, 2.0, momentum=momentum).train()
+    fq(torch.linspace(-5.0, 9.0, 100))
+    expected = (-1.0 + momentum * (-5.0 + 1.0), 2.0 + momentum * (9.0 - 2.0))
+    assert (float(fq.lo), float(fq.hi)) == pytest.approx(expected)
+
+
+def test_qat_with_feature_distillation_logs_its_term(tiny_model, tiny_data, tmp_path):
+    """The same distillation choice as ``distill``: CWD between the fake-quant student and the float model,
+    which have the same channels (no connectors)."""
+    import csv
+
+    from yolocompress.compress.distill import DistillConfig
+    from yolocompress.engine.trainer import load_checkpoint
+
+    kd = DistillConfig(method="feature", feature_weight=2.0, check_teacher=False)
+    path, report = quantize_qat(tiny_model, tiny_data, QuantConfig(calib_images=4, imgsz=64),
+                                QatConfig(epochs=1, batch=4, distill=kd, out_dir=str(tmp_path / "train")),
+                                output=tmp_path / "qat.onnx")
+    with open(tmp_path / "train" / "results.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert float(row["train/kd_feature"]) > 0 and "train/kd_output" not in row
+    assert not load_checkpoint(tmp_path / "train" / "weights" / "last.pt")["extra_modules"]  # no connectors
+    assert report.details["qat"]["distill"] == kd.to_dict() and path.is_file()
+    assert report.config["qat"]["distill"]["method"] == "feature"
 
 
 def test_leaky_relu_model(tiny_data, tmp_path):

@@ -18,6 +18,7 @@ By default (``layers=None``) the layers are the ones that feed Detect (the neck 
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Sequence
 
 import torch
@@ -67,13 +68,17 @@ class FeatureDistillation:
         weight: multiplier of the term.
         tau: softmax temperature.
         probe_size: image side (pixels) of the dry forward that sizes the connectors and checks strides.
+        seed: the connectors' initial weights (drawn from their own generator, not the process's: torch
+            seeds that at random per process, so two runs of the same command would start apart).
     Attributes:
         feature_layers: the student layers the trainer captures for it.
         trainable: the connectors (``nn.ModuleDict``, empty when every channel count matches).
+        teacher_seconds: the wall time of its teacher forwards so far (the KD overhead).
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, layers: Sequence[int] | None = None,
-                 weight: float = 1.0, tau: float = 1.0, probe_size: int | None = None) -> None:
+                 weight: float = 1.0, tau: float = 1.0, probe_size: int | None = None,
+                 seed: int = 0) -> None:
         if weight < 0 or not tau > 0:
             raise InputError(f"feature distillation needs weight >= 0 and temperature > 0, got {weight}, {tau}")
         self.teacher = copy.deepcopy(teacher).float().eval()
@@ -86,6 +91,7 @@ class FeatureDistillation:
                 raise InputError(f"feature layers {bad} are not layers of the {who} (0..{len(model.model) - 2})")
         self.feature_layers = tuple(chosen)
         self.weight, self.tau = float(weight), float(tau)
+        self.teacher_seconds = 0.0  # wall time of the teacher's forward passes so far
         size = probe_size or 2 * int(max(float(s) for s in student.stride))
         x = torch.zeros(1, 3, size, size)
         was = student.training
@@ -94,14 +100,17 @@ class FeatureDistillation:
             s_feats, t_feats = _features(student, chosen, x), _features(self.teacher, chosen, x)
         student.train(was)
         connectors = {}
-        for i in chosen:
-            s, t = s_feats[i], t_feats[i]
-            if s.shape[-2:] != t.shape[-2:]:
-                raise InputError(f"feature layer {i}: the student's output is {tuple(s.shape[-2:])} and the teacher's "
-                                 f"{tuple(t.shape[-2:])} at {size} px; distill layers of the same stride")
-            if s.shape[1] != t.shape[1]:
-                connectors[str(i)] = nn.Sequential(nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False),
-                                                   nn.BatchNorm2d(t.shape[1]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for i in chosen:
+                s, t = s_feats[i], t_feats[i]
+                if s.shape[-2:] != t.shape[-2:]:
+                    raise InputError(f"feature layer {i}: the student's output is {tuple(s.shape[-2:])} and "
+                                     f"the teacher's {tuple(t.shape[-2:])} at {size} px; distill layers of "
+                                     "the same stride")
+                if s.shape[1] != t.shape[1]:
+                    connectors[str(i)] = nn.Sequential(nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False),
+                                                       nn.BatchNorm2d(t.shape[1]))
         self.trainable = nn.ModuleDict(connectors)
 
     def to(self, device: torch.device | str) -> "FeatureDistillation":
@@ -111,8 +120,10 @@ class FeatureDistillation:
 
     def __call__(self, batch: Any, preds: list[Tensor], features: dict[int, Tensor]
                  ) -> tuple[Tensor, dict[str, float]]:
+        start = time.perf_counter()
         with torch.no_grad():
             targets = _features(self.teacher, self.feature_layers, batch.imgs.float())
+        self.teacher_seconds += time.perf_counter() - start
         total = preds[0].new_zeros(())
         for i in self.feature_layers:
             s = features[i]

@@ -14,6 +14,7 @@ teacher runs in eval mode without gradients on the same (augmented) batch as the
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import torch
@@ -39,7 +40,8 @@ class OutputDistillation:
         box, obj, cls: weights of the three parts.
 
     Called as ``term(batch, preds, features)`` it returns ``(loss per image, {"kd_output": value})``; the trainer
-    multiplies it by the batch size like its detection loss.
+    multiplies it by the batch size like its detection loss. ``teacher_seconds``: the wall time of its teacher
+    forwards so far (the KD overhead).
     """
 
     feature_layers: tuple[int, ...] = ()
@@ -52,6 +54,7 @@ class OutputDistillation:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.weight, self.box, self.obj, self.cls = float(weight), float(box), float(obj), float(cls)
+        self.teacher_seconds = 0.0  # wall time of the teacher's forward passes so far
 
     def to(self, device: torch.device | str) -> "OutputDistillation":
         self.teacher.to(device)
@@ -80,8 +83,10 @@ class OutputDistillation:
 
     def __call__(self, batch: Any, preds: list[Tensor], features: dict[int, Tensor]
                  ) -> tuple[Tensor, dict[str, float]]:
+        start = time.perf_counter()
         with torch.no_grad():
             targets = _raw_outputs(self.teacher, batch.imgs.float())
+        self.teacher_seconds += time.perf_counter() - start
         box, obj, cls = self.loss(preds, targets)
         total = self.weight * (self.box * box + self.obj * obj + self.cls * cls)
         return total, {"kd_output": float(total.detach())}

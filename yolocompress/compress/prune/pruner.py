@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch.nn as nn
 
+from yolocompress.compress.distill.config import (DistillConfig, as_distill_config, distill_json,
+                                                  distill_terms, kd_warnings, teacher_overhead)
 from yolocompress.compress.prune.apply import ChannelRules, prune_channels
 from yolocompress.compress.prune.eagleeye import (CostModel, Strategy, StrategySpace, SubnetScorer,
                                                   cache_data, group_sensitivity)
@@ -69,8 +71,9 @@ class PruneConfig:
         finetune_epochs: epochs of fine-tuning of the winner (0: none); ``finetune_batch`` images per batch,
             gradients accumulated to ``finetune_nominal_batch`` images per optimizer step (YOLOv5: 64; smaller
             means more steps for the same compute, which helps a short CPU fine-tune).
-        distill: weight of output distillation from the unpruned model during the fine-tune (0: labels only;
-            see :class:`~yolocompress.compress.distill.output.OutputDistillation`).
+        distill: distillation from the unpruned model during the fine-tune: a weight ``W`` (output KD at
+            ``W``; 0: labels only) or a :class:`~yolocompress.compress.distill.config.DistillConfig` (output,
+            feature or both; feature KD adds connectors for the pruned channel counts).
         bf16, channels_last: fine-tune with CPU bf16 autocast / NHWC (``TrainConfig``'s options).
         round_to, min_channels: ``ChannelRules`` (kept counts multiples of ``round_to``, >= ``min_channels``).
         max_ratio: the most any group is pruned.
@@ -102,7 +105,7 @@ class PruneConfig:
     finetune_epochs: int = 10
     finetune_batch: int = 16
     finetune_nominal_batch: int = 64
-    distill: float = 0.0
+    distill: float | DistillConfig = 0.0
     bf16: bool = False
     channels_last: bool = False
     round_to: int = 8
@@ -141,8 +144,7 @@ class PruneConfig:
             raise InputError(f"probe_step must be strictly between 0 and 1, got {self.probe_step}")
         if int(self.finetune_epochs) < 0:
             raise InputError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        if not float(self.distill) >= 0.0:
-            raise InputError(f"distill weight must be >= 0, got {self.distill}")
+        as_distill_config(self.distill)  # a weight >= 0 or a DistillConfig
         if not 0.0 < float(self.spread) <= 1.0:
             raise InputError(f"spread must be in (0, 1], got {self.spread}")
         if not 0.0 < float(self.max_ratio) < 1.0:
@@ -154,6 +156,7 @@ class PruneConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["exclude"] = list(self.exclude)
+        d["distill"] = distill_json(self.distill)
         return d
 
 
@@ -274,8 +277,10 @@ def _snapshot(model: nn.Module, cfg: PruneConfig, metrics: dict[str, float] | No
 
 
 def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: nn.Module | None = None,
-              on_progress: ProgressCallback | None = None) -> nn.Module:
-    from yolocompress.compress.distill.output import OutputDistillation
+              on_progress: ProgressCallback | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The fine-tuned model and what the report says of it: the distillation's details (``method``,
+    ``connectors``, the teacher's share of the time, ...; none without a teacher) and the per-epoch
+    ``history`` with every loss term."""
     from yolocompress.engine.trainer import TrainConfig, Trainer
     from yolocompress.models.shapes import shape_spec
 
@@ -287,13 +292,14 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: 
                          device=cfg.device, workers=cfg.workers, seed=cfg.seed, out_dir=out_dir,
                          close_mosaic=cfg.finetune_epochs // 2,
                          patience=0, bf16=cfg.bf16, channels_last=cfg.channels_last)
-        use_teacher = cfg.distill > 0 and teacher is not None
-        extra = [OutputDistillation(teacher, weight=cfg.distill)] if use_teacher else []
+        kd = as_distill_config(cfg.distill) if teacher is not None else None
+        extra, details = (distill_terms(kd, teacher, model, cfg.imgsz, cfg.seed) if kd is not None
+                          else ([], {}))
         result = Trainer(model, data, tc, hyp=hyp, extra_losses=extra, on_progress=on_progress).train()
     tuned = result.model.cpu().eval()
     if shape_spec(tuned) != before:  # the Trainer must not change the architecture
         raise RuntimeError("fine-tuning changed the pruned architecture")
-    return tuned
+    return tuned, {**details, **teacher_overhead(extra, result.history), "history": result.history}
 
 
 Best = tuple[float, int, "nn.Module | None"]  # (score, index, sub-net after adaptive BN or None)
@@ -423,6 +429,9 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
     owns_group = dist_utils.init_process_group(ctx, device)
     try:
         base = _base_model(model)
+        kd = as_distill_config(cfg.distill) if cfg.finetune_epochs > 0 else None
+        if kd is not None:  # its layers are checked now, not after the search (pruning keeps layers, strides)
+            distill_terms(kd, base, base, cfg.imgsz, cfg.seed)
 
         # -- dependency analysis, importance, cost model, candidate strategies
         t0 = time.perf_counter()
@@ -461,11 +470,11 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
                                               else (None, None))
         after_search, final_classes = _full_eval(winner, data, cfg, on_progress)
         timing["eval"] = time.perf_counter() - t0
-        after_finetune = None
+        after_finetune = finetune_details = None
         final = winner
         if cfg.finetune_epochs > 0:
             t0 = time.perf_counter()
-            final = _finetune(winner, data, cfg, hyp, teacher=base, on_progress=on_progress)
+            final, finetune_details = _finetune(winner, data, cfg, hyp, teacher=base, on_progress=on_progress)
             timing["finetune"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             after_finetune, final_classes = _full_eval(final, data, cfg, on_progress)
@@ -493,7 +502,8 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         search_s = timing.get("search", 0.0)
         details = {
             "imgsz": cfg.imgsz, "budget_gflops": budget / 1e9, "chosen": chosen,
-            "after_search": after_search, "after_finetune": after_finetune, "groups": groups,
+            "after_search": after_search, "after_finetune": after_finetune, "finetune": finetune_details,
+            "groups": groups,
             "candidates": candidates,
             "candidates_per_minute": 60.0 * len(candidates) / search_s if search_s > 0 else None,
             "timing_s": timing, "distributed_ranks": ctx.world_size, "probes": n_probes,
@@ -502,7 +512,8 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
                       f"{'the uniform strategy at ratio ' + str(cfg.ratio) if cfg.ratio else 'target GFLOPs'}"
                       ")"]}
         report = StageReport(stage="prune", config=cfg.to_dict(), before=before, after=after,
-                             seconds=timing["total"], details=details, warnings=())
+                             seconds=timing["total"], details=details,
+                             warnings=tuple(kd_warnings((finetune_details or {}).get("history", []))))
         if log is not None:  # done: nothing to resume
             log.path.unlink(missing_ok=True)
         return final, report

@@ -26,9 +26,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from yolocompress.compress.quant.autotune import PlanCandidate, autotune_details, choose_plan, time_plans
 from yolocompress.compress.quant.head import head_hessians, integer_head
 from yolocompress.compress.quant.numerics import sqnr_db
-from yolocompress.compress.quant.plan import PlanConfig, QuantPlan, build_plan
+from yolocompress.compress.quant.plan import SILU_MODES, STEM_MODES, PlanConfig, QuantPlan, build_plan
 from yolocompress.compress.quant.verify import KernelReport, integer_kernel_report
 from yolocompress.compress.stage import ModelSnapshot, StageReport
 from yolocompress.errors import CompressionError, InputError
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 ACTIVATION_TYPES = ("u8", "s8")
+# silu / stem value that lets PTQ time the candidate plans on this machine (compress/quant/autotune.py)
+AUTO = "auto"
+# float_prefix values "auto" tries: none, the stem block, the stem and the next layer
+AUTO_FLOAT_PREFIXES = (0, 1, 2)
 # Images run through the calibration model per collect_data call: ORT keeps every intermediate tensor of
 # a call in memory (about 100 MB per 640 px image for yolov5s), so calibration streams in chunks.
 _CHUNK = 4
@@ -56,7 +61,16 @@ class QuantConfig:
         calib_images: calibration images, taken evenly spread over the training split.
         per_channel: per-output-channel weight scales (else one scale per tensor).
         activation_type: ``u8`` (what ORT's x86 integer kernels take) or ``s8``.
-        silu, stem, head, exclude: see :class:`~yolocompress.compress.quant.plan.PlanConfig`.
+        silu, stem, head, exclude: see :class:`~yolocompress.compress.quant.plan.PlanConfig`; ``silu`` and
+            ``stem`` may also be ``"auto"``: PTQ builds each candidate plan, times them on this machine with
+            ``tune_backend`` and keeps the fastest within ``tune_tolerance_db`` of the default plan's output
+            SQNR (:mod:`~yolocompress.compress.quant.autotune`).
+        float_prefix: leading layers kept float (:class:`~yolocompress.compress.quant.plan.PlanConfig`), or
+            ``"auto"``: try 0, 1 and 2.
+        tune_backend: runtime the candidates are timed on (``onnxruntime``, ``openvino``, ``openvino-bf16``):
+            where the file will be deployed.
+        tune_threads, tune_runs: threads and timed batch-1 calls per candidate.
+        tune_tolerance_db: SQNR a candidate may lose against the default plan and still be chosen.
         imgsz: export size for a PyTorch model (an ONNX file keeps its own fixed size); ``None``: a
             checkpoint's recorded training size, 640 for an in-memory model.
         percentile: for ``calibration="percentile"``.
@@ -76,6 +90,11 @@ class QuantConfig:
     percentile: float = 99.999
     bins: int = 2048
     check_images: int = 4
+    float_prefix: int | str = 0
+    tune_backend: str = "onnxruntime"
+    tune_threads: int = 2
+    tune_runs: int = 20
+    tune_tolerance_db: float = 1.0
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATION_METHODS:
@@ -89,11 +108,40 @@ class QuantConfig:
         if not 0 < self.percentile <= 100:
             raise InputError(f"percentile must be in (0, 100], got {self.percentile}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        self.plan_config()  # validates silu / stem / head
+        from yolocompress.export.openvino import ONNX_BACKENDS
+
+        if self.tune_backend not in ONNX_BACKENDS:
+            raise InputError(f"tune_backend must be one of {', '.join(ONNX_BACKENDS)}, got {self.tune_backend!r}")
+        if self.tune_threads < 1 or self.tune_runs < 1:
+            raise InputError(f"tune_threads and tune_runs must be >= 1, got {self.tune_threads}, {self.tune_runs}")
+        if not float(self.tune_tolerance_db) >= 0:
+            raise InputError(f"tune_tolerance_db must be >= 0, got {self.tune_tolerance_db}")
+        if self.float_prefix != AUTO and not isinstance(self.float_prefix, int):
+            raise InputError(f"float_prefix must be a layer count >= 0 or 'auto', got {self.float_prefix!r}")
+        self.plan_config()  # validates silu / stem / head / float_prefix
+
+    @property
+    def autotune(self) -> bool:
+        """Whether PTQ chooses the SiLU and/or stem form by timing candidate plans."""
+        return AUTO in (self.silu, self.stem, self.float_prefix)
+
+    def plan_candidates(self) -> list[PlanConfig]:
+        """The plans to choose from: the configured one, or with ``"auto"`` every value of that setting (the
+        default plan's values first: it is the reference of :func:`~.autotune.choose_plan`)."""
+        silus = SILU_MODES if self.silu == AUTO else (self.silu,)
+        stems = tuple(reversed(STEM_MODES)) if self.stem == AUTO else (self.stem,)  # "float" (default) first
+        prefixes = AUTO_FLOAT_PREFIXES if self.float_prefix == AUTO else (self.float_prefix,)
+        return [PlanConfig(silu=a, stem=b, head=self.head, exclude=self.exclude, float_prefix=k)
+                for k in prefixes for a in silus for b in stems]
 
     def plan_config(self, exclude: Sequence[str] = ()) -> PlanConfig:
-        """The plan settings, with ``exclude`` added to the configured exclusions."""
-        return PlanConfig(silu=self.silu, stem=self.stem, head=self.head, exclude=(*self.exclude, *exclude))
+        """The plan settings, with ``exclude`` added to the configured exclusions. With ``"auto"`` this is the
+        plan that quantizes every tensor any candidate quantizes (SiLU and stem int8), so one calibration
+        serves all candidates."""
+        silu = "int8" if self.silu == AUTO else self.silu
+        stem = "int8" if self.stem == AUTO else self.stem
+        prefix = 0 if self.float_prefix == AUTO else self.float_prefix
+        return PlanConfig(silu=silu, stem=stem, head=self.head, exclude=(*self.exclude, *exclude), float_prefix=prefix)
 
 
 # --------------------------------------------------------------------------------------- calibration data
@@ -502,9 +550,29 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
     with work_dir("yolocompress-ptq-") as tmp_name:
         tmp = Path(tmp_name)
         prepared = prepare(model_or_onnx, data_cfg, config, tmp)
-        qdq = build_int8(prepared, prepared.plan, config, tmp / "int8.onnx")
-        report = finish(prepared, prepared.plan, config, qdq, output, t0)
-    return output, report
+        if not config.autotune:
+            qdq = build_int8(prepared, prepared.plan, config, tmp / "int8.onnx")
+            return output, finish(prepared, prepared.plan, config, qdq, output, t0)
+        plan, qdq, tuning = _autotuned_int8(prepared, config, tmp)
+        report = finish(prepared, plan, config, qdq, output, t0)
+    return output, report.replace(details={**report.details, "autotune": tuning})
+
+
+def _autotuned_int8(prepared: Prepared, config: QuantConfig, folder: Path) -> tuple[QuantPlan, Path, dict[str, Any]]:
+    """Build every candidate plan of ``config`` from one calibration, measure and time them, and return the
+    chosen (plan, int8 file, ``details["autotune"]``)."""
+    built = []
+    for k, plan_cfg in enumerate(config.plan_candidates()):
+        plan = build_plan(prepared.pre, plan_cfg)
+        qdq = build_int8(prepared, plan, config, folder / f"candidate-{k}.onnx")
+        built.append((plan_cfg, plan, qdq, output_sqnr(prepared.fp32, qdq, prepared.images[:config.check_images])))
+    times = time_plans({str(k): b[2] for k, b in enumerate(built)}, prepared.imgsz[0], config.tune_backend,
+                       config.tune_threads, config.tune_runs)
+    candidates = [PlanCandidate(cfg.silu, cfg.stem, sqnr[0], sqnr[1], *times[str(k)], float_prefix=cfg.float_prefix)
+                  for k, (cfg, _, _, sqnr) in enumerate(built)]
+    chosen, reason = choose_plan(candidates, config.tune_tolerance_db)
+    details = autotune_details(candidates, chosen, reason, config.tune_backend, config.tune_threads)
+    return built[chosen][1], built[chosen][2], details
 
 
 def finish(prepared: Prepared, plan: QuantPlan, config: QuantConfig, qdq: Path, output: Path,

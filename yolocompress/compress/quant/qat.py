@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from yolocompress.compress.distill.config import DistillConfig, as_distill_config, distill_json, distill_terms
 from yolocompress.compress.quant.numerics import QMAX, QMIN, WMAX, ort_scale_zero_point, sqnr_db
 from yolocompress.compress.quant.plan import QuantPlan, node_scope
 from yolocompress.compress.stage import StageReport
@@ -163,13 +164,14 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
 _ACTIVATION_OPS = ("LeakyRelu", "Relu", "HardSwish", "HardSigmoid", "Clip", "Elu", "Tanh")
 
 
-def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str, tuple[float, float]]
-                      ) -> nn.Module:
+def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str, tuple[float, float]],
+                      momentum: float = 0.01) -> nn.Module:
     """Put fake quantization into ``model`` (in place, BatchNorm already folded) where ``plan`` quantizes;
     returns ``model``.
 
     ``proto`` is the ONNX graph the plan was built on (an export of ``model``: node names give module paths);
-    ``ranges`` the calibrated float range of every planned tensor, merged over the shared groups.
+    ``ranges`` the calibrated float range of every planned tensor, merged over the shared groups;
+    ``momentum`` how fast the activation ranges follow the batches' min / max (0: fixed at ``ranges``).
     """
     producers = _producers(proto)
     consumers: dict[str, list[Any]] = {}
@@ -183,7 +185,7 @@ def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str
         key = ("group", group_of[tensor]) if tensor in group_of else tensor
         if key not in by_key:  # a shared group's quantizer stands for every member (Concat outputs too)
             members = list(plan.shared[group_of[tensor]]) if tensor in group_of else []
-            by_key[key] = ActivationFakeQuant(*ranges[tensor], tensors=members)
+            by_key[key] = ActivationFakeQuant(*ranges[tensor], tensors=members, momentum=momentum)
         if tensor not in by_key[key].tensors:
             by_key[key].tensors.append(tensor)
         return by_key[key]
@@ -283,12 +285,15 @@ class QatConfig:
 
     ``lr`` is SGD's initial rate (no warm-up: the model is trained already; linear decay to
     ``lr * lrf``); mosaic is off for every QAT epoch (a converged YOLOv5 ends its training without it).
-    The loss is output distillation from the float model (``distill``, see
-    :class:`~yolocompress.compress.distill.output.OutputDistillation`), plus the detection loss on the labels
-    when ``labels``: on the shipped baseline the label loss alone pulls the converged network away from its
-    optimum (1.07 mAP50-95 points lost after 3 epochs at lr 1e-3, 0.65 at 1e-4) while distillation alone keeps
-    the quantized network next to the float one (0.27; benchmarks/RESULTS.md). ``val=False``: the last EMA
-    weights are exported, the validation split is not used to pick them.
+    The loss is distillation from the float model (``distill``: a weight, output KD as
+    :class:`~yolocompress.compress.distill.output.OutputDistillation`, or a
+    :class:`~yolocompress.compress.distill.config.DistillConfig`: output, feature or both; the fake-quant
+    student has the float model's channels, so feature KD needs no connectors), plus the detection loss on
+    the labels when ``labels``: on the shipped baseline the label loss alone pulls the converged network away
+    from its optimum (1.07 mAP50-95 points lost after 3 epochs at lr 1e-3, 0.65 at 1e-4) while distillation
+    alone keeps the quantized network next to the float one (0.27; benchmarks/RESULTS.md). ``val=False``:
+    the last EMA weights are exported, the validation split is not used to pick them. ``range_momentum``: how
+    fast the activation ranges follow each batch's min / max (0 keeps the PTQ calibration's ranges).
     """
 
     epochs: int = 3
@@ -298,17 +303,18 @@ class QatConfig:
     workers: int = 0
     seed: int = 0
     out_dir: str | None = None
-    distill: float = 1.0
+    distill: float | DistillConfig = 1.0
     labels: bool = False
+    range_momentum: float = 0.01
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1:
             raise InputError(f"QAT needs epochs >= 1 and batch >= 1, got {self.epochs} and {self.batch}")
         if not self.lr > 0:
             raise InputError(f"QAT lr must be > 0, got {self.lr}")
-        if self.distill < 0:
-            raise InputError(f"QAT distill weight must be >= 0, got {self.distill}")
-        if not self.labels and self.distill == 0:
+        if not 0.0 <= self.range_momentum <= 1.0:
+            raise InputError(f"QAT range_momentum must be in [0, 1], got {self.range_momentum}")
+        if as_distill_config(self.distill) is None and not self.labels:  # the first refuses a weight < 0
             raise InputError("QAT needs a loss: labels, distillation from the float model, or both")
 
 
@@ -350,7 +356,6 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     import dataclasses
     import time
 
-    from yolocompress.compress.distill.output import OutputDistillation
     from yolocompress.compress.fuse import fuse_model
     from yolocompress.compress.quant.head import head_hessians
     from yolocompress.compress.quant.ptq import (
@@ -366,6 +371,9 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
 
     config = config or QuantConfig()
     qat = qat or QatConfig()
+    if config.autotune:
+        raise InputError("silu/stem 'auto' times candidate plans after calibration, which PTQ does; QAT trains one "
+                         "plan: choose int8 or float (or run PTQ with auto first and use its choice)")
     if not config.per_channel or config.activation_type != "u8":
         raise InputError("QAT trains per-channel int8 weights and uint8 activations (what its fake quantization "
                          "simulates); per_channel=false and activation_type=s8 are for PTQ only")
@@ -386,9 +394,10 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
         hyp = Hyp(lr0=qat.lr, lrf=qat.lrf, warmup_epochs=0.0)
         if not qat.labels:
             hyp = dataclasses.replace(hyp, box=0.0, obj=0.0, cls=0.0)
-        extra = [OutputDistillation(folded, weight=qat.distill)] if qat.distill > 0 else []
+        kd = as_distill_config(qat.distill)
+        extra = distill_terms(kd, folded, folded, imgsz, qat.seed)[0] if kd is not None else []
         trainer = Trainer(folded, data, train_cfg, hyp=hyp, extra_losses=extra,
-                          wrap_model=lambda m: insert_fake_quant(m, plan, proto, ranges))
+                          wrap_model=lambda m: insert_fake_quant(m, plan, proto, ranges, qat.range_momentum))
         trained = trainer.train().model.eval()
         # the trained weights as plain fp32 ONNX, named as the plan expects
         plain = strip_fake_quant(trained)
@@ -406,8 +415,10 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
         parity = parity_sqnr(trained, qdq, prepared.images[:config.check_images])
         report = finish(trained_prep, plan, config, qdq, output, t0, method="qat")
     details = {"epochs": qat.epochs, "lr": qat.lr, "batch": qat.batch, "parity_sqnr_db": parity,
-               "distill": qat.distill, "labels": qat.labels,
-               "batchnorm": "folded before QAT", "activation_ranges": "PTQ-initialised, EMA-tracked"}
+               "distill": distill_json(qat.distill), "labels": qat.labels,
+               "batchnorm": "folded before QAT", "range_momentum": qat.range_momentum,
+               "activation_ranges": ("PTQ-calibrated, fixed" if qat.range_momentum == 0
+                                     else f"PTQ-initialised, EMA-tracked (momentum {qat.range_momentum:g})")}
     report = report.replace(config={**report.config, "qat": dataclasses.asdict(qat)},
                             details={**report.details, "qat": details})
     return output, report

@@ -103,6 +103,8 @@ def sensitivity(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None = 
                 split: str = "train") -> SensitivityReport:
     """:func:`layer_sensitivity` from a model or file (calibrates first)."""
     config = config or QuantConfig()
+    if config.autotune:
+        raise InputError("sensitivity is measured on one plan: choose silu/stem int8 or float, not auto")
     if split == "val":
         raise InputError("sensitivity must not be measured on the validation split (it selects what to "
                          "exclude); use train")

@@ -1,0 +1,153 @@
+"""What to distill (``DistillConfig``) and the one place that turns it into trainer loss terms.
+
+Every stage that trains under a teacher takes the same choice: the ``distill`` stage, ``finetune``
+(``FinetuneConfig.distill``), prune's own fine-tune (``PruneConfig.distill``) and QAT
+(``QatConfig.distill``). Their ``distill`` field is either a plain weight ``W`` (output KD at that weight,
+0: none; the older form, kept) or a :class:`DistillConfig`; :func:`as_distill_config` makes the two one,
+and :func:`distill_terms` builds the ``extra_losses`` entries and the report's details from it, so the
+checks (heads for output KD, layers and strides for feature KD) and the connectors are the same everywhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from yolocompress.compress.distill.feature import FeatureDistillation
+from yolocompress.compress.distill.output import OutputDistillation
+from yolocompress.errors import InputError
+
+METHODS = ("output", "feature", "both")
+# A KD term below this share of the detection loss hardly trains anything; above the other it drowns it.
+KD_SHARE_WARN = (0.01, 100.0)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """What to distill (the training itself is the stage's own config).
+
+    Attributes:
+        method: ``output``, ``feature`` or ``both``.
+        feature_layers: layer indices for feature KD (``None``: the layers that feed Detect).
+        weight: weight of output KD (``method`` output or both).
+        feature_weight: weight of feature KD (``method`` feature or both).
+        temperature: CWD softmax temperature.
+        check_teacher: (the ``distill`` stage) evaluate teacher and student on the val split first and warn
+            when the teacher is not better. The other stages distill from the model they started from
+            and do not evaluate it.
+    """
+
+    method: str = "feature"
+    feature_layers: tuple[int, ...] | None = None
+    weight: float = 1.0
+    feature_weight: float = 1.0
+    temperature: float = 1.0
+    check_teacher: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not self.weight >= 0 or not self.feature_weight >= 0:
+            raise InputError(f"weights must be >= 0, got {self.weight} and {self.feature_weight}")
+        if not self.temperature > 0:
+            raise InputError(f"temperature must be > 0, got {self.temperature}")
+        if self.feature_layers is not None:
+            object.__setattr__(self, "feature_layers", tuple(int(i) for i in self.feature_layers))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["feature_layers"] = None if self.feature_layers is None else list(self.feature_layers)
+        return d
+
+
+def as_distill_config(value: float | DistillConfig | None) -> DistillConfig | None:
+    """A stage's ``distill`` field as a :class:`DistillConfig`: a weight ``W > 0`` is output KD at ``W``
+    (``None`` for 0 or ``None``: no distillation); a negative weight is an ``InputError``."""
+    if value is None or isinstance(value, DistillConfig):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) >= 0:
+        raise InputError(f"distill must be a weight >= 0 or distillation settings, got {value!r}")
+    return DistillConfig(method="output", weight=float(value), check_teacher=False) if value > 0 else None
+
+
+def distill_json(value: float | DistillConfig | None) -> float | dict[str, Any] | None:
+    """A ``distill`` field as JSON data (the weight, or the settings' dict)."""
+    return value.to_dict() if isinstance(value, DistillConfig) else value
+
+
+def check_output_compatible(student: nn.Module, teacher: nn.Module) -> None:
+    """Output KD compares head outputs cell by cell: classes, anchors and strides must be the same."""
+    s, t = student.model[-1], teacher.model[-1]
+    if int(student.nc) != int(teacher.nc):
+        raise InputError(f"output distillation needs the same classes: the student predicts {student.nc}, "
+                         f"the teacher {teacher.nc}")
+    same_anchors = tuple(s.anchors.shape) == tuple(t.anchors.shape) and torch.allclose(s.anchors.cpu(),
+                                                                                        t.anchors.cpu())
+    if not torch.equal(s.stride.cpu(), t.stride.cpu()) or not same_anchors:
+        raise InputError("output distillation needs the same anchors and strides in student and teacher "
+                         f"(strides {s.stride.tolist()} vs {t.stride.tolist()}); use method feature")
+
+
+def distill_terms(config: DistillConfig, teacher: nn.Module, student: nn.Module, imgsz: int | None = None,
+                  seed: int = 0) -> tuple[list[Any], dict[str, Any]]:
+    """The trainer ``extra_losses`` terms of ``config`` for ``student`` under ``teacher`` (neither is
+    modified), checked before any training, and the report's ``details``: ``method`` and, for feature KD,
+    ``feature_layers`` and ``connectors`` (layer -> [student, teacher] channels; none where they match).
+
+    ``imgsz``: the size of the dry forward that sizes the connectors and compares strides; ``seed``: the
+    connectors' initial weights (the stage's seed, so that a run is reproducible).
+    """
+    terms: list[Any] = []
+    details: dict[str, Any] = {"method": config.method}
+    if config.method in ("output", "both"):
+        check_output_compatible(student, teacher)
+        terms.append(OutputDistillation(teacher, weight=config.weight))
+    if config.method in ("feature", "both"):
+        feature = FeatureDistillation(teacher, student, config.feature_layers, weight=config.feature_weight,
+                                      tau=config.temperature, probe_size=imgsz, seed=seed)
+        terms.append(feature)
+        details["feature_layers"] = list(feature.feature_layers)
+        details["connectors"] = {i: [int(m[0].in_channels), int(m[0].out_channels)]
+                                 for i, m in feature.trainable.items()}
+    return terms, details
+
+
+def teacher_overhead(terms: Sequence[Any], history: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The KD wall-time overhead of the epochs in ``history`` (those trained since ``terms`` were built):
+    ``teacher_forward_s_per_epoch`` (the terms' teacher forwards, each term its own) and
+    ``teacher_forward_share`` (of the epochs' training time, ``time_s``); empty without a teacher or
+    epochs."""
+    seconds = sum(float(getattr(t, "teacher_seconds", 0.0)) for t in terms)
+    if not history or not any(hasattr(t, "teacher_seconds") for t in terms):
+        return {}
+    train_s = sum(float(row.get("time_s", 0.0)) for row in history)
+    return {"teacher_forward_s_per_epoch": seconds / len(history),
+            "teacher_forward_share": seconds / train_s if train_s > 0 else float("nan")}
+
+
+def kd_warnings(history: Sequence[dict[str, Any]]) -> list[str]:
+    """Warnings when a KD term of the first epoch is tiny or huge against the detection loss."""
+    if not history:
+        return []
+    row = history[0]
+    det = sum(float(row.get(f"train/{k}_loss", 0.0)) for k in ("box", "obj", "cls"))
+    out = []
+    for key in ("kd_output", "kd_feature"):
+        value = row.get(f"train/{key}")
+        if value is None or det <= 0:
+            continue
+        share = float(value) / det
+        if share < KD_SHARE_WARN[0]:
+            out.append(f"{key} was {100 * share:.2g}% of the detection loss in epoch 1: at this weight the "
+                       "teacher has almost no effect (raise the weight)")
+        elif share > KD_SHARE_WARN[1]:
+            out.append(f"{key} was {share:.0f}x the detection loss in epoch 1: it drowns the labels "
+                       "(lower the weight)")
+    return out
+
+
+__all__ = ["DistillConfig", "KD_SHARE_WARN", "METHODS", "as_distill_config", "check_output_compatible",
+           "distill_json", "distill_terms", "kd_warnings", "teacher_overhead"]
