@@ -10,8 +10,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "yolocompress"
 
 # Lowest first: a module may import from its own layer or a lower one, never a higher one.
-LAYERS = ("errors", "progress", "models", "io", "data", "export", "profile", "engine", "compress", "report", "recipe", "demo",
-          "cli", "__main__")
+LAYERS = ("errors", "progress", "yamlfile", "models", "io", "data", "export", "profile", "engine", "compress",
+          "report", "recipe", "demo", "cli", "__main__")
 
 
 def _module_name(path: Path, package: Path = PACKAGE) -> str:

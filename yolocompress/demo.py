@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from yolocompress.errors import CompressionError
+from yolocompress.io.workdir import cache_dir
 
 if TYPE_CHECKING:
     from yolocompress.recipe import RecipeResult
@@ -21,14 +22,6 @@ BASELINE_RECORD = ASSETS / "baseline.json"
 
 # The generator settings of the demo set; the baseline's recorded metrics are on exactly this val split.
 DEMO_DATA = {"n_train": 512, "n_val": 128, "imgsz": 256, "seed": 0}
-
-
-def cache_dir() -> Path:
-    """Where generated demo data lives: ``$YOLOCOMPRESS_CACHE`` or ``~/.cache/yolocompress``."""
-    explicit = os.environ.get("YOLOCOMPRESS_CACHE")
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yolocompress"
 
 
 def demo_data(root: str | os.PathLike | None = None) -> Path:

@@ -6,10 +6,18 @@ Library code raises these; the CLI turns them into one line on stderr and an exi
 from __future__ import annotations
 
 
+# Every character ``str.splitlines`` breaks at, shown escaped so that a message stays one line even when it
+# quotes a user's value (a path or a YAML string) that holds a line break.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 class YoloCompressError(Exception):
-    """Base class of every error the CLI reports as one line."""
+    """Base class of every error the CLI reports as one line (line breaks in the message are escaped)."""
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return super().__str__().translate(_LINE_BREAKS)
 
 
 class InputError(YoloCompressError):
@@ -26,3 +34,7 @@ class CompressionError(YoloCompressError):
     """A run failed or a check found a regression."""
 
     exit_code = 1
+
+
+class TrainingDivergedError(CompressionError):
+    """Training met a non-finite loss, gradient or weight; the checkpoint of the last good epoch was kept."""

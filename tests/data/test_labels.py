@@ -97,6 +97,18 @@ def test_all_bad_raises_input_error(make_dataset):
         load_split(load_data_config(data_yaml), "val", cache=False)
 
 
+def test_a_split_without_labels_is_refused_for_use_but_scans(make_dataset):
+    data_yaml = make_dataset({"a.jpg": (16, 16), "b.jpg": (16, 16)}, {"a": "\n", "b": None})
+    cfg = load_data_config(data_yaml)
+    with pytest.raises(InputError, match=r"val split has no labels: none of its 2 usable images has a box "
+                                         r"\(labels are read from .*labels/a.txt"):
+        load_split(cfg, "val", cache=False)
+    assert len(load_split(cfg, "val", cache=False, require_labels=False).images) == 2
+    report = scan_split(cfg, "val", cache=False).report
+    assert report.problems() == ("no labelled image (2 usable, all background: an empty or misplaced labels "
+                                 "folder?)",)
+
+
 def test_no_images_found(make_dataset):
     data_yaml = make_dataset({"a.jpg": (16, 16)}, {})
     (data_yaml.parent / "images" / "a.jpg").unlink()

@@ -133,5 +133,5 @@ def test_bad_augment_config(kw, message):
 
 def test_no_labels_cannot_train(make_dataset):
     data_yaml = make_dataset({"a.jpg": (32, 32)}, {"a": ""})
-    with pytest.raises(InputError, match="no labelled image"):
+    with pytest.raises(InputError, match="train split has no labels"):
         build_train_loader(data_yaml, imgsz=64, batch=1, label_cache=False)

@@ -357,3 +357,77 @@ def test_cpu_bf16_channels_last_training_runs(tmp_path):
     result = Trainer(model, data, cfg).train()
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+# ---------------------------------------------------------------- non-finite guard
+class NaNLossAt:
+    """An extra loss term that is 0 except at one global step, where it is NaN."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.calls = step, 0
+
+    def __call__(self, batch, preds, features):
+        step, self.calls = self.calls, self.calls + 1
+        zero = preds[0].sum() * 0
+        return (zero + float("nan") if step == self.step else zero), {}
+
+
+class InfWeightAt(Callback):
+    """Sets one weight of the model to inf after the given global step (the loss of that step was finite)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_end(self, trainer, step):
+        if step == self.step:
+            with torch.no_grad():
+                trainer.model.model[0].conv.weight[0, 0, 0, 0] = float("inf")
+
+
+def test_a_nan_loss_stops_training_naming_epoch_and_step_keeping_the_last_good_checkpoint(data_cfg, tmp_path):
+    from yolocompress.errors import TrainingDivergedError
+    from yolocompress.io.checkpoint import load_model
+
+    seed_everything(0)
+    config = train_config(tmp_path, epochs=3, batch=4, val=False)  # 8 images: 2 batches per epoch
+    trainer = Trainer(tiny_model(nc=data_cfg.nc), data_cfg, config, Hyp(), extra_losses=[NaNLossAt(step=3)])
+    with pytest.raises(TrainingDivergedError, match=r"non-finite loss in epoch 2/3, batch 2/2, step 4 "
+                                                    r"\(loss nan; detection terms: box .*the last good "
+                                                    r"checkpoint, .*last.pt \(end of epoch 1\), was kept"):
+        trainer.train()
+    last = torch.load(trainer.last_path, weights_only=True)
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(p).all() for p in load_model(trainer.last_path).parameters())
+    assert len(list(csv.DictReader(open(trainer.out_dir / "results.csv")))) == 1
+
+
+def test_a_non_finite_weight_is_never_saved(data_cfg, tmp_path):
+    from yolocompress.errors import TrainingDivergedError
+
+    seed_everything(0)
+    config = train_config(tmp_path, epochs=2, batch=4, val=False)
+    trainer = Trainer(tiny_model(nc=data_cfg.nc), data_cfg, config, Hyp(),
+                      callbacks=[InfWeightAt(step=1)])  # the last batch of epoch 1
+    with pytest.raises(TrainingDivergedError, match=r"non-finite weights in epoch 1/2, at its end "
+                                                    r"\(model.0.conv.weight\); no checkpoint of this run was "
+                                                    r"written"):
+        trainer.train()
+    assert not trainer.last_path.exists() and not trainer.best_path.exists()
+
+
+def test_a_non_finite_gradient_stops_before_the_optimizer_step(data_cfg, tmp_path):
+    from yolocompress.errors import TrainingDivergedError
+
+    def sqrt_of_zero(batch, preds, features):  # value 0, gradient 0 * inf = NaN
+        return torch.sqrt(preds[0].sum() * 0), {}
+
+    seed_everything(0)
+    model = tiny_model(nc=data_cfg.nc)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    trainer = Trainer(model, data_cfg, train_config(tmp_path, epochs=1, batch=4, val=False), Hyp(),
+                      extra_losses=[sqrt_of_zero])
+    with pytest.raises(TrainingDivergedError, match=r"non-finite gradient in epoch 1/1, batch 1/2, step 1;"):
+        trainer.train()
+    assert all(torch.equal(v, before[k]) for k, v in model.named_parameters())  # not stepped
+    assert not trainer.last_path.exists()

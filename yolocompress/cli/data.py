@@ -10,7 +10,7 @@ from rich.table import Table
 from typing import TYPE_CHECKING
 
 from yolocompress.cli.common import console, non_negative_int, positive_int
-from yolocompress.errors import InputError
+from yolocompress.errors import CompressionError
 from yolocompress.io.paths import preflight
 
 if TYPE_CHECKING:  # torch is imported only when the command runs
@@ -82,9 +82,10 @@ def _check_main(args: argparse.Namespace) -> int:
     console.print(_report_table(report))
     if report.issues:
         console.print(_issues_table(report, root))
-    if report.usable == 0:
-        console.print(f"[bold red]nothing usable in the {report.split} split[/]")
-        return InputError.exit_code
+    problems = report.problems()
+    if problems:
+        console.print(f"[bold red]{report.split} split failed the check: {'; '.join(problems)}[/]")
+        return CompressionError.exit_code
     return 0
 
 
@@ -107,7 +108,8 @@ def register(subparsers) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=_synth_main)
 
-    c = sub.add_parser("check", help="scan a split: count usable, background, corrupt and badly labelled images")
+    c = sub.add_parser("check", help="scan a split: count usable, background, corrupt and badly labelled "
+                                     "images; exit 1 when any image is skipped or no image has a label")
     c.add_argument("data", help="data.yaml")
     c.add_argument("--split", choices=("train", "val", "test"), default="val", help="split to scan (default val)")
     c.add_argument("--no-cache", action="store_true", help="do not read or write the label cache file")

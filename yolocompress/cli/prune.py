@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # ``--batch`` sets the three batch sizes, ``--exclude`` takes a list.
 CONFIG_FLAGS = ("ratio", "target_gflops", "candidates", "guided", "calib_batches", "eval_images", "finetune_epochs",
                 "round_to", "min_channels", "seed", "device", "workers", "distill", "bf16", "channels_last",
-                "latency")
+                "latency", "resume")
 PRUNE_CONFIG = "yolocompress.compress.prune.pruner:PruneConfig"
 
 
@@ -65,7 +65,8 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
     from yolocompress.engine.distributed import context_from_env
     from yolocompress.io.checkpoint import history_entry, save_model
 
-    config = PruneConfig(**settings, imgsz=imgsz or PruneConfig.imgsz)  # validated before any loading
+    config = PruneConfig(**settings, imgsz=imgsz or PruneConfig.imgsz,  # validated before any loading
+                         search_log=f"{output}.search.jsonl")  # what --resume continues
     data_cfg = load_data_config(data)
     net, info = load_cli_model(model, cfg)
     require_unfused(net, "pruning")
@@ -194,6 +195,9 @@ def register(subparsers) -> None:
     p.add_argument("--channels-last", action="store_true", default=None, help="fine-tune in NHWC memory format")
     p.add_argument("--latency", action="store_true", default=None,
                    help="also measure ONNX Runtime latency before and after")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue a killed search recorded in OUTPUT.search.jsonl (same model, data and "
+                        "settings): sub-nets scored there are not scored again")
     p.add_argument("--cfg", default=None, help="model config for a bare state_dict")
     p.add_argument("--json", default=None, help="write the full report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -12,7 +12,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from yolocompress.cli.common import WORKERS, add_workers, image_size, positive_int
 from yolocompress.errors import InputError
@@ -28,18 +27,7 @@ DESCRIPTION = (
 def _load_hyp(path: str | None):
     from yolocompress.engine.loss import Hyp
 
-    if path is None:
-        return Hyp()
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"hyp file not found: {p}")
-    try:
-        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(values, dict):
-        raise InputError(f"{p}: expected a mapping of hyperparameters")
-    return Hyp.from_dict(values)
+    return Hyp() if path is None else Hyp.from_yaml(path)
 
 
 def _transfer(source, nc: int):

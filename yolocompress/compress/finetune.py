@@ -11,7 +11,6 @@ folder is a temporary one unless ``out_dir`` is given; there ``weights/last.pt``
 from __future__ import annotations
 
 import copy
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from yolocompress.compress.distill.config import (DistillConfig, as_distill_conf
                                                   distill_terms, kd_warnings, teacher_overhead)
 from yolocompress.compress.stage import ModelSnapshot, StageReport, config_dict
 from yolocompress.errors import InputError
+from yolocompress.io.workdir import work_dir
 from yolocompress.progress import ProgressCallback
 
 
@@ -122,7 +122,7 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
                          else ([], {}))
     extra += list(extra_losses)
     data = as_data_config(data)
-    with tempfile.TemporaryDirectory(prefix="yc-finetune-") as tmp:
+    with work_dir("yc-finetune-") as tmp:
         run_dir = Path(out_dir) if out_dir is not None else Path(tmp)
         last = run_dir / "weights" / "last.pt"
         resume_from = str(last) if resume and last.is_file() else None

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 
 from yolocompress.errors import InputError
-from yolocompress.io.yamlfile import load_yaml_file
+from yolocompress.yamlfile import load_yaml_file
 
 SPLITS = ("train", "val", "test")
 

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from yolocompress.errors import InputError
+
 COORD_TOL = 1e-6
 MAX_ISSUES = 50  # offending files kept in a report (the counts are always complete)
 
 
-class LabelError(Exception):
-    """A label file is malformed; the message says which line and why."""
+class LabelError(InputError):
+    """A label file is malformed; the message says which line and why (a scan skips the image)."""
 
 
 def label_path_for(image: str | os.PathLike) -> Path:
@@ -137,6 +139,20 @@ class LabelReport:
     @property
     def skipped(self) -> int:
         return self.corrupt + self.bad_labels
+
+    def problems(self) -> tuple[str, ...]:
+        """What makes the split unfit, one phrase each with its count (empty: nothing found): corrupt images,
+        images with bad labels (both skipped), or no labelled image at all."""
+        found = []
+        if self.corrupt:
+            found.append(f"{self.corrupt} corrupt image{'s' if self.corrupt != 1 else ''} (skipped)")
+        if self.bad_labels:
+            plural = "s" if self.bad_labels != 1 else ""
+            found.append(f"{self.bad_labels} image{plural} with bad labels (skipped)")
+        if not self.ok:
+            found.append(f"no labelled image ({self.usable} usable, all background: an empty or misplaced "
+                         "labels folder?)")
+        return tuple(found)
 
     def summary(self) -> str:
         """One line: ``val: 128 images, 120 labelled, 8 background, 0 corrupt, 0 bad labels ...``."""

@@ -135,8 +135,6 @@ def build_train_loader(data_cfg: DataConfig | str | os.PathLike, imgsz: int = 64
     imgsz = _imgsz(imgsz, stride)
     index = load_split(data, split, cache=label_cache)
     dataset = TrainDataset(index, imgsz=imgsz, hyp=hyp, seed=seed)
-    if not any(len(lb) for lb in dataset.labels):
-        raise InputError(f"the {split} split has no labelled image; cannot train ({index.report.summary()})")
     if cache:
         nbytes = dataset.cache_images(workers)
         logger.info("cached %d %s images in RAM (%.2f GB)", len(dataset), split, nbytes / 1e9)

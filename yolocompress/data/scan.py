@@ -103,13 +103,17 @@ def scan_split(data: DataConfig, split: str = "val", *, cache: bool = True,
 
 
 def load_split(data: DataConfig, split: str = "val", *, cache: bool = True,
-               workers: int | None = None) -> SplitIndex:
-    """:func:`scan_split`, then InputError if no usable image is left."""
+               workers: int | None = None, require_labels: bool = True) -> SplitIndex:
+    """:func:`scan_split`, then InputError if no usable image is left or (``require_labels``) no image has a
+    box: training or scoring on such a split would run and report nothing (mAP 0) without a word."""
     index = scan_split(data, split, cache=cache, workers=workers)
     if not index.images:
         first = f"; first problem: {index.report.issues[0].path}: {index.report.issues[0].reason}" \
             if index.report.issues else ""
         raise InputError(f"no usable images in the {split} split ({index.report.summary()}){first}")
+    if require_labels and not index.report.ok:
+        raise InputError(f"the {split} split has no labels: none of its {len(index.images)} usable images has "
+                         f"a box (labels are read from {label_path_for(index.images[0])} and the like)")
     return index
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from yolocompress.data.augment import AugmentConfig
 from yolocompress.errors import InputError
+from yolocompress.yamlfile import load_yaml_mapping
 
 # Objectness weight of each output level, finest first (YOLOv5: P3-P5, or P3-P7 for more levels).
 _BALANCE = {3: (4.0, 1.0, 0.4)}
@@ -84,11 +86,16 @@ class Hyp:
         """
         aug_names = {f.name for f in dataclasses.fields(AugmentConfig)} | {"copy_paste"}
         own = {k: v for k, v in values.items() if k not in aug_names and k != "anchors"}
-        unknown = sorted(set(own) - set(_number_fields()))
+        unknown = sorted(map(str, set(own) - set(_number_fields())))
         if unknown:
             raise InputError(f"unknown hyp key(s): {', '.join(unknown)}")
         augment = AugmentConfig.from_hyp({k: v for k, v in values.items() if k in aug_names})
         return cls(**own, augment=augment)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Hyp":
+        """Read a YOLOv5 hyp file with the bounded YAML loader (an empty file gives the defaults)."""
+        return cls.from_dict(load_yaml_mapping(path, "hyp file", "hyperparameters"))
 
     def to_dict(self) -> dict[str, float]:
         """The flat YOLOv5-style mapping (``from_dict`` reads it back)."""

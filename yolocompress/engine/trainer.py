@@ -13,6 +13,10 @@ validation split and a checkpoint written atomically:
 - ``results.csv``: one row per epoch.
 
 Resuming from ``last.pt`` on the CPU with the same seed reproduces an uninterrupted run bit for bit.
+
+A non-finite loss, gradient (without AMP's scaler, which skips such steps itself) or weight stops the run with
+``TrainingDivergedError`` naming the epoch and step, before anything is stepped or saved: ``last.pt`` and
+``best.pt`` keep the last good epoch.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from yolocompress.engine.callbacks import Batch, Callback, CallbackList, Feature
 from yolocompress.engine.ema import ModelEMA, unwrap
 from yolocompress.engine.loss import DetectionLoss, Hyp
 from yolocompress.engine.optim import Schedule, build_optimizer
-from yolocompress.errors import InputError
+from yolocompress.errors import InputError, TrainingDivergedError
 from yolocompress.io.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from yolocompress.io.ultralytics import load_error
 from yolocompress.progress import ProgressCallback, report
@@ -468,12 +472,14 @@ class Trainer:
                     value = value.detach() if isinstance(value, torch.Tensor) else value
                     extra_sums[key] = extra_sums.get(key, 0.0) + float(value)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {i}: {items.tolist()}")
+                parts = ", ".join(f"{k} {v:.4g}" for k, v in zip(LOSS_NAMES, items.tolist()))
+                raise self._diverged("loss", epoch, f"batch {i + 1}/{nb}, step {ni + 1}",
+                                     f" (loss {float(loss.detach()):.4g}; detection terms: {parts})")
             if self.ctx.distributed:
                 loss = loss * self.ctx.world_size  # DDP averages gradients over processes
             self.scaler.scale(loss).backward()
             if ni - self._last_opt_step >= accumulate:
-                self._optimizer_step()
+                self._optimizer_step(epoch, f"batch {i + 1}/{nb}, step {ni + 1}")
                 self._last_opt_step = ni
             self.step = ni + 1
             self.callbacks.on_batch_end(self, ni)
@@ -485,7 +491,7 @@ class Trainer:
         extra_means = {k: v / max(nb, 1) for k, v in extra_sums.items()}
         return mean_loss.cpu(), extra_means, time.perf_counter() - start
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, epoch: int, where: str) -> None:
         self.scaler.unscale_(self.optimizer)
         extra = [p for p in self.extra_modules.parameters() if p.grad is not None]
         if extra and self.ctx.distributed:  # DDP averages the model's gradients; these are not in it
@@ -494,7 +500,9 @@ class Trainer:
             for p in extra:
                 dist.all_reduce(p.grad)
                 p.grad /= self.ctx.world_size
-        nn.utils.clip_grad_norm_([*self.model.parameters(), *extra], max_norm=MAX_GRAD_NORM)
+        norm = nn.utils.clip_grad_norm_([*self.model.parameters(), *extra], max_norm=MAX_GRAD_NORM)
+        if not self.scaler.is_enabled() and not torch.isfinite(norm):  # (AMP's scaler skips such steps)
+            raise self._diverged("gradient", epoch, where)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -514,9 +522,28 @@ class Trainer:
                 "metrics/mAP_0.5": result.map50, "metrics/mAP_0.5:0.95": result.map50_95,
                 "fitness": result.fitness}
 
+    def _diverged(self, what: str, epoch: int, where: str, detail: str = "") -> TrainingDivergedError:
+        """The error for a non-finite ``what`` in ``epoch`` (0-based) at ``where``; it says which checkpoint
+        was kept (nothing non-finite is ever saved)."""
+        if epoch > self.start_epoch or (epoch > 0 and self.last_path.is_file()):
+            kept = f"the last good checkpoint, {self.last_path} (end of epoch {epoch}), was kept"
+        else:
+            kept = "no checkpoint of this run was written"
+        return TrainingDivergedError(f"training diverged: non-finite {what} in epoch {epoch + 1}/"
+                                     f"{self.config.epochs}, {where}{detail}; {kept}. Try a lower lr0 "
+                                     "(--hyp) or a larger batch")
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        models = [self.model] + ([self.ema.ema] if self.ema is not None else [])
+        for model in models:
+            for name, value in model.state_dict().items():
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise self._diverged("weights", epoch, f"at its end ({name})")
+
     def _end_epoch(self, epoch: int, losses: torch.Tensor, extra: dict[str, float],
                    elapsed: float) -> tuple[dict[str, Any], bool]:
         cfg = self.config
+        self._check_finite_weights(epoch)  # before anything is validated or saved
         row: dict[str, Any] | None = None
         stop = False
         if self.ctx.is_main:

@@ -1,6 +1,8 @@
 """Atomic file output: write to a temporary file beside the target, then rename over it.
 
-A failed or killed run therefore never leaves a half-written model or report behind.
+A failed or killed run therefore never leaves a half-written model or report behind. The temporary file's
+name carries its owner (``.last.pt.pid123@host.x8f1.tmp``); one left by a killed run is removed by the next
+atomic write into the same folder (``io.workdir.remove_stale``).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Any, Iterator
 
 import torch
 
+from yolocompress.io.workdir import owner_tag, remove_stale
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -22,7 +26,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale(target.parent, suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{owner_tag()}", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from yolocompress.errors import InputError
+from yolocompress.errors import InputError, YoloCompressError
 from yolocompress.io.atomic import atomic_torch_save
 from yolocompress.io.ultralytics import (
     PickledObject, is_pickled, pickled_batchnorm_eps, pickled_state_dict, safe_torch_load,
@@ -61,21 +61,31 @@ def load_model_with_info(path: str | os.PathLike, cfg: str | Path | dict | None 
     """
     ckpt = safe_torch_load(path)
     name = Path(path).name
+    try:
+        model, info = _from_loaded(ckpt, cfg, name)
+    except YoloCompressError:
+        raise
+    except Exception as exc:  # the unpickled contents are untrusted data: a damaged config, state or field
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise InputError(f"{name}: not a usable model checkpoint (its contents are damaged: "
+                         f"{type(exc).__name__} {first})") from exc
+    return model.to(device).float().eval(), info
+
+
+def _from_loaded(ckpt: Any, cfg: str | Path | dict | None, name: str) -> tuple[DetectionModel, ModelInfo]:
     if isinstance(ckpt, dict):
         ours = _find_ours(ckpt)
         if ours is not None:
-            model, info = _from_ours(ours, name)
-        else:
-            pickled = ckpt.get("ema") if is_pickled(ckpt.get("ema"), "DetectionModel", "Model") else ckpt.get("model")
-            if is_pickled(pickled, "DetectionModel", "Model"):
-                model, info = _from_ultralytics(pickled, name)
-            else:
-                model, info = _from_state_dict(ckpt, cfg, name)
-    elif is_pickled(ckpt, "DetectionModel", "Model"):
-        model, info = _from_ultralytics(ckpt, name)
-    else:
-        raise InputError(f"{name} is not a model checkpoint (found {type(ckpt).__name__})")
-    return model.to(device).float().eval(), info
+            return _from_ours(ours, name)
+        pickled = ckpt.get("ema")
+        if not is_pickled(pickled, "DetectionModel", "Model"):
+            pickled = ckpt.get("model")
+        if is_pickled(pickled, "DetectionModel", "Model"):
+            return _from_ultralytics(pickled, name)
+        return _from_state_dict(ckpt, cfg, name)
+    if is_pickled(ckpt, "DetectionModel", "Model"):
+        return _from_ultralytics(ckpt, name)
+    raise InputError(f"{name} is not a model checkpoint (found {type(ckpt).__name__})")
 
 
 def _find_ours(ckpt: dict[str, Any]) -> dict[str, Any] | None:

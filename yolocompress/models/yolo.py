@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import yaml
 
 from yolocompress.errors import InputError
 from yolocompress.models.activations import parse_activation
@@ -16,6 +15,7 @@ from yolocompress.models.detect import Detect
 from yolocompress.models.parse import LayerSpec, build_layers, resolve_layers
 from yolocompress.models.rep import RepConv
 from yolocompress.models.shapes import apply_shape_spec, shape_spec
+from yolocompress.yamlfile import load_yaml_mapping
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -37,12 +37,7 @@ def load_config(cfg: str | Path | dict[str, Any]) -> dict[str, Any]:
                 break
     if not path.is_file():
         raise InputError(f"model config not found: {cfg} (shipped: {', '.join(list_configs())})")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError(f"model config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"model config {path} must be a mapping")
+    data = load_yaml_mapping(path, "model config")  # bounded: no alias bombs, duplicate keys or huge files
     data.setdefault("name", path.stem)
     return data
 

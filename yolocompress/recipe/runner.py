@@ -23,7 +23,6 @@ import hashlib
 import json
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport, mod
 from yolocompress.errors import InputError
 from yolocompress.progress import ProgressCallback
 from yolocompress.io.atomic import atomic_write_json, atomic_write_text
+from yolocompress.io.workdir import work_dir
 from yolocompress.report.gate import GateLimits, GateResult, check_report
 from yolocompress.recipe.plan import LoadedRecipe, RecipePlan, StagePlan
 from yolocompress.recipe.stages import StageContext
@@ -233,7 +233,7 @@ def measure_latencies(artifacts: list[Path], imgsz: int, backends: tuple[str, ..
     calls: dict[tuple[Path, str], Callable[[], object]] = {}
     x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     feed_x = x.numpy()
-    with tempfile.TemporaryDirectory(prefix="yc-latency-") as tmp:
+    with work_dir("yc-latency-") as tmp:
         for k, artifact in enumerate(dict.fromkeys(artifacts)):
             onnx_path = artifact
             if artifact.suffix != ".onnx":

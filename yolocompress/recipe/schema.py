@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from yolocompress.errors import InputError
-from yolocompress.io.yamlfile import load_yaml_text, read_yaml_text
 from yolocompress.export.openvino import OPENVINO_BACKENDS, openvino_version
 from yolocompress.report.gate import DEFAULT_LATENCY_BACKENDS, LATENCY_BACKENDS, GateLimits
+from yolocompress.yamlfile import load_yaml_text, read_yaml_text
 
 RECIPE_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "recipes"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 from yolocompress.compress.quant.qat import QatConfig, quantize_qat
 from yolocompress.compress.stage import StageReport, config_dict
 from yolocompress.errors import InputError
+from yolocompress.io.workdir import work_dir
 from yolocompress.progress import ProgressCallback
 
 
@@ -160,7 +160,7 @@ def _run_export(ctx: StageContext, model: Any, configs: Mapping[str, Any]) -> tu
     cfg = configs["config"]
     t0 = time.perf_counter()
     output = ctx.work_dir / "model.onnx"
-    with tempfile.TemporaryDirectory(prefix="yc-export-", dir=ctx.work_dir) as tmp:
+    with work_dir("yc-export-", parent=ctx.work_dir) as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", imgsz=ctx.imgsz, opset=cfg.opset)
         error = verify_onnx(model, path, imgsz=ctx.imgsz)
         if error > cfg.tolerance:
@@ -186,7 +186,8 @@ def _run_evaluate(ctx: StageContext, artifact: Any, configs: Mapping[str, Any]) 
 _TRAINER_FIELDS = frozenset({"imgsz"})
 register_stage(StageType(
     "prune", {"config": PruneConfig}, takes="torch", gives="torch", run=_run_prune, needs_unfused=True,
-    runner_fields=frozenset({"imgsz", "finetune_dir", "latency", "latency_threads", "eval_baseline"}),
+    runner_fields=frozenset({"imgsz", "finetune_dir", "latency", "latency_threads", "eval_baseline",
+                             "search_log", "resume"}),
     defaults={"finetune_epochs": 0}))
 register_stage(StageType("finetune", {"config": FinetuneConfig}, takes="torch", gives="torch", run=_run_finetune,
                          runner_fields=_TRAINER_FIELDS))

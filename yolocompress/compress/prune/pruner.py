@@ -2,7 +2,8 @@
 
 Dependency analysis (``graph``) -> L1 importance (``importance``) -> EagleEye search over per-group ratios
 (``eagleeye``) -> physical removal (``apply``) -> fine-tuning with the project's ``Trainer``. Nothing here
-prints or writes files (the Trainer's run folder is a temporary directory unless ``finetune_dir`` is given).
+prints or writes files (the Trainer's run folder is a temporary directory unless ``finetune_dir`` is given;
+``search_log`` asks for the record that lets a killed search resume).
 The report follows the stage contract (:mod:`yolocompress.compress.stage`): snapshots of the unpruned and
 the final model, and the search's own figures in ``details``.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +34,10 @@ from yolocompress.compress.prune.eagleeye import (CostModel, Strategy, StrategyS
                                                   cache_data, group_sensitivity)
 from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
 from yolocompress.compress.prune.importance import l1_importance
+from yolocompress.compress.prune.searchlog import SearchLog, search_fingerprint
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport
 from yolocompress.errors import InputError
+from yolocompress.io.workdir import work_dir
 from yolocompress.progress import ProgressCallback, report
 
 if TYPE_CHECKING:
@@ -82,6 +84,10 @@ class PruneConfig:
         latency: also measure ONNX Runtime latency (batch 1, ``latency_threads``) before and after (slow).
         eval_baseline: evaluate the unpruned model on the full val split for the report.
         finetune_dir: keep the Trainer's run folder here (default: a temporary folder, removed).
+        search_log: record every scored probe and candidate in this JSON-lines file as it is scored
+            (:mod:`~yolocompress.compress.prune.searchlog`); removed when ``prune_model`` returns.
+        resume: continue the search recorded in ``search_log`` (same model, data and scoring settings): the
+            sub-nets recorded there are not scored again, and the result is that of an uninterrupted run.
     """
 
     ratio: float | None = 0.5
@@ -116,6 +122,8 @@ class PruneConfig:
     latency_threads: int = 2
     eval_baseline: bool = True
     finetune_dir: str | None = None
+    search_log: str | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.target_gflops is None):
@@ -250,7 +258,7 @@ def ort_latency(model: nn.Module, imgsz: int, threads: int, warmup: int = 5, run
     from yolocompress.export.onnx import export_onnx
     from yolocompress.profile.latency import measure_ort_latency
 
-    with tempfile.TemporaryDirectory(prefix="yc-prune-") as tmp:
+    with work_dir("yc-prune-") as tmp:
         path = export_onnx(model.cpu().eval(), Path(tmp) / "m.onnx", imgsz=imgsz)
         return measure_ort_latency(path, threads=threads, warmup=warmup, runs=runs)
 
@@ -277,8 +285,8 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: 
     from yolocompress.models.shapes import shape_spec
 
     before = shape_spec(model)
-    with tempfile.TemporaryDirectory(prefix="yc-prune-ft-") as tmp:
-        out_dir = cfg.finetune_dir or tmp
+    with work_dir("yc-prune-ft-") as tmp:
+        out_dir = cfg.finetune_dir or str(tmp)
         tc = TrainConfig(epochs=cfg.finetune_epochs, imgsz=cfg.imgsz, batch=cfg.finetune_batch,
                          nominal_batch=max(cfg.finetune_nominal_batch, cfg.finetune_batch),
                          device=cfg.device, workers=cfg.workers, seed=cfg.seed, out_dir=out_dir,
@@ -294,20 +302,32 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: 
     return tuned, {**details, **teacher_overhead(extra, result.history), "history": result.history}
 
 
+Best = tuple[float, int, "nn.Module | None"]  # (score, index, sub-net after adaptive BN or None)
+
+
 def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: SubnetScorer, metric: str,
-                   ctx: Any, task: str, on_progress: ProgressCallback | None = None
-                   ) -> tuple[list[dict[str, Any]], dict[str, float], tuple[float, int, nn.Module] | None]:
+                   ctx: Any, task: str, on_progress: ProgressCallback | None = None,
+                   log: SearchLog | None = None) -> tuple[list[dict[str, Any]], dict[str, float], Best | None]:
     """Score this rank's share of ``strategies`` (index ``i`` on rank ``i % world_size``) and gather every
     rank's rows. Returns ``(rows in index order, seconds per phase summed over ranks, this rank's best
-    (score, index, sub-net after adaptive BN) or None)``."""
+    (score, index, sub-net after adaptive BN, None when its row came from ``log``) or None)``. Rows recorded
+    in ``log`` are taken from it, new ones are added to it."""
     from yolocompress.engine import distributed as dist_utils
 
     mine = list(range(ctx.rank, len(strategies), ctx.world_size))
     local: list[dict[str, Any]] = []
     phase = {"build": 0.0, "bn_recalibration": 0.0, "inference": 0.0, "nms_map": 0.0}
-    best_local: tuple[float, int, nn.Module] | None = None
+    best_local: Best | None = None
     for i in mine:
         s = strategies[i]
+        logged = log.get(task, i, s.counts) if log is not None else None
+        if logged is not None:  # scored before a kill: not again
+            local.append(logged)
+            if best_local is None or logged["score"] > best_local[0]:
+                best_local = (logged["score"], i, None)
+            if ctx.is_main:
+                report(on_progress, task, len(local), len(mine), "net", {"best": best_local[0]})
+            continue
         tb = time.perf_counter()
         sub = prune_channels(base, plan.graph, plan.space.keep(s.counts))
         phase["build"] += time.perf_counter() - tb
@@ -319,6 +339,8 @@ def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: 
         local.append({"index": i, "kind": s.kind, "gflops": s.flops / 1e9, "score": value,
                       "map50": score.map50, "map50_95": score.map50_95,
                       "mean_ratio": float(np.mean(s.ratios)) if len(s.ratios) else 0.0})
+        if log is not None:
+            log.add(task, s.counts, local[-1])
         if best_local is None or value > best_local[0]:
             best_local = (value, i, sub)
         if ctx.is_main:
@@ -330,19 +352,20 @@ def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: 
 
 
 def _sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
-                 on_progress: ProgressCallback | None = None) -> tuple[np.ndarray, int]:
+                 on_progress: ProgressCallback | None = None, log: SearchLog | None = None
+                 ) -> tuple[np.ndarray, int]:
     """Score the uniform strategy and its one-group probes; returns ``(score per FLOP per searchable group,
     number of sub-nets scored)``."""
     probes = plan.space.probes(plan.uniform, cfg.probe_step)
     rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], scorer,
-                                cfg.metric, ctx, "probes", on_progress)
+                                cfg.metric, ctx, "probes", on_progress, log)
     scores = [r["score"] for r in rows]
     sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable))
     return sens, len(rows)
 
 
 def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
-            on_progress: ProgressCallback | None
+            on_progress: ProgressCallback | None, log: SearchLog | None = None
             ) -> tuple[list[dict[str, Any]], dict[str, float], int, nn.Module]:
     """Score this rank's share of the candidates, gather every rank's rows, pick the best.
 
@@ -350,13 +373,13 @@ def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneC
     sub-net after adaptive BN)``. Ties go to the lowest index, so the uniform candidate wins a tie.
     """
     candidates, total, best_local = _score_sharded(base, plan, plan.strategies, scorer, cfg.metric, ctx,
-                                                   "eagleeye", on_progress)
+                                                   "eagleeye", on_progress, log)
     chosen = max(candidates, key=lambda c: (c["score"], -c["index"]))["index"]
     for c in candidates:
         c["chosen"] = c["index"] == chosen
-    if best_local is not None and best_local[1] == chosen:
+    if best_local is not None and best_local[1] == chosen and best_local[2] is not None:
         winner = best_local[2]
-    else:  # another rank scored it: rebuild (deterministic)
+    else:  # another rank scored it, or an earlier (killed) run did: rebuild (deterministic)
         winner = prune_channels(base, plan.graph, plan.space.keep(plan.strategies[chosen].counts))
         scorer(winner)
     return candidates, total, chosen, winner
@@ -421,19 +444,23 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
                                 cfg.eval_batch, cfg.seed, cfg.eval_split)
         timing["data"] = data_cache.load_s
         scorer = SubnetScorer(data_cache, data.nc, list(data.names), device, conf_thres=cfg.conf_thres)
+        log = None
+        if cfg.search_log:
+            path = cfg.search_log if ctx.world_size == 1 else f"{cfg.search_log}.rank{ctx.rank}"
+            log = SearchLog(path, search_fingerprint(base, data, cfg.to_dict()), cfg.resume)
 
         # -- probes (sensitivity per group) for the guided candidates, sharded over ranks
         sensitivity = np.full(len(plan.space.searchable), np.nan)
         n_probes = 0
         if plan.n_guided:
             t0 = time.perf_counter()
-            sensitivity, n_probes = _sensitivity(base, plan, scorer, cfg, ctx, on_progress)
+            sensitivity, n_probes = _sensitivity(base, plan, scorer, cfg, ctx, on_progress, log)
             add_guided(plan, sensitivity)
             timing["probes"] = time.perf_counter() - t0
 
         # -- search: candidates sharded over ranks
         t0 = time.perf_counter()
-        candidates, phase, chosen, winner = _search(base, plan, scorer, cfg, ctx, on_progress)
+        candidates, phase, chosen, winner = _search(base, plan, scorer, cfg, ctx, on_progress, log)
         timing.update(phase)
         timing["search"] = time.perf_counter() - t0
 
@@ -487,6 +514,8 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         report = StageReport(stage="prune", config=cfg.to_dict(), before=before, after=after,
                              seconds=timing["total"], details=details,
                              warnings=tuple(kd_warnings((finetune_details or {}).get("history", []))))
+        if log is not None:  # done: nothing to resume
+            log.path.unlink(missing_ok=True)
         return final, report
     finally:
         if owns_group:

@@ -33,6 +33,7 @@ from yolocompress.compress.quant.plan import SILU_MODES, STEM_MODES, PlanConfig,
 from yolocompress.compress.quant.verify import KernelReport, integer_kernel_report
 from yolocompress.compress.stage import ModelSnapshot, StageReport
 from yolocompress.errors import CompressionError, InputError
+from yolocompress.io.workdir import work_dir
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def calibrate(model_path: str | os.PathLike, plan: QuantPlan, images: np.ndarray
     extra = {"num_bins": bins if method != "entropy" else ENTROPY_BINS, "percentile": percentile,
              "symmetric": False}
     input_name = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    with tempfile.TemporaryDirectory(prefix="yolocompress-calib-") as tmp, _quiet_ort_prints():
+    with work_dir("yolocompress-calib-") as tmp, _quiet_ort_prints():
         calibrator = create_calibrator(Path(model_path), list(plan.op_types),
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=ort_method, extra_options=extra)
@@ -291,7 +292,7 @@ def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, plan
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
-    with tempfile.TemporaryDirectory(prefix="yolocompress-quant-") as tmp:
+    with work_dir("yolocompress-quant-") as tmp:
         cache = Path(tmp) / "ranges.json"
         data = {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()}
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
@@ -546,7 +547,7 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
     config = config or QuantConfig()
     t0 = time.perf_counter()
     output = Path(output) if output is not None else default_output(model_or_onnx)
-    with tempfile.TemporaryDirectory(prefix="yolocompress-ptq-") as tmp_name:
+    with work_dir("yolocompress-ptq-") as tmp_name:
         tmp = Path(tmp_name)
         prepared = prepare(model_or_onnx, data_cfg, config, tmp)
         if not config.autotune:

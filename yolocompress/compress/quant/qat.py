@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from yolocompress.compress.quant.numerics import QMAX, QMIN, WMAX, ort_scale_zer
 from yolocompress.compress.quant.plan import QuantPlan, node_scope
 from yolocompress.compress.stage import StageReport
 from yolocompress.errors import InputError
+from yolocompress.io.workdir import work_dir
 
 
 class _FakeQuant(torch.autograd.Function):
@@ -380,7 +380,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     t0 = time.perf_counter()
     output = Path(output) if output is not None else default_output(model)
     data = as_data_config(data_cfg)
-    with tempfile.TemporaryDirectory(prefix="yolocompress-qat-") as tmp_name:
+    with work_dir("yolocompress-qat-") as tmp_name:
         tmp = Path(tmp_name)
         folded = fuse_model(model).float().cpu()
         prepared = prepare(folded, data, config, tmp)

@@ -8,7 +8,6 @@ reported validation mAP optimistic.
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +17,7 @@ import numpy as np
 from yolocompress.compress.quant.plan import build_plan
 from yolocompress.compress.quant.ptq import Prepared, QuantConfig, build_int8, prepare
 from yolocompress.errors import InputError
+from yolocompress.io.workdir import work_dir
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def sensitivity(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None = 
     if split == "val":
         raise InputError("sensitivity must not be measured on the validation split (it selects what to "
                          "exclude); use train")
-    with tempfile.TemporaryDirectory(prefix="yolocompress-sens-") as tmp:
+    with work_dir("yolocompress-sens-") as tmp:
         prepared = prepare(model_or_onnx, data_cfg, config, Path(tmp))
         return layer_sensitivity(prepared, data_cfg, config, Path(tmp), images=images, split=split)
 

@@ -9,13 +9,13 @@ and maps each kernel back to the convolution it came from through its weight ini
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from yolocompress.compress.quant.head import conv_name_of
 from yolocompress.compress.quant.plan import QuantPlan
+from yolocompress.io.workdir import work_dir
 
 # MatMulIntegerToFloat: a Detect conv rewritten by compress.quant.head (integer kernel, float output;
 # MatMulInteger where ORT did not fuse the scaling into it)
@@ -86,7 +86,7 @@ def integer_kernel_report(int8_path: str | os.PathLike, plan: QuantPlan) -> Kern
 
     qdq = onnx.load(str(int8_path))
     by_weight = _conv_weights(qdq)
-    with tempfile.TemporaryDirectory(prefix="yolocompress-verify-") as tmp:
+    with work_dir("yolocompress-verify-") as tmp:
         opt = optimized_graph(int8_path, Path(tmp) / "optimized.onnx")
     integer: set[str] = set()
     counts: dict[str, int] = {}
