@@ -18,7 +18,9 @@ from yolocompress.models.deploy import (
     Fuser, batchnorm_affine, foldable, fuse_model, fuse_structure, is_fused, register_fuser, relative_error,
     remaining_batchnorms, require_unfused,
 )
+from yolocompress.models.inputs import max_stride
 from yolocompress.models.rep import RepConv
+from yolocompress.models.shapes import num_params
 
 
 def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -48,7 +50,7 @@ class FuseConfig:
 def _structure_counts(model: nn.Module) -> tuple[int, int, int]:
     """(parameters, BatchNorm2d modules, RepConv modules not merged yet)."""
     modules = list(model.modules())
-    return (sum(p.numel() for p in model.parameters()),
+    return (num_params(model),
             sum(isinstance(m, nn.BatchNorm2d) for m in modules),
             sum(isinstance(m, RepConv) and not m.deployed for m in modules))
 
@@ -68,7 +70,7 @@ def fuse_stage(model: nn.Module, data: object = None, config: FuseConfig | None 
     params, bns, reps = _structure_counts(model)
     fused = fuse_model(model)
     params_after, bns_after, reps_after = _structure_counts(fused)
-    imgsz = int(config.check_imgsz or 2 * int(torch.as_tensor(model.stride).max()))
+    imgsz = int(config.check_imgsz or 2 * max_stride(model))
     x = torch.rand(2, int(getattr(model, "input_channels", 3)), imgsz, imgsz,
                    generator=torch.Generator().manual_seed(0))
     error = relative_error(model, fused, x)

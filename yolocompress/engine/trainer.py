@@ -39,6 +39,7 @@ from yolocompress.engine.loss import DetectionLoss, Hyp
 from yolocompress.engine.optim import Schedule, build_optimizer
 from yolocompress.errors import InputError
 from yolocompress.io.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from yolocompress.models.inputs import max_stride
 from yolocompress.progress import ProgressCallback, report
 
 LOGGER = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ class Trainer:
         for term in self.extra_losses:  # e.g. a distillation teacher
             if callable(getattr(term, "to", None)):
                 term.to(self.device)
-        stride = int(max(float(s) for s in unwrap(self.model).stride))
+        stride = max_stride(unwrap(self.model))
         if cfg.imgsz % stride:
             raise InputError(f"imgsz {cfg.imgsz} must be a multiple of the model's stride {stride}")
         self.nc = int(unwrap(self.model).nc)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yolocompress.errors import InputError
+from yolocompress.models.inputs import max_stride
 
 
 def cwd_loss(student: Tensor, teacher: Tensor, tau: float = 1.0) -> Tensor:
@@ -86,7 +87,7 @@ class FeatureDistillation:
                 raise InputError(f"feature layers {bad} are not layers of the {who} (0..{len(model.model) - 2})")
         self.feature_layers = tuple(chosen)
         self.weight, self.tau = float(weight), float(tau)
-        size = probe_size or 2 * int(max(float(s) for s in student.stride))
+        size = probe_size or 2 * max_stride(student)
         x = torch.zeros(1, 3, size, size)
         was = student.training
         student.eval()
