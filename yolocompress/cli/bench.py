@@ -45,10 +45,10 @@ def run(model: str, imgsz: int | None = None, backend: str = "torch", threads: i
     if backend == "torch-dnn":
         from dataclasses import replace
 
-        from yolocompress.compress.fuse import fuse_model, is_fused
+        from yolocompress.compress.fuse import fuse, is_fused
         from yolocompress.compress.onednn import accelerate_cpu
 
-        fast = accelerate_cpu(net if is_fused(net) else fuse_model(net), inplace=True)
+        fast = accelerate_cpu(net if is_fused(net) else fuse(net), inplace=True)
         result = measure_torch_latency(fast, imgsz, threads=threads, warmup=warmup, runs=runs, batch=batch)
         return replace(result, backend="torch-dnn")
     with tempfile.TemporaryDirectory(prefix="yolocompress-bench-") as tmp:

@@ -11,7 +11,7 @@ This is the model layer's own deploy step (``DetectionModel`` rebuilds a saved f
 ``fuse_structure``); the compression stage built on it, with its parity check and report, is
 :func:`yolocompress.compress.fuse.fuse_stage`.
 
-One walker, one verb: ``fuse_model(model)`` returns the deploy form (like timm's ``reparameterize_model``).
+One walker, one verb: ``fuse(model)`` returns the deploy form (like timm's ``reparameterize_model``).
 The walker finds fusion sites through a registry of per-module-type *fusers* (``register_fuser``), so a new
 block type adds one entry instead of another ``isinstance`` branch. A fuser changes the structure (BN ->
 ``nn.Identity``, the conv gains a bias, RepConv branches -> ``rbr_reparam``) and, when asked to, computes
@@ -41,7 +41,7 @@ _FUSERS: dict[type, Fuser] = {}
 
 
 def register_fuser(module_type: type, fuser: Fuser) -> None:
-    """Make ``fuse_model`` rewrite modules of ``module_type`` (and its subclasses) with ``fuser``."""
+    """Make ``fuse`` rewrite modules of ``module_type`` (and its subclasses) with ``fuser``."""
     _FUSERS[module_type] = fuser
 
 
@@ -178,7 +178,7 @@ def _walk(module: nn.Module, fold: bool) -> None:
         _walk(child, fold)
 
 
-def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
+def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     """The deploy form of ``model``: every foldable BatchNorm folded into the convolution before it
     (replaced by ``nn.Identity``; the conv gains a bias) and every ``RepConv`` merged into ``rbr_reparam``.
 
