@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                 model, data, imgsz=256, batch=args.batch, label_cache=False))
             print(_row(f"{name}, torch rect", wall, r), flush=True)
             if args.dnn:
-                from yolocompress.compress.fuse import fuse_model
+                from yolocompress.compress.fuse import fuse
                 from yolocompress.compress.onednn import accelerate_cpu
 
-                fast = accelerate_cpu(fuse_model(model), inplace=True)
+                fast = accelerate_cpu(fuse(model), inplace=True)
                 wall, r = _best_of(args.repeat, lambda: evaluate_model(
                     fast, data, imgsz=256, batch=args.batch, label_cache=False))
                 print(_row(f"{name}, torch-dnn rect", wall, r), flush=True)

@@ -1,10 +1,10 @@
 """What re-parameterization buys at inference: latency of the unfused and fused forms, side by side.
 
-Pairs (each: training form -> deploy form from ``fuse_model``):
+Pairs (each: training form -> deploy form from ``fuse``):
   * yolov5s      unfused (Conv -> BN -> SiLU) vs BN folded into the convolutions;
   * yolov5s-rep  training form (RepConv 3x3 + 1x1 + identity branches, all with BN) vs deploy form (one
                  3x3 conv each; the same layer shapes as fused yolov5s).
-Each deploy form is timed twice in eager PyTorch: as ``fuse_model`` leaves it (``fused``: conv with bias,
+Each deploy form is timed twice in eager PyTorch: as ``fuse`` leaves it (``fused``: conv with bias,
 then the activation as its own op) and with ``accelerate_cpu`` (``fused+dnn``: each conv+bias+activation one
 oneDNN kernel with weights packed once; only possible once BN is folded, since BN sits between conv and
 activation in the training form). Both are reported so the share of each step is visible.
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolocompress.compress.fuse import fuse_model, relative_error
+from yolocompress.compress.fuse import fuse, relative_error
 from yolocompress.compress.onednn import accelerate_cpu
 from yolocompress.models import build_model
 from yolocompress.profile import count_params, cpu_name, gflops, measure_ort_latency, measure_torch_latency
@@ -94,7 +94,7 @@ def main() -> None:
     for name in TARGETS:
         train_form = build_model(name).eval()
         models[f"{name}|train"] = train_form
-        models[f"{name}|fused"] = fuse_model(train_form)
+        models[f"{name}|fused"] = fuse(train_form)
         models[f"{name}|fused+dnn"] = accelerate_cpu(models[f"{name}|fused"])
         with torch.inference_mode():
             errors[name] = relative_error(train_form, models[f"{name}|fused+dnn"], x)

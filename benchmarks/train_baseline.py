@@ -23,7 +23,8 @@ from yolocompress.cli.common import ProgressPrinter
 from yolocompress.data import load_data_config
 from yolocompress.data.synthetic import synthesize_dataset
 from yolocompress.engine.evaluator import evaluate_model
-from yolocompress.engine.trainer import TrainConfig, Trainer, seed_everything
+from yolocompress.engine.rng import seed_everything
+from yolocompress.engine.trainer import TrainConfig, Trainer
 from yolocompress.io.atomic import atomic_write_json
 from yolocompress.io.checkpoint import history_entry, load_model, save_model
 from yolocompress.models import build_model
@@ -33,7 +34,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "yolocompress" / "assets"
 
 def _current_best(run_dir: Path):
     """(model, epochs done, best epoch, history rows) from a run folder's best.pt and last.pt."""
-    from yolocompress.engine.trainer import load_checkpoint
+    from yolocompress.engine.train_checkpoint import load_checkpoint
 
     last = load_checkpoint(run_dir / "weights" / "last.pt")
     history = last.get("history", [])

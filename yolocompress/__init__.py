@@ -32,7 +32,6 @@ _EXPORTS = {
     "synthesize_dataset": "yolocompress.data",
     "Trainer": "yolocompress.engine.trainer",
     "fuse": "yolocompress.compress.fuse",
-    "fuse_model": "yolocompress.compress.fuse",
     "accelerate_cpu": "yolocompress.compress.onednn",
     # the stage contract and the compression stages
     "StageReport": "yolocompress.compress.stage",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from yolocompress.cli import main
-from yolocompress.compress.fuse import fuse_model, is_fused, remaining_batchnorms
+from yolocompress.compress.fuse import fuse, is_fused, remaining_batchnorms
 from yolocompress.io.checkpoint import history_entry, load_model_with_info, save_model
 from yolocompress.models import build_model, load_config
 
@@ -37,7 +37,7 @@ def test_fuse_command_writes_a_fused_checkpoint(checkpoint, tmp_path, capsys):
     assert info.history[-1]["repconvs_merged"] == 4 + 7  # 4 RepConv layers + 1+2+3+1 RepBottlenecks
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(fused(x)[0], fuse_model(model)(x)[0])
+        assert torch.equal(fused(x)[0], fuse(model)(x)[0])
     # fusing again is a no-op that still writes the file
     again = tmp_path / "again.pt"
     assert main(["fuse", str(out), "-o", str(again)]) == 0

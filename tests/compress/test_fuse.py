@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from yolocompress.compress.fuse import (
-    fuse_model, fuse_structure, is_fused, relative_error, remaining_batchnorms, require_unfused,
+    fuse, fuse_structure, is_fused, relative_error, remaining_batchnorms, require_unfused,
 )
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import load_model, save_model
@@ -34,7 +34,7 @@ def test_fused_outputs_match_unfused(name):
     torch.manual_seed(0)
     model = randomize_detect(randomize_batchnorms(build_model(name, nc=3))).eval()
     x = _input(model)
-    fused = fuse_model(model)
+    fused = fuse(model)
     assert remaining_batchnorms(fused) == []
     assert not any(isinstance(m, RepConv) and not m.deployed for m in fused.modules())
     assert is_fused(fused) and not is_fused(model) and fused.yaml["fused"] is True
@@ -43,33 +43,35 @@ def test_fused_outputs_match_unfused(name):
     assert sum(p.numel() for p in fused.parameters()) < sum(p.numel() for p in model.parameters())
 
 
-def test_top_level_fuse_is_fuse_model():
+def test_one_fuse_function_at_every_level():
     import yolocompress
+    from yolocompress.models import deploy
 
     model = randomize_batchnorms(_tiny("yolov5n")).eval()
     fused = yolocompress.fuse(model)
     assert remaining_batchnorms(fused) == [] and remaining_batchnorms(model)
-    assert yolocompress.fuse_model is fuse_model
+    assert yolocompress.fuse is fuse is deploy.fuse
+    assert "fuse_model" not in yolocompress.__all__
 
 
 def test_fuse_twice_is_a_no_op():
     model = randomize_batchnorms(_tiny("yolov5s-rep")).eval()
-    once = fuse_model(model)
-    twice = fuse_model(once)
+    once = fuse(model)
+    twice = fuse(once)
     assert twice is not once
     a, b = once.state_dict(), twice.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert str(once) == str(twice)
-    assert fuse_model(once, inplace=True) is once
+    assert fuse(once, inplace=True) is once
 
 
 def test_fuse_copies_unless_inplace_and_keeps_the_mode():
     model = randomize_batchnorms(_tiny("yolov5n")).train()
     before = copy.deepcopy(model.state_dict())
-    fused = fuse_model(model)
+    fused = fuse(model)
     assert fused.training and remaining_batchnorms(model) and not model.yaml.get("fused")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    assert fuse_model(model, inplace=True) is model and remaining_batchnorms(model) == []
+    assert fuse(model, inplace=True) is model and remaining_batchnorms(model) == []
 
 
 def test_each_batchnorm_eps_is_used():
@@ -77,13 +79,13 @@ def test_each_batchnorm_eps_is_used():
     for i, bn in enumerate(m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
         bn.eps = (1e-3, 1e-5, 0.1)[i % 3]
     x = _input(model)
-    assert relative_error(model, fuse_model(model), x) <= TOLERANCE
+    assert relative_error(model, fuse(model), x) <= TOLERANCE
 
 
 @pytest.mark.parametrize("name", ["yolov5n", "yolov5s-rep", "yolov7-tiny-like", "yolov5-mobilenetv3-small"])
 def test_fused_checkpoint_round_trip_is_exact(name, tmp_path):
     model = randomize_batchnorms(_tiny(name)).eval()
-    fused = fuse_model(model)
+    fused = fuse(model)
     config = fused.resolved_config()
     assert config["fused"] is True
     path = save_model(fused, tmp_path / "fused.pt", imgsz=64)
@@ -115,7 +117,7 @@ def test_pruned_then_fused_round_trip(tmp_path):
         new.weight.data = cv.conv.weight.data[:, :keep].clone()
         cv.conv = new
     model.eval()
-    fused = fuse_model(model)
+    fused = fuse(model)
     assert fused.resolved_config()["shapes"]["model.1.rbr_reparam"]["out"] == keep
     x = _input(model)
     assert relative_error(model, fused, x) <= TOLERANCE
@@ -126,7 +128,7 @@ def test_pruned_then_fused_round_trip(tmp_path):
 
 def test_fuse_structure_only_changes_structure():
     model = _tiny("yolov7-tiny-like")
-    fused = fuse_model(model)
+    fused = fuse(model)
     skeleton = fuse_structure(_tiny("yolov7-tiny-like"))
     assert list(skeleton.state_dict()) == list(fused.state_dict())
     assert all(skeleton.state_dict()[k].shape == v.shape for k, v in fused.state_dict().items())
@@ -140,7 +142,7 @@ def test_bottleneck_csp_and_standalone_batchnorm():
                         [-1, 1, "Conv", [32, 3, 2]]],
            "head": [[[3], 1, "Detect", ["nc", "anchors"]]]}
     model = randomize_batchnorms(DetectionModel(cfg)).eval()
-    fused = fuse_model(model)
+    fused = fuse(model)
     assert remaining_batchnorms(fused) == ["model.2"]
     assert isinstance(fused.model[1].bn, nn.Identity) and fused.model[1].cv2.bias is not None
     assert relative_error(model, fused, torch.rand(2, 3, 64, 64)) <= TOLERANCE
@@ -149,7 +151,7 @@ def test_bottleneck_csp_and_standalone_batchnorm():
 def test_pruning_refuses_a_fused_model():
     model = _tiny("yolov5n")
     require_unfused(model)
-    fused = fuse_model(model)
+    fused = fuse(model)
     with pytest.raises(InputError, match="fused.*unfused checkpoint"):
         require_unfused(fused, "pruning")
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
@@ -161,6 +163,6 @@ def test_fused_model_exports_to_onnx(tmp_path):
     from yolocompress.export.onnx import export_onnx, verify_onnx
 
     model = randomize_detect(randomize_batchnorms(_tiny("yolov7-tiny-like"))).eval()
-    fused = fuse_model(model)
+    fused = fuse(model)
     path = export_onnx(fused, tmp_path / "fused.onnx", imgsz=64)
     assert verify_onnx(fused, path, 64) <= 1e-4

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from yolocompress.compress.fuse import fuse_model
+from yolocompress.compress.fuse import fuse
 from yolocompress.compress.onednn import OneDNNConvAct, accelerate_cpu, available
 from yolocompress.models import build_model, load_config
 
@@ -19,7 +19,7 @@ def _fused(name: str, **cfg_overrides) -> nn.Module:
     cfg["width_multiple"] = 0.125
     cfg.update(cfg_overrides)
     torch.manual_seed(0)
-    return fuse_model(randomize_detect(randomize_batchnorms(build_model(cfg, nc=3))).eval())
+    return fuse(randomize_detect(randomize_batchnorms(build_model(cfg, nc=3))).eval())
 
 
 @pytest.mark.parametrize("name, overrides", [

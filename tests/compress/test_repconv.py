@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from yolocompress.compress.fuse import fuse_model
+from yolocompress.compress.fuse import fuse
 from yolocompress.models import build_model, load_config
 from yolocompress.models.rep import RepConv
 
@@ -34,7 +34,7 @@ def test_merged_kernel_matches_branches(c1, c2, k, s, g, d, identity):
     x = torch.randn(2, c1, 17, 19)
     with torch.no_grad():
         reference = block(x)
-        merged = fuse_model(block)
+        merged = fuse(block)
         assert merged.deployed and not hasattr(merged, "rbr_dense") and merged.rbr_identity is None
         assert merged.rbr_reparam.groups == g and merged.rbr_reparam.kernel_size == (k, k)
         out = merged(x)
@@ -72,15 +72,15 @@ def test_rep_model_trains_then_fuses():
         opt.step()
     assert torch.isfinite(loss).all() and not torch.equal(stats, rep.rbr_1x1.bn.running_mean)
     model.eval()
-    fused = fuse_model(model)
+    fused = fuse(model)
     with torch.no_grad():
         assert _relative(fused(x)[0], model(x)[0]) <= TOLERANCE
 
 
 def test_rep_config_deploys_to_the_plain_architecture():
     """yolov5s-rep's deploy form has exactly the convolution shapes of a fused yolov5s."""
-    rep = fuse_model(build_model("yolov5n-rep"))
-    plain = fuse_model(build_model("yolov5n"))
+    rep = fuse(build_model("yolov5n-rep"))
+    plain = fuse(build_model("yolov5n"))
     shapes = lambda m: [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.groups)  # noqa: E731
                         for c in m.modules() if isinstance(c, nn.Conv2d)]
     assert shapes(rep) == shapes(plain)

@@ -21,7 +21,8 @@ WORKER = textwrap.dedent("""
     import torch
     from yolocompress.data import load_data_config
     from yolocompress.engine.callbacks import Callback
-    from yolocompress.engine.trainer import TrainConfig, Trainer, seed_everything
+    from yolocompress.engine.rng import seed_everything
+    from yolocompress.engine.trainer import TrainConfig, Trainer
     from yolocompress.models import build_model, load_config
 
     data_yaml, out = sys.argv[1], sys.argv[2]

@@ -6,7 +6,9 @@ import torch
 
 from yolocompress.engine.callbacks import Callback
 from yolocompress.engine.loss import Hyp
-from yolocompress.engine.trainer import Trainer, load_checkpoint, seed_everything
+from yolocompress.engine.rng import seed_everything
+from yolocompress.engine.train_checkpoint import load_checkpoint
+from yolocompress.engine.trainer import Trainer
 from yolocompress.errors import InputError
 
 from .test_trainer import data_cfg, tiny_model, train_config  # noqa: F401  (fixtures)

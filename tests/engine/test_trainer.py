@@ -14,7 +14,8 @@ from yolocompress.engine.callbacks import Callback, FeatureCapture
 from yolocompress.engine.ema import ModelEMA
 from yolocompress.engine.loss import DetectionLoss, Hyp
 from yolocompress.engine.optim import Schedule, accumulate_steps, build_optimizer, lr_factor, parameter_groups
-from yolocompress.engine.trainer import TrainConfig, Trainer, seed_everything
+from yolocompress.engine.rng import seed_everything
+from yolocompress.engine.trainer import TrainConfig, Trainer
 from yolocompress.errors import InputError
 from yolocompress.models import build_model, load_config
 

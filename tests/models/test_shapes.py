@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 from yolocompress.models import DetectionModel, build_model
-from yolocompress.models.shapes import apply_shape_spec, shape_spec
+from yolocompress.models.inputs import max_stride
+from yolocompress.models.shapes import apply_shape_spec, num_params, shape_spec
 
 
 def _slim_first_conv(model: DetectionModel, keep: int) -> None:
@@ -40,5 +41,20 @@ def test_apply_shape_spec_counts_replacements():
     spec = shape_spec(model)
     assert apply_shape_spec(model, spec) == 0
     spec["model.0.bn"] = {"type": "BatchNorm2d", "features": 3}
+    before = model.model[0].np
     assert apply_shape_spec(model, spec) == 1
     assert model.model[0].bn.num_features == 3
+    # the layer's Ultralytics ``np`` follows the resized module (BN: 2 x 16 -> 2 x 3 parameters)
+    assert model.model[0].np == num_params(model.model[0]) == before - 2 * (16 - 3)
+
+
+def test_num_params_counts_shared_parameters_once():
+    conv = nn.Conv2d(2, 3, 1)  # 6 weights + 3 biases
+    assert num_params(nn.Sequential(conv, conv)) == 9
+    assert num_params(nn.BatchNorm2d(4)) == 8  # running statistics are buffers
+
+
+def test_max_stride():
+    assert max_stride(build_model("yolov5n", nc=2)) == 32
+    assert max_stride(build_model("yolov5n6", nc=2)) == 64
+    assert max_stride(nn.Sequential(nn.ReLU())) is None

@@ -94,10 +94,10 @@ def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(case, text, extra, mes
     recipe.write_text(GOOD_STAGES if text is None else text)
     model, data = str(tiny_checkpoint), str(recipe_data.yaml_path)
     if "FUSED" in extra:
-        from yolocompress.compress.fuse import fuse_model
+        from yolocompress.compress.fuse import fuse
         from yolocompress.io.checkpoint import load_model, save_model
 
-        model = str(save_model(fuse_model(load_model(tiny_checkpoint)), tmp_path / "fused.pt", imgsz=64))
+        model = str(save_model(fuse(load_model(tiny_checkpoint)), tmp_path / "fused.pt", imgsz=64))
         extra = []
     args = ["--model", model, "--data", data]
     if extra[:1] == ["--model"] and extra[1] is None:  # the recipe's own (missing) model path

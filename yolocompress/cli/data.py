@@ -14,7 +14,7 @@ from yolocompress.errors import CompressionError
 from yolocompress.io.paths import preflight
 
 if TYPE_CHECKING:  # torch is imported only when the command runs
-    from yolocompress.data.labels import LabelReport
+    from yolocompress.data.labels import LabelScanResult
 
 
 def synth(out: str, n_train: int = 512, n_val: int = 128, imgsz: int = 256, classes: str | None = None,
@@ -27,7 +27,7 @@ def synth(out: str, n_train: int = 512, n_val: int = 128, imgsz: int = 256, clas
                                   overwrite=overwrite))
 
 
-def check(data: str, split: str = "val", label_cache: bool = True) -> tuple[Path, LabelReport]:
+def check(data: str, split: str = "val", label_cache: bool = True) -> tuple[Path, LabelScanResult]:
     """Scan one split of ``data`` (a data.yaml); returns the data set root and the split's report."""
     from yolocompress.data.config import load_data_config
     from yolocompress.data.scan import scan_split
@@ -36,7 +36,7 @@ def check(data: str, split: str = "val", label_cache: bool = True) -> tuple[Path
     return cfg.root, scan_split(cfg, split, cache=label_cache).report
 
 
-def _report_table(report: LabelReport) -> Table:
+def _report_table(report: LabelScanResult) -> Table:
     table = Table(title=f"{report.split} split")
     table.add_column("images", justify="left")
     table.add_column("count", justify="right")
@@ -49,7 +49,7 @@ def _report_table(report: LabelReport) -> Table:
     return table
 
 
-def _issues_table(report: LabelReport, root: Path, limit: int = 20) -> Table:
+def _issues_table(report: LabelScanResult, root: Path, limit: int = 20) -> Table:
     table = Table(title=f"first {min(limit, len(report.issues))} problem(s) (paths relative to {root})")
     table.add_column("file", overflow="fold")
     table.add_column("action")

@@ -135,10 +135,10 @@ def benchmark(model: str | os.PathLike, backend: str | None = None, imgsz: int |
             load = _load_average()
             return BenchResult(measure_onnx(onnx_path), load, os.cpu_count() or 1)
     if backend == "torch-dnn":
-        from yolocompress.compress.fuse import fuse_model, is_fused
+        from yolocompress.compress.fuse import fuse, is_fused
         from yolocompress.compress.onednn import accelerate_cpu
 
-        net = accelerate_cpu(net if is_fused(net) else fuse_model(net), inplace=True)
+        net = accelerate_cpu(net if is_fused(net) else fuse(net), inplace=True)
     load = _load_average()
     result = measure_torch_latency(net, imgsz, **timing)
     return BenchResult(replace(result, backend=backend), load, os.cpu_count() or 1)

@@ -104,7 +104,8 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
     """
     from yolocompress.data.config import as_data_config
     from yolocompress.engine.loss import Hyp
-    from yolocompress.engine.trainer import TrainConfig, Trainer, load_checkpoint
+    from yolocompress.engine.train_checkpoint import load_checkpoint
+    from yolocompress.engine.trainer import TrainConfig, Trainer
     from yolocompress.io.checkpoint import load_model
     from yolocompress.models.shapes import shape_spec
     from yolocompress.profile.params import count_params

@@ -1,6 +1,6 @@
 """The fuse stage: the deploy form of a model (BatchNorm folded, RepConv branches merged), parity-checked.
 
-The re-parameterization itself (the fuser registry, the arithmetic, ``fuse_model``) is the model layer's
+The re-parameterization itself (the fuser registry, the arithmetic, ``fuse``) is the model layer's
 deploy step, :mod:`yolocompress.models.deploy`; its public names are re-exported here. This module adds the
 stage of the stage contract: ``fuse_stage(model, data, FuseConfig()) -> (fused model, StageReport)``.
 """
@@ -15,15 +15,12 @@ import torch.nn as nn
 from yolocompress.compress.stage import ModelSnapshot, StageReport, config_dict
 from yolocompress.errors import CompressionError, InputError
 from yolocompress.models.deploy import (
-    Fuser, batchnorm_affine, foldable, fuse_model, fuse_structure, is_fused, register_fuser, relative_error,
+    Fuser, batchnorm_affine, foldable, fuse, fuse_structure, is_fused, register_fuser, relative_error,
     remaining_batchnorms, require_unfused,
 )
+from yolocompress.models.inputs import max_stride
 from yolocompress.models.rep import RepConv
-
-
-def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """``yolocompress.fuse(model)``: the same as ``fuse_model``."""
-    return fuse_model(model, inplace=inplace)
+from yolocompress.models.shapes import num_params
 
 
 # Fused and unfused eval outputs must agree to this maximum relative error (fp32 rounding is ~1e-7).
@@ -48,14 +45,14 @@ class FuseConfig:
 def _structure_counts(model: nn.Module) -> tuple[int, int, int]:
     """(parameters, BatchNorm2d modules, RepConv modules not merged yet)."""
     modules = list(model.modules())
-    return (sum(p.numel() for p in model.parameters()),
+    return (num_params(model),
             sum(isinstance(m, nn.BatchNorm2d) for m in modules),
             sum(isinstance(m, RepConv) and not m.deployed for m in modules))
 
 
 def fuse_stage(model: nn.Module, data: object = None, config: FuseConfig | None = None
                ) -> tuple[nn.Module, StageReport]:
-    """The fuse stage: ``(fuse_model(model), StageReport)``; ``model`` is not modified, ``data`` unused.
+    """The fuse stage: ``(fuse(model), StageReport)``; ``model`` is not modified, ``data`` unused.
 
     The fused and original models are compared on a random batch; a relative difference above
     ``config.tolerance`` raises ``CompressionError`` (nothing is returned to be written). ``details``:
@@ -66,9 +63,9 @@ def fuse_stage(model: nn.Module, data: object = None, config: FuseConfig | None 
     t0 = time.perf_counter()
     already = is_fused(model)
     params, bns, reps = _structure_counts(model)
-    fused = fuse_model(model)
+    fused = fuse(model)
     params_after, bns_after, reps_after = _structure_counts(fused)
-    imgsz = int(config.check_imgsz or 2 * int(torch.as_tensor(model.stride).max()))
+    imgsz = int(config.check_imgsz or 2 * max_stride(model))
     x = torch.rand(2, int(getattr(model, "input_channels", 3)), imgsz, imgsz,
                    generator=torch.Generator().manual_seed(0))
     error = relative_error(model, fused, x)
@@ -86,5 +83,5 @@ def fuse_stage(model: nn.Module, data: object = None, config: FuseConfig | None 
     return fused, report
 
 
-__all__ = ["FUSE_TOLERANCE", "FuseConfig", "Fuser", "batchnorm_affine", "foldable", "fuse", "fuse_model", "fuse_stage",
+__all__ = ["FUSE_TOLERANCE", "FuseConfig", "Fuser", "batchnorm_affine", "foldable", "fuse", "fuse_stage",
            "fuse_structure", "is_fused", "register_fuser", "relative_error", "remaining_batchnorms", "require_unfused"]

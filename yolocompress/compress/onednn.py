@@ -1,6 +1,6 @@
 """Eager CPU kernels for the deploy form: convolution + bias + activation as one oneDNN call.
 
-After ``fuse_model`` a layer is ``act(conv(x) + bias)``; PyTorch eager still runs that as two kernels (the
+After ``fuse`` a layer is ``act(conv(x) + bias)``; PyTorch eager still runs that as two kernels (the
 convolution, then a separate pass over the whole activation tensor for SiLU) and re-packs the weights into
 oneDNN's blocked layout on every call. ``accelerate_cpu(model)`` swaps each fused conv+activation pair for
 ``OneDNNConvAct``, which calls ``torch.ops.mkldnn._convolution_pointwise`` (the kernel PyTorch's own
@@ -104,10 +104,10 @@ def accelerate_cpu(model: nn.Module, inplace: bool = False) -> nn.Module:
 
     Returns the model unchanged (a copy unless ``inplace``) when oneDNN is not available. Raises
     ``ValueError`` for an unfused model: with BatchNorm between the convolution and the activation there is
-    nothing to fuse (run ``fuse_model`` first).
+    nothing to fuse (run ``fuse`` first).
     """
     if not is_fused(model):
-        raise ValueError("accelerate_cpu needs a fused model (run fuse_model first)")
+        raise ValueError("accelerate_cpu needs a fused model (run fuse first)")
     if not inplace:
         model = copy.deepcopy(model)
     if not available():

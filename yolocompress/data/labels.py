@@ -110,7 +110,7 @@ class LabelIssue:
 
 
 @dataclass(frozen=True)
-class LabelReport:
+class LabelScanResult:
     """What a scan of one split found.
 
     ``images`` files were found; ``ok`` have at least one box; ``missing`` have no label file and

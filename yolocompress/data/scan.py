@@ -22,7 +22,7 @@ import torch
 
 from yolocompress.data.config import DataConfig
 from yolocompress.data.images import IMG_FORMATS, ImageDecodeError, decode_rgb
-from yolocompress.data.labels import (COORD_TOL, MAX_ISSUES, LabelError, LabelIssue, LabelReport,
+from yolocompress.data.labels import (COORD_TOL, MAX_ISSUES, LabelError, LabelIssue, LabelScanResult,
                                       label_path_for, parse_label_text)
 from yolocompress.errors import InputError
 from yolocompress.io.atomic import atomic_path
@@ -56,7 +56,7 @@ class SplitIndex:
     images: list[Path]
     labels: list[np.ndarray]
     image_hw: np.ndarray
-    report: LabelReport
+    report: LabelScanResult
     nc: int
     names: list[str]
 
@@ -202,9 +202,9 @@ def _scan(images: Sequence[Path], nc: int, names: Sequence[str], split: str,
         labels.append(lb)
         hws.append(hw)
         instances += len(lb)
-    report = LabelReport(split=split, images=len(images), ok=counts[OK], missing=counts[MISSING],
-                         empty=counts[EMPTY], corrupt=counts[CORRUPT], bad_labels=counts[BAD_LABELS],
-                         duplicates=dups, instances=instances, issues=tuple(issues))
+    report = LabelScanResult(split=split, images=len(images), ok=counts[OK], missing=counts[MISSING],
+                             empty=counts[EMPTY], corrupt=counts[CORRUPT], bad_labels=counts[BAD_LABELS],
+                             duplicates=dups, instances=instances, issues=tuple(issues))
     image_hw = np.asarray(hws, dtype=np.int64).reshape(-1, 2)
     return SplitIndex(split, kept, labels, image_hw, report, nc, list(names))
 
@@ -259,7 +259,7 @@ def _read_cache(path: Path, key: str, split: str, nc: int, names: Sequence[str])
         r = dict(meta["report"])
         issues = tuple(LabelIssue(**i) for i in r.pop("issues"))
         r.pop("usable", None)
-        report = LabelReport(**{**r, "split": split, "issues": issues})
+        report = LabelScanResult(**{**r, "split": split, "issues": issues})
     except Exception as exc:  # any damage: rescan
         logger.debug("ignoring unreadable label cache %s: %s", path, exc)
         return None
@@ -267,7 +267,7 @@ def _read_cache(path: Path, key: str, split: str, nc: int, names: Sequence[str])
                       list(names))
 
 
-def _log_report(report: LabelReport) -> None:
+def _log_report(report: LabelScanResult) -> None:
     logger.info("%s", report.summary())
     for issue in report.issues[:10]:
         logger.warning("%s%s: %s", "skipped " if issue.skipped else "", issue.path, issue.reason)

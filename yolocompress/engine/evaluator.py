@@ -26,6 +26,7 @@ from yolocompress.engine.nms import non_max_suppression, xywh2xyxy
 from yolocompress.engine.predictors import OnnxPredictor, OpenVinoPredictor, Predictor, TorchPredictor
 from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.errors import InputError
+from yolocompress.models.inputs import max_stride
 from yolocompress.progress import ProgressCallback, report
 from yolocompress.io.checkpoint import DEFAULT_IMGSZ  # when neither the caller nor the model says
 
@@ -282,8 +283,7 @@ def _predictor_for(model_or_path: nn.Module | str | os.PathLike, nc: int, imgsz:
     model_nc = getattr(model, "nc", None)
     if model_nc is not None and int(model_nc) != nc:
         raise InputError(f"the model predicts {model_nc} classes but the data set has {nc}")
-    stride = getattr(model, "stride", None)
-    stride = int(torch.as_tensor(stride).max()) if stride is not None else 32
+    stride = max_stride(model) or 32
     return TorchPredictor(model, device, half=half), stride, True, imgsz or DEFAULT_IMGSZ
 
 

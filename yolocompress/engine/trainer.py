@@ -12,7 +12,9 @@ validation split and a checkpoint written atomically:
   model format;
 - ``results.csv``: one row per epoch.
 
-Resuming from ``last.pt`` on the CPU with the same seed reproduces an uninterrupted run bit for bit.
+Resuming from ``last.pt`` on the CPU with the same seed reproduces an uninterrupted run bit for bit. The
+checkpoint format lives in ``engine/train_checkpoint.py``, RNG states in ``engine/rng.py`` and the CSV in
+``engine/results_csv.py``; this module keeps the training loop.
 
 A non-finite loss, gradient (without AMP's scaler, which skips such steps itself) or weight stops the run with
 ``TrainingDivergedError`` naming the epoch and step, before anything is stepped or saved: ``last.pt`` and
@@ -21,18 +23,13 @@ A non-finite loss, gradient (without AMP's scaler, which skips such steps itself
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
 import logging
-import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -41,14 +38,17 @@ from yolocompress.engine.callbacks import Batch, Callback, CallbackList, Feature
 from yolocompress.engine.ema import ModelEMA, unwrap
 from yolocompress.engine.loss import DetectionLoss, Hyp
 from yolocompress.engine.optim import Schedule, build_optimizer
+from yolocompress.engine.results_csv import write_results_csv
+from yolocompress.engine.rng import rng_state, seed_everything
+from yolocompress.engine.train_checkpoint import (
+    checkpoint_dict, load_checkpoint, model_config, model_record, plain_data, restore_checkpoint,
+)
 from yolocompress.errors import InputError, TrainingDivergedError
-from yolocompress.io.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
-from yolocompress.io.ultralytics import load_error
+from yolocompress.io.atomic import atomic_torch_save, atomic_write_json
+from yolocompress.models.inputs import max_stride
 from yolocompress.progress import ProgressCallback, report
 
 LOGGER = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = "yolocompress-train"
-CHECKPOINT_VERSION = 1
 MAX_GRAD_NORM = 10.0
 LOSS_NAMES = ("box", "obj", "cls")
 
@@ -129,77 +129,6 @@ class TrainResult:
     model: nn.Module
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices); make cuDNN pick deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states as plain data (``weights_only``-loadable)."""
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what ``rng_state`` captured."""
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    np_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
-                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint (``last.pt``) with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"training checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file, or one that needs unpickling code
-        raise load_error(path, exc, "training checkpoint") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} is not a yolocompress training checkpoint (last.pt)")
-    if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise InputError(f"{path} was written by a newer yolocompress")
-    return ckpt
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as plain data (dataclasses, paths and tuples turned into dicts, strings and lists)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def _model_config(model: nn.Module) -> dict[str, Any]:
-    model = unwrap(model)
-    if hasattr(model, "resolved_config"):
-        return model.resolved_config()
-    return copy.deepcopy(getattr(model, "yaml", {}))
-
-
 class Trainer:
     """Train ``model`` on ``data_cfg``'s train split, validating on its val split.
 
@@ -217,7 +146,10 @@ class Trainer:
 
     Attributes for callbacks: ``model`` (the bare model being trained), ``train_model`` (the same or its
     DDP wrapper), ``ema`` (``ModelEMA``, rank 0 only, else ``None``), ``optimizer``, ``epoch``, ``step``
-    (batches trained so far), ``config``, ``hyp``, ``device``, ``ctx`` (``DistContext``).
+    (batches trained so far), ``config``, ``hyp``, ``device``, ``ctx`` (``DistContext``). State that the
+    checkpoint saves and restores (:mod:`~yolocompress.engine.train_checkpoint`): ``history``,
+    ``best_fitness``, ``best_epoch``, ``best_state`` (the best EMA weights), ``last_opt_step``, ``stopped``,
+    ``start_epoch``.
     """
 
     def __init__(self, model: nn.Module, data_cfg: Any, config: TrainConfig, hyp: Hyp | None = None,
@@ -252,10 +184,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_fitness = 0.0
         self.best_epoch = -1
-        self._best_state: dict[str, torch.Tensor] | None = None
-        self._last_opt_step = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.last_opt_step = -1
         self._owns_process_group = False
-        self._stopped = False
+        self.stopped = False
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -265,14 +197,14 @@ class Trainer:
         if cfg.batch % self.ctx.world_size:
             raise InputError(f"batch {cfg.batch} must be a multiple of the {self.ctx.world_size} processes")
         seed_everything(cfg.seed + self.ctx.rank)
-        self.model_config = _model_config(self.model)
+        self.model_config = model_config(self.model)
         if self.wrap_model is not None:
             self.model = self.wrap_model(self.model)
         self.model.to(self.device)
         for term in self.extra_losses:  # e.g. a distillation teacher
             if callable(getattr(term, "to", None)):
                 term.to(self.device)
-        stride = int(max(float(s) for s in unwrap(self.model).stride))
+        stride = max_stride(unwrap(self.model))
         if cfg.imgsz % stride:
             raise InputError(f"imgsz {cfg.imgsz} must be a multiple of the model's stride {stride}")
         self.nc = int(unwrap(self.model).nc)
@@ -298,7 +230,7 @@ class Trainer:
                                  nominal_batch=cfg.nominal_batch)
         self.start_epoch = 0
         if cfg.resume:
-            self._restore(load_checkpoint(cfg.resume))
+            restore_checkpoint(self, load_checkpoint(cfg.resume))
         if self.ctx.distributed:
             self.train_model = dist_utils.wrap_ddp(self.model, self.device, sync_bn=cfg.sync_bn)
         else:
@@ -320,91 +252,6 @@ class Trainer:
         return build_eval_loader(self.data_cfg, "val", imgsz=cfg.imgsz, batch=cfg.batch // self.ctx.world_size * 2,
                                  stride=stride, rect=True, workers=cfg.workers, cache=cfg.cache)
 
-    # ------------------------------------------------------------------ checkpoints
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        try:
-            unwrap(self.model).load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise InputError(f"{self.config.resume}: weights do not fit the model: {str(exc).splitlines()[0]}") from exc
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        if self.ema is not None:
-            self.ema.ema.load_state_dict(ckpt["ema"]["state_dict"])
-            self.ema.updates = int(ckpt["ema_updates"])
-        params = dict(unwrap(self.model).named_parameters())
-        for name, grad in ckpt.get("pending_grads", {}).items():
-            params[name].grad = grad.to(self.device)
-        if ckpt.get("extra_modules"):
-            self.extra_modules.load_state_dict(ckpt["extra_modules"])
-            extra = dict(self.extra_modules.named_parameters())
-            for name, grad in ckpt.get("extra_pending_grads", {}).items():
-                extra[name].grad = grad.to(self.device)
-        self.start_epoch = int(ckpt["epoch"]) + 1
-        if self.start_epoch >= self.config.epochs or ckpt.get("stopped_early"):
-            how = "stopped early" if ckpt.get("stopped_early") else "finished"
-            raise InputError(f"{self.config.resume}: that run {how} after epoch {ckpt['epoch'] + 1} of "
-                             f"{self.config.epochs}; nothing to resume")
-        self._last_opt_step = int(ckpt["last_opt_step"])
-        self.step = int(ckpt["step"])
-        self.best_fitness = float(ckpt["best_fitness"])
-        self.best_epoch = int(ckpt["best_epoch"])
-        self.history = [dict(row) for row in ckpt["history"]]
-        if self.ctx.is_main and self.best_path.is_file():
-            from yolocompress.io.checkpoint import load_model
-
-            if self.wrap_model is None:
-                self._best_state = {k: v.cpu() for k, v in load_model(self.best_path).state_dict().items()}
-        LOGGER.info("resuming %s at epoch %d of %d", self.config.resume, self.start_epoch + 1, self.config.epochs)
-        states = ckpt["rng"]
-        if len(states) == self.ctx.world_size:
-            set_rng_state(states[self.ctx.rank])
-        else:  # a different number of processes: reproducible, but not the interrupted run
-            seed_everything(self.config.seed + self.ctx.rank + self.start_epoch)
-
-    def _checkpoint(self, epoch: int, rng: list[dict[str, Any]]) -> dict[str, Any]:
-        model = unwrap(self.model)
-        assert self.ema is not None
-        pending = {n: p.grad.detach().cpu() for n, p in model.named_parameters() if p.grad is not None}
-        extra_pending = {n: p.grad.detach().cpu() for n, p in self.extra_modules.named_parameters()
-                         if p.grad is not None}
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "epoch": epoch,
-            "step": self.step,
-            "last_opt_step": self._last_opt_step,
-            "best_fitness": self.best_fitness,
-            "best_epoch": self.best_epoch,
-            "model_config": self.model_config,
-            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "ema": self._model_record(self.ema.ema),
-            "ema_updates": self.ema.updates,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "pending_grads": pending,
-            "extra_modules": {k: v.detach().cpu().clone() for k, v in self.extra_modules.state_dict().items()},
-            "extra_pending_grads": extra_pending,
-            "rng": rng,
-            "train_config": self.config.to_dict(),
-            "hyp": self.hyp.to_dict(),
-            "data": _plain(self.data_cfg),
-            "wrapped": self.wrap_model is not None,
-            "stopped_early": self._stopped,
-            "history": self.history,
-        }
-
-    def _model_record(self, model: nn.Module, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The model in our checkpoint format (a wrapped model keeps its raw state_dict and original config)."""
-        from yolocompress.io.checkpoint import history_entry, model_to_dict
-
-        entry = history_entry("train", epochs=self.epoch + 1, imgsz=self.config.imgsz,
-                              data=_plain(getattr(self.data_cfg, "yaml_path", None)))
-        if self.wrap_model is None:
-            return model_to_dict(model, imgsz=self.config.imgsz, history=[entry], metrics=metrics)
-        return {"config": self.model_config, "wrapped": True,
-                "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "history": [entry], "metrics": dict(metrics or {})}
-
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
         """Run (or continue) training; returns where the weights went and the best EMA model."""
@@ -415,8 +262,8 @@ class Trainer:
             self._setup()
             if self.ctx.is_main:
                 self.weights_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_json({"train": cfg.to_dict(), "hyp": self.hyp.to_dict(), "data": _plain(self.data_cfg)},
-                                  self.out_dir / "config.json")
+                atomic_write_json({"train": cfg.to_dict(), "hyp": self.hyp.to_dict(),
+                                   "data": plain_data(self.data_cfg)}, self.out_dir / "config.json")
             layers = feature_layers(self.extra_losses)
             capture = FeatureCapture(self.model, layers) if layers else None
             self.callbacks.on_train_start(self)
@@ -478,9 +325,9 @@ class Trainer:
             if self.ctx.distributed:
                 loss = loss * self.ctx.world_size  # DDP averages gradients over processes
             self.scaler.scale(loss).backward()
-            if ni - self._last_opt_step >= accumulate:
+            if ni - self.last_opt_step >= accumulate:
                 self._optimizer_step(epoch, f"batch {i + 1}/{nb}, step {ni + 1}")
-                self._last_opt_step = ni
+                self.last_opt_step = ni
             self.step = ni + 1
             self.callbacks.on_batch_end(self, ni)
             mean_loss = (mean_loss * i + items) / (i + 1)
@@ -556,10 +403,10 @@ class Trainer:
             fitness = metrics.get("fitness", 0.0)
             if fitness >= self.best_fitness:
                 self.best_fitness, self.best_epoch = fitness, epoch
-                self._best_state = {k: v.detach().cpu().clone() for k, v in self.ema.ema.state_dict().items()}
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.ema.ema.state_dict().items()}
                 self._save_best(metrics)
             stop = cfg.patience > 0 and epoch - self.best_epoch >= cfg.patience
-            self._stopped = stop
+            self.stopped = stop
             if stop:
                 LOGGER.info("stopping early: no better fitness for %d epochs (best %.4g at epoch %d)",
                             cfg.patience, self.best_fitness, self.best_epoch + 1)
@@ -569,32 +416,20 @@ class Trainer:
                        f"{metrics_line or 'done'}")
         rng = dist_utils.gather_objects(rng_state())
         if self.ctx.is_main:
-            atomic_torch_save(self._checkpoint(epoch, rng), self.last_path)
-            self._write_csv()
+            atomic_torch_save(checkpoint_dict(self, epoch, rng), self.last_path)
+            write_results_csv(self.history, self.out_dir / "results.csv")
         row, stop = dist_utils.broadcast_object((row, stop))
         return row, stop
 
     def _save_best(self, metrics: dict[str, float]) -> None:
-        atomic_torch_save(self._model_record(self.ema.ema, metrics), self.best_path)
-
-    def _write_csv(self) -> None:
-        fields: list[str] = []
-        for row in self.history:
-            fields += [k for k in row if k not in fields]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")
-        writer.writeheader()
-        for row in self.history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else v)
-                             for k, v in row.items()})
-        atomic_write_text(buffer.getvalue(), self.out_dir / "results.csv")
+        atomic_torch_save(model_record(self, self.ema.ema, metrics), self.best_path)
 
     def _finish(self, stopped_early: bool) -> TrainResult:
         best_model = None
         if self.ctx.is_main:
             best_model = copy.deepcopy(self.ema.ema).cpu().eval()
-            if self._best_state is not None:
-                best_model.load_state_dict(self._best_state)
+            if self.best_state is not None:
+                best_model.load_state_dict(self.best_state)
         dist_utils.barrier()
         return TrainResult(out_dir=self.out_dir, best_path=self.best_path, last_path=self.last_path,
                            best_fitness=self.best_fitness, best_epoch=self.best_epoch,

@@ -25,7 +25,7 @@ from torch import nn
 from yolocompress.errors import CompressionError, InputError
 from yolocompress.export.ort import create_session
 from yolocompress.io.atomic import atomic_path
-from yolocompress.models.inputs import check_image_size, image_hw, input_channels
+from yolocompress.models.inputs import check_image_size, image_hw, input_channels, max_stride
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
@@ -58,9 +58,9 @@ def _metadata(model: nn.Module, hw: tuple[int, int], batch: int, dynamic: bool) 
     names = getattr(model, "names", None)
     if names is not None:
         meta["names"] = json.dumps([str(n) for n in (names.values() if isinstance(names, dict) else names)])
-    stride = getattr(model, "stride", None)
+    stride = max_stride(model)
     if stride is not None:
-        meta["stride"] = json.dumps(int(torch.as_tensor(stride).max()))
+        meta["stride"] = json.dumps(stride)
     return meta
 
 

@@ -11,7 +11,7 @@ This is the model layer's own deploy step (``DetectionModel`` rebuilds a saved f
 ``fuse_structure``); the compression stage built on it, with its parity check and report, is
 :func:`yolocompress.compress.fuse.fuse_stage`.
 
-One walker, one verb: ``fuse_model(model)`` returns the deploy form (like timm's ``reparameterize_model``).
+One walker, one verb: ``fuse(model)`` returns the deploy form (like timm's ``reparameterize_model``).
 The walker finds fusion sites through a registry of per-module-type *fusers* (``register_fuser``), so a new
 block type adds one entry instead of another ``isinstance`` branch. A fuser changes the structure (BN ->
 ``nn.Identity``, the conv gains a bias, RepConv branches -> ``rbr_reparam``) and, when asked to, computes
@@ -31,6 +31,7 @@ from yolocompress.errors import InputError
 from yolocompress.models.backbones import conv_bn_hswish
 from yolocompress.models.common import BottleneckCSP, Conv
 from yolocompress.models.rep import RepConv
+from yolocompress.models.shapes import refresh_layer_params
 
 # A fuser rewrites one module in place: ``fuser(module, fold_weights)``. With ``fold_weights=False`` it only
 # changes the structure (the new weights are placeholders, to be overwritten by a state_dict).
@@ -40,7 +41,7 @@ _FUSERS: dict[type, Fuser] = {}
 
 
 def register_fuser(module_type: type, fuser: Fuser) -> None:
-    """Make ``fuse_model`` rewrite modules of ``module_type`` (and its subclasses) with ``fuser``."""
+    """Make ``fuse`` rewrite modules of ``module_type`` (and its subclasses) with ``fuser``."""
     _FUSERS[module_type] = fuser
 
 
@@ -177,13 +178,7 @@ def _walk(module: nn.Module, fold: bool) -> None:
         _walk(child, fold)
 
 
-def _refresh_layer_info(model: nn.Module) -> None:
-    for layer in getattr(model, "model", ()):
-        if hasattr(layer, "np"):
-            layer.np = sum(p.numel() for p in layer.parameters())
-
-
-def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
+def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     """The deploy form of ``model``: every foldable BatchNorm folded into the convolution before it
     (replaced by ``nn.Identity``; the conv gains a bias) and every ``RepConv`` merged into ``rbr_reparam``.
 
@@ -203,7 +198,7 @@ def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     cfg = getattr(model, "yaml", None)
     if isinstance(cfg, dict):
         cfg["fused"] = True
-    _refresh_layer_info(model)
+    refresh_layer_params(model)
     return model
 
 
@@ -213,7 +208,7 @@ def fuse_structure(model: nn.Module) -> nn.Module:
     model. Returns ``model``."""
     with torch.no_grad():
         _walk(model, fold=False)
-    _refresh_layer_info(model)
+    refresh_layer_params(model)
     return model
 
 

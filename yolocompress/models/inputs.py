@@ -34,11 +34,17 @@ def input_channels(model: nn.Module) -> int:
     return 3
 
 
+def max_stride(model: nn.Module) -> int | None:
+    """The model's largest stride in pixels (its coarsest Detect level, e.g. 32 or 64), ``None`` when it has
+    no ``stride`` attribute (a plain module). Image sizes must be multiples of it."""
+    stride = getattr(model, "stride", None)
+    return None if stride is None else int(torch.as_tensor(stride).max())
+
+
 def check_image_size(model: nn.Module, hw: tuple[int, int]) -> None:
     """Raise ``InputError`` unless ``(H, W)`` are multiples of the model's largest stride (if it has one)."""
-    stride = getattr(model, "stride", None)
-    if stride is None:
+    s = max_stride(model)
+    if s is None:
         return
-    s = int(torch.as_tensor(stride).max())
     if hw[0] % s or hw[1] % s:
         raise InputError(f"image size {hw[0]}x{hw[1]} is not a multiple of the model's largest stride {s}")

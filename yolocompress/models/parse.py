@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from yolocompress.errors import InputError
 from yolocompress.models.registry import ChannelRule, lookup
+from yolocompress.models.shapes import num_params
 
 
 @dataclass
@@ -118,7 +119,7 @@ def build_layers(specs: list[LayerSpec]) -> tuple[nn.Sequential, list[int]]:
         except (TypeError, ValueError, AssertionError) as exc:
             raise InputError(f"cannot build layer {spec.index} ({spec.module} {spec.args}): {exc}") from exc
         module.i, module.f, module.type = spec.index, spec.from_, spec.module
-        module.np = sum(p.numel() for p in module.parameters())
+        module.np = num_params(module)
         froms = [spec.from_] if isinstance(spec.from_, int) else spec.from_
         save.extend(j % spec.index for j in froms if j != -1)
         layers.append(module)

@@ -1,4 +1,5 @@
-"""Shape specs: the real size of every Conv2d / BatchNorm2d / Linear of a model, as plain data.
+"""Shape specs: the real size of every Conv2d / BatchNorm2d / Linear of a model, as plain data; parameter
+totals.
 
 A pruned model is stored as its config's layers plus this spec beside a plain state_dict; loading builds
 the config and then resizes the modules the spec says differ. No pickled modules needed.
@@ -8,6 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn as nn
+
+
+def num_params(module: nn.Module) -> int:
+    """Parameter elements of ``module`` (each shared tensor once; buffers such as BN statistics not counted).
+    ``profile.count_params`` adds the trainable and non-zero counts."""
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def refresh_layer_params(model: nn.Module) -> None:
+    """Set each layer's ``np`` (its parameter count, an attribute Ultralytics layers carry) again after
+    modules were replaced (fused, pruned, resized)."""
+    for layer in getattr(model, "model", ()):
+        if hasattr(layer, "np"):
+            layer.np = num_params(layer)
 
 
 def shape_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -47,8 +62,7 @@ def apply_shape_spec(model: nn.Module, spec: dict[str, dict[str, Any]]) -> int:
     for name, want in spec.items():
         if current[name] == want:
             continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _resized(getattr(parent, child), want))
+        model.set_submodule(name, _resized(model.get_submodule(name), want), strict=True)
         replaced += 1
+    refresh_layer_params(model)
     return replaced

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 from yolocompress.compress.stage import config_dict
 from yolocompress.errors import InputError
+from yolocompress.models.inputs import max_stride
+from yolocompress.models.selectors import LayerSelector, select_layers
 from yolocompress.recipe.schema import RecipeDocument, build_config, check_keys
 from yolocompress.recipe.stages import StageType, stage_type
 
@@ -122,30 +124,24 @@ def _check_order(stages: list[StagePlan], wheres: list[str]) -> None:
 
 def _check_model(stages: tuple[StagePlan, ...], model: Any, imgsz: int, data: Any) -> None:
     """Checks against the real model: classes, stride, ``exclude`` selectors."""
-    stride = int(max(float(s) for s in model.stride))
+    stride = max_stride(model)
     if imgsz % stride:
         raise InputError(f"recipe.imgsz: {imgsz} is not a multiple of the model's stride {stride}")
     if int(model.nc) != int(data.nc):
         raise InputError(f"the model predicts {model.nc} classes but the data set has {data.nc}")
-    modules = [name for name, _ in model.named_modules() if name]
+    modules = {name: name for name, _ in model.named_modules() if name}
     for plan in stages:
-        where = f"stages[{plan.index}].{plan.type.name}.exclude"
+        where = f"stages[{plan.index}].{plan.type.name}.exclude:"
         if plan.type.name == "prune" and plan.configs["config"].exclude:
             from yolocompress.compress.prune.graph import channel_graph
             from yolocompress.compress.prune.pruner import resolve_exclusions
 
-            try:
-                resolve_exclusions(channel_graph(model), plan.configs["config"].exclude)
-            except InputError as exc:
-                raise InputError(f"{where}: {str(exc).replace('--exclude ', '')}") from None
+            resolve_exclusions(channel_graph(model), plan.configs["config"].exclude, context=where)
         if plan.type.name == "quantize":
-            for selector in plan.configs["quant"].exclude:
-                if selector.startswith("/"):  # an ONNX node name: checked against the exported graph
-                    continue
-                sel = selector.rstrip(".")
-                if not any(m == sel or m.startswith(sel + ".") for m in modules):
-                    raise InputError(f"{where}: {selector!r} matches no layer of the model (module paths look "
-                                     f"like model.9.cv1, model.17.cv3.conv)")
+            # ONNX node names are checked against the exported graph, when the stage builds its plan
+            selectors = [s for s in plan.configs["quant"].exclude if not LayerSelector.parse(s).is_node_name]
+            select_layers(selectors, modules, "layer of the model",
+                          "module paths look like model.9.cv1, model.17.cv3.conv", context=where)
 
 
 @dataclass(frozen=True)

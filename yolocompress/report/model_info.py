@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from yolocompress.compress.fuse import fuse_model, is_fused
+from yolocompress.compress.fuse import fuse, is_fused
+from yolocompress.models.shapes import num_params
 from yolocompress.models.yolo import DetectionModel
 from yolocompress.profile.flops import flops_by_layer, gflops
 from yolocompress.profile.params import count_params
@@ -18,12 +19,12 @@ def model_summary(model: DetectionModel, imgsz: int = 640, source: str = "") -> 
     """
     params = count_params(model)
     fused = is_fused(model)
-    deploy = model if fused else fuse_model(model)
+    deploy = model if fused else fuse(model)
     per_layer = flops_by_layer(model, imgsz)
     layers = []
     for m, g in zip(model.model, per_layer):
         layers.append({"index": m.i, "from": m.f, "n": model.layer_specs[m.i].n, "module": m.type,
-                       "params": sum(p.numel() for p in m.parameters()), "gflops": g})
+                       "params": num_params(m), "gflops": g})
     return {
         "source": source,
         "params": params.total,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from yolocompress.cli import main
-from yolocompress.compress.fuse import fuse_model
+from yolocompress.compress.fuse import fuse
 from yolocompress.compress.stage import StageReport
 from yolocompress.io.checkpoint import load_model_with_info, save_model
 
@@ -22,7 +22,7 @@ def checkpoints(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp("prune-cli")
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
     save_model(model, root / "tiny.pt", imgsz=64)
-    save_model(fuse_model(model), root / "fused.pt", imgsz=64)
+    save_model(fuse(model), root / "fused.pt", imgsz=64)
     return root
 
 

@@ -233,10 +233,10 @@ def test_config_validation(bad):
 
 
 def test_fused_model_is_refused(tiny_data):
-    from yolocompress.compress.fuse import fuse_model
+    from yolocompress.compress.fuse import fuse
 
     with pytest.raises(InputError, match="fused"):
-        prune_model(fuse_model(tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)), tiny_data,
+        prune_model(fuse(tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)), tiny_data,
                     PruneConfig(ratio=0.5, **FAST))
 
 

@@ -179,7 +179,7 @@ def test_channel_rules():
 
 @pytest.mark.parametrize("name", ["yolov5s-ghost", "yolov5-mobilenetv3-small", "yolov7-tiny-like"])
 def test_pruned_models_export_and_fuse(name, tmp_path):
-    from yolocompress.compress.fuse import fuse_model
+    from yolocompress.compress.fuse import fuse
     from yolocompress.export.onnx import export_onnx, verify_onnx
 
     model = tiny_model(name)
@@ -188,5 +188,5 @@ def test_pruned_models_export_and_fuse(name, tmp_path):
     path = export_onnx(pruned, tmp_path / "p.onnx", imgsz=IMGSZ)
     assert verify_onnx(pruned, path, imgsz=IMGSZ) < 1e-3
     x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
-    fused = outputs_with_features(fuse_model(pruned), x)
+    fused = outputs_with_features(fuse(pruned), x)
     assert max_relative_error(fused, outputs_with_features(pruned, x)) < 1e-4

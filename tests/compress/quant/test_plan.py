@@ -74,6 +74,8 @@ def test_exclude_selectors(tiny_onnx):
     excluded = {c.scope for c in plan.convs if c.reason == "excluded"}
     assert excluded and all(s.startswith("model.17.") for s in excluded)
     assert not [n for n in plan.nodes if node_scope(n).startswith("model.17.")]
+    # the shared selector grammar: a layer index is short for its module path
+    assert build_plan(tiny_onnx, PlanConfig(exclude=("17",))).nodes == plan.nodes
     with pytest.raises(InputError, match="model.99"):
         build_plan(tiny_onnx, PlanConfig(exclude=("model.99",)))
     with pytest.raises(InputError, match="silu"):

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from yolocompress.compress.fuse import fuse_model
+from yolocompress.compress.fuse import fuse
 from yolocompress.compress.quant.ptq import QuantConfig, output_sqnr, prepare, quantize_qdq, shared_ranges
 from yolocompress.compress.quant.qat import (
     ActivationFakeQuant, OutputQuant, QatConfig, QuantConv2d, QuantSiLU, fake_quant_weight, insert_fake_quant,
@@ -24,7 +24,7 @@ MIN_PARITY_AFTER_TRAINING_DB = 38.0
 @pytest.fixture(scope="module")
 def placed(tiny_model, tiny_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("qat")
-    folded = fuse_model(tiny_model)
+    folded = fuse(tiny_model)
     config = QuantConfig(calib_images=8, imgsz=64)
     prepared = prepare(folded, tiny_data, config, folder)
     ranges = shared_ranges(prepared.ranges, prepared.plan)
@@ -146,7 +146,7 @@ def test_leaky_relu_model(tiny_data, tmp_path):
     from yolocompress.models import build_model
 
     torch.manual_seed(0)
-    model = fuse_model(build_model("yolov5s-LeakyReLU", nc=3).eval())
+    model = fuse(build_model("yolov5s-LeakyReLU", nc=3).eval())
     prepared = prepare(model, tiny_data, QuantConfig(calib_images=4, imgsz=64), tmp_path)
     ranges = shared_ranges(prepared.ranges, prepared.plan)
     proto = onnx.load(str(prepared.pre))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yolocompress.errors import InputError
+from yolocompress.models.inputs import max_stride
 
 
 def cwd_loss(student: Tensor, teacher: Tensor, tau: float = 1.0) -> Tensor:
@@ -92,7 +93,7 @@ class FeatureDistillation:
         self.feature_layers = tuple(chosen)
         self.weight, self.tau = float(weight), float(tau)
         self.teacher_seconds = 0.0  # wall time of the teacher's forward passes so far
-        size = probe_size or 2 * int(max(float(s) for s in student.stride))
+        size = probe_size or 2 * max_stride(student)
         x = torch.zeros(1, 3, size, size)
         was = student.training
         student.eval()

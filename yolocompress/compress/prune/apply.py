@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from yolocompress.compress.prune.graph import ChannelGraph
 from yolocompress.errors import InputError
+from yolocompress.models.shapes import refresh_layer_params
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,6 @@ def _pruned_norm(bn: nn.BatchNorm2d, mask: np.ndarray) -> nn.BatchNorm2d:
     return new
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def prune_channels(model: nn.Module, graph: ChannelGraph, keep: np.ndarray) -> nn.Module:
     """A pruned copy of ``model`` (the analysed model; it is not modified) keeping the units ``keep`` marks.
 
@@ -150,17 +145,15 @@ def prune_channels(model: nn.Module, graph: ChannelGraph, keep: np.ndarray) -> n
             raise ValueError(f"{rec.name} would lose every output channel")
         old = pruned.get_submodule(rec.name)
         if rec.kind == "linear":
-            _replace(pruned, rec.name, _pruned_linear(old, in_mask, out_mask))
+            pruned.set_submodule(rec.name, _pruned_linear(old, in_mask, out_mask), strict=True)
         else:
             new = _pruned_conv(old, in_mask, out_mask, depthwise=rec.kind == "depthwise")
-            _replace(pruned, rec.name, new)
+            pruned.set_submodule(rec.name, new, strict=True)
     for rec in graph.norms:
         mask = graph.kept_mask(rec.ids, keep)
         if not mask.all():
-            _replace(pruned, rec.name, _pruned_norm(pruned.get_submodule(rec.name), mask))
-    for layer in getattr(pruned, "model", ()):
-        if hasattr(layer, "np"):
-            layer.np = sum(p.numel() for p in layer.parameters())
+            pruned.set_submodule(rec.name, _pruned_norm(pruned.get_submodule(rec.name), mask), strict=True)
+    refresh_layer_params(pruned)
     detect = getattr(pruned, "detect", None)
     if detect is not None:
         detect._grid_cache = {}

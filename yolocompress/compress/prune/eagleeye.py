@@ -345,10 +345,10 @@ class SubnetScorer:
     def _inference_model(self, model: nn.Module) -> nn.Module:
         if not self.fast_inference or torch.device(self.device).type != "cpu":
             return model
-        from yolocompress.compress.fuse import fuse_model
+        from yolocompress.compress.fuse import fuse
         from yolocompress.compress.onednn import accelerate_cpu
 
-        return accelerate_cpu(fuse_model(model.eval()), inplace=True)
+        return accelerate_cpu(fuse(model.eval()), inplace=True)
 
     def __call__(self, model: nn.Module, recalibrate: bool = True) -> SubnetScore:
         from yolocompress.engine.evaluator import evaluate

@@ -38,6 +38,9 @@ from yolocompress.compress.prune.searchlog import SearchLog, search_fingerprint
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport
 from yolocompress.errors import InputError
 from yolocompress.io.workdir import work_dir
+from yolocompress.models.inputs import max_stride
+from yolocompress.models.selectors import select_layers
+from yolocompress.models.shapes import num_params
 from yolocompress.progress import ProgressCallback, report
 
 if TYPE_CHECKING:
@@ -79,7 +82,8 @@ class PruneConfig:
         max_ratio: the most any group is pruned.
         spread: how uneven sampled strategies may be: per-group ratios ``~ U[1 - spread, 1]`` before scaling
             to the budget (1: the paper's ``[0, max]`` sampling; smaller: closer to uniform).
-        exclude: layer indices (``"0"``) or module-name prefixes (``"model.9.cv1"``) never pruned.
+        exclude: layer selectors never pruned: layer indices (``"0"``) or module paths (``"model.9.cv1"``, the
+            module and everything under it); see :mod:`yolocompress.models.selectors`.
         seed: strategy sampling, data subsets and fine-tuning.
         latency: also measure ONNX Runtime latency (batch 1, ``latency_threads``) before and after (slow).
         eval_baseline: evaluate the unpruned model on the full val split for the report.
@@ -160,21 +164,14 @@ class PruneConfig:
         return d
 
 
-def resolve_exclusions(graph: ChannelGraph, selectors: tuple[str, ...]) -> set[int]:
-    """Indices of groups touched by ``selectors``; a selector that matches no prunable layer is an error."""
-    excluded: set[int] = set()
-    for sel in selectors:
-        hit = False
-        for grp in graph.groups:
-            for name in grp.layers:
-                if (sel.isdigit() and name.startswith(f"model.{int(sel)}.")) or name == sel or \
-                        name.startswith(sel.rstrip(".") + "."):
-                    excluded.add(grp.index)
-                    hit = True
-        if not hit:
-            raise InputError(f"--exclude {sel!r} matches no prunable layer (use a layer index such as 9 or a "
-                             f"module name such as model.9.cv1)")
-    return excluded
+def resolve_exclusions(graph: ChannelGraph, selectors: tuple[str, ...],
+                       context: str = "--exclude") -> set[int]:
+    """Indices of groups touched by ``selectors`` (:mod:`yolocompress.models.selectors`); a selector that
+    matches no prunable layer is an error whose line starts with ``context``."""
+    names = {name: name for grp in graph.groups for name in grp.layers}
+    chosen = select_layers(selectors, names, "prunable layer",
+                           "use a layer index such as 9 or a module name such as model.9.cv1", context)
+    return {grp.index for grp in graph.groups if chosen.intersection(grp.layers)}
 
 
 @dataclass
@@ -231,10 +228,6 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     return SearchPlan(graph, space, strategies, budget, base_flops, excluded, uniform, n_guided)
 
 
-def _params(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
-
-
 def _finite(value: Any) -> float | None:
     """``value`` as a float, ``None`` when it is NaN or infinite (reports store JSON-ready figures)."""
     v = float(value)
@@ -269,7 +262,7 @@ def _snapshot(model: nn.Module, cfg: PruneConfig, metrics: dict[str, float] | No
     from yolocompress.profile import gflops
 
     return ModelSnapshot(
-        imgsz=cfg.imgsz, params=_params(model), gflops=_finite(gflops(model, cfg.imgsz)),
+        imgsz=cfg.imgsz, params=num_params(model), gflops=_finite(gflops(model, cfg.imgsz)),
         map50=_finite(metrics["map50"]) if metrics else None,
         map50_95=_finite(metrics["map50_95"]) if metrics else None,
         per_class={k: v for k, v in (per_class or {}).items() if math.isfinite(v)},
@@ -421,7 +414,7 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
     data = as_data_config(data_cfg)
     if int(getattr(model, "nc", data.nc)) != data.nc:
         raise InputError(f"the model predicts {model.nc} classes but the data set has {data.nc}")
-    stride = int(max(float(s) for s in model.stride))
+    stride = max_stride(model)
     if cfg.imgsz % stride:
         raise InputError(f"imgsz {cfg.imgsz} must be a multiple of the model's stride {stride}")
     ctx = dist_utils.context_from_env()

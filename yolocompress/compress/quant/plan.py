@@ -32,6 +32,7 @@ from typing import Any, Sequence
 from yolocompress.compress.quant.graph import OnnxGraph
 from yolocompress.compress.quant.head import find_head_patterns
 from yolocompress.errors import InputError
+from yolocompress.models.selectors import select_layers
 
 SILU_MODES = ("int8", "float")
 STEM_MODES = ("int8", "float")
@@ -50,9 +51,10 @@ class PlanConfig:
         stem: ``"int8"`` or ``"float"`` for convolutions that read the graph input directly.
         head: ``"int8"``: the Detect output convs run as integer kernels with float outputs (int8 input and
             weights; the decode stays float); ``"float"``: they run in fp32.
-        exclude: selectors of nodes to keep float: an ONNX node name, or a module path such as
-            ``model.17`` or ``model.17.cv3.conv`` (matches the node and everything under it). A selector that
-            matches no quantizable node is an error (like NNCF's ``IgnoredScope(validate=True)``).
+        exclude: selectors of nodes to keep float (:mod:`yolocompress.models.selectors`): an ONNX node name,
+            a layer index such as ``17``, or a module path such as ``model.17`` or ``model.17.cv3.conv``
+            (the nodes of that module and everything under it). A selector that matches no quantizable node
+            is an error (like NNCF's ``IgnoredScope(validate=True)``).
         float_prefix: keep the first N layers (``model.0`` .. ``model.N-1``) float, as if excluded: at the
             highest resolution with the fewest channels the integer kernels gain least and the int8 SiLU costs
             most.
@@ -225,11 +227,6 @@ def _conv_macs(proto) -> dict[str, int]:
     return macs
 
 
-def _matches(selector: str, node) -> bool:
-    scope = node_scope(node.name)
-    return selector in (node.name, scope) or scope.startswith(selector + ".")
-
-
 def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None) -> QuantPlan:
     """Derive the quantization plan of an exported detector (a path or an ``onnx.ModelProto``).
 
@@ -289,17 +286,11 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
     if not any(reason == "int8" for reason in conv_reason.values()):
         raise InputError("no convolution to quantize: the graph has none outside the Detect head and decode")
 
-    by_name = {n.name: n for n in g.nodes}
-    excluded: set[str] = set()
-    for selector in config.selectors:
-        hit = {n.name for n in candidates if _matches(selector, n)}
-        hit |= {name for name, reason in conv_reason.items() if reason == "int8"
-                and _matches(selector, by_name[name])}
-        if not hit:
-            examples = ", ".join(sorted({node_scope(c.name) for c in candidates if c.op_type == "Conv"})[:4])
-            raise InputError(f"--exclude {selector!r} matches no quantizable node (module paths look like "
-                             f"{examples}, ...)")
-        excluded |= hit
+    quantizable = {n.name: node_scope(n.name) for n in candidates}
+    quantizable.update({name: node_scope(name) for name, reason in conv_reason.items() if reason == "int8"})
+    examples = ", ".join(sorted({node_scope(c.name) for c in candidates if c.op_type == "Conv"})[:4])
+    excluded = select_layers(config.selectors, quantizable, "quantizable node",
+                             f"module paths look like {examples}, ...")
     nodes = [n for n in candidates if n.name not in excluded]
     for name in excluded:
         if conv_reason.get(name) == "int8":

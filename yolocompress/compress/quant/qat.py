@@ -14,7 +14,7 @@ Numerics mirror what ONNX Runtime will run:
   ``zero_point = round(-lo / scale)``); ranges start at the PTQ calibration and are tracked (EMA of the
   batch min / max) while training; straight-through gradients.
 
-BatchNorm is folded into the convolutions before QAT (``compress.fuse.fuse_model``), so the weights being
+BatchNorm is folded into the convolutions before QAT (``compress.fuse.fuse``), so the weights being
 fake-quantized are the deployed ones. The Detect convs of an integer head (``head="int8"``) train in float;
 their weights are rounded to int8 at export by GPTQ against the trained model's own inputs
 (``compress.quant.head``), which lost less mAP than training them with round-to-nearest fake quantization.
@@ -155,11 +155,6 @@ def _get(model: nn.Module, path: str) -> nn.Module:
         raise ValueError(f"the model has no module {path} (the plan comes from another model?)") from None
 
 
-def _set(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
-
-
 # activation ops whose module (found by the node's scope) outputs exactly the op's output
 _ACTIVATION_OPS = ("LeakyRelu", "Relu", "HardSwish", "HardSigmoid", "Clip", "Elu", "Tanh")
 
@@ -196,14 +191,14 @@ def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str
             if not isinstance(module, nn.Conv2d):
                 raise ValueError(f"{scope} is a {type(module).__name__}, not a Conv2d")
             module = QuantConv2d(module, weight=planned)
-            _set(model, scope, module)
+            model.set_submodule(scope, module)
         return module
 
     def quant_silu(scope: str) -> QuantSiLU:
         module = _get(model, scope)
         if not isinstance(module, QuantSiLU):
             module = QuantSiLU()
-            _set(model, scope, module)
+            model.set_submodule(scope, module)
         return module
 
     planned = set(plan.nodes)
@@ -235,7 +230,7 @@ def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str
             # a residual Add, or an activation module other than SiLU (LeakyReLU models): the module's output
             module = _get(model, scope)
             if not isinstance(module, OutputQuant):
-                _set(model, scope, OutputQuant(module, quantizer(tensor)))
+                model.set_submodule(scope, OutputQuant(module, quantizer(tensor)))
         else:
             raise ValueError(f"no fake-quant rule for {op} node {node.name} (tensor {tensor})")
     return model
@@ -271,11 +266,11 @@ def strip_fake_quant(model: nn.Module) -> nn.Module:
     net = copy.deepcopy(model)
     for name, module in sorted(net.named_modules(), key=lambda kv: -kv[0].count(".")):
         if isinstance(module, QuantConv2d):
-            _set(net, name, module.conv)
+            net.set_submodule(name, module.conv)
         elif isinstance(module, QuantSiLU):
-            _set(net, name, nn.SiLU())
+            net.set_submodule(name, nn.SiLU())
         elif isinstance(module, OutputQuant):
-            _set(net, name, module.module)
+            net.set_submodule(name, module.module)
     return net
 
 
@@ -356,7 +351,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     import dataclasses
     import time
 
-    from yolocompress.compress.fuse import fuse_model
+    from yolocompress.compress.fuse import fuse
     from yolocompress.compress.quant.head import head_hessians
     from yolocompress.compress.quant.ptq import (
         Prepared, QuantConfig, copy_metadata, default_output, finish, prepare, preprocess,
@@ -382,7 +377,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     data = as_data_config(data_cfg)
     with work_dir("yolocompress-qat-") as tmp_name:
         tmp = Path(tmp_name)
-        folded = fuse_model(model).float().cpu()
+        folded = fuse(model).float().cpu()
         prepared = prepare(folded, data, config, tmp)
         plan, proto = prepared.plan, onnx.load(str(prepared.pre))
         ranges = shared_ranges(prepared.ranges, plan)
