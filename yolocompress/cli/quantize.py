@@ -15,7 +15,7 @@ from yolocompress.io.paths import file_size, preflight
 if TYPE_CHECKING:  # onnxruntime and torch are imported only when the command runs
     from yolocompress.compress.accuracy import AccuracyVerdict
     from yolocompress.compress.distill.config import DistillConfig
-    from yolocompress.compress.quant.sensitivity import SensitivityReport
+    from yolocompress.compress.quant.sensitivity import SensitivityResult
     from yolocompress.compress.stage import StageReport
 
 METHODS = ("ptq", "qat")
@@ -39,7 +39,7 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
         batch: int | None = None, workers: int | None = None, distill: float | DistillConfig | None = None,
         labels: bool | None = None, max_map_drop: float | None = None, measure_map: bool = True,
         tune_backend: str | None = None, float_prefix: int | str | None = None
-        ) -> tuple[StageReport, SensitivityReport | None, AccuracyVerdict]:
+        ) -> tuple[StageReport, SensitivityResult | None, AccuracyVerdict]:
     """Quantize ``model`` (``.pt`` or fp32 ``.onnx``) to int8 and write it to ``output`` (``.onnx``).
 
     Settings left at ``None`` keep the defaults of ``QuantConfig`` (PTQ) and ``QatConfig`` (QAT). With
@@ -148,7 +148,7 @@ def _print(report: StageReport) -> None:
                       f"({100 * (after.map50_95 - before.map50_95):+.2f} points)")
 
 
-def _print_ranking(ranking: SensitivityReport, top: int = 10) -> None:
+def _print_ranking(ranking: SensitivityResult, top: int = 10) -> None:
     console.print(f"sensitivity on {ranking.images} {ranking.split} images: mAP50-95 fp32 "
                   f"{ranking.fp32_map50_95:.4f}, all planned int8 {ranking.int8_map50_95:.4f}; gain when only "
                   "that conv is float:")

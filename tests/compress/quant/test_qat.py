@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from yolocompress.compress.fuse import fuse
-from yolocompress.compress.quant.ptq import QuantConfig, output_sqnr, prepare, quantize_qdq, shared_ranges
+from yolocompress.compress.quant.ptq import QuantConfig, output_sqnr, calibrated_graph, quantize_qdq, shared_ranges
 from yolocompress.compress.quant.qat import (
     ActivationFakeQuant, OutputQuant, QatConfig, QuantConv2d, QuantSiLU, fake_quant_weight, insert_fake_quant,
     learned_overrides, ort_scale_zero_point, parity_sqnr, quantize_qat, quantizers, strip_fake_quant,
@@ -26,7 +26,7 @@ def placed(tiny_model, tiny_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("qat")
     folded = fuse(tiny_model)
     config = QuantConfig(calib_images=8, imgsz=64)
-    prepared = prepare(folded, tiny_data, config, folder)
+    prepared = calibrated_graph(folded, tiny_data, config, folder)
     ranges = shared_ranges(prepared.ranges, prepared.plan)
     model = insert_fake_quant(copy.deepcopy(folded), prepared.plan, onnx.load(str(prepared.pre)), ranges).eval()
     return folded, prepared, ranges, model, folder
@@ -147,7 +147,7 @@ def test_leaky_relu_model(tiny_data, tmp_path):
 
     torch.manual_seed(0)
     model = fuse(build_model("yolov5s-LeakyReLU", nc=3).eval())
-    prepared = prepare(model, tiny_data, QuantConfig(calib_images=4, imgsz=64), tmp_path)
+    prepared = calibrated_graph(model, tiny_data, QuantConfig(calib_images=4, imgsz=64), tmp_path)
     ranges = shared_ranges(prepared.ranges, prepared.plan)
     proto = onnx.load(str(prepared.pre))
     placed = insert_fake_quant(copy.deepcopy(model), prepared.plan, proto, ranges).eval()

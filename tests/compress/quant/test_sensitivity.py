@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from yolocompress.compress.quant.ptq import QuantConfig, prepare
-from yolocompress.compress.quant.sensitivity import LayerSensitivity, SensitivityReport, layer_sensitivity, sensitivity
+from yolocompress.compress.quant.ptq import QuantConfig, calibrated_graph
+from yolocompress.compress.quant.sensitivity import LayerSensitivity, SensitivityResult, layer_sensitivity, sensitivity
 from yolocompress.errors import InputError
 
 
 def test_ranking_on_a_few_layers(tiny_onnx, tiny_data, tmp_path):
     config = QuantConfig(calib_images=4)
-    prepared = prepare(tiny_onnx, tiny_data, config, tmp_path)
+    prepared = calibrated_graph(tiny_onnx, tiny_data, config, tmp_path)
     names = [c.name for c in prepared.plan.int8_convs[:3]]
     report = layer_sensitivity(prepared, tiny_data, config, tmp_path, images=4, layers=names)
     assert report.split == "train" and report.images == 4
@@ -26,7 +26,7 @@ def test_ranking_on_a_few_layers(tiny_onnx, tiny_data, tmp_path):
 def test_worst_keeps_only_positive_gains():
     layers = [LayerSensitivity("a", "A", 1, 0.5, 0.02), LayerSensitivity("b", "B", 1, 0.48, 0.0),
               LayerSensitivity("c", "C", 1, 0.47, -0.01)]
-    report = SensitivityReport(layers, 0.5, 0.48, 10, "train")
+    report = SensitivityResult(layers, 0.5, 0.48, 10, "train")
     assert [layer.name for layer in report.worst(2)] == ["A"]
 
 

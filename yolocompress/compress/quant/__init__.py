@@ -9,11 +9,11 @@ integer kernels). ``quantize_ptq`` and ``quantize_qat`` are the one-line entry p
 from yolocompress.compress.quant.plan import ConvSite, PlanConfig, QuantPlan, build_plan
 from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 from yolocompress.compress.quant.qat import QatConfig, quantize_qat
-from yolocompress.compress.quant.sensitivity import SensitivityReport, auto_exclude, sensitivity
-from yolocompress.compress.quant.verify import KernelReport, integer_kernel_report
+from yolocompress.compress.quant.sensitivity import SensitivityResult, auto_exclude, sensitivity
+from yolocompress.compress.quant.verify import KernelCheckResult, integer_kernel_report
 
 __all__ = [
-    "ConvSite", "KernelReport", "PlanConfig", "QatConfig", "QuantConfig", "QuantPlan",
-    "SensitivityReport", "auto_exclude", "build_plan", "integer_kernel_report", "quantize_ptq", "quantize_qat",
+    "ConvSite", "KernelCheckResult", "PlanConfig", "QatConfig", "QuantConfig", "QuantPlan",
+    "SensitivityResult", "auto_exclude", "build_plan", "integer_kernel_report", "quantize_ptq", "quantize_qat",
     "sensitivity",
 ]

@@ -30,7 +30,7 @@ from yolocompress.compress.quant.autotune import PlanCandidate, autotune_details
 from yolocompress.compress.quant.head import head_hessians, integer_head
 from yolocompress.compress.quant.numerics import sqnr_db
 from yolocompress.compress.quant.plan import SILU_MODES, STEM_MODES, PlanConfig, QuantPlan, build_plan
-from yolocompress.compress.quant.verify import KernelReport, integer_kernel_report
+from yolocompress.compress.quant.verify import KernelCheckResult, integer_kernel_report
 from yolocompress.compress.stage import ModelSnapshot, StageReport
 from yolocompress.errors import CompressionError, InputError
 from yolocompress.io.workdir import work_dir
@@ -489,7 +489,7 @@ def default_output(model_or_onnx: Any) -> Path:
 
 
 @dataclass
-class Prepared:
+class CalibratedGraph:
     """A graph ready to be quantized under any plan derived from ``plan``: the fp32 file, its
     pre-processed form, the calibration images and the observed range of every tensor ``plan`` quantizes
     (a plan with more nodes excluded quantizes a subset of them)."""
@@ -503,7 +503,8 @@ class Prepared:
     hessians: dict[str, np.ndarray] = field(default_factory=dict)  # inputs of the integer head convs
 
 
-def prepare(model_or_onnx: Any, data_cfg: Any, config: QuantConfig, folder: Path) -> Prepared:
+def calibrated_graph(model_or_onnx: Any, data_cfg: Any, config: QuantConfig,
+                     folder: Path) -> CalibratedGraph:
     """Export (for a model), pre-process, plan and calibrate into ``folder``."""
     fp32 = _fp32_onnx(model_or_onnx, config.imgsz, folder)
     hw = _input_hw(fp32)
@@ -513,10 +514,10 @@ def prepare(model_or_onnx: Any, data_cfg: Any, config: QuantConfig, folder: Path
     images = calibration_images(data_cfg, hw[0], config.calib_images)
     ranges = calibrate(pre, plan, images, config.calibration, config.percentile, config.bins)
     hessians = head_hessians(pre, [c.name for c in plan.int8_head], images) if plan.int8_head else {}
-    return Prepared(fp32, pre, hw, images, plan, ranges, hessians)
+    return CalibratedGraph(fp32, pre, hw, images, plan, ranges, hessians)
 
 
-def build_int8(prepared: Prepared, plan: QuantPlan, config: QuantConfig, out_path: Path,
+def build_int8(prepared: CalibratedGraph, plan: QuantPlan, config: QuantConfig, out_path: Path,
                extra_options: dict[str, Any] | None = None) -> Path:
     """Write the int8 QDQ model of ``plan`` (a plan of ``prepared.pre``) to ``out_path``, with metadata."""
     try:
@@ -540,7 +541,7 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
         config: :class:`QuantConfig`.
         output: where to write the int8 ``.onnx`` (atomically); default :func:`default_output`.
     Returns:
-        ``(int8 path, StageReport)``: the ``quantize`` stage report built by :func:`finish`. Planned convs
+        ``(int8 path, StageReport)``: the ``quantize`` stage report built by :func:`write_verified`. Planned convs
         that ORT left float are listed in ``report.warnings`` (and in
         ``report.details["kernels"]["stayed_float"]``).
     """
@@ -549,16 +550,16 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
     output = Path(output) if output is not None else default_output(model_or_onnx)
     with work_dir("yolocompress-ptq-") as tmp_name:
         tmp = Path(tmp_name)
-        prepared = prepare(model_or_onnx, data_cfg, config, tmp)
+        prepared = calibrated_graph(model_or_onnx, data_cfg, config, tmp)
         if not config.autotune:
             qdq = build_int8(prepared, prepared.plan, config, tmp / "int8.onnx")
-            return output, finish(prepared, prepared.plan, config, qdq, output, t0)
+            return output, write_verified(prepared, prepared.plan, config, qdq, output, t0)
         plan, qdq, tuning = _autotuned_int8(prepared, config, tmp)
-        report = finish(prepared, plan, config, qdq, output, t0)
+        report = write_verified(prepared, plan, config, qdq, output, t0)
     return output, report.replace(details={**report.details, "autotune": tuning})
 
 
-def _autotuned_int8(prepared: Prepared, config: QuantConfig, folder: Path) -> tuple[QuantPlan, Path, dict[str, Any]]:
+def _autotuned_int8(prepared: CalibratedGraph, config: QuantConfig, folder: Path) -> tuple[QuantPlan, Path, dict[str, Any]]:
     """Build every candidate plan of ``config`` from one calibration, measure and time them, and return the
     chosen (plan, int8 file, ``details["autotune"]``)."""
     built = []
@@ -575,7 +576,7 @@ def _autotuned_int8(prepared: Prepared, config: QuantConfig, folder: Path) -> tu
     return built[chosen][1], built[chosen][2], details
 
 
-def finish(prepared: Prepared, plan: QuantPlan, config: QuantConfig, qdq: Path, output: Path,
+def write_verified(prepared: CalibratedGraph, plan: QuantPlan, config: QuantConfig, qdq: Path, output: Path,
            t0: float, method: str = "ptq") -> StageReport:
     """Verify the integer kernels of ``qdq``, measure it against ``prepared.fp32``, write it atomically to
     ``output`` and return the ``quantize`` stage report (the one place it is built; QAT adds its own
@@ -619,13 +620,13 @@ def _plan_summary(plan: QuantPlan) -> dict[str, Any]:
             "int8_mac_share": plan.int8_mac_share}
 
 
-def kernel_summary(report: KernelReport) -> str:
+def kernel_summary(report: KernelCheckResult) -> str:
     """One line: planned convs as integer kernels and their share of conv multiply-adds."""
     return (f"{report.planned_integer}/{report.planned} planned convs run as integer kernels "
             f"({100 * report.planned_mac_share:.1f}% of their MACs; {100 * report.integer_mac_share:.1f}% of "
             f"all conv MACs)")
 
 
-__all__: Sequence[str] = ("QuantConfig", "Prepared", "quantize_ptq", "prepare", "build_int8",
+__all__: Sequence[str] = ("QuantConfig", "CalibratedGraph", "quantize_ptq", "calibrated_graph", "build_int8",
                           "calibrate", "shared_ranges", "calibration_images", "quantize_qdq", "mse_range",
                           "output_sqnr", "sqnr_db", "kernel_summary")

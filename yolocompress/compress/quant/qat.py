@@ -344,7 +344,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     the project's trainer (``wrap_model``); fp32 export of the trained weights; ``quantize_static`` with
     ``TensorQuantOverrides`` holding the learned scales. A module is exported at ``config.imgsz`` (640 when
     unset): pass the size the model was trained at. Returns ``(int8 path, StageReport)``: the ``quantize``
-    stage report of PTQ (:func:`~yolocompress.compress.quant.ptq.finish`) with ``config["method"] = "qat"``,
+    stage report of PTQ (:func:`~yolocompress.compress.quant.ptq.write_verified`) with ``config["method"] = "qat"``,
     ``config["qat"]`` = the :class:`QatConfig` fields and ``details["qat"]`` = epochs, lr and
     ``parity_sqnr_db`` (ORT int8 vs torch fake-quant, calibration images).
     """
@@ -354,7 +354,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     from yolocompress.compress.fuse import fuse
     from yolocompress.compress.quant.head import head_hessians
     from yolocompress.compress.quant.ptq import (
-        Prepared, QuantConfig, copy_metadata, default_output, finish, prepare, preprocess,
+        CalibratedGraph, QuantConfig, copy_metadata, default_output, write_verified, calibrated_graph, preprocess,
         quantize_qdq, shared_ranges,
     )
     from yolocompress.data.config import as_data_config
@@ -378,7 +378,7 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     with work_dir("yolocompress-qat-") as tmp_name:
         tmp = Path(tmp_name)
         folded = fuse(model).float().cpu()
-        prepared = prepare(folded, data, config, tmp)
+        prepared = calibrated_graph(folded, data, config, tmp)
         plan, proto = prepared.plan, onnx.load(str(prepared.pre))
         ranges = shared_ranges(prepared.ranges, plan)
         imgsz = prepared.imgsz[0]
@@ -406,9 +406,9 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
                      extra_options={"TensorQuantOverrides": learned_overrides(trained)},
                      hessians=head_hessians(pre, [c.name for c in plan.int8_head], prepared.images))
         copy_metadata(fp32, qdq)
-        trained_prep = Prepared(fp32, pre, prepared.imgsz, prepared.images, plan, ranges)
+        trained_prep = CalibratedGraph(fp32, pre, prepared.imgsz, prepared.images, plan, ranges)
         parity = parity_sqnr(trained, qdq, prepared.images[:config.check_images])
-        report = finish(trained_prep, plan, config, qdq, output, t0, method="qat")
+        report = write_verified(trained_prep, plan, config, qdq, output, t0, method="qat")
     details = {"epochs": qat.epochs, "lr": qat.lr, "batch": qat.batch, "parity_sqnr_db": parity,
                "distill": distill_json(qat.distill), "labels": qat.labels,
                "batchnorm": "folded before QAT", "range_momentum": qat.range_momentum,

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from yolocompress.compress.quant.plan import build_plan
-from yolocompress.compress.quant.ptq import Prepared, QuantConfig, build_int8, prepare
+from yolocompress.compress.quant.ptq import CalibratedGraph, QuantConfig, build_int8, calibrated_graph
 from yolocompress.errors import InputError
 from yolocompress.io.workdir import work_dir
 
@@ -36,7 +36,7 @@ class LayerSensitivity:
 
 
 @dataclass(frozen=True)
-class SensitivityReport:
+class SensitivityResult:
     """Ranking (largest gain first) plus the reference mAP50-95 of the fp32 and the all-int8 models."""
 
     layers: list[LayerSensitivity]
@@ -72,13 +72,13 @@ def _eval_subset(path: Path, data_cfg: Any, split: str, images: int, imgsz: int)
     return result.map50_95, len(picks)
 
 
-def layer_sensitivity(prepared: Prepared, data_cfg: Any, config: QuantConfig, folder: Path,
+def layer_sensitivity(prepared: CalibratedGraph, data_cfg: Any, config: QuantConfig, folder: Path,
                       images: int = 128, split: str = "train",
-                      layers: Sequence[str] | None = None) -> SensitivityReport:
+                      layers: Sequence[str] | None = None) -> SensitivityResult:
     """Rank the planned int8 convolutions of ``prepared`` by the mAP50-95 gained when only that one is float.
 
     Args:
-        prepared: from :func:`~yolocompress.compress.quant.ptq.prepare` (calibrated once, reused).
+        prepared: from :func:`~yolocompress.compress.quant.ptq.calibrated_graph` (calibrated once, reused).
         images: evaluation images (evenly spread over ``split``).
         layers: restrict to these ONNX node names (default: every planned int8 conv).
         folder: scratch folder for the candidate models.
@@ -96,11 +96,11 @@ def layer_sensitivity(prepared: Prepared, data_cfg: Any, config: QuantConfig, fo
         results.append(LayerSensitivity(conv.scope, conv.name, conv.macs, score, score - int8_map))
         path.unlink()
     results.sort(key=lambda r: -r.gain)
-    return SensitivityReport(results, fp32_map, int8_map, n, split)
+    return SensitivityResult(results, fp32_map, int8_map, n, split)
 
 
 def sensitivity(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None = None, images: int = 128,
-                split: str = "train") -> SensitivityReport:
+                split: str = "train") -> SensitivityResult:
     """:func:`layer_sensitivity` from a model or file (calibrates first)."""
     config = config or QuantConfig()
     if config.autotune:
@@ -109,12 +109,12 @@ def sensitivity(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None = 
         raise InputError("sensitivity must not be measured on the validation split (it selects what to "
                          "exclude); use train")
     with work_dir("yolocompress-sens-") as tmp:
-        prepared = prepare(model_or_onnx, data_cfg, config, Path(tmp))
+        prepared = calibrated_graph(model_or_onnx, data_cfg, config, Path(tmp))
         return layer_sensitivity(prepared, data_cfg, config, Path(tmp), images=images, split=split)
 
 
 def auto_exclude(model_or_onnx: Any, data_cfg: Any, k: int, config: QuantConfig | None = None,
-                 images: int = 128) -> tuple[QuantConfig, SensitivityReport]:
+                 images: int = 128) -> tuple[QuantConfig, SensitivityResult]:
     """The config with the ``k`` most sensitive convolutions (positive gain only) added to ``exclude``."""
     if k < 1:
         raise InputError(f"auto-exclude needs k >= 1, got {k}")
@@ -124,4 +124,4 @@ def auto_exclude(model_or_onnx: Any, data_cfg: Any, k: int, config: QuantConfig 
     return QuantConfig(**{**asdict(config), "exclude": (*config.exclude, *names)}), report
 
 
-__all__ = ["LayerSensitivity", "SensitivityReport", "auto_exclude", "layer_sensitivity", "sensitivity"]
+__all__ = ["LayerSensitivity", "SensitivityResult", "auto_exclude", "layer_sensitivity", "sensitivity"]

@@ -23,7 +23,7 @@ INTEGER_CONV_OPS = ("QLinearConv", "ConvInteger", "MatMulIntegerToFloat", "MatMu
 
 
 @dataclass(frozen=True)
-class KernelReport:
+class KernelCheckResult:
     """Integer-kernel coverage of the convolutions after ONNX Runtime's optimizations.
 
     Attributes:
@@ -80,7 +80,7 @@ def _conv_weights(qdq_proto) -> dict[str, str]:
     return weights
 
 
-def integer_kernel_report(int8_path: str | os.PathLike, plan: QuantPlan) -> KernelReport:
+def integer_kernel_report(int8_path: str | os.PathLike, plan: QuantPlan) -> KernelCheckResult:
     """Which of the plan's convolutions run as integer kernels once ONNX Runtime optimized ``int8_path``."""
     import onnx
 
@@ -103,7 +103,7 @@ def integer_kernel_report(int8_path: str | os.PathLike, plan: QuantPlan) -> Kern
     total = sum(c.macs for c in plan.convs) or 1
     planned = plan.int8_convs
     planned_total = sum(c.macs for c in planned) or 1
-    return KernelReport(
+    return KernelCheckResult(
         convs=len(plan.convs),
         integer_convs=sum(c.name in integer for c in plan.convs),
         integer_mac_share=sum(c.macs for c in plan.convs if c.name in integer) / total,
