@@ -39,11 +39,10 @@ from yolocompress.compress.quant.ptq import (
 )
 from yolocompress.compress.quant.verify import integer_kernel_report
 from yolocompress.export.onnx import export_onnx
-from yolocompress.export.openvino import compile_openvino, openvino_version
-from yolocompress.export.ort import create_session
+from yolocompress.export.openvino import openvino_version
 from yolocompress.models import build_model
 from yolocompress.profile import cpu_name
-from yolocompress.profile.latency import cpu_flags, interleaved_times
+from yolocompress.profile.latency import cpu_flags, interleaved_times, onnx_call
 
 
 def naive_quantize(fp32: Path, out: Path, images: np.ndarray, activations: str) -> Path:
@@ -66,15 +65,7 @@ def interleaved_latency(paths: dict[str, Path], threads: int, warmup: int, runs:
     ``block`` calls (:func:`yolocompress.profile.latency.interleaved_times`: a pause and a discarded call
     before each block, so one session's spinning worker threads do not compete with the next one's)."""
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    calls = {}
-    for k, p in paths.items():
-        if backend == "onnxruntime":
-            session = create_session(p, threads=threads)
-            feed = {session.get_inputs()[0].name: x}
-            calls[k] = (lambda s, f: lambda: s.run(None, f))(session, feed)
-        else:
-            compiled = compile_openvino(p, threads=threads, backend=backend)
-            calls[k] = (lambda m: lambda: m.run(x))(compiled)
+    calls = {k: onnx_call(p, backend, threads, x) for k, p in paths.items()}
     return interleaved_times(calls, warmup=warmup, runs=runs, rounds=max(1, runs // block))
 
 

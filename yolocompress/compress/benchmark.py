@@ -103,7 +103,9 @@ def benchmark(model: str | os.PathLike, backend: str | None = None, imgsz: int |
     which ``imgsz`` must then match). Progress events (``timing``) come between the timed runs.
     """
     from yolocompress.io.checkpoint import load_model_with_info
-    from yolocompress.profile.latency import measure_openvino_latency, measure_ort_latency, measure_torch_latency
+    from yolocompress.profile.latency import (
+        measure_openvino_latency, measure_ort_latency, measure_torch_latency,
+    )
 
     def measure_onnx(onnx_path: Path) -> Any:
         if backend == "onnxruntime":

@@ -247,7 +247,8 @@ def evaluate_model(
         split: ``val``, ``test`` or ``train``.
         threads: ONNX Runtime / OpenVINO inference threads (PyTorch uses the process setting).
         backend: the runtime of an ``.onnx`` file: ``"onnxruntime"``, ``"openvino"`` (fp32 inference
-            precision) or ``"openvino-bf16"`` (:mod:`yolocompress.export.openvino`); ignored for PyTorch models.
+            precision) or ``"openvino-bf16"`` (:mod:`yolocompress.export.openvino`); ignored for PyTorch
+            models.
         workers: loader worker processes.
         label_cache: read/write the label scan cache beside the labels.
         on_progress: see :func:`evaluate`.
@@ -257,7 +258,8 @@ def evaluate_model(
     from yolocompress.data.loaders import build_eval_loader
 
     data = as_data_config(data_yaml)
-    predictor, stride, rect, imgsz = _predictor_for(model_or_path, data.nc, imgsz, device, half, threads, backend)
+    predictor, stride, rect, imgsz = _predictor_for(model_or_path, data.nc, imgsz, device, half, threads,
+                                                    backend)
     loader = build_eval_loader(data, split, imgsz=imgsz, batch=batch, stride=stride, pad=0.5, rect=rect,
                                workers=workers, label_cache=label_cache)
     return evaluate(predictor, loader, data.nc, data.names, conf_thres=conf_thres, iou_thres=iou_thres,
@@ -296,7 +298,8 @@ def _onnx_predictor_for(path: Path, nc: int, imgsz: int, threads: int | None,
     elif backend in ONNX_BACKENDS:
         predictor = OpenVinoPredictor(path, threads=threads, backend=backend)
     else:
-        raise InputError(f"unknown backend {backend!r} for an ONNX file; choose from {', '.join(ONNX_BACKENDS)}")
+        raise InputError(f"unknown backend {backend!r} for an ONNX file; choose from "
+                         f"{', '.join(ONNX_BACKENDS)}")
     meta = read_onnx_metadata(path)
     if meta.names is not None and len(meta.names) != nc:
         raise InputError(f"{path.name} predicts {len(meta.names)} classes but the data set has {nc}")

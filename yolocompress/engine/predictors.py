@@ -164,7 +164,8 @@ class OpenVinoPredictor(_ArrayPredictor):
         self.model = compile_openvino(path, threads=threads, backend=backend)
         dims = self.model.input_shape
         if len(dims) != 4:
-            raise InputError(f"expected one image input [B, 3, H, W], got {self.model.input_name} {list(dims)}")
+            raise InputError(f"expected one image input [B, 3, H, W], got {self.model.input_name} "
+                             f"{list(dims)}")
         self.input_shape = OnnxInputShape(self.model.input_name, dims[0], dims[2], dims[3])
         self._dtype = self.model.input_dtype
 

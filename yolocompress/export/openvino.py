@@ -67,7 +67,7 @@ class OpenVinoModel:
     _request: Any
 
     def run(self, x: Any) -> Any:
-        """The first output for ``x`` (a numpy ``[B, C, H, W]`` array), as a numpy array owned by the caller."""
+        """The first output for ``x`` (numpy ``[B, C, H, W]``), as a numpy array owned by the caller."""
         import numpy as np
 
         result = self._request.infer({0: x})

@@ -191,6 +191,19 @@ def measure_openvino_latency(onnx_path: str | os.PathLike, threads: int = 2, war
     return _result(times, threads, backend, (shape[2], shape[3]), shape[0])
 
 
+def onnx_call(onnx_path: str | os.PathLike, backend: str, threads: int, x: np.ndarray) -> Callable[[], object]:
+    """A no-argument call that runs ``onnx_path`` on ``x`` with ``backend`` (``onnxruntime``, ``openvino``,
+    ``openvino-bf16``) and ``threads`` threads: what :func:`interleaved_times` times side by side."""
+    if backend == "onnxruntime":
+        session = create_session(onnx_path, threads=threads)
+        feed = {session.get_inputs()[0].name: x}
+        return lambda: session.run(None, feed)
+    from yolocompress.export.openvino import compile_openvino
+
+    model = compile_openvino(onnx_path, threads=threads, backend=backend)
+    return lambda: model.run(x)
+
+
 # ISA extensions that decide which int8 / bf16 / fp32 kernels a runtime picks (printed beside latency figures).
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 

@@ -226,9 +226,8 @@ def measure_latencies(artifacts: list[Path], imgsz: int, backends: tuple[str, ..
     import torch
 
     from yolocompress.export.onnx import export_onnx
-    from yolocompress.export.openvino import OPENVINO_BACKENDS, compile_openvino
-    from yolocompress.export.ort import create_session
-    from yolocompress.profile.latency import interleaved_times, latency_from_times, torch_threads
+    from yolocompress.export.openvino import ONNX_BACKENDS
+    from yolocompress.profile.latency import interleaved_times, latency_from_times, onnx_call, torch_threads
 
     calls: dict[tuple[Path, str], Callable[[], object]] = {}
     x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
@@ -242,13 +241,8 @@ def measure_latencies(artifacts: list[Path], imgsz: int, backends: tuple[str, ..
                     calls[(artifact, "torch")] = (lambda m: lambda: m(x))(model)
                 if any(b != "torch" for b in backends):
                     onnx_path = export_onnx(model, Path(tmp) / f"{k}.onnx", imgsz=imgsz)
-            if "onnxruntime" in backends:
-                session = create_session(onnx_path, threads=threads)
-                name = session.get_inputs()[0].name
-                calls[(artifact, "onnxruntime")] = (lambda s, n: lambda: s.run(None, {n: feed_x}))(session, name)
-            for backend in (b for b in backends if b in OPENVINO_BACKENDS):
-                compiled = compile_openvino(onnx_path, threads=threads, backend=backend)
-                calls[(artifact, backend)] = (lambda m: lambda: m.run(feed_x))(compiled)
+            for backend in (b for b in backends if b in ONNX_BACKENDS):
+                calls[(artifact, backend)] = onnx_call(onnx_path, backend, threads, feed_x)
         # one backend after the other: their thread pools (OpenMP, ONNX Runtime) would compete when alternated
         times = {}
         with torch_threads(threads), torch.inference_mode():

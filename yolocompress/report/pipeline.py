@@ -16,7 +16,8 @@ from yolocompress.errors import InputError
 
 # (key in report_rows, header); the table, the Markdown table and the cell formatting share this order.
 COLUMNS = (("stage", "stage"), ("params", "params"), ("gflops", "GFLOPs"), ("size_mb", "size MB"),
-           ("torch_ms", "PyTorch ms"), ("ort_ms", "ORT ms"), ("ov_ms", "OpenVINO ms"), ("ov_bf16_ms", "OV bf16 ms"),
+           ("torch_ms", "PyTorch ms"), ("ort_ms", "ORT ms"), ("ov_ms", "OpenVINO ms"),
+           ("ov_bf16_ms", "OV bf16 ms"),
            ("map50", "mAP50"), ("map50_95", "mAP50-95"), ("delta_map50_95", "Δ mAP50-95"),
            ("latency_x", "latency ×"), ("size_x", "size ×"))
 # columns shown only when some row has the figure (the OpenVINO backends are opt-in)

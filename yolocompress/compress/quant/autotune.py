@@ -1,8 +1,8 @@
 """Pick the int8 plan that runs fastest on *this* CPU and runtime, within an accuracy bound.
 
-Which plan is fastest depends on the CPU and the runtime, not only on the model. Measured (benchmarks/RESULTS.md):
-ONNX Runtime runs SiLU as ``QLinearSigmoid + QLinearMul`` faster than a float SiLU between Q/DQ on the AMD EPYC
-and the Intel Xeon seen so far, while OpenVINO runs the float-SiLU plan both faster and closer to ONNX
+Which plan is fastest depends on the CPU and the runtime, not only on the model. Measured
+(benchmarks/RESULTS.md): ONNX Runtime runs SiLU as ``QLinearSigmoid + QLinearMul`` faster than a float SiLU
+between Q/DQ on the AMD EPYC and the Intel Xeon seen so far, while OpenVINO runs the float-SiLU plan both faster and closer to ONNX
 Runtime's accuracy; an int8 stem lost on both CPUs with ONNX Runtime. ``silu="auto"`` / ``stem="auto"`` in a
 :class:`~yolocompress.compress.quant.ptq.QuantConfig` make PTQ build every candidate plan from one
 calibration, measure each one's output SQNR against fp32, time them side by side on the target runtime, and
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -52,8 +51,8 @@ class PlanCandidate:
 
     @property
     def label(self) -> str:
-        return f"silu={self.silu}, stem={self.stem}" + (f", float_prefix={self.float_prefix}" if self.float_prefix
-                                                         else "")
+        prefix = f", float_prefix={self.float_prefix}" if self.float_prefix else ""
+        return f"silu={self.silu}, stem={self.stem}{prefix}"
 
 
 def _db(value: float | None) -> float:
@@ -77,34 +76,24 @@ def choose_plan(candidates: Sequence[PlanCandidate], tolerance_db: float) -> tup
     rejected = [c.label for i, c in enumerate(candidates) if i not in qualified]
     note = f"; {', '.join(rejected)} lost more than {tolerance_db:g} dB SQNR" if rejected else ""
     if best == 0 or candidates[best].median_ms > (1 - MIN_GAIN) * ref.median_ms:
-        return 0, (f"kept the default plan ({ref.label}, {ref.median_ms:.2f} ms): no qualifying candidate was "
-                   f"{100 * MIN_GAIN:.0f}% faster{note}")
+        return 0, (f"kept the default plan ({ref.label}, {ref.median_ms:.2f} ms): no qualifying candidate "
+                   f"was {100 * MIN_GAIN:.0f}% faster{note}")
     c = candidates[best]
     return best, (f"{c.label}: {c.median_ms:.2f} ms vs {ref.median_ms:.2f} ms for the default plan "
-                  f"({c.median_ms / ref.median_ms:.2f}x), SQNR {_db(c.sqnr_db):.1f} dB vs {_db(ref.sqnr_db):.1f}"
-                  f"{note}")
+                  f"({c.median_ms / ref.median_ms:.2f}x), SQNR {_db(c.sqnr_db):.1f} dB vs "
+                  f"{_db(ref.sqnr_db):.1f}{note}")
 
 
 def time_plans(files: Mapping[str, str | os.PathLike], imgsz: int, backend: str = "onnxruntime",
                threads: int = 2, runs: int = 20) -> dict[str, tuple[float, float]]:
     """Median and minimum ms per batch-1 call of each ONNX file on ``backend``, timed side by side in
     interleaved rounds (:func:`~yolocompress.profile.latency.interleaved_times`)."""
-    from yolocompress.export.openvino import compile_openvino
-    from yolocompress.export.ort import create_session
-    from yolocompress.profile.latency import interleaved_times
+    from yolocompress.profile.latency import interleaved_times, onnx_call
 
     if backend not in ONNX_BACKENDS:
         raise InputError(f"tune_backend must be one of {', '.join(ONNX_BACKENDS)}, got {backend!r}")
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    calls = {}
-    for name, path in files.items():
-        if backend == "onnxruntime":
-            session = create_session(Path(path), threads=threads)
-            feed = {session.get_inputs()[0].name: x}
-            calls[name] = (lambda s, f: lambda: s.run(None, f))(session, feed)
-        else:
-            model = compile_openvino(path, threads=threads, backend=backend)
-            calls[name] = (lambda m: lambda: m.run(x))(model)
+    calls = {name: onnx_call(path, backend, threads, x) for name, path in files.items()}
     times = interleaved_times(calls, warmup=3, runs=runs, rounds=max(1, min(5, runs // 4)))
     return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
 

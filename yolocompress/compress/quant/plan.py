@@ -74,7 +74,8 @@ class PlanConfig:
         if self.head not in HEAD_MODES:
             raise InputError(f"head must be one of {', '.join(HEAD_MODES)}, got {self.head!r}")
         object.__setattr__(self, "exclude", tuple(str(s) for s in self.exclude))
-        if not isinstance(self.float_prefix, int) or isinstance(self.float_prefix, bool) or self.float_prefix < 0:
+        prefix = self.float_prefix
+        if not isinstance(prefix, int) or isinstance(prefix, bool) or prefix < 0:
             raise InputError(f"float_prefix must be a layer count >= 0, got {self.float_prefix!r}")
 
     @property

@@ -111,9 +111,11 @@ class QuantConfig:
         from yolocompress.export.openvino import ONNX_BACKENDS
 
         if self.tune_backend not in ONNX_BACKENDS:
-            raise InputError(f"tune_backend must be one of {', '.join(ONNX_BACKENDS)}, got {self.tune_backend!r}")
+            raise InputError(f"tune_backend must be one of {', '.join(ONNX_BACKENDS)}, "
+                             f"got {self.tune_backend!r}")
         if self.tune_threads < 1 or self.tune_runs < 1:
-            raise InputError(f"tune_threads and tune_runs must be >= 1, got {self.tune_threads}, {self.tune_runs}")
+            raise InputError(f"tune_threads and tune_runs must be >= 1, got {self.tune_threads}, "
+                             f"{self.tune_runs}")
         if not float(self.tune_tolerance_db) >= 0:
             raise InputError(f"tune_tolerance_db must be >= 0, got {self.tune_tolerance_db}")
         if self.float_prefix != AUTO and not isinstance(self.float_prefix, int):
@@ -141,7 +143,8 @@ class QuantConfig:
         silu = "int8" if self.silu == AUTO else self.silu
         stem = "int8" if self.stem == AUTO else self.stem
         prefix = 0 if self.float_prefix == AUTO else self.float_prefix
-        return PlanConfig(silu=silu, stem=stem, head=self.head, exclude=(*self.exclude, *exclude), float_prefix=prefix)
+        return PlanConfig(silu=silu, stem=stem, head=self.head, exclude=(*self.exclude, *exclude),
+                          float_prefix=prefix)
 
 
 # --------------------------------------------------------------------------------------- calibration data
@@ -559,18 +562,20 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
     return output, report.replace(details={**report.details, "autotune": tuning})
 
 
-def _autotuned_int8(prepared: CalibratedGraph, config: QuantConfig, folder: Path) -> tuple[QuantPlan, Path, dict[str, Any]]:
+def _autotuned_int8(prepared: CalibratedGraph, config: QuantConfig,
+                    folder: Path) -> tuple[QuantPlan, Path, dict[str, Any]]:
     """Build every candidate plan of ``config`` from one calibration, measure and time them, and return the
     chosen (plan, int8 file, ``details["autotune"]``)."""
     built = []
     for k, plan_cfg in enumerate(config.plan_candidates()):
         plan = build_plan(prepared.pre, plan_cfg)
         qdq = build_int8(prepared, plan, config, folder / f"candidate-{k}.onnx")
-        built.append((plan_cfg, plan, qdq, output_sqnr(prepared.fp32, qdq, prepared.images[:config.check_images])))
+        sqnr = output_sqnr(prepared.fp32, qdq, prepared.images[:config.check_images])
+        built.append((plan_cfg, plan, qdq, sqnr))
     times = time_plans({str(k): b[2] for k, b in enumerate(built)}, prepared.imgsz[0], config.tune_backend,
                        config.tune_threads, config.tune_runs)
-    candidates = [PlanCandidate(cfg.silu, cfg.stem, sqnr[0], sqnr[1], *times[str(k)], float_prefix=cfg.float_prefix)
-                  for k, (cfg, _, _, sqnr) in enumerate(built)]
+    candidates = [PlanCandidate(cfg.silu, cfg.stem, sqnr[0], sqnr[1], *times[str(k)],
+                                float_prefix=cfg.float_prefix) for k, (cfg, _, _, sqnr) in enumerate(built)]
     chosen, reason = choose_plan(candidates, config.tune_tolerance_db)
     details = autotune_details(candidates, chosen, reason, config.tune_backend, config.tune_threads)
     return built[chosen][1], built[chosen][2], details

@@ -354,8 +354,8 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     from yolocompress.compress.fuse import fuse
     from yolocompress.compress.quant.head import head_hessians
     from yolocompress.compress.quant.ptq import (
-        CalibratedGraph, QuantConfig, copy_metadata, default_output, write_verified, calibrated_graph, preprocess,
-        quantize_qdq, shared_ranges,
+        CalibratedGraph, QuantConfig, calibrated_graph, copy_metadata, default_output, preprocess, quantize_qdq,
+        shared_ranges, write_verified,
     )
     from yolocompress.data.config import as_data_config
     from yolocompress.engine.loss import Hyp
