@@ -216,3 +216,17 @@ def test_train_and_bench_default_to_the_checkpoint_image_size():
     assert parser.parse_args("train m.pt --data d.yaml".split()).imgsz is None  # None: the checkpoint's size
     assert parser.parse_args("bench m.pt".split()).imgsz is None
     assert parser.parse_args("bench m.onnx".split()).backend is None  # None: picked from the file
+
+
+@pytest.mark.parametrize("leftover", ["weights/last.pt", "weights/.last.pt.4242.tmp", "results.csv"])
+def test_train_refuses_a_folder_with_an_earlier_runs_files(tmp_path, monkeypatch, capsys, leftover):
+    """A run killed before its first epoch ended leaves no last.pt but other files; --exist-ok reuses it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.yaml").write_text("train: images\nval: images\nnames: [a]\n")
+    (tmp_path / "run" / leftover).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "run" / leftover).write_text("x")
+    assert main(["train", "yolov5n", "--data", "data.yaml", "--out", "run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "earlier run" in err and "--exist-ok" in err
+    assert ("--resume" in err) == (leftover == "weights/last.pt")
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*") if p.is_file()) == [Path(leftover).name]

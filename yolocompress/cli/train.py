@@ -118,10 +118,13 @@ def run(model: str | None = None, data: str | None = None, epochs: int = 100, im
 
     if model is None or data is None:
         raise InputError("train needs MODEL_OR_CFG and --data (or --resume)")
-    last = Path(out) / "weights" / "last.pt"
-    if last.exists() and not exist_ok:
-        raise InputError(f"{out} already holds a run ({last}): --resume to continue it, --exist-ok to overwrite, "
-                         "or choose another --out")
+    # any file counts, not only last.pt: a run killed before its first epoch ended leaves results and temporary
+    # files behind, and a rerun must not mix its files with them unnoticed
+    earlier = sorted(f for f in Path(out).rglob("*") if f.is_file()) if Path(out).is_dir() else []
+    if earlier and not exist_ok:
+        resume = "--resume to continue it, " if (Path(out) / "weights" / "last.pt").is_file() else ""
+        raise InputError(f"{out} already holds {len(earlier)} file(s) of an earlier run (e.g. "
+                         f"{earlier[0].relative_to(out)}): {resume}--exist-ok to overwrite, or choose another --out")
     hyperparameters = _load_hyp(hyp)
     data_cfg = load_data_config(data)
     seed_everything(seed)  # the fresh model's initial weights too
