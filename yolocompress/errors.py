@@ -26,6 +26,11 @@ class InputError(YoloCompressError):
     exit_code = 2
 
 
+class EmptySplitError(InputError):
+    """A data set split has no image files at all: bad input to a command that uses the split, a failed
+    check for ``data check`` (exit 1 there)."""
+
+
 class UnsafeCheckpointError(InputError):
     """A checkpoint needs a class or function outside the loading allowlist; it was not unpickled."""
 

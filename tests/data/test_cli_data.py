@@ -1,6 +1,8 @@
 """``yolocompress data synth`` and ``data check`` through the CLI entry point."""
 from __future__ import annotations
 
+import pytest
+
 from yolocompress.cli import main
 
 
@@ -77,3 +79,21 @@ def test_eval_train_and_quantize_refuse_a_split_without_labels(make_dataset, tmp
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert "split has no labels: none of its 2 usable images has a box" in err, err
     assert not (tmp_path / "int8.onnx").exists() and not (tmp_path / "run" / "weights" / "last.pt").exists()
+
+
+def test_check_fails_a_split_without_image_files_which_is_bad_input_elsewhere(make_dataset, capsys):
+    """No image files at all: ``data check`` reports a failed check (exit 1); for a command that needs the
+    split it is bad input (an InputError: exit 2)."""
+    data = make_dataset({"a.jpg": (16, 16)}, {"a": "0 0.5 0.5 0.2 0.2"})
+    images = data.parent / "images"
+    for f in images.iterdir():
+        f.unlink()
+    assert main(["data", "check", str(data), "--no-cache"]) == 1
+    assert "split failed the check: no images found in val split" in capsys.readouterr().out
+    from yolocompress.data.config import load_data_config
+    from yolocompress.data.scan import scan_split
+    from yolocompress.errors import EmptySplitError, InputError
+
+    with pytest.raises(EmptySplitError, match="no images found in val split") as info:
+        scan_split(load_data_config(data), "val", cache=False)
+    assert isinstance(info.value, InputError)  # exit 2 wherever the split is used as input

@@ -10,7 +10,7 @@ from rich.table import Table
 from typing import TYPE_CHECKING
 
 from yolocompress.cli.common import console, non_negative_int, positive_int
-from yolocompress.errors import CompressionError
+from yolocompress.errors import CompressionError, EmptySplitError
 from yolocompress.io.paths import preflight
 
 if TYPE_CHECKING:  # torch is imported only when the command runs
@@ -77,6 +77,9 @@ def _check_main(args: argparse.Namespace) -> int:
     scan_logger.setLevel(logging.ERROR)
     try:
         root, report = check(args.data, args.split, label_cache=not args.no_cache)
+    except EmptySplitError as exc:  # a split with no image files fails the check like one with no labels
+        console.print(f"[bold red]{args.split} split failed the check: {exc}[/]")
+        return CompressionError.exit_code
     finally:
         scan_logger.setLevel(level)
     console.print(_report_table(report))

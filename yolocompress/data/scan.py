@@ -24,7 +24,7 @@ from yolocompress.data.config import DataConfig
 from yolocompress.data.images import IMG_FORMATS, ImageDecodeError, decode_rgb
 from yolocompress.data.labels import (COORD_TOL, MAX_ISSUES, LabelError, LabelIssue, LabelScanResult,
                                       label_path_for, parse_label_text)
-from yolocompress.errors import InputError
+from yolocompress.errors import EmptySplitError, InputError
 from yolocompress.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def scan_split(data: DataConfig, split: str = "val", *, cache: bool = True,
     sources = data.split(split)
     images = list_images(sources)
     if not images:
-        raise InputError(f"no images found in {split} split: {', '.join(map(str, sources))} "
+        raise EmptySplitError(f"no images found in {split} split: {', '.join(map(str, sources))} "
                          f"(extensions {', '.join(sorted(IMG_FORMATS))})")
     cache_file = _cache_file(sources, images) if cache else None
     return scan_images(images, data.nc, data.names, split=split, cache_file=cache_file, workers=workers)
