@@ -159,3 +159,40 @@ def test_no_eval_skips_the_measurement_and_refuses_max_map_drop(tiny_data, tmp_p
     assert main(["quantize", str(CKPT), "--data", str(tiny_data), *FAST, "-o", str(out), "--no-eval",
                  "--max-map-drop", "1"]) == 2
     assert "--max-map-drop needs the mAP measured" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 1.0])
+def test_kill_during_quantize_leaves_nothing_and_the_next_run_cleans_up(tiny_model, tiny_data, tmp_path,
+                                                                         delay_s):
+    """kill -9 once the quantization's work folder exists (then ``delay_s`` later, inside export/calibration):
+    no output and no temporary file beside it; the work folder of the dead run is removed by the next run,
+    which writes the model and leaves no work folder behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from yolocompress.io.checkpoint import save_model
+
+    model = save_model(tiny_model, tmp_path / "tiny.pt", imgsz=64)
+    out = tmp_path / "out" / "int8.onnx"
+    out.parent.mkdir()
+    work = tmp_path / "work"
+    env = {**os.environ, "YOLOCOMPRESS_TMP": str(work), "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "yolocompress", "quantize", str(model), "--data", str(tiny_data),
+            "-o", str(out), "--calib-images", "4", "--no-eval"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 300
+    while not (work.is_dir() and any(work.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay_s)
+    killed = proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed, "quantize ended before it could be killed"
+    assert not out.exists() and list(out.parent.iterdir()) == []  # nothing half-written beside the output
+    assert [p.name for p in work.iterdir()] and all(f"pid{proc.pid}@" in p.name for p in work.iterdir())
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.is_file() and list(work.iterdir()) == []  # the dead run's folder and its own are gone
