@@ -42,7 +42,7 @@ from yolocompress.export.onnx import export_onnx
 from yolocompress.export.openvino import openvino_version
 from yolocompress.models import build_model
 from yolocompress.profile import cpu_name
-from yolocompress.profile.latency import cpu_flags, interleaved_times, onnx_call
+from yolocompress.profile.latency import cpu_flags, time_onnx_files
 
 
 def naive_quantize(fp32: Path, out: Path, images: np.ndarray, activations: str) -> Path:
@@ -64,9 +64,8 @@ def interleaved_latency(paths: dict[str, Path], threads: int, warmup: int, runs:
     """Milliseconds per call of each model on ``backend``, timed side by side in interleaved blocks of
     ``block`` calls (:func:`yolocompress.profile.latency.interleaved_times`: a pause and a discarded call
     before each block, so one session's spinning worker threads do not compete with the next one's)."""
-    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    calls = {k: onnx_call(p, backend, threads, x) for k, p in paths.items()}
-    return interleaved_times(calls, warmup=warmup, runs=runs, rounds=max(1, runs // block))
+    return time_onnx_files(paths, imgsz, backend, threads, warmup=warmup, runs=runs,
+                           rounds=max(1, runs // block))
 
 
 def integer_share(path: Path, plan_source: Path) -> float:

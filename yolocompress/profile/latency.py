@@ -204,6 +204,16 @@ def onnx_call(onnx_path: str | os.PathLike, backend: str, threads: int, x: np.nd
     return lambda: model.run(x)
 
 
+def time_onnx_files(files: Mapping[str, str | os.PathLike], imgsz: int, backend: str = "onnxruntime",
+                    threads: int = 2, warmup: int = 3, runs: int = 20,
+                    rounds: int = 5) -> dict[str, np.ndarray]:
+    """Milliseconds of ``runs`` batch-1 calls of each ONNX file (fixed ``imgsz`` square input) on
+    ``backend``, timed side by side (:func:`interleaved_times`, the same random input for every file)."""
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    calls = {name: onnx_call(path, backend, threads, x) for name, path in files.items()}
+    return interleaved_times(calls, warmup=warmup, runs=runs, rounds=rounds)
+
+
 # ISA extensions that decide which int8 / bf16 / fp32 kernels a runtime picks (printed beside latency figures).
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 

@@ -2,8 +2,9 @@
 
 Which plan is fastest depends on the CPU and the runtime, not only on the model. Measured
 (benchmarks/RESULTS.md): ONNX Runtime runs SiLU as ``QLinearSigmoid + QLinearMul`` faster than a float SiLU
-between Q/DQ on the AMD EPYC and the Intel Xeon seen so far, while OpenVINO runs the float-SiLU plan both faster and closer to ONNX
-Runtime's accuracy; an int8 stem lost on both CPUs with ONNX Runtime. ``silu="auto"`` / ``stem="auto"`` in a
+between Q/DQ on the AMD EPYC and the Intel Xeon seen so far, while OpenVINO runs the float-SiLU plan both
+faster and closer to ONNX Runtime's accuracy; an int8 stem lost on both CPUs with ONNX Runtime.
+``silu="auto"`` / ``stem="auto"`` in a
 :class:`~yolocompress.compress.quant.ptq.QuantConfig` make PTQ build every candidate plan from one
 calibration, measure each one's output SQNR against fp32, time them side by side on the target runtime, and
 keep the fastest whose SQNR is within ``tolerance_db`` of the reference plan (the first candidate: the
@@ -88,13 +89,12 @@ def time_plans(files: Mapping[str, str | os.PathLike], imgsz: int, backend: str 
                threads: int = 2, runs: int = 20) -> dict[str, tuple[float, float]]:
     """Median and minimum ms per batch-1 call of each ONNX file on ``backend``, timed side by side in
     interleaved rounds (:func:`~yolocompress.profile.latency.interleaved_times`)."""
-    from yolocompress.profile.latency import interleaved_times, onnx_call
+    from yolocompress.profile.latency import time_onnx_files
 
     if backend not in ONNX_BACKENDS:
         raise InputError(f"tune_backend must be one of {', '.join(ONNX_BACKENDS)}, got {backend!r}")
-    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    calls = {name: onnx_call(path, backend, threads, x) for name, path in files.items()}
-    times = interleaved_times(calls, warmup=3, runs=runs, rounds=max(1, min(5, runs // 4)))
+    times = time_onnx_files(files, imgsz, backend, threads, warmup=3, runs=runs,
+                            rounds=max(1, min(5, runs // 4)))
     return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
 
 

@@ -33,6 +33,7 @@ from yolocompress.compress.quant.plan import SILU_MODES, STEM_MODES, PlanConfig,
 from yolocompress.compress.quant.verify import KernelCheckResult, integer_kernel_report
 from yolocompress.compress.stage import ModelSnapshot, StageReport
 from yolocompress.errors import CompressionError, InputError
+from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.workdir import work_dir
 
 logger = logging.getLogger(__name__)
@@ -108,8 +109,6 @@ class QuantConfig:
         if not 0 < self.percentile <= 100:
             raise InputError(f"percentile must be in (0, 100], got {self.percentile}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        from yolocompress.export.openvino import ONNX_BACKENDS
-
         if self.tune_backend not in ONNX_BACKENDS:
             raise InputError(f"tune_backend must be one of {', '.join(ONNX_BACKENDS)}, "
                              f"got {self.tune_backend!r}")
