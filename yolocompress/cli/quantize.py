@@ -23,6 +23,7 @@ METHODS = ("ptq", "qat")
 LIBRARY = {"quant": "yolocompress.compress.quant.ptq:QuantConfig",
            "qat": "yolocompress.compress.quant.qat:QatConfig",
            "ptq": "yolocompress.compress.quant.ptq", "plan": "yolocompress.compress.quant.plan",
+           "calibrate": "yolocompress.compress.quant.calibrate",
            "sens": "yolocompress.compress.quant.sensitivity:sensitivity"}
 
 
@@ -200,7 +201,7 @@ def register(subparsers) -> None:
     p.add_argument("--calib-images", type=positive_int, default=None,
                    help="calibration images (default {quant.calib_images})")
     p.add_argument("--calibration", default=None, metavar="METHOD",
-                   help="activation range estimation: {ptq.CALIBRATION_METHODS} "
+                   help="activation range estimation: {calibrate.CALIBRATION_METHODS} "
                         "(default {quant.calibration})")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--per-channel", dest="per_channel", action="store_const", const=True,

@@ -35,8 +35,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yolocompress.compress.distill.config import DistillConfig, as_distill_config, distill_json, distill_terms
+from yolocompress.compress.quant.calibrate import shared_ranges
+from yolocompress.compress.quant.head import head_hessians
 from yolocompress.compress.quant.numerics import QMAX, QMIN, WMAX, ort_scale_zero_point, sqnr_db
 from yolocompress.compress.quant.plan import QuantPlan, node_scope
+from yolocompress.compress.quant.ptq import (
+    CalibratedGraph, QuantConfig, calibrated_graph, default_output, write_verified,
+)
+from yolocompress.compress.quant.qdq import copy_metadata, preprocess, quantize_qdq
 from yolocompress.compress.stage import StageReport
 from yolocompress.errors import InputError
 from yolocompress.io.workdir import work_dir
@@ -352,11 +358,6 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     import time
 
     from yolocompress.compress.fuse import fuse
-    from yolocompress.compress.quant.head import head_hessians
-    from yolocompress.compress.quant.ptq import (
-        CalibratedGraph, QuantConfig, calibrated_graph, copy_metadata, default_output, preprocess, quantize_qdq,
-        shared_ranges, write_verified,
-    )
     from yolocompress.data.config import as_data_config
     from yolocompress.engine.loss import Hyp
     from yolocompress.engine.trainer import TrainConfig, Trainer
