@@ -45,6 +45,13 @@ def detect_inputs(model: nn.Module) -> list[int]:
     return [int(i) % len(model.model) for i in (detect.f if isinstance(detect.f, (list, tuple)) else [detect.f])]
 
 
+def check_feature_layers(model: nn.Module, layers: Sequence[int], who: str = "student") -> None:
+    """Refuse (one line, exit 2) indices that are not layers of ``model`` before Detect."""
+    bad = [i for i in layers if not 0 <= int(i) < len(model.model) - 1]
+    if bad:
+        raise InputError(f"feature layers {bad} are not layers of the {who} (0..{len(model.model) - 2})")
+
+
 def _features(model: nn.Module, layers: Sequence[int], images: Tensor) -> dict[int, Tensor]:
     """Outputs of ``model.model[i]`` for ``i in layers`` on one forward of ``images``."""
     captured: dict[int, Tensor] = {}
@@ -86,9 +93,7 @@ class FeatureDistillation:
         self.forward = teacher if isinstance(teacher, TeacherForward) else TeacherForward(teacher)
         chosen = detect_inputs(student) if layers is None else [int(i) for i in layers]
         for model, who in ((student, "student"), (self.teacher, "teacher")):
-            bad = [i for i in chosen if not 0 <= i < len(model.model) - 1]
-            if bad:
-                raise InputError(f"feature layers {bad} are not layers of the {who} (0..{len(model.model) - 2})")
+            check_feature_layers(model, chosen, who)
         self.feature_layers = tuple(chosen)
         self.forward.capture(chosen)
         self.weight, self.tau = float(weight), float(tau)
@@ -135,4 +140,4 @@ class FeatureDistillation:
         return total, {"kd_feature": float(total.detach())}
 
 
-__all__ = ["FeatureDistillation", "cwd_loss", "detect_inputs"]
+__all__ = ["FeatureDistillation", "check_feature_layers", "cwd_loss", "detect_inputs"]
