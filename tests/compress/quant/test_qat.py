@@ -97,6 +97,12 @@ def test_qat_end_to_end(tiny_data, tmp_path):
     assert d["size_ratio"] < 0.35
     assert report.config["method"] == "qat" and report.config["qat"]["epochs"] == 1
     assert report.after.file_bytes == path.stat().st_size
+    (epoch,) = d["qat"]["history"]  # every loss term per epoch, the output KD of the default too
+    assert epoch["train/kd_output"] > 0 and d["qat"]["teacher_forward_s_per_epoch"] > 0
+    import onnx
+
+    labels = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert labels["quantization"] == "int8 QDQ (yolocompress QAT)"
 
 
 def test_bad_qat_config():
@@ -140,6 +146,8 @@ def test_qat_with_feature_distillation_logs_its_term(tiny_model, tiny_data, tmp_
     assert float(row["train/kd_feature"]) > 0 and "train/kd_output" not in row
     assert not load_checkpoint(tmp_path / "train" / "weights" / "last.pt")["extra_modules"]  # no connectors
     assert report.details["qat"]["distill"] == kd.to_dict() and path.is_file()
+    assert report.details["qat"]["history"][0]["train/kd_feature"] == pytest.approx(float(row["train/kd_feature"]),
+                                                                                 rel=1e-4)
     assert report.config["qat"]["distill"]["method"] == "feature"
 
 

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yolocompress.compress.distill.config import DistillConfig, as_distill_config, distill_json, distill_terms
+from yolocompress.compress.distill.config import (DistillConfig, as_distill_config, distill_json, distill_terms,
+                                                  kd_warnings, teacher_overhead)
 from yolocompress.compress.quant.calibrate import shared_ranges
 from yolocompress.compress.quant.head import head_hessians
 from yolocompress.compress.quant.numerics import QMAX, QMIN, WMAX, ort_scale_zero_point, sqnr_db
@@ -389,12 +390,14 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: QuantConfig | None = N
         folded = fuse(model).float().cpu()
         prepared = calibrated_graph(folded, data, config, tmp)
         ranges = shared_ranges(prepared.ranges, prepared.plan)
-        trained = _finetune(folded, data, prepared, ranges, qat, tmp)
+        trained, history, terms = _finetune(folded, data, prepared, ranges, qat, tmp)
         trained_prep, qdq = _export_int8(trained, prepared, ranges, config, tmp)
         parity = parity_sqnr(trained, qdq, prepared.images[:config.check_images])
         report = write_verified(trained_prep, prepared.plan, config, qdq, output, t0, method="qat")
+    details = {**_qat_details(qat, parity), **teacher_overhead(terms, history), "history": history}
     report = report.replace(config={**report.config, "qat": dataclasses.asdict(qat)},
-                            details={**report.details, "qat": _qat_details(qat, parity)})
+                            details={**report.details, "qat": details},
+                            warnings=(*report.warnings, *kd_warnings(history)))
     return output, report
 
 
@@ -410,8 +413,9 @@ def _check_quant_config(config: QuantConfig) -> None:
 
 
 def _finetune(folded: nn.Module, data: Any, prepared: CalibratedGraph, ranges: dict[str, tuple[float, float]],
-              qat: QatConfig, tmp: Path) -> nn.Module:
-    """Train ``folded`` with fake quantization where ``prepared.plan`` says; return it trained, in eval."""
+              qat: QatConfig, tmp: Path) -> tuple[nn.Module, list[dict[str, Any]], list[Any]]:
+    """Train ``folded`` with fake quantization where ``prepared.plan`` says; return it trained (in eval), the
+    per-epoch history (every loss term, KD included) and the distillation terms it trained with."""
     import onnx
 
     from yolocompress.engine.loss import Hyp
@@ -431,7 +435,8 @@ def _finetune(folded: nn.Module, data: Any, prepared: CalibratedGraph, ranges: d
     extra = distill_terms(kd, folded, folded, imgsz, qat.seed)[0] if kd is not None else []
     trainer = Trainer(folded, data, train_cfg, hyp=hyp, extra_losses=extra,
                       wrap_model=lambda m: insert_fake_quant(m, plan, proto, ranges, qat.range_momentum))
-    return trainer.train().model.eval()
+    result = trainer.train()
+    return result.model.eval(), result.history, extra
 
 
 def _export_int8(trained: nn.Module, prepared: CalibratedGraph, ranges: dict[str, tuple[float, float]],
@@ -450,7 +455,7 @@ def _export_int8(trained: nn.Module, prepared: CalibratedGraph, ranges: dict[str
                  per_channel=config.per_channel, activation_type=config.activation_type,
                  extra_options={"TensorQuantOverrides": learned_overrides(trained)},
                  hessians=head_hessians(pre, [c.name for c in plan.int8_head], prepared.images))
-    copy_metadata(fp32, qdq)
+    copy_metadata(fp32, qdq, method="QAT")
     return CalibratedGraph(fp32, pre, prepared.imgsz, prepared.images, plan, ranges), qdq
 
 

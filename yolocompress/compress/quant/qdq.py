@@ -156,8 +156,9 @@ def preprocess(fp32: Path, pre: Path) -> None:
         onnx.save(proto, str(pre))
 
 
-def copy_metadata(src: Path, dst: Path) -> None:
-    """Carry ``metadata_props`` (class names, stride, image size) over to the quantized file."""
+def copy_metadata(src: Path, dst: Path, method: str = "PTQ") -> None:
+    """Carry ``metadata_props`` (class names, stride, image size) over to the quantized file and label it
+    ``quantization: int8 QDQ (yolocompress <method>)``."""
     import onnx
 
     source = onnx.load(str(src), load_external_data=False)
@@ -168,7 +169,7 @@ def copy_metadata(src: Path, dst: Path) -> None:
             entry = target.metadata_props.add()
             entry.key, entry.value = prop.key, prop.value
     entry = target.metadata_props.add()
-    entry.key, entry.value = "quantization", "int8 QDQ (yolocompress PTQ)"
+    entry.key, entry.value = "quantization", f"int8 QDQ (yolocompress {method})"
     onnx.save(target, str(dst))
 
 
