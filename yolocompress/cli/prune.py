@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -49,6 +50,10 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
     a dict (``report.to_dict()``, also written to ``json_path`` when given), with the accuracy verdict of
     :func:`~yolocompress.compress.accuracy.check_accuracy` (``max_map_drop`` points) in
     ``details["accuracy"]`` and its warning. Only rank 0 writes files in a ``torchrun`` run.
+
+    Work in progress lives beside ``output``: the search log ``OUTPUT.search.jsonl`` and the fine-tune's
+    run folder :func:`finetune_folder`, both removed once ``output`` is written. ``settings["resume"]``
+    continues them (a killed run ends as an uninterrupted one would); without it a dead run's are replaced.
     """
     settings = dict(settings or {})
     if settings.get("ratio") is not None and settings.get("target_gflops") is not None:
@@ -65,13 +70,17 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
     from yolocompress.engine.distributed import context_from_env
     from yolocompress.io.checkpoint import history_entry, save_model
 
+    work = finetune_folder(output)
     config = PruneConfig(**settings, imgsz=imgsz or PruneConfig.imgsz,  # validated before any loading
-                         search_log=f"{output}.search.jsonl")  # what --resume continues
+                         search_log=f"{output}.search.jsonl",  # what --resume continues
+                         finetune_dir=str(work))
     data_cfg = load_data_config(data)
     net, info = load_cli_model(model, cfg)
     require_unfused(net, "pruning")
     if imgsz is None:
         config = dataclasses.replace(config, imgsz=info.imgsz)
+    if not config.resume and context_from_env().is_main:
+        shutil.rmtree(work, ignore_errors=True)  # a dead run's fine-tune: replaced, not continued
     pruned, report = prune_model(net, data_cfg, config, on_progress=on_progress)
     report, _ = check_accuracy(report, max_map_drop)
     result = report.to_dict()
@@ -86,7 +95,14 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
         metrics.update({"metrics/mAP_0.5": final["map50"], "metrics/mAP_0.5:0.95": final["map50_95"]})
         save_model(pruned, output, imgsz=config.imgsz, history=[*info.history, entry], metrics=metrics)
         write_json(result, json_path)
+        shutil.rmtree(work, ignore_errors=True)  # done: nothing to resume
     return result
+
+
+def finetune_folder(output: str | Path) -> Path:
+    """The fine-tune's run folder of a prune writing ``output``: ``OUTPUT.finetune`` beside it, kept until
+    the output is written so that ``--resume`` continues a killed fine-tune from its ``weights/last.pt``."""
+    return Path(f"{output}.finetune")
 
 
 def _snapshot_summary(snap: ModelSnapshot | None) -> dict[str, Any]:
@@ -196,8 +212,9 @@ def register(subparsers) -> None:
     p.add_argument("--latency", action="store_true", default=None,
                    help="also measure ONNX Runtime latency before and after")
     p.add_argument("--resume", action="store_true", default=None,
-                   help="continue a killed search recorded in OUTPUT.search.jsonl (same model, data and "
-                        "settings): sub-nets scored there are not scored again")
+                   help="continue a killed run (same model, data and settings): its search recorded in "
+                        "OUTPUT.search.jsonl (sub-nets scored there are not scored again) and its fine-tune "
+                        "from OUTPUT.finetune/weights/last.pt; without it, a dead run's are replaced")
     p.add_argument("--cfg", default=None, help="model config for a bare state_dict")
     p.add_argument("--json", default=None, help="write the full report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

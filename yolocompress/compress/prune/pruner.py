@@ -28,7 +28,7 @@ import numpy as np
 import torch.nn as nn
 
 from yolocompress.compress.distill.config import (DistillConfig, as_distill_config, distill_json,
-                                                  distill_terms, kd_warnings, teacher_overhead)
+                                                  distill_terms, kd_warnings)
 from yolocompress.compress.prune.apply import ChannelRules, prune_channels
 from yolocompress.compress.prune.eagleeye import (CostModel, Strategy, StrategySpace, SubnetScorer,
                                                   cache_data, group_sensitivity)
@@ -87,11 +87,14 @@ class PruneConfig:
         seed: strategy sampling, data subsets and fine-tuning.
         latency: also measure ONNX Runtime latency (batch 1, ``latency_threads``) before and after (slow).
         eval_baseline: evaluate the unpruned model on the full val split for the report.
-        finetune_dir: keep the Trainer's run folder here (default: a temporary folder, removed).
+        finetune_dir: keep the Trainer's run folder here (default: a temporary folder, removed); it holds
+            ``weights/last.pt`` after every epoch, which ``resume`` continues.
         search_log: record every scored probe and candidate in this JSON-lines file as it is scored
             (:mod:`~yolocompress.compress.prune.searchlog`); removed when ``prune_model`` returns.
         resume: continue the search recorded in ``search_log`` (same model, data and scoring settings): the
-            sub-nets recorded there are not scored again, and the result is that of an uninterrupted run.
+            sub-nets recorded there are not scored again; and continue the fine-tune from the
+            ``weights/last.pt`` in ``finetune_dir`` when there is one. The result is that of an
+            uninterrupted run (bit for bit on the CPU).
     """
 
     ratio: float | None = 0.5
@@ -271,28 +274,21 @@ def _snapshot(model: nn.Module, cfg: PruneConfig, metrics: dict[str, float] | No
 
 def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: nn.Module | None = None,
               on_progress: ProgressCallback | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The fine-tuned model and what the report says of it: the distillation's details (``method``,
-    ``connectors``, the teacher's share of the time, ...; none without a teacher) and the per-epoch
-    ``history`` with every loss term."""
-    from yolocompress.engine.trainer import TrainConfig, Trainer
-    from yolocompress.models.shapes import shape_spec
+    """The fine-tuned model (the ``finetune`` stage of :mod:`yolocompress.compress.finetune`) and what the
+    report says of it: the fine-tune's details (per-epoch ``history``, ``resumed_from_epoch``, ...) and the
+    distillation's (``method``, ``connectors``, the teacher's share of the time, ...; none without a
+    teacher). With ``cfg.resume`` a ``weights/last.pt`` in ``cfg.finetune_dir`` is continued."""
+    from yolocompress.compress.finetune import FinetuneConfig, finetune
 
-    before = shape_spec(model)
-    with work_dir("yc-prune-ft-") as tmp:
-        out_dir = cfg.finetune_dir or str(tmp)
-        tc = TrainConfig(epochs=cfg.finetune_epochs, imgsz=cfg.imgsz, batch=cfg.finetune_batch,
-                         nominal_batch=max(cfg.finetune_nominal_batch, cfg.finetune_batch),
-                         device=cfg.device, workers=cfg.workers, seed=cfg.seed, out_dir=out_dir,
-                         close_mosaic=cfg.finetune_epochs // 2,
-                         patience=0, bf16=cfg.bf16, channels_last=cfg.channels_last)
-        kd = as_distill_config(cfg.distill) if teacher is not None else None
-        extra, details = (distill_terms(kd, teacher, model, cfg.imgsz, cfg.seed) if kd is not None
-                          else ([], {}))
-        result = Trainer(model, data, tc, hyp=hyp, extra_losses=extra, on_progress=on_progress).train()
-    tuned = result.model.cpu().eval()
-    if shape_spec(tuned) != before:  # the Trainer must not change the architecture
-        raise RuntimeError("fine-tuning changed the pruned architecture")
-    return tuned, {**details, **teacher_overhead(extra, result.history), "history": result.history}
+    fc = FinetuneConfig(epochs=cfg.finetune_epochs, imgsz=cfg.imgsz, batch=cfg.finetune_batch,
+                        nominal_batch=cfg.finetune_nominal_batch,
+                        distill=cfg.distill if teacher is not None else 0.0, bf16=cfg.bf16,
+                        channels_last=cfg.channels_last, seed=cfg.seed, device=cfg.device,
+                        workers=cfg.workers)
+    tuned, stage = finetune(model, data, fc, teacher=teacher, out_dir=cfg.finetune_dir,
+                            resume=cfg.resume and cfg.finetune_dir is not None, on_progress=on_progress,
+                            hyp=hyp)
+    return tuned, dict(stage.details)
 
 
 Best = tuple[float, int, "nn.Module | None"]  # (score, index, sub-net after adaptive BN or None)
