@@ -51,7 +51,8 @@ def _guided(args) -> dict:
 
 def part_structure(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_channels
-    from yolocompress.compress.prune.pruner import ort_latency, plan_search
+    from yolocompress.compress.prune.pruner import ort_latency
+    from yolocompress.compress.prune.search import plan_search
     from yolocompress.models import build_model
     from yolocompress.profile import cpu_name, gflops
 
@@ -169,8 +170,8 @@ def part_speed(args) -> dict:
 
 def part_stability(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_channels
-    from yolocompress.compress.prune.eagleeye import SubnetScorer, cache_data
-    from yolocompress.compress.prune.pruner import plan_search
+    from yolocompress.compress.prune.scoring import SubnetScorer, cache_data
+    from yolocompress.compress.prune.search import plan_search
 
     model, data = _baseline_and_data(args)
     base = copy.deepcopy(model).float().eval()
@@ -201,8 +202,8 @@ def part_stability(args) -> dict:
 
 def part_correlation(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_channels
-    from yolocompress.compress.prune.eagleeye import SubnetScorer, cache_data
-    from yolocompress.compress.prune.pruner import plan_search
+    from yolocompress.compress.prune.scoring import SubnetScorer, cache_data
+    from yolocompress.compress.prune.search import plan_search
     from yolocompress.engine.evaluator import evaluate_model
     from yolocompress.engine.trainer import TrainConfig, Trainer
 

@@ -134,7 +134,7 @@ def _check_model(stages: tuple[StagePlan, ...], model: Any, imgsz: int, data: An
         where = f"stages[{plan.index}].{plan.type.name}.exclude:"
         if plan.type.name == "prune" and plan.configs["config"].exclude:
             from yolocompress.compress.prune.graph import channel_graph
-            from yolocompress.compress.prune.pruner import resolve_exclusions
+            from yolocompress.compress.prune.search import resolve_exclusions
 
             resolve_exclusions(channel_graph(model), plan.configs["config"].exclude, context=where)
         if plan.type.name == "quantize":

@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping
 from yolocompress.compress.distill.stage import DistillConfig, distill_model
 from yolocompress.compress.finetune import FinetuneConfig, finetune
 from yolocompress.compress.fuse import FuseConfig, fuse_stage
-from yolocompress.compress.prune.pruner import PruneConfig, prune_model
+from yolocompress.compress.prune.config import PruneConfig
+from yolocompress.compress.prune.pruner import prune_model
 from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 from yolocompress.compress.quant.qat import QatConfig, quantize_qat
 from yolocompress.compress.stage import StageReport, config_dict

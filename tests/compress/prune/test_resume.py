@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from yolocompress.cli import main
-from yolocompress.compress.prune import PruneConfig, eagleeye, prune_model
+from yolocompress.compress.prune import PruneConfig, prune_model
+from yolocompress.compress.prune.scoring import SubnetScorer
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import save_model
 
@@ -23,7 +24,7 @@ SETTINGS = dict(ratio=0.5, imgsz=64, candidates=5, guided=2, calib_batches=1, ca
 @pytest.fixture
 def counted_scores(monkeypatch):
     """Untrained sub-nets all score 0: give each a distinct score (its parameter count) and count the calls."""
-    real_call = eagleeye.SubnetScorer.__call__
+    real_call = SubnetScorer.__call__
     calls = []
 
     def scored(self, sub, recalibrate=True):
@@ -32,7 +33,7 @@ def counted_scores(monkeypatch):
         s.map50_95 = float(sum(p.numel() for p in sub.parameters())) / 1e6
         return s
 
-    monkeypatch.setattr(eagleeye.SubnetScorer, "__call__", scored)
+    monkeypatch.setattr(SubnetScorer, "__call__", scored)
     return calls
 
 
