@@ -16,13 +16,14 @@ if TYPE_CHECKING:
     from yolocompress.compress.stage import ModelSnapshot
 
 
-# PruneConfig fields set by flags of the same name (``--calib-batches`` -> ``calib_batches``); their defaults
-# are PruneConfig's, shown in --help ({prune.field}: read only when help is shown, PruneConfig imports torch).
+# PruneConfig settings set by flags of the same name (``--calib-batches`` -> ``calib_batches``, the flat names
+# of ``PruneConfig.from_flat``); their defaults are PruneConfig's, shown in --help ({prune.search.candidates}:
+# read only when help is shown, PruneConfig imports torch).
 # ``--batch`` sets the three batch sizes, ``--exclude`` takes a list.
 CONFIG_FLAGS = ("ratio", "target_gflops", "candidates", "guided", "calib_batches", "eval_images", "finetune_epochs",
                 "round_to", "min_channels", "seed", "device", "workers", "distill", "bf16", "channels_last",
                 "latency", "resume")
-PRUNE_CONFIG = "yolocompress.compress.prune.pruner:PruneConfig"
+PRUNE_CONFIG = "yolocompress.compress.prune.config:PruneConfig"
 
 
 def prune_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,9 +46,10 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
         max_map_drop: float | None = None) -> dict[str, Any]:
     """Prune the checkpoint ``model`` and save the result (our format, atomically) to ``output``.
 
-    ``settings``: ``PruneConfig`` keywords (:func:`prune_settings` builds them from the flags); ``imgsz``
-    defaults to the checkpoint's own image size (640 for Ultralytics files). Returns the ``StageReport`` as
-    a dict (``report.to_dict()``, also written to ``json_path`` when given), with the accuracy verdict of
+    ``settings``: ``PruneConfig.from_flat`` keywords (:func:`prune_settings` builds them from the flags);
+    ``imgsz`` defaults to the checkpoint's own image size (640 for Ultralytics files). Returns the
+    ``StageReport`` as a dict (``report.to_dict()``, also written to ``json_path`` when given; its ``config``
+    nested like ``PruneConfig``), with the accuracy verdict of
     :func:`~yolocompress.compress.accuracy.check_accuracy` (``max_map_drop`` points) in
     ``details["accuracy"]`` and its warning. Only rank 0 writes files in a ``torchrun`` run.
 
@@ -71,9 +73,9 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
     from yolocompress.io.checkpoint import history_entry, save_model
 
     work = finetune_folder(output)
-    config = PruneConfig(**settings, imgsz=imgsz or PruneConfig.imgsz,  # validated before any loading
-                         search_log=f"{output}.search.jsonl",  # what --resume continues
-                         finetune_dir=str(work))
+    config = PruneConfig.from_flat(**settings, imgsz=imgsz or PruneConfig.imgsz,  # validated before loading
+                                   search_log=f"{output}.search.jsonl",  # what --resume continues
+                                   finetune_dir=str(work))
     data_cfg = load_data_config(data)
     net, info = load_cli_model(model, cfg)
     require_unfused(net, "pruning")
@@ -177,27 +179,27 @@ def register(subparsers) -> None:
     p.add_argument("--imgsz", type=image_size, default=None,
                    help="image size for FLOPs, search and fine-tuning (default: the checkpoint's)")
     p.add_argument("--candidates", type=positive_int, default=None,
-                   help="strategies scored (the first is uniform; default {prune.candidates})")
+                   help="strategies scored (the first is uniform; default {prune.search.candidates})")
     p.add_argument("--guided", type=int, default=None, metavar="N",
                    help="how many candidates are sensitivity-guided instead of random (default "
-                        "{prune.guided}; 0: the paper's random sampling only, no probe phase)")
+                        "{prune.search.guided}; 0: the paper's random sampling only, no probe phase)")
     p.add_argument("--calib-batches", type=positive_int, default=None,
-                   help="training batches for adaptive BN (default {prune.calib_batches})")
+                   help="training batches for adaptive BN (default {prune.search.calib_batches})")
     p.add_argument("--eval-images", type=positive_int, default=None,
                    help="held-out images each candidate is scored on (fewer: faster, noisier ranking; default "
-                        "{prune.eval_images})")
+                        "{prune.search.eval_images})")
     p.add_argument("--finetune-epochs", type=int, default=None,
-                   help="epochs of fine-tuning of the winner (0: none; default {prune.finetune_epochs}, a "
+                   help="epochs of fine-tuning of the winner (0: none; default {prune.finetune.epochs}, a "
                         "quick look: ratio 0.5 on a nano model needs about 150 to come within a point, and a "
                         "larger fall than 5 points is warned about)")
     p.add_argument("--round-to", type=positive_int, default=None,
-                   help="keep channel counts a multiple of this (default {prune.round_to})")
+                   help="keep channel counts a multiple of this (default {prune.channels.round_to})")
     p.add_argument("--min-channels", type=positive_int, default=None,
-                   help="never keep fewer channels in a group (default {prune.min_channels})")
+                   help="never keep fewer channels in a group (default {prune.channels.min_channels})")
     p.add_argument("--exclude", default=None,
                    help="comma-separated layer indices or module names never pruned")
     p.add_argument("--batch", type=positive_int, default=None,
-                   help="batch size (calibration, scoring, fine-tuning; default {prune.calib_batch})")
+                   help="batch size (calibration, scoring, fine-tuning; default {prune.search.calib_batch})")
     p.add_argument("--seed", type=int, default=None,
                    help="strategy sampling, data subsets, fine-tuning (default {prune.seed})")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default {prune.device})")
@@ -205,7 +207,7 @@ def register(subparsers) -> None:
                    help="data-loading workers for fine-tuning (default {prune.workers})")
     p.add_argument("--distill", type=float, default=None, metavar="W",
                    help="fine-tune with output distillation from the unpruned model at weight W "
-                        "(0: labels only; default {prune.distill})")
+                        "(0: labels only; default {prune.finetune.distill})")
     add_method_flags(p, "fine-tune")
     p.add_argument("--bf16", action="store_true", default=None, help="fine-tune with CPU bf16 autocast (AMX CPUs)")
     p.add_argument("--channels-last", action="store_true", default=None, help="fine-tune in NHWC memory format")

@@ -189,7 +189,7 @@ register_stage(StageType(
     "prune", {"config": PruneConfig}, takes="torch", gives="torch", run=_run_prune, needs_unfused=True,
     runner_fields=frozenset({"imgsz", "finetune_dir", "latency", "latency_threads", "eval_baseline",
                              "search_log", "resume"}),
-    defaults={"finetune_epochs": 0}))
+    defaults={"finetune": {"epochs": 0}}))
 register_stage(StageType("finetune", {"config": FinetuneConfig}, takes="torch", gives="torch", run=_run_finetune,
                          runner_fields=_TRAINER_FIELDS))
 register_stage(StageType("distill", {"distill": DistillConfig, "train": FinetuneConfig}, takes="torch", gives="torch",

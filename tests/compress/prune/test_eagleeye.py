@@ -74,7 +74,7 @@ def test_sampling_spread_keeps_strategies_near_uniform():
     with pytest.raises(InputError, match="spread"):
         space.sample(rng, budget, spread=0.0)
     with pytest.raises(InputError, match="spread"):
-        PruneConfig(ratio=0.5, spread=1.5)
+        PruneConfig.from_flat(ratio=0.5, spread=1.5)
 
 
 def _space(width: float = 0.25, rules=(1, 1)):
@@ -140,7 +140,7 @@ def test_guided_strategies_prune_the_least_sensitive_groups_most():
 
 def test_guided_candidates_come_from_scored_probes(tiny_data):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
-    cfg = PruneConfig(ratio=0.5, **{**FAST, "candidates": 5, "guided": 2})
+    cfg = PruneConfig.from_flat(ratio=0.5, **{**FAST, "candidates": 5, "guided": 2})
     _, report = prune_model(model, tiny_data, cfg)
     d = report.details
     kinds = [c["kind"] for c in d["candidates"]]
@@ -148,7 +148,8 @@ def test_guided_candidates_come_from_scored_probes(tiny_data):
     n_groups = sum(g["searchable"] for g in d["groups"])
     assert len(d["sensitivity"]) == n_groups and n_groups < d["probes"] <= 2 * n_groups + 1
     assert d["timing_s"]["probes"] > 0
-    _, plain = prune_model(model, tiny_data, PruneConfig(ratio=0.5, **{**FAST, "candidates": 5, "guided": 0}))
+    _, plain = prune_model(model, tiny_data,
+                           PruneConfig.from_flat(ratio=0.5, **{**FAST, "candidates": 5, "guided": 0}))
     p = plain.details
     assert [c["kind"] for c in p["candidates"]] == ["uniform"] + ["random"] * 4
     assert p["probes"] == 0 and p["sensitivity"] == [] and "probes" not in p["timing_s"]
@@ -165,7 +166,7 @@ def test_search_keeps_the_best_candidate_and_respects_the_budget(tiny_data, monk
         return s
 
     monkeypatch.setattr(SubnetScorer, "__call__", scored)
-    pruned, report = prune_model(model, tiny_data, PruneConfig(ratio=0.5, **FAST))
+    pruned, report = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **FAST))
     details = report.details
     scores = [c["score"] for c in details["candidates"]]
     chosen = details["chosen"]
@@ -185,7 +186,7 @@ def test_report_is_a_stage_report_that_round_trips_through_json(tiny_data):
     from yolocompress.profile import gflops
 
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
-    cfg = PruneConfig(ratio=0.5, **{**FAST, "candidates": 2, "guided": 0, "eval_baseline": True,
+    cfg = PruneConfig.from_flat(ratio=0.5, **{**FAST, "candidates": 2, "guided": 0, "eval_baseline": True,
                                     "latency": True, "latency_threads": 1})
     pruned, r = prune_model(model, tiny_data, cfg)
     assert isinstance(r, StageReport) and r.stage == r.name == "prune" and r.warnings == ()
@@ -212,7 +213,7 @@ def test_target_gflops_and_exclusions(tiny_data):
 
     target = 0.75 * gflops(model, 64)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    pruned, report = prune_model(model, tiny_data, PruneConfig(ratio=None, target_gflops=target,
+    pruned, report = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=None, target_gflops=target,
                                                                exclude=("0", "model.2.cv1"), **FAST))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the input is not modified
     assert gflops(pruned, 64) <= target
@@ -221,9 +222,10 @@ def test_target_gflops_and_exclusions(tiny_data):
             assert g["excluded"] and g["kept"] == g["channels"]
     assert pruned.model[0].conv.out_channels == model.model[0].conv.out_channels
     with pytest.raises(InputError, match="matches no prunable layer"):
-        prune_model(model, tiny_data, PruneConfig(ratio=0.5, exclude=("model.99",), **FAST))
+        prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, exclude=("model.99",), **FAST))
     with pytest.raises(InputError, match="impossible budget"):
-        prune_model(model, tiny_data, PruneConfig(ratio=None, target_gflops=2 * gflops(model, 64), **FAST))
+        prune_model(model, tiny_data,
+                    PruneConfig.from_flat(ratio=None, target_gflops=2 * gflops(model, 64), **FAST))
 
 
 @pytest.mark.parametrize("bad", [dict(ratio=0.0), dict(ratio=1.0), dict(ratio=None),
@@ -231,7 +233,7 @@ def test_target_gflops_and_exclusions(tiny_data):
                                  dict(guided=-1), dict(probe_step=0.0), dict(probe_step=1.0)])
 def test_config_validation(bad):
     with pytest.raises(InputError):
-        PruneConfig(**bad)
+        PruneConfig.from_flat(**bad)
 
 
 def test_fused_model_is_refused(tiny_data):
@@ -239,12 +241,13 @@ def test_fused_model_is_refused(tiny_data):
 
     with pytest.raises(InputError, match="fused"):
         prune_model(fuse(tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)), tiny_data,
-                    PruneConfig(ratio=0.5, **FAST))
+                    PruneConfig.from_flat(ratio=0.5, **FAST))
 
 
 def test_same_seed_same_result_and_finetune_keeps_architecture(tiny_data):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
-    cfg = PruneConfig(ratio=0.4, **{**FAST, "candidates": 3, "finetune_epochs": 1, "finetune_batch": 4})
+    cfg = PruneConfig.from_flat(ratio=0.4,
+                                **{**FAST, "candidates": 3, "finetune_epochs": 1, "finetune_batch": 4})
     a, ra = prune_model(model, tiny_data, cfg)
     b, rb = prune_model(model, tiny_data, cfg)
     assert shape_spec(a) == shape_spec(b)
@@ -253,7 +256,8 @@ def test_same_seed_same_result_and_finetune_keeps_architecture(tiny_data):
     assert ra.details["after_search"] == rb.details["after_search"]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert a.detect.m[0].in_channels < model.detect.m[0].in_channels  # fine-tuned, still pruned
-    c, rc = prune_model(model, tiny_data, PruneConfig(ratio=0.4, **{**FAST, "candidates": 3, "seed": 1}))
+    c, rc = prune_model(model, tiny_data,
+                        PruneConfig.from_flat(ratio=0.4, **{**FAST, "candidates": 3, "seed": 1}))
     assert [x["gflops"] for x in rc.details["candidates"][1:]] != \
         [x["gflops"] for x in ra.details["candidates"][1:]]
 
@@ -308,8 +312,8 @@ def test_finetune_distills_from_the_unpruned_model(tiny_data, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "Trainer", Spy)
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
-    cfg = PruneConfig(ratio=0.4, **{**FAST, "candidates": 2, "finetune_epochs": 1, "finetune_batch": 4,
-                                    "distill": 2.0})
+    cfg = PruneConfig.from_flat(ratio=0.4, **{**FAST, "candidates": 2, "finetune_epochs": 1,
+                                              "finetune_batch": 4, "distill": 2.0})
     pruned, report = prune_model(model, tiny_data, cfg)
     (terms,) = seen
     (kd,) = terms
@@ -317,4 +321,4 @@ def test_finetune_distills_from_the_unpruned_model(tiny_data, monkeypatch):
     assert shape_spec(kd.teacher) == shape_spec(model) != shape_spec(pruned)
     assert report.details["after_finetune"] is not None
     with pytest.raises(InputError):
-        PruneConfig(ratio=0.5, distill=-1.0)
+        PruneConfig.from_flat(ratio=0.5, distill=-1.0)

@@ -9,7 +9,7 @@ fine-tunes the winner; it is a stage (:mod:`yolocompress.compress.stage`) return
 StageReport)``. Its settings: ``config``.
 """
 from yolocompress.compress.prune.apply import ChannelRules, prune_channels
-from yolocompress.compress.prune.config import PruneConfig
+from yolocompress.compress.prune.config import PruneConfig, PruneFinetuneConfig, SearchConfig
 from yolocompress.compress.prune.cost import CostModel
 from yolocompress.compress.prune.graph import ChannelGraph, ChannelGroup, channel_graph, register_handler
 from yolocompress.compress.prune.importance import l1_importance
@@ -17,6 +17,7 @@ from yolocompress.compress.prune.pruner import prune_model
 from yolocompress.compress.prune.scoring import adaptive_bn
 
 __all__ = [
-    "ChannelGraph", "ChannelGroup", "ChannelRules", "CostModel", "PruneConfig", "adaptive_bn",
+    "ChannelGraph", "ChannelGroup", "ChannelRules", "CostModel", "PruneConfig", "PruneFinetuneConfig",
+    "SearchConfig", "adaptive_bn",
     "channel_graph", "l1_importance", "prune_channels", "prune_model", "register_handler",
 ]

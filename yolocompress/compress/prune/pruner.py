@@ -45,7 +45,7 @@ def _full_eval(model: nn.Module, data: Any, cfg: PruneConfig, on_progress: Progr
     """Full val-split evaluation: ``({map50, map50_95, fitness}, {class name: mAP50-95})``."""
     from yolocompress.engine.evaluator import evaluate_model
 
-    r = evaluate_model(model, data, split="val", imgsz=cfg.imgsz, batch=cfg.eval_batch * 2,
+    r = evaluate_model(model, data, split="val", imgsz=cfg.imgsz, batch=cfg.search.eval_batch * 2,
                        conf_thres=cfg.conf_thres, device=cfg.device, workers=cfg.workers,
                        on_progress=on_progress)
     metrics = {"map50": float(r.map50), "map50_95": float(r.map50_95), "fitness": float(r.fitness)}
@@ -83,15 +83,16 @@ def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: 
     teacher). With ``cfg.resume`` a ``weights/last.pt`` in ``cfg.finetune_dir`` is continued."""
     from yolocompress.compress.finetune import FinetuneConfig, finetune
 
-    fc = FinetuneConfig(epochs=cfg.finetune_epochs, imgsz=cfg.imgsz, batch=cfg.finetune_batch,
-                        nominal_batch=cfg.finetune_nominal_batch,
-                        distill=cfg.distill if teacher is not None else 0.0, bf16=cfg.bf16,
-                        channels_last=cfg.channels_last, seed=cfg.seed, device=cfg.device,
+    fc = FinetuneConfig(epochs=cfg.finetune.epochs, imgsz=cfg.imgsz, batch=cfg.finetune.batch,
+                        nominal_batch=cfg.finetune.nominal_batch,
+                        distill=cfg.finetune.distill if teacher is not None else 0.0, bf16=cfg.finetune.bf16,
+                        channels_last=cfg.finetune.channels_last, seed=cfg.seed, device=cfg.device,
                         workers=cfg.workers)
     tuned, stage = finetune(model, data, fc, teacher=teacher, out_dir=cfg.finetune_dir,
                             resume=cfg.resume and cfg.finetune_dir is not None, on_progress=on_progress,
                             hyp=hyp)
     return tuned, dict(stage.details)
+
 
 def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = None, hyp: Any = None,
                 on_progress: ProgressCallback | None = None) -> tuple[nn.Module, StageReport]:
@@ -128,7 +129,7 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
     owns_group = dist_utils.init_process_group(ctx, device)
     try:
         base = _base_model(model)
-        kd = as_distill_config(cfg.distill) if cfg.finetune_epochs > 0 else None
+        kd = as_distill_config(cfg.finetune.distill) if cfg.finetune.epochs > 0 else None
         if kd is not None:  # its layers are checked now, not after the search (pruning keeps layers, strides)
             distill_terms(kd, base, base, cfg.imgsz, cfg.seed)
         found = search(base, data, cfg, stride, device, ctx, on_progress)
@@ -164,7 +165,7 @@ def _check_inputs(model: nn.Module, data_cfg: Any, cfg: PruneConfig) -> tuple[An
 def _evaluate_and_finetune(base: nn.Module, winner: nn.Module, data: Any, cfg: PruneConfig, hyp: Any,
                            timing: dict[str, float], on_progress: ProgressCallback | None
                            ) -> tuple[nn.Module, dict[str, Any]]:
-    """The final model (the winner, fine-tuned when ``cfg.finetune_epochs``) and its measurements:
+    """The final model (the winner, fine-tuned when ``cfg.finetune.epochs``) and its measurements:
     ``baseline`` / ``baseline_classes`` (``None`` without ``cfg.eval_baseline``), ``after_search``,
     ``after_finetune`` (``None`` without fine-tuning), ``final_classes`` and the fine-tune's ``finetune``
     details. Adds ``eval`` and ``finetune`` seconds to ``timing``."""
@@ -175,7 +176,7 @@ def _evaluate_and_finetune(base: nn.Module, winner: nn.Module, data: Any, cfg: P
     timing["eval"] = time.perf_counter() - t0
     after_finetune = finetune_details = None
     final = winner
-    if cfg.finetune_epochs > 0:
+    if cfg.finetune.epochs > 0:
         t0 = time.perf_counter()
         final, finetune_details = _finetune(winner, data, cfg, hyp, teacher=base, on_progress=on_progress)
         timing["finetune"] = time.perf_counter() - t0

@@ -6,13 +6,13 @@ of every candidate, sharded over the ranks of a ``torchrun`` run and recorded in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch.nn as nn
 
-from yolocompress.compress.prune.apply import ChannelRules, prune_channels
+from yolocompress.compress.prune.apply import prune_channels
 from yolocompress.compress.prune.config import PruneConfig
 from yolocompress.compress.prune.cost import CostModel
 from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
@@ -58,15 +58,15 @@ def add_guided(plan: SearchPlan, sensitivity: np.ndarray) -> None:
 
 def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     """Dependency analysis, L1 importance, the FLOPs budget and the candidate strategies, all deterministic in
-    ``cfg.seed``: the uniform one first (when ``cfg.include_uniform``), then the random ones; the
-    ``n_guided`` sensitivity-guided ones that complete ``cfg.candidates`` need scored probes and are added by
-    ``add_guided``. ``model``: float32, CPU."""
+    ``cfg.seed``: the uniform one first (when ``cfg.search.include_uniform``), then the random ones; the
+    ``n_guided`` sensitivity-guided ones that complete ``cfg.search.candidates`` need scored probes and are
+    added by ``add_guided``. ``model``: float32, CPU."""
     graph = channel_graph(model)
     importance = l1_importance(model, graph)
-    rules = ChannelRules(min_channels=cfg.min_channels, round_to=cfg.round_to)
+    rules = cfg.channels
     excluded = resolve_exclusions(graph, cfg.exclude)
     cost = CostModel(model, graph, cfg.imgsz)
-    max_ratio = max(cfg.max_ratio, cfg.ratio or 0.0)
+    max_ratio = max(cfg.search.max_ratio, cfg.ratio or 0.0)
     space = StrategySpace(graph, cost, importance, rules,
                           [g.index for g in graph.groups if g.index not in excluded], max_ratio)
     if not space.searchable:
@@ -82,10 +82,10 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
                              f"model's {base_flops / 1e9:.4g} GFLOPs at {cfg.imgsz} px")
         uniform = space.uniform_for_budget(budget)
     rng = np.random.default_rng(cfg.seed)
-    n_other = cfg.candidates - (1 if cfg.include_uniform else 0)
-    n_guided = min(cfg.guided, n_other)
-    strategies = [uniform] if cfg.include_uniform else []
-    strategies += [space.sample(rng, budget, cfg.spread) for _ in range(n_other - n_guided)]
+    n_other = cfg.search.candidates - (1 if cfg.search.include_uniform else 0)
+    n_guided = min(cfg.search.guided, n_other)
+    strategies = [uniform] if cfg.search.include_uniform else []
+    strategies += [space.sample(rng, budget, cfg.search.spread) for _ in range(n_other - n_guided)]
     return SearchPlan(graph, space, strategies, budget, base_flops, excluded, uniform, n_guided)
 
 
@@ -144,9 +144,9 @@ def _probe_sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, 
                        ) -> tuple[np.ndarray, int]:
     """Score the uniform strategy and its one-group probes; returns ``(score per FLOP per searchable group,
     number of sub-nets scored)``."""
-    probes = plan.space.probes(plan.uniform, cfg.probe_step)
+    probes = plan.space.probes(plan.uniform, cfg.search.probe_step)
     rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], scorer,
-                                cfg.metric, ctx, "probes", on_progress, log)
+                                cfg.search.metric, ctx, "probes", on_progress, log)
     scores = [r["score"] for r in rows]
     sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable))
     return sens, len(rows)
@@ -160,8 +160,8 @@ def _score_candidates(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, c
     Returns ``(candidate rows in index order, seconds per phase summed over ranks, chosen index, the chosen
     sub-net after adaptive BN)``. Ties go to the lowest index, so the uniform candidate wins a tie.
     """
-    candidates, total, best_local = _score_sharded(base, plan, plan.strategies, scorer, cfg.metric, ctx,
-                                                    "eagleeye", on_progress, log)
+    candidates, total, best_local = _score_sharded(base, plan, plan.strategies, scorer, cfg.search.metric,
+                                                    ctx, "eagleeye", on_progress, log)
     chosen = max(candidates, key=lambda c: (c["score"], -c["index"]))["index"]
     for c in candidates:
         c["chosen"] = c["index"] == chosen
@@ -199,14 +199,16 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
     t0 = time.perf_counter()
     plan = plan_search(base, cfg)
     timing["analysis"] = time.perf_counter() - t0
-    data_cache = cache_data(data, cfg.imgsz, stride, cfg.calib_batches, cfg.calib_batch, cfg.eval_images,
-                            cfg.eval_batch, cfg.seed, cfg.eval_split)
+    s = cfg.search
+    data_cache = cache_data(data, cfg.imgsz, stride, s.calib_batches, s.calib_batch, s.eval_images, s.eval_batch,
+                            cfg.seed, s.eval_split)
     timing["data"] = data_cache.load_s
     scorer = SubnetScorer(data_cache, data.nc, list(data.names), device, conf_thres=cfg.conf_thres)
     log = None
     if cfg.search_log:
         path = cfg.search_log if ctx.world_size == 1 else f"{cfg.search_log}.rank{ctx.rank}"
-        log = SearchLog(path, search_fingerprint(base, data, cfg.to_dict()), cfg.resume)
+        scoring = {"imgsz": cfg.imgsz, "seed": cfg.seed, "conf_thres": cfg.conf_thres, **asdict(s)}
+        log = SearchLog(path, search_fingerprint(base, data, scoring), cfg.resume)
     sensitivity = np.full(len(plan.space.searchable), np.nan)
     n_probes = 0
     if plan.n_guided:  # probes (sensitivity per group) for the guided candidates
