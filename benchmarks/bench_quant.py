@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from yolocompress.compress.quant.plan import build_plan
-from yolocompress.compress.quant.ptq import (
-    QuantConfig, _ort_reader, calibration_images, quantize_ptq,
-)
+from yolocompress.compress.quant.calibrate import calibration_images, ort_reader
+from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 from yolocompress.compress.quant.verify import integer_kernel_report
 from yolocompress.export.onnx import export_onnx
 from yolocompress.export.openvino import openvino_version
@@ -52,7 +51,7 @@ def naive_quantize(fp32: Path, out: Path, images: np.ndarray, activations: str) 
 
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), _ort_reader(images, "images"), quant_format=QuantFormat.QDQ,
+    quantize_static(str(pre), str(out), ort_reader(images, "images"), quant_format=QuantFormat.QDQ,
                     per_channel=True,
                     activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8)

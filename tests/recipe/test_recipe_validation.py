@@ -84,6 +84,15 @@ BAD_RECIPES = [
     ("distill layers not integers",
      "stages:\n  - finetune: {distill: {method: feature, feature_layers: [a]}}\n", [],
      "stages[0].finetune.distill.feature_layers: expected a list of integers or null"),
+    ("distill layers not in the model (finetune)",
+     "stages:\n  - finetune: {distill: {method: feature, feature_layers: [17, 99]}}\n", [],
+     "feature layers [99] are not layers of the model (stages[0].finetune.feature_layers)"),
+    ("distill layers not in the model (distill stage)",
+     "stages:\n  - distill: {method: both, feature_layers: [-1]}\n", [],
+     "feature layers [-1] are not layers of the model (stages[0].distill.feature_layers)"),
+    ("distill layers not in the model (qat)",
+     "stages:\n  - quantize: {method: qat, distill: {method: feature, feature_layers: [40]}}\n", [],
+     "feature layers [40] are not layers of the model (stages[0].quantize.feature_layers)"),
 ]
 
 

@@ -15,6 +15,7 @@ from yolocompress.io.paths import file_size, preflight
 if TYPE_CHECKING:  # onnxruntime and torch are imported only when the command runs
     from yolocompress.compress.accuracy import AccuracyVerdict
     from yolocompress.compress.distill.config import DistillConfig
+    from yolocompress.compress.quant.ptq import QuantConfig
     from yolocompress.compress.quant.sensitivity import SensitivityResult
     from yolocompress.compress.stage import StageReport
 
@@ -23,6 +24,7 @@ METHODS = ("ptq", "qat")
 LIBRARY = {"quant": "yolocompress.compress.quant.ptq:QuantConfig",
            "qat": "yolocompress.compress.quant.qat:QatConfig",
            "ptq": "yolocompress.compress.quant.ptq", "plan": "yolocompress.compress.quant.plan",
+           "calibrate": "yolocompress.compress.quant.calibrate",
            "sens": "yolocompress.compress.quant.sensitivity:sensitivity"}
 
 
@@ -52,28 +54,14 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
     :func:`~yolocompress.compress.accuracy.check_accuracy` (``max_map_drop`` points) comes back with the
     ``quantize`` :class:`~yolocompress.compress.stage.StageReport` and the sensitivity report (or None).
     """
-    if auto_exclude < 0:
-        raise InputError(f"--auto-exclude needs K >= 0, got {auto_exclude}")
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if method == "qat" and Path(model).suffix.lower() == ".onnx":
-        raise InputError("--method qat fine-tunes the PyTorch model: give a .pt checkpoint, not an .onnx file")
-    if max_map_drop is not None and not measure_map:
-        raise InputError("--max-map-drop needs the mAP measured: leave out --no-eval")
+    _check_options(model, method, auto_exclude, max_map_drop, measure_map)
     from yolocompress.compress.accuracy import check_accuracy, with_measured_map
     from yolocompress.compress.quant import sensitivity as sens
     from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
     from yolocompress.data.config import load_data_config
 
     load_data_config(data)  # a broken data.yaml fails here, before the export and the calibration
-
-    if imgsz is not None and Path(model).suffix.lower() == ".onnx":
-        from yolocompress.engine.predictors import onnx_input_shape
-
-        shape = onnx_input_shape(model)
-        if (shape.height, shape.width) != (imgsz, imgsz):
-            raise InputError(f"{Path(model).name} has a fixed input size {shape.height}x{shape.width}, "
-                             f"not {imgsz}x{imgsz}; export it again at --imgsz {imgsz}")
+    _check_onnx_size(model, imgsz)
     config = QuantConfig(**_given(calibration=calibration, calib_images=calib_images, per_channel=per_channel,
                                   activation_type=activations, silu=silu, stem=stem, head=head,
                                   tune_backend=tune_backend, float_prefix=float_prefix),
@@ -85,23 +73,53 @@ def run(model: str, data: str, output: str, method: str = "ptq", imgsz: int | No
     elif sensitivity:
         ranking = sens.sensitivity(model, data, config, **_given(images=sensitivity_images))
     if method == "qat":
-        import dataclasses
-
-        from yolocompress.compress.quant.qat import QatConfig, quantize_qat
-        from yolocompress.io.checkpoint import load_model_with_info
-
-        net, info = load_model_with_info(model)
-        if config.imgsz is None:  # QAT gets the module, which does not know the size it was trained at
-            config = dataclasses.replace(config, imgsz=info.imgsz)
-        qat = QatConfig(**_given(epochs=epochs, lr=lr, batch=batch, workers=workers, distill=distill,
-                                 labels=labels))
-        report = quantize_qat(net, data, config, qat, output=output)[1]
+        qat_settings = _given(epochs=epochs, lr=lr, batch=batch, workers=workers, distill=distill, labels=labels)
+        report = _run_qat(model, data, config, output, qat_settings)
     else:
         report = quantize_ptq(model, data, config, output=output)[1]
     if measure_map:
         report = with_measured_map(report, data, before=model, after=output)
     report, verdict = check_accuracy(report, max_map_drop)
     return report, ranking, verdict
+
+
+def _check_options(model: str, method: str, auto_exclude: int, max_map_drop: float | None,
+                   measure_map: bool) -> None:
+    """Refuse impossible combinations of options before anything is loaded."""
+    if auto_exclude < 0:
+        raise InputError(f"--auto-exclude needs K >= 0, got {auto_exclude}")
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "qat" and Path(model).suffix.lower() == ".onnx":
+        raise InputError("--method qat fine-tunes the PyTorch model: give a .pt checkpoint, not an .onnx file")
+    if max_map_drop is not None and not measure_map:
+        raise InputError("--max-map-drop needs the mAP measured: leave out --no-eval")
+
+
+def _check_onnx_size(model: str, imgsz: int | None) -> None:
+    """Refuse an ``--imgsz`` that differs from the fixed input size of an ``.onnx`` model."""
+    if imgsz is None or Path(model).suffix.lower() != ".onnx":
+        return
+    from yolocompress.engine.predictors import onnx_input_shape
+
+    shape = onnx_input_shape(model)
+    if (shape.height, shape.width) != (imgsz, imgsz):
+        raise InputError(f"{Path(model).name} has a fixed input size {shape.height}x{shape.width}, "
+                         f"not {imgsz}x{imgsz}; export it again at --imgsz {imgsz}")
+
+
+def _run_qat(model: str, data: str, config: QuantConfig, output: str,
+             qat_settings: dict[str, Any]) -> StageReport:
+    """QAT of the ``.pt`` checkpoint ``model`` (at its training size unless ``config.imgsz`` is set)."""
+    import dataclasses
+
+    from yolocompress.compress.quant.qat import QatConfig, quantize_qat
+    from yolocompress.io.checkpoint import load_model_with_info
+
+    net, info = load_model_with_info(model)
+    if config.imgsz is None:  # QAT gets the module, which does not know the size it was trained at
+        config = dataclasses.replace(config, imgsz=info.imgsz)
+    return quantize_qat(net, data, config, QatConfig(**qat_settings), output=output)[1]
 
 
 def _prefix(text: str) -> int | str:
@@ -199,8 +217,20 @@ def register(subparsers) -> None:
                         "checkpoints; an .onnx file keeps its own)")
     p.add_argument("--calib-images", type=positive_int, default=None,
                    help="calibration images (default {quant.calib_images})")
+    _add_plan_flags(p)
+    _add_sensitivity_flags(p)
+    _add_qat_flags(p)
+    p.add_argument("--no-eval", action="store_true",
+                   help="do not evaluate the input and the int8 model on the val split (no accuracy check)")
+    add_max_map_drop(p)
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(func=_main, per_channel=None)
+
+
+def _add_plan_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the calibration and of the plan (what is int8, what stays float)."""
     p.add_argument("--calibration", default=None, metavar="METHOD",
-                   help="activation range estimation: {ptq.CALIBRATION_METHODS} "
+                   help="activation range estimation: {calibrate.CALIBRATION_METHODS} "
                         "(default {quant.calibration})")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--per-channel", dest="per_channel", action="store_const", const=True,
@@ -230,6 +260,10 @@ def register(subparsers) -> None:
     p.add_argument("--activations", default=None, metavar="TYPE",
                    help="activation type: {ptq.ACTIVATION_TYPES} (default {quant.activation_type}: what ONNX "
                         "Runtime's x86 integer kernels take)")
+
+
+def _add_sensitivity_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the per-conv sensitivity ranking and automatic exclusion."""
     p.add_argument("--sensitivity", action="store_true",
                    help="rank the int8 convs by the mAP50-95 each costs (train images; one quantization "
                         "and evaluation per conv)")
@@ -237,6 +271,10 @@ def register(subparsers) -> None:
                    help="keep the K most sensitive convs float (implies --sensitivity)")
     p.add_argument("--sensitivity-images", type=positive_int, default=None,
                    help="training images evaluated per candidate (default {sens.images})")
+
+
+def _add_qat_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of quantization-aware training (``--method qat``)."""
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="QAT fine-tuning epochs (default {qat.epochs})")
     p.add_argument("--lr", type=float, default=None, help="QAT initial learning rate (default {qat.lr})")
@@ -249,8 +287,3 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=positive_int, default=None, help="QAT batch size (default {qat.batch})")
     p.add_argument("--workers", type=int, default=None,
                    help="QAT data-loading workers (default {qat.workers})")
-    p.add_argument("--no-eval", action="store_true",
-                   help="do not evaluate the input and the int8 model on the val split (no accuracy check)")
-    add_max_map_drop(p)
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    p.set_defaults(func=_main, per_channel=None)

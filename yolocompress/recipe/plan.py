@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from yolocompress.compress.distill.config import DistillConfig
+from yolocompress.compress.distill.feature import check_feature_layers
 from yolocompress.compress.stage import config_dict
 from yolocompress.errors import InputError
 from yolocompress.models.inputs import max_stride
@@ -141,6 +143,11 @@ def _check_model(stages: tuple[StagePlan, ...], model: Any, imgsz: int, data: An
             from yolocompress.compress.prune.search import resolve_exclusions
 
             resolve_exclusions(channel_graph(model), plan.configs["config"].exclude, context=where)
+        for kd in (c if isinstance(c, DistillConfig) else getattr(c, "distill", None) for c in plan.configs.values()):
+            if isinstance(kd, DistillConfig) and kd.feature_layers and kd.method in ("feature", "both"):
+                # the teacher is the input model; the student keeps its layers (pruning removes channels only)
+                check_feature_layers(model, kd.feature_layers,
+                                     f"model (stages[{plan.index}].{plan.type.name}.feature_layers)")
         if plan.type.name == "quantize":
             # ONNX node names are checked against the exported graph, when the stage builds its plan
             selectors = [s for s in plan.configs["quant"].exclude if not LayerSelector.parse(s).is_node_name]

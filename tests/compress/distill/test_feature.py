@@ -170,3 +170,36 @@ def test_finetune_takes_the_same_settings_and_reports_the_connectors(distill_dat
         finetune(student, distill_data.yaml_path, bad, teacher=_model("yolov5n6", width=0.5),
                  out_dir=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_both_methods_share_one_teacher_forward_per_batch():
+    """``both``: one teacher forward per batch feeds the output and the feature term, with the values that
+    separate forwards give (to 1e-6), and the overhead counts it once."""
+    from yolocompress.compress.distill import OutputDistillation
+    from yolocompress.compress.distill.config import distill_terms, teacher_overhead
+
+    teacher, student = _model(width=1.0, seed=1), _model(width=1.0, seed=2)
+    terms, _ = distill_terms(DistillConfig(method="both"), teacher, student, imgsz=64)
+    output, feature = terms
+    assert output.forward is feature.forward
+    calls = []
+    output.teacher.register_forward_pre_hook(lambda *_: calls.append(1))
+    torch.manual_seed(0)
+    imgs = torch.rand(2, 3, 64, 64)
+    batch = Batch(imgs=imgs, targets=torch.zeros(0, 6), paths=[], shapes=[])
+    student.train()
+    with FeatureCapture(student, feature.feature_layers) as capture:
+        preds = student(imgs)
+        feats = dict(capture.features)
+    kd_out, _ = output(batch, preds, feats)
+    kd_feat, _ = feature(batch, preds, feats)
+    assert len(calls) == 1
+    alone_out, _ = OutputDistillation(teacher)(batch, preds, feats)
+    alone_feat, _ = FeatureDistillation(teacher, student)(batch, preds, feats)
+    assert float(kd_out) == pytest.approx(float(alone_out), rel=1e-6)
+    assert float(kd_feat) == pytest.approx(float(alone_feat), rel=1e-6)
+    imgs.add_(0.1)  # the same tensor changed in place is a new batch
+    output(batch, preds, feats)
+    assert len(calls) == 2
+    overhead = teacher_overhead(terms, [{"time_s": 10.0}])
+    assert overhead["teacher_forward_s_per_epoch"] == pytest.approx(output.forward.seconds)

@@ -13,9 +13,9 @@ from yolocompress.compress.quant.head import (
     find_head_patterns, gptq_weight, head_hessians, integer_head, quantize_weight,
 )
 from yolocompress.compress.quant.plan import PlanConfig, build_plan
-from yolocompress.compress.quant.ptq import QuantConfig, output_sqnr, quantize_ptq
+from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 from yolocompress.compress.quant.qat import fake_quant_weight
-from yolocompress.compress.quant.verify import optimized_graph
+from yolocompress.compress.quant.verify import optimized_graph, output_sqnr
 from yolocompress.export.ort import create_session
 
 HEAD = ("model.24.m.0", "model.24.m.1", "model.24.m.2")

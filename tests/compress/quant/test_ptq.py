@@ -9,7 +9,9 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
-from yolocompress.compress.quant.ptq import QuantConfig, mse_range, output_sqnr, quantize_ptq
+from yolocompress.compress.quant.calibrate import mse_range
+from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
+from yolocompress.compress.quant.verify import output_sqnr
 from yolocompress.compress.stage import StageReport
 from yolocompress.errors import InputError
 from yolocompress.export.onnx import read_onnx_metadata
@@ -168,7 +170,7 @@ def test_leaky_relu_runs_as_integer_lookup(tiny_data, tmp_path):
 def test_repeated_constants_are_stored_in_broadcast_form(tmp_path):
     """quant_pre_process folds the exported ``Shape -> Expand`` of the anchor sizes into full tensors; the
     pre-processed graph stores them compact again behind an Expand that ONNX Runtime folds at load."""
-    from yolocompress.compress.quant.ptq import _compact_broadcast_constants
+    from yolocompress.compress.quant.qdq import compact_broadcast_constants
     from yolocompress.export.ort import create_session
 
     anchors = np.arange(6, dtype=np.float32).reshape(1, 3, 1, 1, 2) + 1
@@ -190,7 +192,7 @@ def test_repeated_constants_are_stored_in_broadcast_form(tmp_path):
     before = create_session(path).run(None, {"x": x})[0]
 
     proto = onnx.load(str(path))
-    assert _compact_broadcast_constants(proto)
+    assert compact_broadcast_constants(proto)
     onnx.save(proto, str(path))
     sizes = {i.name: tuple(i.dims) for i in proto.graph.initializer}
     assert sizes["anchors/compact"] == (1, 3, 1, 1, 2) and sizes["varied"] == tuple(shape)

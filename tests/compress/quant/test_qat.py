@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from yolocompress.compress.fuse import fuse
-from yolocompress.compress.quant.ptq import QuantConfig, output_sqnr, calibrated_graph, quantize_qdq, shared_ranges
+from yolocompress.compress.quant.calibrate import shared_ranges
+from yolocompress.compress.quant.ptq import QuantConfig, calibrated_graph
 from yolocompress.compress.quant.qat import (
     ActivationFakeQuant, OutputQuant, QatConfig, QuantConv2d, QuantSiLU, fake_quant_weight, insert_fake_quant,
     learned_overrides, ort_scale_zero_point, parity_sqnr, quantize_qat, quantizers, strip_fake_quant,
 )
+from yolocompress.compress.quant.qdq import quantize_qdq
+from yolocompress.compress.quant.verify import output_sqnr
 from yolocompress.errors import InputError
 
 # ORT int8 vs torch fake-quant on the fixture (yolov5n, 3 classes, 64 px, 8 calibration images): 57.6 dB

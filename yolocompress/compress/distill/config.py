@@ -1,7 +1,7 @@
 """What to distill (``DistillConfig``) and the one place that turns it into trainer loss terms.
 
 Every stage that trains under a teacher takes the same choice: the ``distill`` stage, ``finetune``
-(``FinetuneConfig.distill``), prune's own fine-tune (``PruneConfig.distill``) and QAT
+(``FinetuneConfig.distill``), prune's own fine-tune (``PruneConfig.finetune.distill``) and QAT
 (``QatConfig.distill``). Their ``distill`` field is either a plain weight ``W`` (output KD at that weight,
 0: none; the older form, kept) or a :class:`DistillConfig`; :func:`as_distill_config` makes the two one,
 and :func:`distill_terms` builds the ``extra_losses`` entries and the report's details from it, so the
@@ -18,6 +18,7 @@ from torch import nn
 
 from yolocompress.compress.distill.feature import FeatureDistillation
 from yolocompress.compress.distill.output import OutputDistillation
+from yolocompress.compress.distill.teacher import TeacherForward
 from yolocompress.errors import InputError
 
 METHODS = ("output", "feature", "both")
@@ -102,11 +103,12 @@ def distill_terms(config: DistillConfig, teacher: nn.Module, student: nn.Module,
     """
     terms: list[Any] = []
     details: dict[str, Any] = {"method": config.method}
+    forward = TeacherForward(teacher)  # one teacher forward per batch for every term
     if config.method in ("output", "both"):
         check_output_compatible(student, teacher)
-        terms.append(OutputDistillation(teacher, weight=config.weight))
+        terms.append(OutputDistillation(forward, weight=config.weight))
     if config.method in ("feature", "both"):
-        feature = FeatureDistillation(teacher, student, config.feature_layers, weight=config.feature_weight,
+        feature = FeatureDistillation(forward, student, config.feature_layers, weight=config.feature_weight,
                                       tau=config.temperature, probe_size=imgsz, seed=seed)
         terms.append(feature)
         details["feature_layers"] = list(feature.feature_layers)
@@ -117,12 +119,13 @@ def distill_terms(config: DistillConfig, teacher: nn.Module, student: nn.Module,
 
 def teacher_overhead(terms: Sequence[Any], history: Sequence[dict[str, Any]]) -> dict[str, float]:
     """The KD wall-time overhead of the epochs in ``history`` (those trained since ``terms`` were built):
-    ``teacher_forward_s_per_epoch`` (the terms' teacher forwards, each term its own) and
+    ``teacher_forward_s_per_epoch`` (the teacher forwards, each shared forward counted once) and
     ``teacher_forward_share`` (of the epochs' training time, ``time_s``); empty without a teacher or
     epochs."""
-    seconds = sum(float(getattr(t, "teacher_seconds", 0.0)) for t in terms)
-    if not history or not any(hasattr(t, "teacher_seconds") for t in terms):
+    forwards = {id(t.forward): t.forward for t in terms if isinstance(getattr(t, "forward", None), TeacherForward)}
+    if not history or not forwards:
         return {}
+    seconds = sum(f.seconds for f in forwards.values())
     train_s = sum(float(row.get("time_s", 0.0)) for row in history)
     return {"teacher_forward_s_per_epoch": seconds / len(history),
             "teacher_forward_share": seconds / train_s if train_s > 0 else float("nan")}

@@ -17,14 +17,13 @@ By default (``layers=None``) the layers are the ones that feed Detect (the neck 
 """
 from __future__ import annotations
 
-import copy
-import time
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from yolocompress.compress.distill.teacher import TeacherForward
 from yolocompress.errors import InputError
 from yolocompress.models.inputs import max_stride
 
@@ -46,6 +45,13 @@ def detect_inputs(model: nn.Module) -> list[int]:
     return [int(i) % len(model.model) for i in (detect.f if isinstance(detect.f, (list, tuple)) else [detect.f])]
 
 
+def check_feature_layers(model: nn.Module, layers: Sequence[int], who: str = "student") -> None:
+    """Refuse (one line, exit 2) indices that are not layers of ``model`` before Detect."""
+    bad = [i for i in layers if not 0 <= int(i) < len(model.model) - 1]
+    if bad:
+        raise InputError(f"feature layers {bad} are not layers of the {who} (0..{len(model.model) - 2})")
+
+
 def _features(model: nn.Module, layers: Sequence[int], images: Tensor) -> dict[int, Tensor]:
     """Outputs of ``model.model[i]`` for ``i in layers`` on one forward of ``images``."""
     captured: dict[int, Tensor] = {}
@@ -63,7 +69,8 @@ class FeatureDistillation:
     """CWD of ``layers`` from ``teacher`` into the student, as a trainer ``extra_losses`` term.
 
     Args:
-        teacher: the reference detector (copied, frozen, eval mode).
+        teacher: the reference detector (copied, frozen, eval mode), or a
+            :class:`~yolocompress.compress.distill.teacher.TeacherForward` shared with other terms.
         student: the model to be trained (read once, to size the connectors; not kept).
         layers: layer indices, the same in both models (``None``: the layers feeding Detect).
         weight: multiplier of the term.
@@ -74,25 +81,22 @@ class FeatureDistillation:
     Attributes:
         feature_layers: the student layers the trainer captures for it.
         trainable: the connectors (``nn.ModuleDict``, empty when every channel count matches).
-        teacher_seconds: the wall time of its teacher forwards so far (the KD overhead).
+        forward: the shared teacher forward (its ``seconds``: the KD overhead so far); ``teacher``: the
+            frozen teacher.
     """
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, layers: Sequence[int] | None = None,
+    def __init__(self, teacher: nn.Module | TeacherForward, student: nn.Module, layers: Sequence[int] | None = None,
                  weight: float = 1.0, tau: float = 1.0, probe_size: int | None = None,
                  seed: int = 0) -> None:
         if weight < 0 or not tau > 0:
             raise InputError(f"feature distillation needs weight >= 0 and temperature > 0, got {weight}, {tau}")
-        self.teacher = copy.deepcopy(teacher).float().eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.forward = teacher if isinstance(teacher, TeacherForward) else TeacherForward(teacher)
         chosen = detect_inputs(student) if layers is None else [int(i) for i in layers]
         for model, who in ((student, "student"), (self.teacher, "teacher")):
-            bad = [i for i in chosen if not 0 <= i < len(model.model) - 1]
-            if bad:
-                raise InputError(f"feature layers {bad} are not layers of the {who} (0..{len(model.model) - 2})")
+            check_feature_layers(model, chosen, who)
         self.feature_layers = tuple(chosen)
+        self.forward.capture(chosen)
         self.weight, self.tau = float(weight), float(tau)
-        self.teacher_seconds = 0.0  # wall time of the teacher's forward passes so far
         size = probe_size or 2 * max_stride(student)
         x = torch.zeros(1, 3, size, size)
         was = student.training
@@ -114,17 +118,19 @@ class FeatureDistillation:
                                                        nn.BatchNorm2d(t.shape[1]))
         self.trainable = nn.ModuleDict(connectors)
 
+    @property
+    def teacher(self) -> nn.Module:
+        """The frozen teacher."""
+        return self.forward.model
+
     def to(self, device: torch.device | str) -> "FeatureDistillation":
-        self.teacher.to(device)
+        self.forward.to(device)
         self.trainable.to(device)
         return self
 
     def __call__(self, batch: Any, preds: list[Tensor], features: dict[int, Tensor]
                  ) -> tuple[Tensor, dict[str, float]]:
-        start = time.perf_counter()
-        with torch.no_grad():
-            targets = _features(self.teacher, self.feature_layers, batch.imgs.float())
-        self.teacher_seconds += time.perf_counter() - start
+        _, targets = self.forward(batch.imgs)
         total = preds[0].new_zeros(())
         for i in self.feature_layers:
             s = features[i]
@@ -134,4 +140,4 @@ class FeatureDistillation:
         return total, {"kd_feature": float(total.detach())}
 
 
-__all__ = ["FeatureDistillation", "cwd_loss", "detect_inputs"]
+__all__ = ["FeatureDistillation", "check_feature_layers", "cwd_loss", "detect_inputs"]

@@ -13,51 +13,47 @@ teacher runs in eval mode without gradients on the same (augmented) batch as the
 """
 from __future__ import annotations
 
-import copy
-import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from yolocompress.compress.distill.teacher import TeacherForward
 from yolocompress.errors import InputError
-
-
-def _raw_outputs(model: nn.Module, images: Tensor) -> list[Tensor]:
-    """The head's per-level raw outputs ``[b, na, ny, nx, 5 + nc]`` of a model in eval mode."""
-    out = model(images)
-    return list(out[1] if isinstance(out, tuple) else out)
 
 
 class OutputDistillation:
     """Soft-target BCE between student and teacher head outputs (see the module docstring).
 
     Args:
-        teacher: the reference detector (same head layout: levels, anchors and classes); copied, frozen,
-            kept in eval mode.
+        teacher: the reference detector (same head layout: levels, anchors and classes; copied, frozen, kept
+            in eval mode), or a :class:`~yolocompress.compress.distill.teacher.TeacherForward` shared with
+            other terms (one teacher forward per batch for all of them).
         weight: multiplier of the whole term (the detection loss has weight 1).
         box, obj, cls: weights of the three parts.
 
     Called as ``term(batch, preds, features)`` it returns ``(loss per image, {"kd_output": value})``; the trainer
-    multiplies it by the batch size like its detection loss. ``teacher_seconds``: the wall time of its teacher
-    forwards so far (the KD overhead).
+    multiplies it by the batch size like its detection loss. ``forward``: the shared teacher forward (its
+    ``seconds``: the KD overhead so far); ``teacher``: the frozen teacher.
     """
 
     feature_layers: tuple[int, ...] = ()
 
-    def __init__(self, teacher: nn.Module, weight: float = 1.0, box: float = 1.0, obj: float = 1.0,
-                 cls: float = 1.0) -> None:
+    def __init__(self, teacher: nn.Module | TeacherForward, weight: float = 1.0, box: float = 1.0,
+                 obj: float = 1.0, cls: float = 1.0) -> None:
         if weight < 0 or min(box, obj, cls) < 0:
             raise InputError("distillation weights must be >= 0")
-        self.teacher = copy.deepcopy(teacher).float().eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.forward = teacher if isinstance(teacher, TeacherForward) else TeacherForward(teacher)
         self.weight, self.box, self.obj, self.cls = float(weight), float(box), float(obj), float(cls)
-        self.teacher_seconds = 0.0  # wall time of the teacher's forward passes so far
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The frozen teacher."""
+        return self.forward.model
 
     def to(self, device: torch.device | str) -> "OutputDistillation":
-        self.teacher.to(device)
+        self.forward.to(device)
         return self
 
     def loss(self, student: list[Tensor], teacher: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -83,10 +79,7 @@ class OutputDistillation:
 
     def __call__(self, batch: Any, preds: list[Tensor], features: dict[int, Tensor]
                  ) -> tuple[Tensor, dict[str, float]]:
-        start = time.perf_counter()
-        with torch.no_grad():
-            targets = _raw_outputs(self.teacher, batch.imgs.float())
-        self.teacher_seconds += time.perf_counter() - start
+        targets, _ = self.forward(batch.imgs)
         box, obj, cls = self.loss(preds, targets)
         total = self.weight * (self.box * box + self.obj * obj + self.cls * cls)
         return total, {"kd_output": float(total.detach())}

@@ -192,71 +192,102 @@ def integer_head(path: str | os.PathLike, conv_names: Iterable[str], ranges: dic
     ``hessians[conv name]`` (:func:`head_hessians`).
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     proto = onnx.load(str(path))
     g = OnnxGraph(proto)
     patterns = find_head_patterns(g, conv_names)
     if not patterns:
         return []
-    graph = proto.graph
-    new_nodes: dict[str, list[Any]] = {}  # conv name -> replacement nodes (placed where the conv was)
-    dropped: set[str] = set()
-    for name, p in patterns.items():
-        conv = p.conv
-        bs, na, no, ny, nx = p.shape
-        w, b = g.constant(conv.input[1]), g.constant(conv.input[2])
-        n_out, c_in = w.shape[:2]
-        if hessians is not None and name in hessians:
-            q, scale = gptq_weight(w.reshape(n_out, c_in), hessians[name], per_channel)
-        else:
-            q, scale = quantize_weight(w.reshape(n_out, c_in), per_channel)
-        pre = name + "/int8_head"
-        nodes = []
-        source = g.producer.get(conv.input[0])
-        if source is not None and source.op_type == "DequantizeLinear" and len(source.input) == 3:
-            x_u8, x_scale, x_zero_point = source.input
-        else:
-            x = conv.input[0]
-            if x not in ranges:
-                raise ValueError(f"no calibrated range for the input of {name} ({x})")
-            scale_value, zp = ort_scale_zero_point(*ranges[x])
-            x_u8, x_scale, x_zero_point = pre + "/x_q", pre + "/x_scale", pre + "/x_zero_point"
-            graph.initializer.extend([numpy_helper.from_array(np.array(scale_value, np.float32), x_scale),
-                                      numpy_helper.from_array(np.array(zp, np.uint8), x_zero_point)])
-            nodes.append(helper.make_node("QuantizeLinear", [x, x_scale, x_zero_point], [x_u8],
-                                          name=pre + "/QuantizeLinear"))
-        graph.initializer.extend([
-            numpy_helper.from_array(np.ascontiguousarray(q.T), pre + "/weight_int8"),
-            numpy_helper.from_array(scale if per_channel else scale.reshape(()), pre + "/weight_scale"),
-            numpy_helper.from_array(np.zeros(len(scale), np.int8) if per_channel else np.array(0, np.int8),
-                                    pre + "/weight_zero_point"),
-            numpy_helper.from_array(np.array(1, np.int8), pre + "/one"),
-            numpy_helper.from_array(np.array([-1, ny, nx, na, no], np.int64), pre + "/nhwc_shape"),
-            numpy_helper.from_array(b.reshape(-1).astype(np.float32), pre + "/bias")])
-        nodes += [
-            helper.make_node("Transpose", [x_u8], [pre + "/x_nhwc"], perm=[0, 2, 3, 1], name=pre + "/ToNHWC"),
-            helper.make_node("MatMulInteger", [pre + "/x_nhwc", pre + "/weight_int8", x_zero_point,
-                                               pre + "/weight_zero_point"], [pre + "/accumulators"],
-                             name=matmul_name(name)),
-            helper.make_node("Cast", [pre + "/accumulators"], [pre + "/accumulators_float"],
-                             to=TensorProto.FLOAT, name=pre + "/Cast"),
-            # x_scale as a DequantizeLinear output: not constant-folded, so the scale product stays the Mul
-            # node that ORT's MatMulIntegerToFloatFusion looks for
-            helper.make_node("DequantizeLinear", [pre + "/one", x_scale], [pre + "/input_scale"],
-                             name=pre + "/InputScale"),
-            helper.make_node("Mul", [pre + "/input_scale", pre + "/weight_scale"], [pre + "/scale"],
-                             name=pre + "/ScaleProduct"),
-            helper.make_node("Mul", [pre + "/accumulators_float", pre + "/scale"], [pre + "/matmul"],
-                             name=pre + "/Scale"),
-            helper.make_node("Add", [pre + "/matmul", pre + "/bias"], [pre + "/biased"], name=pre + "/AddBias"),
-            helper.make_node("Reshape", [pre + "/biased", pre + "/nhwc_shape"], [pre + "/anchors_last"],
-                             name=pre + "/Reshape"),
-            helper.make_node("Transpose", [pre + "/anchors_last"], [p.transpose.output[0]], perm=[0, 3, 1, 2, 4],
-                             name=pre + "/ToAnchors"),
-        ]
-        new_nodes[name] = nodes
-        dropped |= {conv.name, p.reshape.name, p.transpose.name}
+    # conv name -> replacement nodes (placed where the conv was)
+    new_nodes = {name: _rewrite_conv(name, p, g, proto.graph, ranges, per_channel, (hessians or {}).get(name))
+                 for name, p in patterns.items()}
+    dropped = {n.name for p in patterns.values() for n in (p.conv, p.reshape, p.transpose)}
+    _splice(proto.graph, new_nodes, dropped)
+    _drop_unused(proto.graph)
+    onnx.save(proto, str(path))
+    return list(patterns)
+
+
+def _rewrite_conv(name: str, p: HeadPattern, g: OnnxGraph, graph: Any, ranges: dict[str, tuple[float, float]],
+                  per_channel: bool, hessian: np.ndarray | None) -> list[Any]:
+    """Add the initializers of one Detect conv's integer replacement to ``graph``; return its nodes."""
+    from onnx import numpy_helper
+
+    conv = p.conv
+    _, na, no, ny, nx = p.shape
+    w, b = g.constant(conv.input[1]), g.constant(conv.input[2])
+    n_out, c_in = w.shape[:2]
+    if hessian is not None:
+        q, scale = gptq_weight(w.reshape(n_out, c_in), hessian, per_channel)
+    else:
+        q, scale = quantize_weight(w.reshape(n_out, c_in), per_channel)
+    pre = name + "/int8_head"
+    (x_u8, x_scale, x_zero_point), nodes = _uint8_input(name, conv, g, graph, ranges)
+    graph.initializer.extend([
+        numpy_helper.from_array(np.ascontiguousarray(q.T), pre + "/weight_int8"),
+        numpy_helper.from_array(scale if per_channel else scale.reshape(()), pre + "/weight_scale"),
+        numpy_helper.from_array(np.zeros(len(scale), np.int8) if per_channel else np.array(0, np.int8),
+                                pre + "/weight_zero_point"),
+        numpy_helper.from_array(np.array(1, np.int8), pre + "/one"),
+        numpy_helper.from_array(np.array([-1, ny, nx, na, no], np.int64), pre + "/nhwc_shape"),
+        numpy_helper.from_array(b.reshape(-1).astype(np.float32), pre + "/bias")])
+    return nodes + _matmul_nodes(name, x_u8, x_scale, x_zero_point, p.transpose.output[0])
+
+
+def _uint8_input(name: str, conv: Any, g: OnnxGraph, graph: Any,
+                 ranges: dict[str, tuple[float, float]]) -> tuple[tuple[str, str, str], list[Any]]:
+    """The uint8 input of conv ``name`` as ``(tensor, scale, zero point)``, and the nodes that make it."""
+    from onnx import helper, numpy_helper
+
+    source = g.producer.get(conv.input[0])
+    if source is not None and source.op_type == "DequantizeLinear" and len(source.input) == 3:
+        x_u8, x_scale, x_zero_point = source.input
+        return (x_u8, x_scale, x_zero_point), []
+    x = conv.input[0]
+    if x not in ranges:
+        raise ValueError(f"no calibrated range for the input of {name} ({x})")
+    scale_value, zp = ort_scale_zero_point(*ranges[x])
+    pre = name + "/int8_head"
+    x_u8, x_scale, x_zero_point = pre + "/x_q", pre + "/x_scale", pre + "/x_zero_point"
+    graph.initializer.extend([numpy_helper.from_array(np.array(scale_value, np.float32), x_scale),
+                              numpy_helper.from_array(np.array(zp, np.uint8), x_zero_point)])
+    quantize = helper.make_node("QuantizeLinear", [x, x_scale, x_zero_point], [x_u8],
+                                name=pre + "/QuantizeLinear")
+    return (x_u8, x_scale, x_zero_point), [quantize]
+
+
+def _matmul_nodes(name: str, x_u8: str, x_scale: str, x_zero_point: str, output: str) -> list[Any]:
+    """The nodes of conv ``name`` as ``MatMulInteger`` with a float, anchor-shaped output named ``output``."""
+    from onnx import TensorProto, helper
+
+    pre = name + "/int8_head"
+    return [
+        helper.make_node("Transpose", [x_u8], [pre + "/x_nhwc"], perm=[0, 2, 3, 1], name=pre + "/ToNHWC"),
+        helper.make_node("MatMulInteger", [pre + "/x_nhwc", pre + "/weight_int8", x_zero_point,
+                                           pre + "/weight_zero_point"], [pre + "/accumulators"],
+                         name=matmul_name(name)),
+        helper.make_node("Cast", [pre + "/accumulators"], [pre + "/accumulators_float"],
+                         to=TensorProto.FLOAT, name=pre + "/Cast"),
+        # x_scale as a DequantizeLinear output: not constant-folded, so the scale product stays the Mul
+        # node that ORT's MatMulIntegerToFloatFusion looks for
+        helper.make_node("DequantizeLinear", [pre + "/one", x_scale], [pre + "/input_scale"],
+                         name=pre + "/InputScale"),
+        helper.make_node("Mul", [pre + "/input_scale", pre + "/weight_scale"], [pre + "/scale"],
+                         name=pre + "/ScaleProduct"),
+        helper.make_node("Mul", [pre + "/accumulators_float", pre + "/scale"], [pre + "/matmul"],
+                         name=pre + "/Scale"),
+        helper.make_node("Add", [pre + "/matmul", pre + "/bias"], [pre + "/biased"], name=pre + "/AddBias"),
+        helper.make_node("Reshape", [pre + "/biased", pre + "/nhwc_shape"], [pre + "/anchors_last"],
+                         name=pre + "/Reshape"),
+        helper.make_node("Transpose", [pre + "/anchors_last"], [output], perm=[0, 3, 1, 2, 4],
+                         name=pre + "/ToAnchors"),
+    ]
+
+
+def _splice(graph: Any, new_nodes: dict[str, list[Any]], dropped: set[str]) -> None:
+    """Put each conv's replacement nodes where the conv was and drop the ``dropped`` nodes (in place)."""
+    import onnx
+
     ordered = []
     for node in graph.node:
         if node.name in new_nodes:
@@ -269,9 +300,6 @@ def integer_head(path: str | os.PathLike, conv_names: Iterable[str], ranges: dic
     # came later, so the order stays topological
     del graph.node[:]
     graph.node.extend(ordered)
-    _drop_unused(graph)
-    onnx.save(proto, str(path))
-    return list(patterns)
 
 
 def _drop_unused(graph) -> None:

@@ -234,9 +234,27 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
     Raises ``InputError`` when the graph has no convolution outside the decode part (nothing to quantize)
     or when an ``exclude`` selector matches no quantizable node.
     """
+    config = config or PlanConfig()
+    proto = _load_graph(model)
+    g = OnnxGraph(proto)
+    decode, head = _decode_part(g)
+    head_names = {n.name for n in head}
+    candidates, conv_reason = _candidates(g, config, decode, head_names)
+    nodes = _apply_exclusions(candidates, conv_reason, config)
+    head_inputs = [n.input[0] for n in head if conv_reason[n.name] == "int8"]
+    macs = _conv_macs(proto)
+    convs = tuple(ConvSite(n.name, node_scope(n.name), macs.get(n.name, 0), conv_reason[n.name],
+                           head=n.name in head_names)
+                  for n in g.nodes if n.op_type == "Conv")
+    return QuantPlan(nodes=tuple(n.name for n in nodes), op_types=tuple(sorted({n.op_type for n in nodes})),
+                     tensors=tuple(_planned_tensors(nodes, head_inputs, g)), shared=_shared_groups(nodes, g),
+                     convs=convs, decode=tuple(n.name for n in g.nodes if n.name in decode), config=config)
+
+
+def _load_graph(model: str | os.PathLike | Any) -> Any:
+    """The ``onnx.ModelProto`` of a path (or the given proto), checked to have a name on every node."""
     import onnx
 
-    config = config or PlanConfig()
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not path.is_file():
@@ -247,19 +265,20 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
             raise InputError(f"not an ONNX model: {path}") from exc
     else:
         proto = model
-    g = OnnxGraph(proto)
-    unnamed = [n for n in g.nodes if not n.name]
+    unnamed = [n for n in proto.graph.node if not n.name]
     if unnamed:
         raise InputError(f"the graph has {len(unnamed)} unnamed nodes ({unnamed[0].op_type}, ...); "
                          "quantization selects nodes by name: export with yolocompress export")
-    decode, head = _decode_part(g)
-    head_names = {n.name for n in head}
+    return proto
+
+
+def _candidates(g: OnnxGraph, config: PlanConfig, decode: set[str],
+                head_names: set[str]) -> tuple[list[Any], dict[str, str]]:
+    """The quantizable nodes of the body in graph order, and ``{conv name: int8 or why it stays float}``."""
     silu = _silu_pairs(g)
     silu_muls = {m.name for m in silu.values()}
-
     integer_head = set(find_head_patterns(g, head_names)) if config.head == "int8" else set()
-
-    candidates: list[Any] = []  # quantizable nodes of the body, in graph order
+    candidates: list[Any] = []
     conv_reason: dict[str, str] = {}
     for node in g.nodes:
         if node.name in decode:
@@ -286,34 +305,32 @@ def build_plan(model: str | os.PathLike | Any, config: PlanConfig | None = None)
             candidates.append(node)
     if not any(reason == "int8" for reason in conv_reason.values()):
         raise InputError("no convolution to quantize: the graph has none outside the Detect head and decode")
+    return candidates, conv_reason
 
+
+def _apply_exclusions(candidates: list[Any], conv_reason: dict[str, str], config: PlanConfig) -> list[Any]:
+    """The candidates the ``exclude`` / float-prefix selectors leave; marks excluded convs in ``conv_reason``."""
     quantizable = {n.name: node_scope(n.name) for n in candidates}
     quantizable.update({name: node_scope(name) for name, reason in conv_reason.items() if reason == "int8"})
     examples = ", ".join(sorted({node_scope(c.name) for c in candidates if c.op_type == "Conv"})[:4])
     excluded = select_layers(config.selectors, quantizable, "quantizable node",
                              f"module paths look like {examples}, ...")
-    nodes = [n for n in candidates if n.name not in excluded]
     for name in excluded:
         if conv_reason.get(name) == "int8":
             conv_reason[name] = "excluded"
+    return [n for n in candidates if n.name not in excluded]
 
+
+def _planned_tensors(nodes: Sequence[Any], head_inputs: Sequence[str], g: OnnxGraph) -> list[str]:
+    """Activation tensors that get Q/DQ: inputs and outputs of ``nodes``, then the int8 head convs' inputs."""
     tensors: list[str] = []
     seen: set[str] = set()
-    head_inputs = [n.input[0] for n in head if conv_reason[n.name] == "int8"]
     for node in nodes:
         for t in g.activations([*node.input, *node.output]):
             if t not in seen:
                 seen.add(t)
                 tensors.append(t)
-    tensors += [t for t in dict.fromkeys(head_inputs) if t not in seen]  # int8 inputs of the head convs
-    shared = _shared_groups(nodes, g)
-    macs = _conv_macs(proto)
-    convs = tuple(ConvSite(n.name, node_scope(n.name), macs.get(n.name, 0), conv_reason[n.name],
-                           head=n.name in head_names)
-                  for n in g.nodes if n.op_type == "Conv")
-    return QuantPlan(nodes=tuple(n.name for n in nodes), op_types=tuple(sorted({n.op_type for n in nodes})),
-                     tensors=tuple(tensors), shared=shared, convs=convs,
-                     decode=tuple(n.name for n in g.nodes if n.name in decode), config=config)
+    return tensors + [t for t in dict.fromkeys(head_inputs) if t not in seen]
 
 
 def _shared_groups(nodes: Sequence[Any], g: OnnxGraph) -> tuple[tuple[str, ...], ...]:

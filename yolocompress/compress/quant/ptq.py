@@ -5,7 +5,10 @@ Pipeline (``quantize_ptq``): export fp32 ONNX (when given a model) -> ``quant_pr
 on letterboxed images of the **training** split (ORT's MinMax / Percentile / Entropy calibrators, or our MSE
 search over ORT's histograms) -> ranges merged over each scale-sharing group -> ``quantize_static`` (QDQ,
 only the planned nodes, symmetric int8 per-channel weights, calibration ranges passed as its cache) ->
-verification of the integer kernels ORT really builds, and the int8-vs-fp32 output SQNR.
+verification of the integer kernels ORT really builds, and the int8-vs-fp32 output SQNR. The steps live in
+:mod:`~yolocompress.compress.quant.calibrate` (images, ranges), :mod:`~yolocompress.compress.quant.qdq`
+(graph passes, ``quantize_static``, metadata) and :mod:`~yolocompress.compress.quant.verify` (kernels,
+SQNR); this module holds the settings, the pipeline and its report.
 
 Activation type: unsigned 8-bit by default. On x86 ONNX Runtime fuses ``DQ -> Conv -> Q`` into an integer
 kernel only for uint8 activations (u8 x s8 is what VNNI's ``vpdpbusd`` multiplies); with int8 activations
@@ -14,7 +17,6 @@ every Conv stays float between Q/DQ pairs and the model ran about 3x slower than
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -22,33 +24,30 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from yolocompress.compress.quant.autotune import PlanCandidate, autotune_details, choose_plan, time_plans
-from yolocompress.compress.quant.head import head_hessians, integer_head
-from yolocompress.compress.quant.numerics import sqnr_db
+from yolocompress.compress.quant.calibrate import (
+    CALIBRATION_METHODS, calibrate, calibration_images, shared_ranges,
+)
+from yolocompress.compress.quant.head import head_hessians
 from yolocompress.compress.quant.plan import SILU_MODES, STEM_MODES, PlanConfig, QuantPlan, build_plan
-from yolocompress.compress.quant.verify import KernelCheckResult, integer_kernel_report
+from yolocompress.compress.quant.qdq import copy_metadata, preprocess, quantize_qdq
+from yolocompress.compress.quant.verify import KernelCheckResult, integer_kernel_report, output_sqnr
 from yolocompress.compress.stage import ModelSnapshot, StageReport
-from yolocompress.errors import CompressionError, InputError
+from yolocompress.errors import InputError
 from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.workdir import work_dir
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 ACTIVATION_TYPES = ("u8", "s8")
 # silu / stem value that lets PTQ time the candidate plans on this machine (compress/quant/autotune.py)
 AUTO = "auto"
 # float_prefix values "auto" tries: none, the stem block, the stem and the next layer
 AUTO_FLOAT_PREFIXES = (0, 1, 2)
-# Images run through the calibration model per collect_data call: ORT keeps every intermediate tensor of
-# a call in memory (about 100 MB per 640 px image for yolov5s), so calibration streams in chunks.
-_CHUNK = 4
-# ORT's own default for its KL (entropy) search; more bins cost quadratically more time.
-ENTROPY_BINS = 128
 
 
 @dataclass(frozen=True)
@@ -146,308 +145,6 @@ class QuantConfig:
                           float_prefix=prefix)
 
 
-# --------------------------------------------------------------------------------------- calibration data
-def calibration_images(data_cfg: Any, imgsz: int, n: int, stride: int = 32) -> np.ndarray:
-    """``n`` training images letterboxed square to ``imgsz``: float32 array [n, 3, imgsz, imgsz] in 0..1.
-
-    Images are taken evenly spread over the training split (never the validation split); fewer are
-    returned when the split is smaller. Raises ``InputError`` when the split has no image.
-    """
-    from yolocompress.data.config import as_data_config
-    from yolocompress.data.loaders import build_eval_loader
-
-    data = as_data_config(data_cfg)
-    try:
-        loader = build_eval_loader(data, "train", imgsz=imgsz, batch=1, stride=stride, rect=False)
-    except InputError as exc:
-        raise InputError(f"no calibration images: {exc}") from exc
-    dataset = loader.dataset
-    if len(dataset) == 0:
-        raise InputError("no calibration images: the training split is empty")
-    picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(n, len(dataset))).round().astype(int))
-    out = np.empty((len(picks), 3, imgsz, imgsz), np.float32)
-    for k, i in enumerate(picks):
-        img = dataset[int(i)][0]
-        out[k] = img.numpy().astype(np.float32) / 255.0
-    return out
-
-
-class ImageReader:
-    """An ORT ``CalibrationDataReader`` over an image array, one image per call (batch-1 graphs)."""
-
-    def __init__(self, images: np.ndarray, input_name: str):
-        self.images, self.input_name, self._next = images, input_name, 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self.images):
-            return None
-        self._next += 1
-        return {self.input_name: self.images[self._next - 1:self._next]}
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-def _ort_reader(images: np.ndarray, input_name: str):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class _Reader(ImageReader, CalibrationDataReader):
-        pass
-
-    return _Reader(images, input_name)
-
-
-def mse_range(hist: np.ndarray, edges: np.ndarray, lo: float, hi: float, levels: int = 256,
-              steps: int = 64) -> tuple[float, float]:
-    """The clipping range ``[a, b]`` (``lo <= a <= 0 <= b <= hi``) minimising the expected squared error of
-    uniform quantization with ``levels`` levels over a histogram (``hist[k]`` values in
-    ``[edges[k], edges[k + 1])``): rounding noise ``step^2 / 12`` inside the range, ``(x - clip(x))^2`` outside.
-    """
-    centres = (edges[:-1] + edges[1:]) / 2
-    counts = hist.astype(np.float64)
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    fractions = np.linspace(1.0, 1.0 / steps, steps)
-    a = lo * fractions  # candidate lower ends
-    b = hi * fractions  # candidate upper ends
-    best, best_err = (lo, hi), np.inf
-    for ai in a if lo < 0 else [0.0]:
-        step = (b - ai) / (levels - 1)  # [len(b)]
-        clipped = np.clip(centres[None, :], ai, b[:, None])
-        err = (counts[None, :] * (centres[None, :] - clipped) ** 2).sum(1) + counts.sum() * step ** 2 / 12
-        k = int(np.argmin(err))
-        if err[k] < best_err:
-            best, best_err = (float(ai), float(b[k])), float(err[k])
-    return best
-
-
-def calibrate(model_path: str | os.PathLike, plan: QuantPlan, images: np.ndarray, method: str,
-              percentile: float = 99.999, bins: int = 2048) -> dict[str, tuple[float, float]]:
-    """Float ranges ``{tensor: (lo, hi)}`` of every planned tensor, as observed (not yet merged over the
-    scale-sharing groups: see :func:`shared_ranges`)."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, create_calibrator
-
-    ort_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                  "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.Percentile}[method]
-    # MSE searches ORT's signed histograms, which its Percentile calibrator collects cheaply (its Entropy
-    # calibrator computes a KL search per tensor that is quadratic in the bin count).
-    extra = {"num_bins": bins if method != "entropy" else ENTROPY_BINS, "percentile": percentile,
-             "symmetric": False}
-    input_name = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    with work_dir("yolocompress-calib-") as tmp, _quiet_ort_prints():
-        calibrator = create_calibrator(Path(model_path), list(plan.op_types),
-                                       augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=ort_method, extra_options=extra)
-        for start in range(0, len(images), _CHUNK):
-            calibrator.collect_data(_ort_reader(images[start:start + _CHUNK], input_name))
-        result = calibrator.compute_data()
-        histograms = getattr(getattr(calibrator, "collector", None), "histogram_dict", {}) or {}
-    ranges: dict[str, tuple[float, float]] = {}
-    for name in plan.tensors:
-        if name not in result:
-            continue
-        lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in result[name].range_value)
-        if name in histograms:
-            hist, edges, seen_lo, seen_hi = histograms[name][:4]
-            seen_lo, seen_hi = float(seen_lo), float(seen_hi)
-            if method == "mse":
-                lo, hi = mse_range(np.asarray(hist), np.asarray(edges, np.float64), seen_lo, seen_hi)
-            # ORT's histogram methods give ranges symmetric about 0; never go beyond what was observed
-            lo, hi = max(lo, min(seen_lo, 0.0)), min(hi, max(seen_hi, 0.0))
-        ranges[name] = (lo, hi)
-    missing = [t for t in plan.tensors if t not in ranges]
-    if missing:
-        raise CompressionError(f"calibration produced no range for {len(missing)} planned tensors "
-                               f"({missing[0]}, ...)")
-    return ranges
-
-
-def shared_ranges(ranges: dict[str, tuple[float, float]], plan: QuantPlan) -> dict[str, tuple[float, float]]:
-    """``ranges`` restricted to the plan's tensors, each scale-sharing group given the union of its ranges."""
-    out = {t: ranges[t] for t in plan.tensors}
-    for group in plan.shared:
-        lo = min(out[t][0] for t in group)
-        hi = max(out[t][1] for t in group)
-        for t in group:
-            out[t] = (lo, hi)
-    return out
-
-
-@contextlib.contextmanager
-def _quiet_ort_prints() -> Iterator[None]:
-    """ORT's calibrators print progress lines to stdout; library code must not print."""
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-        yield
-
-
-# ------------------------------------------------------------------------------------------- quantization
-def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, plan: QuantPlan,
-                 ranges: dict[str, tuple[float, float]], per_channel: bool = True,
-                 activation_type: str = "u8", extra_options: dict[str, Any] | None = None,
-                 hessians: dict[str, np.ndarray] | None = None) -> Path:
-    """Write the QDQ model of ``plan`` with the given activation ranges (``quantize_static``, no calibration
-    run: the ranges go in as its calibration cache), then turn the plan's integer head convs into integer
-    MatMuls with float outputs (:func:`~yolocompress.compress.quant.head.integer_head`; their weights are
-    rounded by GPTQ against ``hessians``, see :func:`~yolocompress.compress.quant.head.head_hessians`, or to
-    nearest without them).
-    ``extra_options`` are merged into ORT's (e.g. ``TensorQuantOverrides``)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
-
-    with work_dir("yolocompress-quant-") as tmp:
-        cache = Path(tmp) / "ranges.json"
-        data = {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()}
-        save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
-        options = {"WeightSymmetric": True, "ActivationSymmetric": False, **(extra_options or {})}
-        quantize_static(
-            str(fp32_path), str(out_path), calibration_data_reader=None, calibration_cache_path=cache,
-            quant_format=QuantFormat.QDQ, calibrate_method=CalibrationMethod.MinMax,
-            activation_type=QuantType.QUInt8 if activation_type == "u8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=False,
-            nodes_to_quantize=list(plan.nodes), op_types_to_quantize=list(plan.op_types),
-            extra_options=options)
-    planned_head = [c.name for c in plan.int8_head]
-    if planned_head:
-        done = integer_head(out_path, planned_head, ranges, per_channel=per_channel, hessians=hessians)
-        if sorted(done) != sorted(planned_head):
-            missing = sorted(set(planned_head) - set(done))
-            raise CompressionError(f"could not rewrite the Detect convs {', '.join(missing)} as integer "
-                                   "MatMuls")
-    return Path(out_path)
-
-
-def _unshare_conv_initializers(proto) -> bool:
-    """Give every Conv of ``proto`` its own weight and bias initializers (in place); True if any changed.
-
-    The TorchScript exporter deduplicates equal tensors, so two convolutions can share one bias initializer
-    (common after BN folding). Quantizing one of them then puts a DequantizeLinear on the other's bias too,
-    and a float conv with a non-constant bias loses ORT's fast NCHWc kernel (measured: the float stem
-    conv ran about 2x slower).
-    """
-    import onnx
-
-    inits = {init.name: init for init in proto.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            if name in inits:
-                uses[name] = uses.get(name, 0) + 1
-    changed = False
-    for node in proto.graph.node:
-        if node.op_type != "Conv":
-            continue
-        for k in range(1, len(node.input)):
-            name = node.input[k]
-            if name in inits and uses[name] > 1:
-                copy = onnx.TensorProto()
-                copy.CopyFrom(inits[name])
-                copy.name = f"{name}__{node.name}"
-                proto.graph.initializer.append(copy)
-                node.input[k] = copy.name
-                uses[name] -= 1
-                changed = True
-    return changed
-
-
-_BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
-
-
-def _compact_broadcast_constants(proto, min_size: int = 1024) -> bool:
-    """Store float initializers of ``proto`` that repeat along some axes in their broadcast form (in place);
-    True if any changed.
-
-    ``quant_pre_process`` constant-folds the exported ``Shape -> Expand`` of the Detect anchor sizes
-    (:meth:`Detect._grids`) into full ``[1, na, ny, nx, 2]`` tensors: ~200 KB in a 2 MB yolov5n int8 file.
-    Such a tensor becomes its distinct values (size 1 along every axis it repeats on) expanded by ``Expand``
-    to the constant shape, which ONNX Runtime folds again when it loads the model. Only operands of
-    element-wise arithmetic are touched.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    from yolocompress.compress.quant.graph import OnnxGraph
-
-    g = OnnxGraph(proto)
-    expands = []
-    for init in proto.graph.initializer:
-        # only operands of broadcasting arithmetic: weights (even all-zero ones) stay initializers
-        ops = {n.op_type for n in g.consumers.get(init.name, [])}
-        if init.data_type != onnx.TensorProto.FLOAT or not ops or not ops <= _BROADCASTING_OPS:
-            continue
-        full = g.constant(init.name)
-        if full.size < min_size:
-            continue
-        compact = full
-        for axis in range(full.ndim):
-            if compact.shape[axis] > 1 and np.array_equal(compact, np.take(compact, [0], axis=axis).repeat(
-                    compact.shape[axis], axis=axis)):
-                compact = np.take(compact, [0], axis=axis)
-        if compact.size * 4 > full.size:
-            continue
-        name = init.name
-        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(compact), name + "/compact"))
-        shape = numpy_helper.from_array(np.array(full.shape, np.int64), name + "/shape")
-        proto.graph.initializer.append(shape)
-        expands.append(helper.make_node("Expand", [name + "/compact", name + "/shape"], [name],
-                                        name=name + "/Expand"))
-    if expands:
-        nodes = [*expands, *proto.graph.node]
-        del proto.graph.node[:]
-        proto.graph.node.extend(nodes)
-    return bool(expands)
-
-
-def preprocess(fp32: Path, pre: Path) -> None:
-    """``quant_pre_process`` (ORT's shape inference and graph clean-up) of ``fp32`` into ``pre``, then
-    :func:`_unshare_conv_initializers` and :func:`_compact_broadcast_constants` (one load, one save)."""
-    import onnx
-    from onnxruntime.quantization import quant_pre_process
-
-    try:
-        with _quiet_ort_prints():
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    except Exception as exc:  # ORT raises assorted errors for graphs it cannot handle
-        raise InputError(f"ONNX Runtime cannot prepare {fp32.name} for quantization: "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    proto = onnx.load(str(pre))
-    unshared = _unshare_conv_initializers(proto)
-    if _compact_broadcast_constants(proto) or unshared:
-        onnx.save(proto, str(pre))
-
-
-def copy_metadata(src: Path, dst: Path) -> None:
-    """Carry ``metadata_props`` (class names, stride, image size) over to the quantized file."""
-    import onnx
-
-    source = onnx.load(str(src), load_external_data=False)
-    target = onnx.load(str(dst))
-    have = {p.key for p in target.metadata_props}
-    for prop in source.metadata_props:
-        if prop.key not in have:
-            entry = target.metadata_props.add()
-            entry.key, entry.value = prop.key, prop.value
-    entry = target.metadata_props.add()
-    entry.key, entry.value = "quantization", "int8 QDQ (yolocompress PTQ)"
-    onnx.save(target, str(dst))
-
-
-def output_sqnr(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
-                images: np.ndarray) -> tuple[float, float]:
-    """SQNR in dB of the int8 model's decoded output against fp32: (all columns, score columns 4:)."""
-    from yolocompress.export.ort import create_session
-
-    a, b = create_session(fp32_path), create_session(int8_path)
-    name = a.get_inputs()[0].name
-    sig = noise = sig_s = noise_s = 0.0
-    for k in range(len(images)):
-        x = {name: images[k:k + 1]}
-        ref, out = a.run(None, x)[0].astype(np.float64), b.run(None, x)[0].astype(np.float64)
-        sig += float((ref ** 2).sum())
-        noise += float(((ref - out) ** 2).sum())
-        sig_s += float((ref[..., 4:] ** 2).sum())
-        noise_s += float(((ref[..., 4:] - out[..., 4:]) ** 2).sum())
-    return sqnr_db(sig, noise), sqnr_db(sig_s, noise_s)
-
 
 def _fp32_onnx(model_or_onnx: Any, imgsz: int | None, tmp: Path) -> Path:
     """The fp32 ONNX file to quantize: the given ``.onnx``, or an export of a model / ``.pt`` checkpoint at
@@ -543,8 +240,8 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
         config: :class:`QuantConfig`.
         output: where to write the int8 ``.onnx`` (atomically); default :func:`default_output`.
     Returns:
-        ``(int8 path, StageReport)``: the ``quantize`` stage report built by :func:`write_verified`. Planned convs
-        that ORT left float are listed in ``report.warnings`` (and in
+        ``(int8 path, StageReport)``: the ``quantize`` stage report built by :func:`write_verified`. Planned
+        convs that ORT left float are listed in ``report.warnings`` (and in
         ``report.details["kernels"]["stayed_float"]``).
     """
     config = config or QuantConfig()
@@ -581,7 +278,7 @@ def _autotuned_int8(prepared: CalibratedGraph, config: QuantConfig,
 
 
 def write_verified(prepared: CalibratedGraph, plan: QuantPlan, config: QuantConfig, qdq: Path, output: Path,
-           t0: float, method: str = "ptq") -> StageReport:
+                   t0: float, method: str = "ptq") -> StageReport:
     """Verify the integer kernels of ``qdq``, measure it against ``prepared.fp32``, write it atomically to
     ``output`` and return the ``quantize`` stage report (the one place it is built; QAT adds its own
     ``config["qat"]`` and ``details["qat"]`` with ``StageReport.replace``).
@@ -631,6 +328,6 @@ def kernel_summary(report: KernelCheckResult) -> str:
             f"all conv MACs)")
 
 
-__all__: Sequence[str] = ("QuantConfig", "CalibratedGraph", "quantize_ptq", "calibrated_graph", "build_int8",
-                          "calibrate", "shared_ranges", "calibration_images", "quantize_qdq", "mse_range",
-                          "output_sqnr", "sqnr_db", "kernel_summary")
+__all__: Sequence[str] = ("ACTIVATION_TYPES", "AUTO", "CalibratedGraph", "QuantConfig", "build_int8",
+                          "calibrated_graph", "default_output", "kernel_summary", "quantize_ptq",
+                          "write_verified")

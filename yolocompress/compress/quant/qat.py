@@ -24,7 +24,9 @@ the learned scales and zero points.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yolocompress.compress.distill.config import DistillConfig, as_distill_config, distill_json, distill_terms
+from yolocompress.compress.quant.calibrate import shared_ranges
+from yolocompress.compress.quant.head import head_hessians
 from yolocompress.compress.quant.numerics import QMAX, QMIN, WMAX, ort_scale_zero_point, sqnr_db
 from yolocompress.compress.quant.plan import QuantPlan, node_scope
+from yolocompress.compress.quant.ptq import (
+    CalibratedGraph, QuantConfig, calibrated_graph, default_output, write_verified,
+)
+from yolocompress.compress.quant.qdq import copy_metadata, preprocess, quantize_qdq
 from yolocompress.compress.stage import StageReport
 from yolocompress.errors import InputError
 from yolocompress.io.workdir import work_dir
@@ -168,72 +176,90 @@ def insert_fake_quant(model: nn.Module, plan: QuantPlan, proto, ranges: dict[str
     ``ranges`` the calibrated float range of every planned tensor, merged over the shared groups;
     ``momentum`` how fast the activation ranges follow the batches' min / max (0: fixed at ``ranges``).
     """
+    placer = _FakeQuantPlacer(model, plan, ranges, momentum)
+    by_name = {n.name: n for n in proto.graph.node}
+    for name in plan.nodes:  # weights of every planned conv
+        if by_name[name].op_type == "Conv":
+            placer.conv(node_scope(name), True)
     producers = _producers(proto)
     consumers: dict[str, list[Any]] = {}
     for node in proto.graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    group_of = {t: k for k, group in enumerate(plan.shared) for t in group}
-    by_key: dict[Any, ActivationFakeQuant] = {}
+    graph_inputs = {i.name for i in proto.graph.input}
+    for tensor in plan.tensors:
+        node = producers.get(tensor)
+        if node is not None:
+            placer.output(node, tensor)
+        elif tensor in graph_inputs:
+            placer.image(tensor, consumers.get(tensor, []))
+    return model
 
-    def quantizer(tensor: str) -> ActivationFakeQuant:
+
+class _FakeQuantPlacer:
+    """Puts the fake-quant modules of one plan into one model: one quantizer per tensor or shared group."""
+
+    def __init__(self, model: nn.Module, plan: QuantPlan, ranges: dict[str, tuple[float, float]],
+                 momentum: float):
+        self.model, self.plan, self.ranges, self.momentum = model, plan, ranges, momentum
+        self.planned = set(plan.nodes)
+        self.group_of = {t: k for k, group in enumerate(plan.shared) for t in group}
+        self.by_key: dict[Any, ActivationFakeQuant] = {}
+
+    def quantizer(self, tensor: str) -> ActivationFakeQuant:
+        """The activation quantizer of ``tensor`` (its shared group's one, created on first use)."""
+        group_of = self.group_of
         key = ("group", group_of[tensor]) if tensor in group_of else tensor
-        if key not in by_key:  # a shared group's quantizer stands for every member (Concat outputs too)
-            members = list(plan.shared[group_of[tensor]]) if tensor in group_of else []
-            by_key[key] = ActivationFakeQuant(*ranges[tensor], tensors=members, momentum=momentum)
-        if tensor not in by_key[key].tensors:
-            by_key[key].tensors.append(tensor)
-        return by_key[key]
+        if key not in self.by_key:  # a shared group's quantizer stands for every member (Concat outputs too)
+            members = list(self.plan.shared[group_of[tensor]]) if tensor in group_of else []
+            self.by_key[key] = ActivationFakeQuant(*self.ranges[tensor], tensors=members,
+                                                   momentum=self.momentum)
+        if tensor not in self.by_key[key].tensors:
+            self.by_key[key].tensors.append(tensor)
+        return self.by_key[key]
 
-    def quant_conv(scope: str, planned: bool) -> QuantConv2d:
-        module = _get(model, scope)
+    def conv(self, scope: str, planned: bool) -> QuantConv2d:
+        """The :class:`QuantConv2d` at ``scope`` (the Conv2d there wrapped on first use)."""
+        module = _get(self.model, scope)
         if not isinstance(module, QuantConv2d):
             if not isinstance(module, nn.Conv2d):
                 raise ValueError(f"{scope} is a {type(module).__name__}, not a Conv2d")
             module = QuantConv2d(module, weight=planned)
-            model.set_submodule(scope, module)
+            self.model.set_submodule(scope, module)
         return module
 
-    def quant_silu(scope: str) -> QuantSiLU:
-        module = _get(model, scope)
+    def silu(self, scope: str) -> QuantSiLU:
+        """The :class:`QuantSiLU` at ``scope`` (replacing the SiLU there on first use)."""
+        module = _get(self.model, scope)
         if not isinstance(module, QuantSiLU):
             module = QuantSiLU()
-            model.set_submodule(scope, module)
+            self.model.set_submodule(scope, module)
         return module
 
-    planned = set(plan.nodes)
-    by_name = {n.name: n for n in proto.graph.node}
-    for name in plan.nodes:  # weights of every planned conv
-        node = by_name[name]
-        if node.op_type == "Conv":
-            quant_conv(node_scope(name), True)
-    graph_inputs = {i.name for i in proto.graph.input}
-    for tensor in plan.tensors:
-        node = producers.get(tensor)
-        if node is None:
-            if tensor not in graph_inputs:
-                continue
-            for conv in consumers.get(tensor, []):  # the image into an int8 stem
-                if conv.op_type == "Conv":
-                    quant_conv(node_scope(conv.name), conv.name in planned).input_fq = quantizer(tensor)
-            continue
-        scope, op = node_scope(node.name), node.op_type
-        if op in ("Concat", "MaxPool", "Resize") and node.name in planned:
-            continue  # its inputs share the output's scale: the output is already on the grid
+    def image(self, tensor: str, consumers: list[Any]) -> None:
+        """Fake-quantize the graph input ``tensor`` where convs read it (the image into an int8 stem)."""
+        for conv in consumers:
+            if conv.op_type == "Conv":
+                self.conv(node_scope(conv.name), conv.name in self.planned).input_fq = self.quantizer(tensor)
+
+    def output(self, node: Any, tensor: str) -> None:
+        """Fake-quantize ``tensor`` at the module of ``node``, the ONNX node that produces it."""
+        model, scope, op = self.model, node_scope(node.name), node.op_type
+        if op in ("Concat", "MaxPool", "Resize") and node.name in self.planned:
+            return  # its inputs share the output's scale: the output is already on the grid
         if op == "Conv":
-            quant_conv(scope, node.name in planned).output_fq = quantizer(tensor)
+            self.conv(scope, node.name in self.planned).output_fq = self.quantizer(tensor)
         elif op == "Sigmoid":
-            quant_silu(scope).sigmoid_fq = quantizer(tensor)
+            self.silu(scope).sigmoid_fq = self.quantizer(tensor)
         elif op == "Mul" and isinstance(_get(model, scope), (nn.SiLU, QuantSiLU)):
-            quant_silu(scope).output_fq = quantizer(tensor)
+            self.silu(scope).output_fq = self.quantizer(tensor)
         elif op == "Add" or op in _ACTIVATION_OPS and not isinstance(_get(model, scope), nn.Sequential):
             # a residual Add, or an activation module other than SiLU (LeakyReLU models): the module's output
             module = _get(model, scope)
             if not isinstance(module, OutputQuant):
-                model.set_submodule(scope, OutputQuant(module, quantizer(tensor)))
+                model.set_submodule(scope, OutputQuant(module, self.quantizer(tensor)))
         else:
             raise ValueError(f"no fake-quant rule for {op} node {node.name} (tensor {tensor})")
-    return model
 
 
 def quantizers(model: nn.Module) -> list[ActivationFakeQuant]:
@@ -335,7 +361,8 @@ def parity_sqnr(model: nn.Module, int8_path: Path, images: np.ndarray) -> float:
     return sqnr_db(float((ref ** 2).sum()), float(((ref - out) ** 2).sum()))
 
 
-def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatConfig | None = None,
+def quantize_qat(model: nn.Module, data_cfg: Any, config: QuantConfig | None = None,
+                 qat: QatConfig | None = None,
                  output: str | os.PathLike | None = None) -> tuple[Path, StageReport]:
     """Quantization-aware fine-tuning, then int8 export for ONNX Runtime.
 
@@ -344,34 +371,16 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
     the project's trainer (``wrap_model``); fp32 export of the trained weights; ``quantize_static`` with
     ``TensorQuantOverrides`` holding the learned scales. A module is exported at ``config.imgsz`` (640 when
     unset): pass the size the model was trained at. Returns ``(int8 path, StageReport)``: the ``quantize``
-    stage report of PTQ (:func:`~yolocompress.compress.quant.ptq.write_verified`) with ``config["method"] = "qat"``,
-    ``config["qat"]`` = the :class:`QatConfig` fields and ``details["qat"]`` = epochs, lr and
-    ``parity_sqnr_db`` (ORT int8 vs torch fake-quant, calibration images).
+    stage report of PTQ (:func:`~yolocompress.compress.quant.ptq.write_verified`) with
+    ``config["method"] = "qat"``, ``config["qat"]`` = the :class:`QatConfig` fields and ``details["qat"]`` =
+    epochs, lr and ``parity_sqnr_db`` (ORT int8 vs torch fake-quant, calibration images).
     """
-    import dataclasses
-    import time
-
     from yolocompress.compress.fuse import fuse
-    from yolocompress.compress.quant.head import head_hessians
-    from yolocompress.compress.quant.ptq import (
-        CalibratedGraph, QuantConfig, calibrated_graph, copy_metadata, default_output, preprocess, quantize_qdq,
-        shared_ranges, write_verified,
-    )
     from yolocompress.data.config import as_data_config
-    from yolocompress.engine.loss import Hyp
-    from yolocompress.engine.trainer import TrainConfig, Trainer
-    from yolocompress.export.onnx import export_onnx
-
-    import onnx
 
     config = config or QuantConfig()
     qat = qat or QatConfig()
-    if config.autotune:
-        raise InputError("silu/stem 'auto' times candidate plans after calibration, which PTQ does; QAT trains one "
-                         "plan: choose int8 or float (or run PTQ with auto first and use its choice)")
-    if not config.per_channel or config.activation_type != "u8":
-        raise InputError("QAT trains per-channel int8 weights and uint8 activations (what its fake quantization "
-                         "simulates); per_channel=false and activation_type=s8 are for PTQ only")
+    _check_quant_config(config)
     t0 = time.perf_counter()
     output = Path(output) if output is not None else default_output(model)
     data = as_data_config(data_cfg)
@@ -379,44 +388,79 @@ def quantize_qat(model: nn.Module, data_cfg: Any, config: Any = None, qat: QatCo
         tmp = Path(tmp_name)
         folded = fuse(model).float().cpu()
         prepared = calibrated_graph(folded, data, config, tmp)
-        plan, proto = prepared.plan, onnx.load(str(prepared.pre))
-        ranges = shared_ranges(prepared.ranges, plan)
-        imgsz = prepared.imgsz[0]
-        train_cfg = TrainConfig(epochs=qat.epochs, imgsz=imgsz, batch=qat.batch, workers=qat.workers,
-                                seed=qat.seed, out_dir=qat.out_dir or str(tmp / "train"),
-                                close_mosaic=qat.epochs,  # no mosaic: a converged model's last phase ran without it
-                                val=False, amp=False, nominal_batch=qat.batch)
-        hyp = Hyp(lr0=qat.lr, lrf=qat.lrf, warmup_epochs=0.0)
-        if not qat.labels:
-            hyp = dataclasses.replace(hyp, box=0.0, obj=0.0, cls=0.0)
-        kd = as_distill_config(qat.distill)
-        extra = distill_terms(kd, folded, folded, imgsz, qat.seed)[0] if kd is not None else []
-        trainer = Trainer(folded, data, train_cfg, hyp=hyp, extra_losses=extra,
-                          wrap_model=lambda m: insert_fake_quant(m, plan, proto, ranges, qat.range_momentum))
-        trained = trainer.train().model.eval()
-        # the trained weights as plain fp32 ONNX, named as the plan expects
-        plain = strip_fake_quant(trained)
-        fp32 = export_onnx(plain, tmp / "qat-fp32.onnx", imgsz=imgsz)
-        pre = tmp / "qat-pre.onnx"
-        preprocess(fp32, pre)
-        learned = learned_ranges(trained)
-        qdq = tmp / "qat-int8.onnx"
-        quantize_qdq(pre, qdq, plan, {t: learned.get(t, ranges[t]) for t in plan.tensors},
-                     per_channel=config.per_channel, activation_type=config.activation_type,
-                     extra_options={"TensorQuantOverrides": learned_overrides(trained)},
-                     hessians=head_hessians(pre, [c.name for c in plan.int8_head], prepared.images))
-        copy_metadata(fp32, qdq)
-        trained_prep = CalibratedGraph(fp32, pre, prepared.imgsz, prepared.images, plan, ranges)
+        ranges = shared_ranges(prepared.ranges, prepared.plan)
+        trained = _finetune(folded, data, prepared, ranges, qat, tmp)
+        trained_prep, qdq = _export_int8(trained, prepared, ranges, config, tmp)
         parity = parity_sqnr(trained, qdq, prepared.images[:config.check_images])
-        report = write_verified(trained_prep, plan, config, qdq, output, t0, method="qat")
-    details = {"epochs": qat.epochs, "lr": qat.lr, "batch": qat.batch, "parity_sqnr_db": parity,
-               "distill": distill_json(qat.distill), "labels": qat.labels,
-               "batchnorm": "folded before QAT", "range_momentum": qat.range_momentum,
-               "activation_ranges": ("PTQ-calibrated, fixed" if qat.range_momentum == 0
-                                     else f"PTQ-initialised, EMA-tracked (momentum {qat.range_momentum:g})")}
+        report = write_verified(trained_prep, prepared.plan, config, qdq, output, t0, method="qat")
     report = report.replace(config={**report.config, "qat": dataclasses.asdict(qat)},
-                            details={**report.details, "qat": details})
+                            details={**report.details, "qat": _qat_details(qat, parity)})
     return output, report
+
+
+def _check_quant_config(config: QuantConfig) -> None:
+    """Refuse the PTQ-only settings: ``"auto"`` plans, per-tensor weights, int8 activations."""
+    if config.autotune:
+        raise InputError("silu/stem 'auto' times candidate plans after calibration, which PTQ does; QAT "
+                         "trains one plan: choose int8 or float (or run PTQ with auto first and use its "
+                         "choice)")
+    if not config.per_channel or config.activation_type != "u8":
+        raise InputError("QAT trains per-channel int8 weights and uint8 activations (what its fake "
+                         "quantization simulates); per_channel=false and activation_type=s8 are for PTQ only")
+
+
+def _finetune(folded: nn.Module, data: Any, prepared: CalibratedGraph, ranges: dict[str, tuple[float, float]],
+              qat: QatConfig, tmp: Path) -> nn.Module:
+    """Train ``folded`` with fake quantization where ``prepared.plan`` says; return it trained, in eval."""
+    import onnx
+
+    from yolocompress.engine.loss import Hyp
+    from yolocompress.engine.trainer import TrainConfig, Trainer
+
+    plan, proto = prepared.plan, onnx.load(str(prepared.pre))
+    imgsz = prepared.imgsz[0]
+    train_cfg = TrainConfig(epochs=qat.epochs, imgsz=imgsz, batch=qat.batch, workers=qat.workers,
+                            seed=qat.seed, out_dir=qat.out_dir or str(tmp / "train"),
+                            # no mosaic: a converged model's last phase ran without it
+                            close_mosaic=qat.epochs,
+                            val=False, amp=False, nominal_batch=qat.batch)
+    hyp = Hyp(lr0=qat.lr, lrf=qat.lrf, warmup_epochs=0.0)
+    if not qat.labels:
+        hyp = dataclasses.replace(hyp, box=0.0, obj=0.0, cls=0.0)
+    kd = as_distill_config(qat.distill)
+    extra = distill_terms(kd, folded, folded, imgsz, qat.seed)[0] if kd is not None else []
+    trainer = Trainer(folded, data, train_cfg, hyp=hyp, extra_losses=extra,
+                      wrap_model=lambda m: insert_fake_quant(m, plan, proto, ranges, qat.range_momentum))
+    return trainer.train().model.eval()
+
+
+def _export_int8(trained: nn.Module, prepared: CalibratedGraph, ranges: dict[str, tuple[float, float]],
+                 config: QuantConfig, tmp: Path) -> tuple[CalibratedGraph, Path]:
+    """The int8 QDQ file of ``trained`` with its learned scales, and the graph it was quantized from."""
+    from yolocompress.export.onnx import export_onnx
+
+    plan, imgsz = prepared.plan, prepared.imgsz[0]
+    # the trained weights as plain fp32 ONNX, named as the plan expects
+    fp32 = export_onnx(strip_fake_quant(trained), tmp / "qat-fp32.onnx", imgsz=imgsz)
+    pre = tmp / "qat-pre.onnx"
+    preprocess(fp32, pre)
+    learned = learned_ranges(trained)
+    qdq = tmp / "qat-int8.onnx"
+    quantize_qdq(pre, qdq, plan, {t: learned.get(t, ranges[t]) for t in plan.tensors},
+                 per_channel=config.per_channel, activation_type=config.activation_type,
+                 extra_options={"TensorQuantOverrides": learned_overrides(trained)},
+                 hessians=head_hessians(pre, [c.name for c in plan.int8_head], prepared.images))
+    copy_metadata(fp32, qdq)
+    return CalibratedGraph(fp32, pre, prepared.imgsz, prepared.images, plan, ranges), qdq
+
+
+def _qat_details(qat: QatConfig, parity: float) -> dict[str, Any]:
+    """``details["qat"]`` of the stage report: the fine-tuning settings and the ORT-vs-torch parity."""
+    return {"epochs": qat.epochs, "lr": qat.lr, "batch": qat.batch, "parity_sqnr_db": parity,
+            "distill": distill_json(qat.distill), "labels": qat.labels,
+            "batchnorm": "folded before QAT", "range_momentum": qat.range_momentum,
+            "activation_ranges": ("PTQ-calibrated, fixed" if qat.range_momentum == 0
+                                  else f"PTQ-initialised, EMA-tracked (momentum {qat.range_momentum:g})")}
 
 
 __all__ = ["ActivationFakeQuant", "OutputQuant", "QuantConv2d", "QuantSiLU", "fake_quant_weight",

@@ -1,4 +1,5 @@
-"""Check what ONNX Runtime really runs: which planned convolutions became integer kernels.
+"""Check what ONNX Runtime really runs: which planned convolutions became integer kernels, and how close the
+int8 model's output stays to fp32 (:func:`output_sqnr`).
 
 A QDQ model only states an intent; ONNX Runtime's graph optimizer decides, per node, whether
 ``DequantizeLinear -> Conv -> QuantizeLinear`` becomes an integer kernel (``QLinearConv``, or
@@ -13,7 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from yolocompress.compress.quant.head import conv_name_of
+from yolocompress.compress.quant.numerics import sqnr_db
 from yolocompress.compress.quant.plan import QuantPlan
 from yolocompress.io.workdir import work_dir
 
@@ -113,3 +117,21 @@ def integer_kernel_report(int8_path: str | os.PathLike, plan: QuantPlan) -> Kern
         stayed_float=[c.scope for c in planned if c.name not in integer],
         op_counts=dict(sorted(counts.items(), key=lambda kv: -kv[1])),
     )
+
+
+def output_sqnr(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
+                images: np.ndarray) -> tuple[float, float]:
+    """SQNR in dB of the int8 model's decoded output against fp32: (all columns, score columns 4:)."""
+    from yolocompress.export.ort import create_session
+
+    a, b = create_session(fp32_path), create_session(int8_path)
+    name = a.get_inputs()[0].name
+    sig = noise = sig_s = noise_s = 0.0
+    for k in range(len(images)):
+        x = {name: images[k:k + 1]}
+        ref, out = a.run(None, x)[0].astype(np.float64), b.run(None, x)[0].astype(np.float64)
+        sig += float((ref ** 2).sum())
+        noise += float(((ref - out) ** 2).sum())
+        sig_s += float((ref[..., 4:] ** 2).sum())
+        noise_s += float(((ref[..., 4:] - out[..., 4:]) ** 2).sum())
+    return sqnr_db(sig, noise), sqnr_db(sig_s, noise_s)
