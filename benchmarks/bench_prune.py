@@ -51,7 +51,8 @@ def _guided(args) -> dict:
 
 def part_structure(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_channels
-    from yolocompress.compress.prune.pruner import ort_latency, plan_search
+    from yolocompress.compress.prune.pruner import ort_latency
+    from yolocompress.compress.prune.search import plan_search
     from yolocompress.models import build_model
     from yolocompress.profile import cpu_name, gflops
 
@@ -59,7 +60,8 @@ def part_structure(args) -> dict:
     for name in args.models:
         torch.manual_seed(0)
         model = build_model(name).eval()
-        cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=2, seed=args.seed, guided=0)
+        cfg = PruneConfig.from_flat(ratio=args.ratio, imgsz=args.imgsz, candidates=2, seed=args.seed,
+                                    guided=0)
         plan = plan_search(model, cfg)
         variants = {"original": model}
         for s in plan.strategies:
@@ -113,7 +115,7 @@ def part_accuracy(args) -> dict:
     runs = (("eagleeye", eagleeye), ("uniform", dict(candidates=1)))
     for label, extra in runs[:1] if args.eagleeye_only else runs:
         t0 = time.perf_counter()
-        config = PruneConfig(**common, **extra, eval_baseline=label == "eagleeye")
+        config = PruneConfig.from_flat(**common, **extra, eval_baseline=label == "eagleeye")
         _, report = prune_model(model, data, config, on_progress=_printer(args))
         out[label] = report.to_dict()
         out[label]["wall_s"] = time.perf_counter() - t0
@@ -150,16 +152,17 @@ def part_speed(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_model
 
     model, data = _baseline_and_data(args)
-    cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
-                      calib_batches=args.calib_batches, eval_images=args.eval_images, finetune_epochs=0,
-                      eval_baseline=False, **_guided(args))
+    cfg = PruneConfig.from_flat(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates,
+                                seed=args.seed, calib_batches=args.calib_batches,
+                                eval_images=args.eval_images, finetune_epochs=0,
+                                eval_baseline=False, **_guided(args))
     _, report = prune_model(model, data, cfg, on_progress=_printer(args))
     d = report.details
     t, n, probes = d["timing_s"], len(d["candidates"]), d["probes"]
     if probes:
         print(f"probe phase: {probes} sub-nets in {t['probes']:.1f} s "
               f"({60 * probes / t['probes']:.1f}/min); the candidates below are timed apart from it")
-    print(f"{n} candidates, {args.calib_batches}x{cfg.calib_batch} calibration images, "
+    print(f"{n} candidates, {args.calib_batches}x{cfg.search.calib_batch} calibration images, "
           f"{args.eval_images} scored images, {args.imgsz} px, {torch.get_num_threads()} threads: "
           f"{d['candidates_per_minute']:.1f} candidates/min")
     print("seconds per candidate: " + ", ".join(f"{k} {t[k] / n:.2f}" for k in
@@ -169,25 +172,26 @@ def part_speed(args) -> dict:
 
 def part_stability(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_channels
-    from yolocompress.compress.prune.eagleeye import SubnetScorer, cache_data
-    from yolocompress.compress.prune.pruner import plan_search
+    from yolocompress.compress.prune.scoring import SubnetScorer, cache_data
+    from yolocompress.compress.prune.search import plan_search
 
     model, data = _baseline_and_data(args)
     base = copy.deepcopy(model).float().eval()
-    cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
-                      calib_batches=args.calib_batches, spread=args.spread,
-                      include_uniform=not args.no_uniform, guided=0)
+    cfg = PruneConfig.from_flat(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates,
+                                seed=args.seed, calib_batches=args.calib_batches, spread=args.spread,
+                                include_uniform=not args.no_uniform, guided=0)
     plan = plan_search(base, cfg)
     subnets = [prune_channels(base, plan.graph, plan.space.keep(s.counts)) for s in plan.strategies]
     out = {"kinds": [s.kind for s in plan.strategies], "sizes": {}}
     print(f"{len(subnets)} candidates (ratio {args.ratio}, spread {args.spread}, seed {args.seed}); "
-          f"draws of {cfg.calib_batches}x{cfg.calib_batch} calibration + N scored training images "
+          f"draws of {cfg.search.calib_batches}x{cfg.search.calib_batch} calibration + N scored training "
+          "images "
           f"with seeds {args.draws}")
     for n_images in args.eval_sizes:
         scores = []
         for draw in args.draws:
-            cache = cache_data(data, args.imgsz, int(max(base.stride)), cfg.calib_batches, cfg.calib_batch,
-                               n_images, cfg.eval_batch, draw)
+            cache = cache_data(data, args.imgsz, int(max(base.stride)), cfg.search.calib_batches,
+                               cfg.search.calib_batch, n_images, cfg.search.eval_batch, draw)
             scorer = SubnetScorer(cache, data.nc, list(data.names))  # adaptive BN resets the statistics first
             scores.append([scorer(sub).map50_95 for sub in subnets])
         pairs = [(a, b) for a in range(len(scores)) for b in range(a + 1, len(scores))]
@@ -201,18 +205,19 @@ def part_stability(args) -> dict:
 
 def part_correlation(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_channels
-    from yolocompress.compress.prune.eagleeye import SubnetScorer, cache_data
-    from yolocompress.compress.prune.pruner import plan_search
+    from yolocompress.compress.prune.scoring import SubnetScorer, cache_data
+    from yolocompress.compress.prune.search import plan_search
     from yolocompress.engine.evaluator import evaluate_model
     from yolocompress.engine.trainer import TrainConfig, Trainer
 
     model, data = _baseline_and_data(args)
     base = copy.deepcopy(model).float().eval()
-    cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates, seed=args.seed,
-                      calib_batches=args.calib_batches, eval_images=args.eval_images, guided=0)
+    cfg = PruneConfig.from_flat(ratio=args.ratio, imgsz=args.imgsz, candidates=args.candidates,
+                                seed=args.seed, calib_batches=args.calib_batches,
+                                eval_images=args.eval_images, guided=0)
     plan = plan_search(base, cfg)
-    cache = cache_data(data, args.imgsz, int(max(base.stride)), cfg.calib_batches, cfg.calib_batch,
-                       cfg.eval_images, cfg.eval_batch, cfg.seed)
+    cache = cache_data(data, args.imgsz, int(max(base.stride)), cfg.search.calib_batches,
+                       cfg.search.calib_batch, cfg.search.eval_images, cfg.search.eval_batch, cfg.seed)
     scorer = SubnetScorer(cache, data.nc, list(data.names))
     rows = []
     for i, s in enumerate(plan.strategies):

@@ -78,7 +78,7 @@ def pruned_uniform(model, ratio: float, imgsz: int):
     from yolocompress.compress.prune import PruneConfig, prune_channels
     from yolocompress.compress.prune.pruner import plan_search
 
-    plan = plan_search(model, PruneConfig(ratio=ratio, imgsz=imgsz, candidates=1, guided=0))
+    plan = plan_search(model, PruneConfig.from_flat(ratio=ratio, imgsz=imgsz, candidates=1, guided=0))
     uniform = next(s for s in plan.strategies if s.kind == "uniform")
     return prune_channels(model, plan.graph, plan.space.keep(uniform.counts)).eval()
 

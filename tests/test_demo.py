@@ -11,8 +11,8 @@ from yolocompress.io.checkpoint import save_model
 from yolocompress.models import build_model, load_config
 
 # The demo recipe, shortened for a tiny stand-in baseline (the real one is timed in benchmarks/RESULTS.md).
-FAST = ["--set", "stages.0.prune.calib_batch=2", "--set", "stages.0.prune.eval_images=4",
-        "--set", "stages.0.prune.candidates=2", "--set", "stages.1.finetune.epochs=1",
+FAST = ["--set", "stages.0.prune.search.calib_batch=2", "--set", "stages.0.prune.search.eval_images=4",
+        "--set", "stages.0.prune.search.candidates=2", "--set", "stages.1.finetune.epochs=1",
         "--set", "stages.1.finetune.batch=2", "--set", "stages.3.quantize.calib_images=2",
         "--set", "measure.runs=2", "--set", "measure.warmup=1"]
 

@@ -26,6 +26,9 @@ def test_a_ruinous_prune_is_warned_about_with_its_cause_and_recorded():
     assert acc["drop_points"] == pytest.approx(79.6) and acc["failed"] is False
     assert acc["ruin_points"] == RUIN_POINTS
     assert StageReport.from_dict(report.to_dict()) == report
+    # today's prune reports nest the fine-tune settings (PruneConfig.to_dict()); the flat one above is older
+    nested = check_accuracy(_report("prune", 0.821, 0.025, ratio=0.5, finetune={"epochs": 3}))[1]
+    assert "this run fine-tuned 3 epochs" in nested.warning
 
 
 @pytest.mark.parametrize("stage, hint", [("quantize", "--auto-exclude"), ("distill", "teacher")])

@@ -83,7 +83,7 @@ def test_prune_with_fine_tune_and_ptq_leave_nothing_in_the_temp_folder(root, mak
     cfg.update(width_multiple=0.0625, nc=data.nc)
     torch.manual_seed(0)
     model = DetectionModel(cfg)
-    pruned, _ = prune_model(model, data, PruneConfig(
+    pruned, _ = prune_model(model, data, PruneConfig.from_flat(
         ratio=0.3, imgsz=64, candidates=2, guided=0, calib_batches=1, calib_batch=4, eval_images=4, eval_batch=4,
         finetune_epochs=1, finetune_batch=4, min_channels=1, round_to=1, eval_baseline=False))
     assert root.is_dir() and list(root.iterdir()) == []  # the fine-tune ran under the temp root, then went

@@ -19,8 +19,9 @@ RECIPE = textwrap.dedent("""\
     seed: 0
     measure: {latency: [onnxruntime, torch], runs: 3, warmup: 1, rounds: 3, eval_batch: 8}
     stages:
-      - prune: {ratio: 0.5, candidates: 2, guided: 0, calib_batches: 1, calib_batch: 4, eval_images: 4,
-                eval_batch: 4, min_channels: 1, round_to: 1}
+      - prune: {ratio: 0.5, channels: {min_channels: 1, round_to: 1},
+                search: {candidates: 2, guided: 0, calib_batches: 1, calib_batch: 4, eval_images: 4,
+                         eval_batch: 4}}
       - finetune: {epochs: 3, batch: 4}
       - fuse: {}
       - quantize: {method: ptq, calib_images: 4}

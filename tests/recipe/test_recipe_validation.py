@@ -13,7 +13,7 @@ from yolocompress.recipe import load_recipe, shipped_recipes
 
 GOOD_STAGES = """\
 stages:
-  - prune: {ratio: 0.5, candidates: 2, guided: 0}
+  - prune: {ratio: 0.5, search: {candidates: 2, guided: 0}}
   - finetune: {epochs: 1}
   - fuse: {}
   - quantize: {method: ptq}
@@ -79,8 +79,8 @@ BAD_RECIPES = [
      "stages[0].finetune.distill.feature_weigth: unknown key; did you mean 'feature_weight'?"),
     ("distill method as a string", "stages:\n  - quantize: {method: qat, distill: feature}\n", [],
      "stages[0].quantize.distill: expected a number or a mapping of method, feature_layers"),
-    ("negative distill weight", "stages:\n  - prune: {ratio: 0.5, distill: -1}\n", [],
-     "stages[0].prune: distill must be a weight >= 0"),
+    ("negative distill weight", "stages:\n  - prune: {ratio: 0.5, finetune: {distill: -1}}\n", [],
+     "stages[0].prune.finetune: distill must be a weight >= 0"),
     ("distill layers not integers",
      "stages:\n  - finetune: {distill: {method: feature, feature_layers: [a]}}\n", [],
      "stages[0].finetune.distill.feature_layers: expected a list of integers or null"),
@@ -163,7 +163,8 @@ def test_dry_run_fills_defaults_and_overrides_win(tiny_checkpoint, recipe_data, 
     resolved = loaded.plan.resolved()
     prune, finetune, quantize = (next(iter(s.values())) for s in resolved["stages"])
     assert resolved["imgsz"] == 96 and resolved["seed"] == 3
-    assert prune["ratio"] == 0.3 and prune["candidates"] == 20 and prune["finetune_epochs"] == 0 and prune["seed"] == 3
+    assert prune["ratio"] == 0.3 and prune["search"]["candidates"] == 20 and prune["seed"] == 3
+    assert prune["finetune"]["epochs"] == 0  # the recipe's default: a finetune stage follows
     assert finetune["epochs"] == 2  # the command line beats the recipe
     assert quantize["method"] == "qat" and quantize["epochs"] == 2 and quantize["calibration"] == "mse"
     configs = {s.name: s.configs for s in loaded.plan.stages}
@@ -177,13 +178,14 @@ def test_a_weight_or_the_distill_settings_in_finetune_prune_and_qat(tiny_checkpo
     recipe = tmp_path / "r.yaml"
     recipe.write_text(textwrap.dedent("""\
         stages:
-          - prune: {ratio: 0.5, distill: 0.5}
+          - prune: {ratio: 0.5, finetune: {distill: 0.5}}
           - finetune: {epochs: 1, distill: {method: both, feature_layers: [17, 20], feature_weight: 0.5}}
           - quantize: {method: qat, distill: {method: feature, temperature: 2}}
     """))
     loaded = load_recipe(recipe, model=tiny_checkpoint, data=recipe_data.yaml_path)
     configs = {s.name: s.configs for s in loaded.plan.stages}
-    assert configs["prune"]["config"].distill == 0.5  # the plain weight: output KD, as before
+    assert configs["prune"]["config"].finetune.distill == 0.5  # the plain weight: output KD, as before
+    assert configs["prune"]["config"].finetune.epochs == 0  # the recipe's default kept beside the key given
     assert configs["finetune"]["config"].distill == DistillConfig(method="both", feature_layers=(17, 20),
                                                                   feature_weight=0.5)
     assert configs["quantize"]["qat"].distill == DistillConfig(method="feature", temperature=2.0)

@@ -103,8 +103,9 @@ def config_help(**sources: str) -> type[argparse.HelpFormatter]:
             return argparse.Namespace(**{k: ", ".join(map(str, v)) if isinstance(v, tuple) else v
                                          for k, v in vars(obj).items() if not k.startswith("_")})
         obj = getattr(obj, attr)
-        if dataclasses.is_dataclass(obj):
-            return argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(obj)})
+        if dataclasses.is_dataclass(obj):  # nested defaults by attribute: {prune.search.guided}
+            return argparse.Namespace(**{f.name: f.default if f.default is not dataclasses.MISSING
+                                         else f.default_factory() for f in dataclasses.fields(obj)})
         parameters = inspect.signature(obj).parameters
         return argparse.Namespace(**{name: p.default for name, p in parameters.items()})
 

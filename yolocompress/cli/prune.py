@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -15,13 +16,14 @@ if TYPE_CHECKING:
     from yolocompress.compress.stage import ModelSnapshot
 
 
-# PruneConfig fields set by flags of the same name (``--calib-batches`` -> ``calib_batches``); their defaults
-# are PruneConfig's, shown in --help ({prune.field}: read only when help is shown, PruneConfig imports torch).
+# PruneConfig settings set by flags of the same name (``--calib-batches`` -> ``calib_batches``, the flat names
+# of ``PruneConfig.from_flat``); their defaults are PruneConfig's, shown in --help ({prune.search.candidates}:
+# read only when help is shown, PruneConfig imports torch).
 # ``--batch`` sets the three batch sizes, ``--exclude`` takes a list.
 CONFIG_FLAGS = ("ratio", "target_gflops", "candidates", "guided", "calib_batches", "eval_images", "finetune_epochs",
                 "round_to", "min_channels", "seed", "device", "workers", "distill", "bf16", "channels_last",
                 "latency", "resume")
-PRUNE_CONFIG = "yolocompress.compress.prune.pruner:PruneConfig"
+PRUNE_CONFIG = "yolocompress.compress.prune.config:PruneConfig"
 
 
 def prune_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,11 +46,16 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
         max_map_drop: float | None = None) -> dict[str, Any]:
     """Prune the checkpoint ``model`` and save the result (our format, atomically) to ``output``.
 
-    ``settings``: ``PruneConfig`` keywords (:func:`prune_settings` builds them from the flags); ``imgsz``
-    defaults to the checkpoint's own image size (640 for Ultralytics files). Returns the ``StageReport`` as
-    a dict (``report.to_dict()``, also written to ``json_path`` when given), with the accuracy verdict of
+    ``settings``: ``PruneConfig.from_flat`` keywords (:func:`prune_settings` builds them from the flags);
+    ``imgsz`` defaults to the checkpoint's own image size (640 for Ultralytics files). Returns the
+    ``StageReport`` as a dict (``report.to_dict()``, also written to ``json_path`` when given; its ``config``
+    nested like ``PruneConfig``), with the accuracy verdict of
     :func:`~yolocompress.compress.accuracy.check_accuracy` (``max_map_drop`` points) in
     ``details["accuracy"]`` and its warning. Only rank 0 writes files in a ``torchrun`` run.
+
+    Work in progress lives beside ``output``: the search log ``OUTPUT.search.jsonl`` and the fine-tune's
+    run folder :func:`finetune_folder`, both removed once ``output`` is written. ``settings["resume"]``
+    continues them (a killed run ends as an uninterrupted one would); without it a dead run's are replaced.
     """
     settings = dict(settings or {})
     if settings.get("ratio") is not None and settings.get("target_gflops") is not None:
@@ -65,13 +72,17 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
     from yolocompress.engine.distributed import context_from_env
     from yolocompress.io.checkpoint import history_entry, save_model
 
-    config = PruneConfig(**settings, imgsz=imgsz or PruneConfig.imgsz,  # validated before any loading
-                         search_log=f"{output}.search.jsonl")  # what --resume continues
+    work = finetune_folder(output)
+    config = PruneConfig.from_flat(**settings, imgsz=imgsz or PruneConfig.imgsz,  # validated before loading
+                                   search_log=f"{output}.search.jsonl",  # what --resume continues
+                                   finetune_dir=str(work))
     data_cfg = load_data_config(data)
     net, info = load_cli_model(model, cfg)
     require_unfused(net, "pruning")
     if imgsz is None:
         config = dataclasses.replace(config, imgsz=info.imgsz)
+    if not config.resume and context_from_env().is_main:
+        shutil.rmtree(work, ignore_errors=True)  # a dead run's fine-tune: replaced, not continued
     pruned, report = prune_model(net, data_cfg, config, on_progress=on_progress)
     report, _ = check_accuracy(report, max_map_drop)
     result = report.to_dict()
@@ -86,7 +97,14 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
         metrics.update({"metrics/mAP_0.5": final["map50"], "metrics/mAP_0.5:0.95": final["map50_95"]})
         save_model(pruned, output, imgsz=config.imgsz, history=[*info.history, entry], metrics=metrics)
         write_json(result, json_path)
+        shutil.rmtree(work, ignore_errors=True)  # done: nothing to resume
     return result
+
+
+def finetune_folder(output: str | Path) -> Path:
+    """The fine-tune's run folder of a prune writing ``output``: ``OUTPUT.finetune`` beside it, kept until
+    the output is written so that ``--resume`` continues a killed fine-tune from its ``weights/last.pt``."""
+    return Path(f"{output}.finetune")
 
 
 def _snapshot_summary(snap: ModelSnapshot | None) -> dict[str, Any]:
@@ -161,27 +179,27 @@ def register(subparsers) -> None:
     p.add_argument("--imgsz", type=image_size, default=None,
                    help="image size for FLOPs, search and fine-tuning (default: the checkpoint's)")
     p.add_argument("--candidates", type=positive_int, default=None,
-                   help="strategies scored (the first is uniform; default {prune.candidates})")
+                   help="strategies scored (the first is uniform; default {prune.search.candidates})")
     p.add_argument("--guided", type=int, default=None, metavar="N",
                    help="how many candidates are sensitivity-guided instead of random (default "
-                        "{prune.guided}; 0: the paper's random sampling only, no probe phase)")
+                        "{prune.search.guided}; 0: the paper's random sampling only, no probe phase)")
     p.add_argument("--calib-batches", type=positive_int, default=None,
-                   help="training batches for adaptive BN (default {prune.calib_batches})")
+                   help="training batches for adaptive BN (default {prune.search.calib_batches})")
     p.add_argument("--eval-images", type=positive_int, default=None,
                    help="held-out images each candidate is scored on (fewer: faster, noisier ranking; default "
-                        "{prune.eval_images})")
+                        "{prune.search.eval_images})")
     p.add_argument("--finetune-epochs", type=int, default=None,
-                   help="epochs of fine-tuning of the winner (0: none; default {prune.finetune_epochs}, a "
+                   help="epochs of fine-tuning of the winner (0: none; default {prune.finetune.epochs}, a "
                         "quick look: ratio 0.5 on a nano model needs about 150 to come within a point, and a "
                         "larger fall than 5 points is warned about)")
     p.add_argument("--round-to", type=positive_int, default=None,
-                   help="keep channel counts a multiple of this (default {prune.round_to})")
+                   help="keep channel counts a multiple of this (default {prune.channels.round_to})")
     p.add_argument("--min-channels", type=positive_int, default=None,
-                   help="never keep fewer channels in a group (default {prune.min_channels})")
+                   help="never keep fewer channels in a group (default {prune.channels.min_channels})")
     p.add_argument("--exclude", default=None,
                    help="comma-separated layer indices or module names never pruned")
     p.add_argument("--batch", type=positive_int, default=None,
-                   help="batch size (calibration, scoring, fine-tuning; default {prune.calib_batch})")
+                   help="batch size (calibration, scoring, fine-tuning; default {prune.search.calib_batch})")
     p.add_argument("--seed", type=int, default=None,
                    help="strategy sampling, data subsets, fine-tuning (default {prune.seed})")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default {prune.device})")
@@ -189,15 +207,16 @@ def register(subparsers) -> None:
                    help="data-loading workers for fine-tuning (default {prune.workers})")
     p.add_argument("--distill", type=float, default=None, metavar="W",
                    help="fine-tune with output distillation from the unpruned model at weight W "
-                        "(0: labels only; default {prune.distill})")
+                        "(0: labels only; default {prune.finetune.distill})")
     add_method_flags(p, "fine-tune")
     p.add_argument("--bf16", action="store_true", default=None, help="fine-tune with CPU bf16 autocast (AMX CPUs)")
     p.add_argument("--channels-last", action="store_true", default=None, help="fine-tune in NHWC memory format")
     p.add_argument("--latency", action="store_true", default=None,
                    help="also measure ONNX Runtime latency before and after")
     p.add_argument("--resume", action="store_true", default=None,
-                   help="continue a killed search recorded in OUTPUT.search.jsonl (same model, data and "
-                        "settings): sub-nets scored there are not scored again")
+                   help="continue a killed run (same model, data and settings): its search recorded in "
+                        "OUTPUT.search.jsonl (sub-nets scored there are not scored again) and its fine-tune "
+                        "from OUTPUT.finetune/weights/last.pt; without it, a dead run's are replaced")
     p.add_argument("--cfg", default=None, help="model config for a bare state_dict")
     p.add_argument("--json", default=None, help="write the full report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -35,7 +35,9 @@ def prune_hint(ratio: float | None, finetune_epochs: int | None) -> str:
 def _hint(report: StageReport) -> str:
     config: Mapping[str, Any] = report.config
     if report.stage == "prune":
-        return prune_hint(config.get("ratio"), config.get("finetune_epochs"))
+        finetune = config.get("finetune")
+        epochs = finetune.get("epochs") if isinstance(finetune, Mapping) else config.get("finetune_epochs")
+        return prune_hint(config.get("ratio"), epochs)
     if report.stage == "quantize":
         return ("a few convolutions usually carry most of the int8 error: rank them with --sensitivity and "
                 "keep the worst float (--auto-exclude K), or fine-tune with --method qat")

@@ -11,6 +11,7 @@ folder is a temporary one unless ``out_dir`` is given; there ``weights/last.pt``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,7 +86,7 @@ class FinetuneConfig:
 
 def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, teacher: nn.Module | None = None,
              out_dir: str | Path | None = None, resume: bool = False, on_progress: ProgressCallback | None = None,
-             extra_losses: Sequence[Any] = ()) -> tuple[nn.Module, StageReport]:
+             extra_losses: Sequence[Any] = (), hyp: Any = None) -> tuple[nn.Module, StageReport]:
     """Fine-tune ``model`` (not modified) on ``data`` (``data.yaml`` or ``DataConfig``).
 
     Args:
@@ -95,6 +96,8 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
         resume: continue from ``out_dir/weights/last.pt`` when it exists.
         on_progress: the Trainer's progress events (see ``Trainer``).
         extra_losses: further trainer loss terms, after the distillation terms ``config.distill`` adds.
+        hyp: training hyperparameters (``engine.loss.Hyp``; default YOLOv5's); ``config.lr0`` and
+            ``config.warmup_epochs``, when set, replace its own.
     Returns:
         ``(best EMA model in eval mode on the CPU, StageReport)``; ``details``: ``epochs_completed``,
         ``best_epoch``, ``best_fitness``, ``resumed_from_epoch`` (or None) and the per-epoch ``history``;
@@ -118,7 +121,9 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
         raise InputError("finetune with distill needs a teacher model")
     t0 = time.perf_counter()
     before = shape_spec(model)
-    hyp = Hyp(**{k: float(v) for k, v in (("lr0", cfg.lr0), ("warmup_epochs", cfg.warmup_epochs)) if v is not None})
+    hyp = dataclasses.replace(hyp or Hyp(), **{k: float(v) for k, v in (("lr0", cfg.lr0),
+                                                                        ("warmup_epochs", cfg.warmup_epochs))
+                                               if v is not None})
     extra, kd_details = (distill_terms(kd, teacher, model, int(cfg.imgsz), cfg.seed) if kd is not None
                          else ([], {}))
     extra += list(extra_losses)
@@ -137,7 +142,8 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
         if resumed_epoch is not None and resumed_epoch >= cfg.epochs:  # killed after its last epoch was saved
             tuned, finished = load_model(run_dir / "weights" / "best.pt"), load_checkpoint(last)
             summary = {"epochs_completed": resumed_epoch, "best_epoch": int(finished["best_epoch"]),
-                       "best_fitness": float(finished["best_fitness"]), "history": []}
+                       "best_fitness": float(finished["best_fitness"]),
+                       "history": [dict(row) for row in finished["history"]]}
         else:
             result = Trainer(copy.deepcopy(model).float().cpu().train(), data, tc, hyp=hyp,
                              extra_losses=extra, on_progress=on_progress).train()

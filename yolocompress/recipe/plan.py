@@ -96,7 +96,11 @@ def _stage_configs(kind: StageType, keys: Mapping[str, Any], where: str, imgsz: 
         names = {f.name for f in dataclasses.fields(config_type)}
         values = {k: v for k, v in kind.defaults.items() if k in names}
         values.update({k: v for k, v in (("imgsz", imgsz), ("seed", seed)) if k in names})
-        values.update({k: v for k, v in keys.items() if k != "method" and allowed[k][0] == part})
+        for k, v in keys.items():
+            if k == "method" or allowed[k][0] != part:
+                continue
+            default = values.get(k)  # a nested mapping adds to the stage's default one
+            values[k] = {**default, **v} if isinstance(v, Mapping) and isinstance(default, Mapping) else v
         configs[part] = build_config(config_type, values, where)
     return configs, method
 
@@ -136,7 +140,7 @@ def _check_model(stages: tuple[StagePlan, ...], model: Any, imgsz: int, data: An
         where = f"stages[{plan.index}].{plan.type.name}.exclude:"
         if plan.type.name == "prune" and plan.configs["config"].exclude:
             from yolocompress.compress.prune.graph import channel_graph
-            from yolocompress.compress.prune.pruner import resolve_exclusions
+            from yolocompress.compress.prune.search import resolve_exclusions
 
             resolve_exclusions(channel_graph(model), plan.configs["config"].exclude, context=where)
         for kd in (c if isinstance(c, DistillConfig) else getattr(c, "distill", None) for c in plan.configs.values()):

@@ -92,7 +92,7 @@ def check_output_folder(out_dir: Path, resume: bool) -> None:
 def dry_run(loaded: LoadedRecipe) -> dict[str, Any]:
     """The resolved plan without running it: the full recipe, the model's params and GFLOPs at the image
     size and, for a ``prune`` stage on the input architecture, its FLOPs budget."""
-    from yolocompress.compress.prune.pruner import plan_search
+    from yolocompress.compress.prune.search import plan_search
     from yolocompress.profile.flops import gflops
     from yolocompress.profile.params import count_params
 

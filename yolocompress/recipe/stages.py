@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping
 from yolocompress.compress.distill.stage import DistillConfig, distill_model
 from yolocompress.compress.finetune import FinetuneConfig, finetune
 from yolocompress.compress.fuse import FuseConfig, fuse_stage
-from yolocompress.compress.prune.pruner import PruneConfig, prune_model
+from yolocompress.compress.prune.config import PruneConfig
+from yolocompress.compress.prune.pruner import prune_model
 from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 from yolocompress.compress.quant.qat import QatConfig, quantize_qat
 from yolocompress.compress.stage import StageReport, config_dict
@@ -188,7 +189,7 @@ register_stage(StageType(
     "prune", {"config": PruneConfig}, takes="torch", gives="torch", run=_run_prune, needs_unfused=True,
     runner_fields=frozenset({"imgsz", "finetune_dir", "latency", "latency_threads", "eval_baseline",
                              "search_log", "resume"}),
-    defaults={"finetune_epochs": 0}))
+    defaults={"finetune": {"epochs": 0}}))
 register_stage(StageType("finetune", {"config": FinetuneConfig}, takes="torch", gives="torch", run=_run_finetune,
                          runner_fields=_TRAINER_FIELDS))
 register_stage(StageType("distill", {"distill": DistillConfig, "train": FinetuneConfig}, takes="torch", gives="torch",

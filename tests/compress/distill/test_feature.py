@@ -11,7 +11,7 @@ import torch
 from yolocompress.cli import main
 from yolocompress.compress.distill import DistillConfig, FeatureDistillation, as_distill_config, cwd_loss
 from yolocompress.compress.finetune import FinetuneConfig, finetune
-from yolocompress.compress.prune.pruner import PruneConfig
+from yolocompress.compress.prune import PruneFinetuneConfig
 from yolocompress.compress.distill.config import check_output_compatible
 from yolocompress.engine.callbacks import Batch, FeatureCapture
 from yolocompress.errors import InputError
@@ -101,7 +101,7 @@ def test_a_weight_is_output_distillation_and_settings_are_checked_where_given():
     for bad in (-1.0, "feature", True):
         with pytest.raises(InputError, match="weight >= 0 or distillation settings"):
             as_distill_config(bad)
-    for config_type in (FinetuneConfig, PruneConfig):
+    for config_type in (FinetuneConfig, PruneFinetuneConfig):
         assert config_type(distill=kd).to_dict()["distill"]["feature_layers"] == [17]
         with pytest.raises(InputError):
             config_type(distill=-0.5)

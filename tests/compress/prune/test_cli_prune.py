@@ -96,7 +96,8 @@ def test_fine_tune_takes_the_distill_method_of_distill(checkpoints, tiny_data, t
                  "--feature-weight", "0.5", "--temperature", "2", "-o", str(out), "--json", str(report)])
     assert code == 0, capsys.readouterr().err
     r = json.loads(report.read_text())
-    assert r["config"]["distill"]["method"] == "feature" and r["config"]["distill"]["temperature"] == 2.0
+    distill = r["config"]["finetune"]["distill"]  # the report's config nests like PruneConfig
+    assert distill["method"] == "feature" and distill["temperature"] == 2.0
     tuned = r["details"]["finetune"]
     assert tuned["method"] == "feature" and tuned["feature_layers"] == [17, 20, 23]
     assert tuned["connectors"] and all(s < t for s, t in tuned["connectors"].values())  # pruned -> unpruned
@@ -105,7 +106,7 @@ def test_fine_tune_takes_the_distill_method_of_distill(checkpoints, tiny_data, t
     assert tuned["teacher_forward_s_per_epoch"] > 0 and 0 < tuned["teacher_forward_share"] < 1
     state = torch.load(out, weights_only=True)["state_dict"]
     assert state and all(k.startswith("model.") for k in state)  # the student only, no connector tensors
-    assert load_model_with_info(out)[1].history[-1]["config"]["distill"]["method"] == "feature"
+    assert load_model_with_info(out)[1].history[-1]["config"]["finetune"]["distill"]["method"] == "feature"
 
 
 @pytest.mark.parametrize("args, message", [

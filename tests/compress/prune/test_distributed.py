@@ -27,7 +27,7 @@ WORKER = textwrap.dedent("""
 
     torch.set_num_threads(1)
     model_path, data_yaml, out, settings = sys.argv[1:5]
-    _, report = prune_model(load_model(model_path), data_yaml, PruneConfig(**json.loads(settings)))
+    _, report = prune_model(load_model(model_path), data_yaml, PruneConfig.from_flat(**json.loads(settings)))
     rank = context_from_env().rank
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(report.to_dict(), f)
@@ -55,7 +55,8 @@ def test_candidates_shard_over_two_processes(tiny_data, tmp_path):
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text())["details"] for r in (0, 1))
     assert r0["distributed_ranks"] == 2
     assert r0["candidates"] == r1["candidates"] and r0["chosen"] == r1["chosen"]
-    _, single = prune_model(model, tiny_data, PruneConfig(**SETTINGS))  # the saved model reloads exactly
+    # the saved model reloads exactly
+    _, single = prune_model(model, tiny_data, PruneConfig.from_flat(**SETTINGS))
     assert [c["index"] for c in r0["candidates"]] == list(range(5))
     for a, b in zip(r0["candidates"], single.to_dict()["details"]["candidates"]):
         assert a["gflops"] == b["gflops"] and abs(a["score"] - b["score"]) < 1e-6

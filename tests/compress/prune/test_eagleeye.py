@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from yolocompress.compress.prune import PruneConfig, adaptive_bn, channel_graph, prune_model
-from yolocompress.compress.prune import eagleeye
+from yolocompress.compress.prune.cost import CostModel
+from yolocompress.compress.prune.scoring import SubnetScorer, cache_data
+from yolocompress.compress.prune.strategy import Probe, Strategy, StrategySpace, group_sensitivity
 from yolocompress.compress.stage import StageReport
 from yolocompress.errors import InputError
 from yolocompress.models.shapes import shape_spec
@@ -42,8 +44,8 @@ def test_strategies_meet_the_budget():
 
     model = tiny_model("yolov5n", width=0.25)
     graph = channel_graph(model)
-    cost = eagleeye.CostModel(model, graph, 64)
-    space = eagleeye.StrategySpace(graph, cost, l1_importance(model, graph), ChannelRules(8, 8),
+    cost = CostModel(model, graph, 64)
+    space = StrategySpace(graph, cost, l1_importance(model, graph), ChannelRules(8, 8),
                                    [g.index for g in graph.groups], max_ratio=0.8)
     budget = space.uniform(0.5).flops
     rng = np.random.default_rng(0)
@@ -60,7 +62,7 @@ def test_sampling_spread_keeps_strategies_near_uniform():
 
     model = tiny_model("yolov5n", width=0.25)
     graph = channel_graph(model)
-    space = eagleeye.StrategySpace(graph, eagleeye.CostModel(model, graph, 64), l1_importance(model, graph),
+    space = StrategySpace(graph, CostModel(model, graph, 64), l1_importance(model, graph),
                                    ChannelRules(1, 1), [g.index for g in graph.groups], max_ratio=0.8)
     budget = space.uniform(0.5).flops
     rng = np.random.default_rng(0)
@@ -72,7 +74,7 @@ def test_sampling_spread_keeps_strategies_near_uniform():
     with pytest.raises(InputError, match="spread"):
         space.sample(rng, budget, spread=0.0)
     with pytest.raises(InputError, match="spread"):
-        PruneConfig(ratio=0.5, spread=1.5)
+        PruneConfig.from_flat(ratio=0.5, spread=1.5)
 
 
 def _space(width: float = 0.25, rules=(1, 1)):
@@ -80,7 +82,7 @@ def _space(width: float = 0.25, rules=(1, 1)):
 
     model = tiny_model("yolov5n", width=width)
     graph = channel_graph(model)
-    return eagleeye.StrategySpace(graph, eagleeye.CostModel(model, graph, 64), l1_importance(model, graph),
+    return StrategySpace(graph, CostModel(model, graph, 64), l1_importance(model, graph),
                                   ChannelRules(*rules), [g.index for g in graph.groups], max_ratio=0.8)
 
 
@@ -103,15 +105,15 @@ def test_probes_move_one_group_each_way():
 
 
 def test_group_sensitivity_is_score_per_flop_averaged_over_both_moves():
-    s = lambda flops: eagleeye.Strategy(np.zeros(3), {}, flops)  # noqa: E731
+    s = lambda flops: Strategy(np.zeros(3), {}, flops)  # noqa: E731
     center = s(100.0)
-    probes = [eagleeye.Probe(0, "less", s(120.0)), eagleeye.Probe(0, "more", s(90.0)),
-              eagleeye.Probe(1, "more", s(80.0))]
-    sens = eagleeye.group_sensitivity(center, 0.5, probes, [0.7, 0.45, 0.3], 3)
+    probes = [Probe(0, "less", s(120.0)), Probe(0, "more", s(90.0)),
+              Probe(1, "more", s(80.0))]
+    sens = group_sensitivity(center, 0.5, probes, [0.7, 0.45, 0.3], 3)
     assert sens[0] == pytest.approx((0.2 / 20 + 0.05 / 10) / 2)   # gain per FLOP kept, both directions
     assert sens[1] == pytest.approx(0.2 / 20) and np.isnan(sens[2])
     with pytest.raises(ValueError):
-        eagleeye.group_sensitivity(center, 0.5, probes, [0.7], 3)
+        group_sensitivity(center, 0.5, probes, [0.7], 3)
 
 
 def test_guided_strategies_prune_the_least_sensitive_groups_most():
@@ -138,7 +140,7 @@ def test_guided_strategies_prune_the_least_sensitive_groups_most():
 
 def test_guided_candidates_come_from_scored_probes(tiny_data):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
-    cfg = PruneConfig(ratio=0.5, **{**FAST, "candidates": 5, "guided": 2})
+    cfg = PruneConfig.from_flat(ratio=0.5, **{**FAST, "candidates": 5, "guided": 2})
     _, report = prune_model(model, tiny_data, cfg)
     d = report.details
     kinds = [c["kind"] for c in d["candidates"]]
@@ -146,7 +148,8 @@ def test_guided_candidates_come_from_scored_probes(tiny_data):
     n_groups = sum(g["searchable"] for g in d["groups"])
     assert len(d["sensitivity"]) == n_groups and n_groups < d["probes"] <= 2 * n_groups + 1
     assert d["timing_s"]["probes"] > 0
-    _, plain = prune_model(model, tiny_data, PruneConfig(ratio=0.5, **{**FAST, "candidates": 5, "guided": 0}))
+    _, plain = prune_model(model, tiny_data,
+                           PruneConfig.from_flat(ratio=0.5, **{**FAST, "candidates": 5, "guided": 0}))
     p = plain.details
     assert [c["kind"] for c in p["candidates"]] == ["uniform"] + ["random"] * 4
     assert p["probes"] == 0 and p["sensitivity"] == [] and "probes" not in p["timing_s"]
@@ -155,15 +158,15 @@ def test_guided_candidates_come_from_scored_probes(tiny_data):
 def test_search_keeps_the_best_candidate_and_respects_the_budget(tiny_data, monkeypatch):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
     # untrained models score 0 everywhere: give every candidate a distinct score (its parameter count)
-    real_call = eagleeye.SubnetScorer.__call__
+    real_call = SubnetScorer.__call__
 
     def scored(self, sub, recalibrate=True):
         s = real_call(self, sub, recalibrate)
         s.map50_95 = float(sum(p.numel() for p in sub.parameters())) / 1e6
         return s
 
-    monkeypatch.setattr(eagleeye.SubnetScorer, "__call__", scored)
-    pruned, report = prune_model(model, tiny_data, PruneConfig(ratio=0.5, **FAST))
+    monkeypatch.setattr(SubnetScorer, "__call__", scored)
+    pruned, report = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **FAST))
     details = report.details
     scores = [c["score"] for c in details["candidates"]]
     chosen = details["chosen"]
@@ -183,7 +186,7 @@ def test_report_is_a_stage_report_that_round_trips_through_json(tiny_data):
     from yolocompress.profile import gflops
 
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
-    cfg = PruneConfig(ratio=0.5, **{**FAST, "candidates": 2, "guided": 0, "eval_baseline": True,
+    cfg = PruneConfig.from_flat(ratio=0.5, **{**FAST, "candidates": 2, "guided": 0, "eval_baseline": True,
                                     "latency": True, "latency_threads": 1})
     pruned, r = prune_model(model, tiny_data, cfg)
     assert isinstance(r, StageReport) and r.stage == r.name == "prune" and r.warnings == ()
@@ -210,7 +213,7 @@ def test_target_gflops_and_exclusions(tiny_data):
 
     target = 0.75 * gflops(model, 64)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    pruned, report = prune_model(model, tiny_data, PruneConfig(ratio=None, target_gflops=target,
+    pruned, report = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=None, target_gflops=target,
                                                                exclude=("0", "model.2.cv1"), **FAST))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the input is not modified
     assert gflops(pruned, 64) <= target
@@ -219,9 +222,10 @@ def test_target_gflops_and_exclusions(tiny_data):
             assert g["excluded"] and g["kept"] == g["channels"]
     assert pruned.model[0].conv.out_channels == model.model[0].conv.out_channels
     with pytest.raises(InputError, match="matches no prunable layer"):
-        prune_model(model, tiny_data, PruneConfig(ratio=0.5, exclude=("model.99",), **FAST))
+        prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, exclude=("model.99",), **FAST))
     with pytest.raises(InputError, match="impossible budget"):
-        prune_model(model, tiny_data, PruneConfig(ratio=None, target_gflops=2 * gflops(model, 64), **FAST))
+        prune_model(model, tiny_data,
+                    PruneConfig.from_flat(ratio=None, target_gflops=2 * gflops(model, 64), **FAST))
 
 
 @pytest.mark.parametrize("bad", [dict(ratio=0.0), dict(ratio=1.0), dict(ratio=None),
@@ -229,7 +233,7 @@ def test_target_gflops_and_exclusions(tiny_data):
                                  dict(guided=-1), dict(probe_step=0.0), dict(probe_step=1.0)])
 def test_config_validation(bad):
     with pytest.raises(InputError):
-        PruneConfig(**bad)
+        PruneConfig.from_flat(**bad)
 
 
 def test_fused_model_is_refused(tiny_data):
@@ -237,12 +241,13 @@ def test_fused_model_is_refused(tiny_data):
 
     with pytest.raises(InputError, match="fused"):
         prune_model(fuse(tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)), tiny_data,
-                    PruneConfig(ratio=0.5, **FAST))
+                    PruneConfig.from_flat(ratio=0.5, **FAST))
 
 
 def test_same_seed_same_result_and_finetune_keeps_architecture(tiny_data):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
-    cfg = PruneConfig(ratio=0.4, **{**FAST, "candidates": 3, "finetune_epochs": 1, "finetune_batch": 4})
+    cfg = PruneConfig.from_flat(ratio=0.4,
+                                **{**FAST, "candidates": 3, "finetune_epochs": 1, "finetune_batch": 4})
     a, ra = prune_model(model, tiny_data, cfg)
     b, rb = prune_model(model, tiny_data, cfg)
     assert shape_spec(a) == shape_spec(b)
@@ -251,7 +256,8 @@ def test_same_seed_same_result_and_finetune_keeps_architecture(tiny_data):
     assert ra.details["after_search"] == rb.details["after_search"]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert a.detect.m[0].in_channels < model.detect.m[0].in_channels  # fine-tuned, still pruned
-    c, rc = prune_model(model, tiny_data, PruneConfig(ratio=0.4, **{**FAST, "candidates": 3, "seed": 1}))
+    c, rc = prune_model(model, tiny_data,
+                        PruneConfig.from_flat(ratio=0.4, **{**FAST, "candidates": 3, "seed": 1}))
     assert [x["gflops"] for x in rc.details["candidates"][1:]] != \
         [x["gflops"] for x in ra.details["candidates"][1:]]
 
@@ -259,7 +265,7 @@ def test_same_seed_same_result_and_finetune_keeps_architecture(tiny_data):
 def test_scored_images_are_training_images_disjoint_from_calibration(tiny_data):
     from yolocompress.data import build_eval_loader
 
-    cache = eagleeye.cache_data(tiny_data, 64, 32, calib_batches=2, calib_batch=4, eval_images=8, eval_batch=4,
+    cache = cache_data(tiny_data, 64, 32, calib_batches=2, calib_batch=4, eval_images=8, eval_batch=4,
                                 seed=0)
     calib = torch.cat(cache.calib)
     scored = torch.cat([b[0] for b in cache.eval_batches])
@@ -271,7 +277,7 @@ def test_scored_images_are_training_images_disjoint_from_calibration(tiny_data):
         return {int((everything == img).flatten(1).all(1).nonzero()[0]) for img in batch}
 
     assert len(rows(calib)) == 8 and len(rows(scored)) == 8 and not rows(calib) & rows(scored)
-    val = eagleeye.cache_data(tiny_data, 64, 32, 2, 4, 8, 4, seed=0, eval_split="val")
+    val = cache_data(tiny_data, 64, 32, 2, 4, 8, 4, seed=0, eval_split="val")
     assert val.eval_images == 8 and not torch.equal(torch.cat([b[0] for b in val.eval_batches]), scored)
 
 
@@ -279,16 +285,16 @@ def test_fast_scoring_runs_a_fused_onednn_copy_with_the_same_outputs(tiny_data):
     from yolocompress.compress.onednn import OneDNNConvAct
 
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.25)
-    cache = eagleeye.cache_data(tiny_data, 64, 32, 2, 4, 8, 4, seed=0)
+    cache = cache_data(tiny_data, 64, 32, 2, 4, 8, 4, seed=0)
     names = [str(i) for i in range(tiny_data.nc)]
-    fast = eagleeye.SubnetScorer(cache, tiny_data.nc, names)._inference_model(model)
+    fast = SubnetScorer(cache, tiny_data.nc, names)._inference_model(model)
     assert any(isinstance(m, OneDNNConvAct) for m in fast.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy; the model keeps BN
     x = cache.eval_batches[0][0].float() / 255
     with torch.inference_mode():
         want, got = model(x)[0], fast(x)[0]
     assert ((got - want).abs().max() / want.abs().max()) <= 1e-5
-    plain = eagleeye.SubnetScorer(cache, tiny_data.nc, names, fast_inference=False)
+    plain = SubnetScorer(cache, tiny_data.nc, names, fast_inference=False)
     assert plain._inference_model(model) is model
 
 
@@ -306,8 +312,8 @@ def test_finetune_distills_from_the_unpruned_model(tiny_data, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "Trainer", Spy)
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
-    cfg = PruneConfig(ratio=0.4, **{**FAST, "candidates": 2, "finetune_epochs": 1, "finetune_batch": 4,
-                                    "distill": 2.0})
+    cfg = PruneConfig.from_flat(ratio=0.4, **{**FAST, "candidates": 2, "finetune_epochs": 1,
+                                              "finetune_batch": 4, "distill": 2.0})
     pruned, report = prune_model(model, tiny_data, cfg)
     (terms,) = seen
     (kd,) = terms
@@ -315,4 +321,4 @@ def test_finetune_distills_from_the_unpruned_model(tiny_data, monkeypatch):
     assert shape_spec(kd.teacher) == shape_spec(model) != shape_spec(pruned)
     assert report.details["after_finetune"] is not None
     with pytest.raises(InputError):
-        PruneConfig(ratio=0.5, distill=-1.0)
+        PruneConfig.from_flat(ratio=0.5, distill=-1.0)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from yolocompress.cli import main
-from yolocompress.compress.prune import PruneConfig, eagleeye, prune_model
+from yolocompress.compress.prune import PruneConfig, prune_model
+from yolocompress.compress.prune.scoring import SubnetScorer
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import save_model
 
@@ -23,7 +24,7 @@ SETTINGS = dict(ratio=0.5, imgsz=64, candidates=5, guided=2, calib_batches=1, ca
 @pytest.fixture
 def counted_scores(monkeypatch):
     """Untrained sub-nets all score 0: give each a distinct score (its parameter count) and count the calls."""
-    real_call = eagleeye.SubnetScorer.__call__
+    real_call = SubnetScorer.__call__
     calls = []
 
     def scored(self, sub, recalibrate=True):
@@ -32,7 +33,7 @@ def counted_scores(monkeypatch):
         s.map50_95 = float(sum(p.numel() for p in sub.parameters())) / 1e6
         return s
 
-    monkeypatch.setattr(eagleeye.SubnetScorer, "__call__", scored)
+    monkeypatch.setattr(SubnetScorer, "__call__", scored)
     return calls
 
 
@@ -43,7 +44,7 @@ class Killed(BaseException):
 def test_a_killed_search_resumes_without_rescoring_and_matches_an_uninterrupted_run(tiny_data, tmp_path,
                                                                                    counted_scores):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
-    full_model, full = prune_model(model, tiny_data, PruneConfig(**SETTINGS))
+    full_model, full = prune_model(model, tiny_data, PruneConfig.from_flat(**SETTINGS))
     scored_in_full = len(counted_scores)
     assert full.details["probes"] > 4 and scored_in_full == full.details["probes"] + 5
 
@@ -56,13 +57,14 @@ def test_a_killed_search_resumes_without_rescoring_and_matches_an_uninterrupted_
 
         counted_scores.clear()
         with pytest.raises(Killed):
-            prune_model(model, tiny_data, PruneConfig(**SETTINGS, search_log=str(log)), on_progress=kill)
+            prune_model(model, tiny_data, PruneConfig.from_flat(**SETTINGS, search_log=str(log)),
+                        on_progress=kill)
         recorded = len(log.read_text().splitlines()) - 1  # the header, then one row per scored sub-net
         assert recorded == len(counted_scores) == (4 if task == "probes" else full.details["probes"] + 3)
 
         counted_scores.clear()
-        resumed_model, resumed = prune_model(model, tiny_data,
-                                             PruneConfig(**SETTINGS, search_log=str(log), resume=True))
+        again = PruneConfig.from_flat(**SETTINGS, search_log=str(log), resume=True)
+        resumed_model, resumed = prune_model(model, tiny_data, again)
         rebuilt = 1 if task == "eagleeye" and full.details["chosen"] < 3 else 0  # the winner's sub-net
         assert len(counted_scores) == scored_in_full - recorded + rebuilt
         for key in ("candidates", "chosen", "sensitivity", "probes", "after_search", "after_finetune", "groups"):
@@ -78,7 +80,7 @@ def test_resume_refuses_the_log_of_another_search(tiny_data, tmp_path):
     log = tmp_path / "other.search.jsonl"
     log.write_text(json.dumps({"fingerprint": "0" * 64}) + "\n")
     with pytest.raises(InputError, match="records a search of another model"):
-        prune_model(model, tiny_data, PruneConfig(**SETTINGS, search_log=str(log), resume=True))
+        prune_model(model, tiny_data, PruneConfig.from_flat(**SETTINGS, search_log=str(log), resume=True))
 
 
 def test_cli_resume_flag_continues_the_log_beside_the_output(tiny_data, tmp_path, capsys):

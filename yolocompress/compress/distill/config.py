@@ -1,7 +1,7 @@
 """What to distill (``DistillConfig``) and the one place that turns it into trainer loss terms.
 
 Every stage that trains under a teacher takes the same choice: the ``distill`` stage, ``finetune``
-(``FinetuneConfig.distill``), prune's own fine-tune (``PruneConfig.distill``) and QAT
+(``FinetuneConfig.distill``), prune's own fine-tune (``PruneConfig.finetune.distill``) and QAT
 (``QatConfig.distill``). Their ``distill`` field is either a plain weight ``W`` (output KD at that weight,
 0: none; the older form, kept) or a :class:`DistillConfig`; :func:`as_distill_config` makes the two one,
 and :func:`distill_terms` builds the ``extra_losses`` entries and the report's details from it, so the

@@ -1,232 +1,38 @@
 """The pruning stage: ``prune_model(model, data_cfg, PruneConfig(...)) -> (pruned_model, StageReport)``.
 
-Dependency analysis (``graph``) -> L1 importance (``importance``) -> EagleEye search over per-group ratios
-(``eagleeye``) -> physical removal (``apply``) -> fine-tuning with the project's ``Trainer``. Nothing here
-prints or writes files (the Trainer's run folder is a temporary directory unless ``finetune_dir`` is given;
-``search_log`` asks for the record that lets a killed search resume).
-The report follows the stage contract (:mod:`yolocompress.compress.stage`): snapshots of the unpruned and
-the final model, and the search's own figures in ``details``.
-
-Budget. ``ratio=R`` means "remove the fraction R of the prunable channels": the budget is the FLOPs of the
-*uniform* strategy (every searchable group pruned by R, rounded per ``ChannelRules``), and every EagleEye
-candidate has at most that many FLOPs. Since a convolution's cost is ``c_in x c_out``, a layer whose input and
-output groups are both pruned by R costs ``(1 - R)^2`` of the original; layers next to fixed channels (the
-stem reading the image, the Detect convs) cost ``1 - R``; so the total lands between those (about 0.3 of
-the original GFLOPs for YOLOv5 at R = 0.5; the report states the exact figure). ``target_gflops=G`` sets the
-budget directly (at ``imgsz``).
+Its phases, each in its own function: the EagleEye search (:mod:`~yolocompress.compress.prune.search`:
+dependency analysis ``graph``, L1 ``importance``, the candidate ``strategy`` space under the FLOPs ``cost``
+budget, sub-nets built by ``apply`` and ``scoring`` with adaptive BN), the evaluations of the baseline and
+the winner, the fine-tune (the ``finetune`` stage of :mod:`yolocompress.compress.finetune`), the ONNX
+Runtime latencies and the report. Nothing here prints or writes files (the fine-tune's run folder is a
+temporary directory unless ``finetune_dir`` is given; ``search_log`` asks for the record that lets a killed
+search resume). The report follows the stage contract (:mod:`yolocompress.compress.stage`): snapshots of the
+unpruned and the final model, and the search's own figures in ``details``. The settings and what the budget
+means: :mod:`~yolocompress.compress.prune.config`.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch.nn as nn
 
-from yolocompress.compress.distill.config import (DistillConfig, as_distill_config, distill_json,
-                                                  distill_terms, kd_warnings, teacher_overhead)
-from yolocompress.compress.prune.apply import ChannelRules, prune_channels
-from yolocompress.compress.prune.eagleeye import (CostModel, Strategy, StrategySpace, SubnetScorer,
-                                                  cache_data, group_sensitivity)
-from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
-from yolocompress.compress.prune.importance import l1_importance
-from yolocompress.compress.prune.searchlog import SearchLog, search_fingerprint
+from yolocompress.compress.distill.config import as_distill_config, distill_terms, kd_warnings
+from yolocompress.compress.prune.config import PruneConfig
+from yolocompress.compress.prune.search import SearchResult, plan_search, search
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport
 from yolocompress.errors import InputError
 from yolocompress.io.workdir import work_dir
 from yolocompress.models.inputs import max_stride
-from yolocompress.models.selectors import select_layers
 from yolocompress.models.shapes import num_params
-from yolocompress.progress import ProgressCallback, report
+from yolocompress.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from yolocompress.profile.latency import LatencyResult
-
-METRICS = ("map50_95", "map50", "fitness")
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """Settings of one pruning run (validated on construction; see the module doc for the budget).
-
-    Attributes:
-        ratio: fraction of prunable channels removed, 0 < ratio < 1 (budget: the uniform strategy's FLOPs).
-        target_gflops: alternative budget, GFLOPs at ``imgsz`` (give ``ratio`` or this, not both).
-        imgsz: image size (pixels) for FLOPs, the search and evaluation.
-        candidates: strategies scored: the uniform one (when ``include_uniform``), ``guided``
-            sensitivity-guided ones, the rest sampled at random as in the paper.
-        guided: how many of the candidates are sensitivity-guided (0: the paper's random sampling only).
-            They cost a probe phase first: the uniform strategy with each group in turn pruned
-            ``probe_step`` less and ``probe_step`` more, about two scored sub-nets per searchable group
-            (~100 for yolov5n). On the shipped yolov5n baseline at ratio 0.5 random candidates did not beat
-            the uniform strategy after fine-tuning and guided ones did (``benchmarks/RESULTS.md``).
-        calib_batches, calib_batch: adaptive-BN data, batches x images, from the train split.
-        eval_images, eval_batch: held-out images each candidate is scored on (``eval_split``: ``"train"``,
-            training images disjoint from the calibration images, as in the paper; or ``"val"``). With 64
-            images the ranking of near-uniform candidates changes with the images drawn (rank correlation
-            0.22-0.67 between draws on the shipped baseline); 256 make it reproducible (0.78-0.93;
-            ``bench_prune.py stability``).
-        metric: the score, ``map50_95``, ``map50`` or ``fitness``.
-        finetune_epochs: epochs of fine-tuning of the winner (0: none); ``finetune_batch`` images per batch,
-            gradients accumulated to ``finetune_nominal_batch`` images per optimizer step (YOLOv5: 64; smaller
-            means more steps for the same compute, which helps a short CPU fine-tune).
-        distill: distillation from the unpruned model during the fine-tune: a weight ``W`` (output KD at
-            ``W``; 0: labels only) or a :class:`~yolocompress.compress.distill.config.DistillConfig` (output,
-            feature or both; feature KD adds connectors for the pruned channel counts).
-        bf16, channels_last: fine-tune with CPU bf16 autocast / NHWC (``TrainConfig``'s options).
-        round_to, min_channels: ``ChannelRules`` (kept counts multiples of ``round_to``, >= ``min_channels``).
-        max_ratio: the most any group is pruned.
-        spread: how uneven sampled strategies may be: per-group ratios ``~ U[1 - spread, 1]`` before scaling
-            to the budget (1: the paper's ``[0, max]`` sampling; smaller: closer to uniform).
-        exclude: layer selectors never pruned: layer indices (``"0"``) or module paths (``"model.9.cv1"``, the
-            module and everything under it); see :mod:`yolocompress.models.selectors`.
-        seed: strategy sampling, data subsets and fine-tuning.
-        latency: also measure ONNX Runtime latency (batch 1, ``latency_threads``) before and after (slow).
-        eval_baseline: evaluate the unpruned model on the full val split for the report.
-        finetune_dir: keep the Trainer's run folder here (default: a temporary folder, removed).
-        search_log: record every scored probe and candidate in this JSON-lines file as it is scored
-            (:mod:`~yolocompress.compress.prune.searchlog`); removed when ``prune_model`` returns.
-        resume: continue the search recorded in ``search_log`` (same model, data and scoring settings): the
-            sub-nets recorded there are not scored again, and the result is that of an uninterrupted run.
-    """
-
-    ratio: float | None = 0.5
-    target_gflops: float | None = None
-    imgsz: int = 640
-    candidates: int = 20
-    guided: int = 8
-    probe_step: float = 0.25
-    calib_batches: int = 8
-    calib_batch: int = 16
-    eval_images: int = 256
-    eval_batch: int = 16
-    eval_split: str = "train"
-    metric: str = "map50_95"
-    finetune_epochs: int = 10
-    finetune_batch: int = 16
-    finetune_nominal_batch: int = 64
-    distill: float | DistillConfig = 0.0
-    bf16: bool = False
-    channels_last: bool = False
-    round_to: int = 8
-    min_channels: int = 8
-    max_ratio: float = 0.8
-    spread: float = 1.0
-    exclude: tuple[str, ...] = ()
-    include_uniform: bool = True
-    seed: int = 0
-    device: str = "cpu"
-    workers: int = 0
-    conf_thres: float = 0.001
-    latency: bool = False
-    latency_threads: int = 2
-    eval_baseline: bool = True
-    finetune_dir: str | None = None
-    search_log: str | None = None
-    resume: bool = False
-
-    def __post_init__(self) -> None:
-        if (self.ratio is None) == (self.target_gflops is None):
-            raise InputError("give exactly one budget: a ratio or a target GFLOPs")
-        if self.ratio is not None and not 0.0 < float(self.ratio) < 1.0:
-            raise InputError(f"ratio must be strictly between 0 and 1, got {self.ratio}")
-        if self.target_gflops is not None and not float(self.target_gflops) > 0:
-            raise InputError(f"target GFLOPs must be positive, got {self.target_gflops}")
-        for name in ("imgsz", "candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch",
-                     "finetune_batch", "finetune_nominal_batch", "round_to", "min_channels", "latency_threads"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.imgsz % 32:
-            raise InputError(f"imgsz must be a multiple of 32, got {self.imgsz}")
-        if int(self.guided) < 0:
-            raise InputError(f"guided must be >= 0, got {self.guided}")
-        if not 0.0 < float(self.probe_step) < 1.0:
-            raise InputError(f"probe_step must be strictly between 0 and 1, got {self.probe_step}")
-        if int(self.finetune_epochs) < 0:
-            raise InputError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        as_distill_config(self.distill)  # a weight >= 0 or a DistillConfig
-        if not 0.0 < float(self.spread) <= 1.0:
-            raise InputError(f"spread must be in (0, 1], got {self.spread}")
-        if not 0.0 < float(self.max_ratio) < 1.0:
-            raise InputError(f"max_ratio must be strictly between 0 and 1, got {self.max_ratio}")
-        if self.metric not in METRICS:
-            raise InputError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        object.__setattr__(self, "exclude", tuple(str(e) for e in self.exclude))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["exclude"] = list(self.exclude)
-        d["distill"] = distill_json(self.distill)
-        return d
-
-
-def resolve_exclusions(graph: ChannelGraph, selectors: tuple[str, ...],
-                       context: str = "--exclude") -> set[int]:
-    """Indices of groups touched by ``selectors`` (:mod:`yolocompress.models.selectors`); a selector that
-    matches no prunable layer is an error whose line starts with ``context``."""
-    names = {name: name for grp in graph.groups for name in grp.layers}
-    chosen = select_layers(selectors, names, "prunable layer",
-                           "use a layer index such as 9 or a module name such as model.9.cv1", context)
-    return {grp.index for grp in graph.groups if chosen.intersection(grp.layers)}
-
-
-@dataclass
-class SearchPlan:
-    """What the search works on: the analysed graph, the strategy space, the budget and the candidates."""
-
-    graph: ChannelGraph
-    space: StrategySpace
-    strategies: list
-    budget: float
-    base_flops: float
-    excluded: set[int]
-    uniform: Strategy
-    n_guided: int = 0   # sensitivity-guided strategies still to add (``add_guided``) after the probes
-
-
-def add_guided(plan: SearchPlan, sensitivity: np.ndarray) -> None:
-    """Append ``plan.n_guided`` sensitivity-guided strategies (``StrategySpace.guided``) to the candidates."""
-    if plan.n_guided:
-        plan.strategies.extend(plan.space.guided(sensitivity, plan.budget, plan.n_guided))
-        plan.n_guided = 0
-
-
-def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
-    """Dependency analysis, L1 importance, the FLOPs budget and the candidate strategies, all deterministic in
-    ``cfg.seed``: the uniform one first (when ``cfg.include_uniform``), then the random ones; the
-    ``n_guided`` sensitivity-guided ones that complete ``cfg.candidates`` need scored probes and are added by
-    ``add_guided``. ``model``: float32, CPU."""
-    graph = channel_graph(model)
-    importance = l1_importance(model, graph)
-    rules = ChannelRules(min_channels=cfg.min_channels, round_to=cfg.round_to)
-    excluded = resolve_exclusions(graph, cfg.exclude)
-    cost = CostModel(model, graph, cfg.imgsz)
-    max_ratio = max(cfg.max_ratio, cfg.ratio or 0.0)
-    space = StrategySpace(graph, cost, importance, rules,
-                          [g.index for g in graph.groups if g.index not in excluded], max_ratio)
-    if not space.searchable:
-        raise InputError("nothing to prune: no channel group has more than --min-channels channels")
-    base_flops = cost.flops(graph.full_keep())
-    if cfg.ratio is not None:
-        uniform = space.uniform(cfg.ratio)
-        budget = uniform.flops
-    else:
-        budget = cfg.target_gflops * 1e9
-        if budget >= base_flops:
-            raise InputError(f"impossible budget: target {cfg.target_gflops:g} GFLOPs is not below the "
-                             f"model's {base_flops / 1e9:.4g} GFLOPs at {cfg.imgsz} px")
-        uniform = space.uniform_for_budget(budget)
-    rng = np.random.default_rng(cfg.seed)
-    n_other = cfg.candidates - (1 if cfg.include_uniform else 0)
-    n_guided = min(cfg.guided, n_other)
-    strategies = [uniform] if cfg.include_uniform else []
-    strategies += [space.sample(rng, budget, cfg.spread) for _ in range(n_other - n_guided)]
-    return SearchPlan(graph, space, strategies, budget, base_flops, excluded, uniform, n_guided)
-
 
 def _finite(value: Any) -> float | None:
     """``value`` as a float, ``None`` when it is NaN or infinite (reports store JSON-ready figures)."""
@@ -239,7 +45,7 @@ def _full_eval(model: nn.Module, data: Any, cfg: PruneConfig, on_progress: Progr
     """Full val-split evaluation: ``({map50, map50_95, fitness}, {class name: mAP50-95})``."""
     from yolocompress.engine.evaluator import evaluate_model
 
-    r = evaluate_model(model, data, split="val", imgsz=cfg.imgsz, batch=cfg.eval_batch * 2,
+    r = evaluate_model(model, data, split="val", imgsz=cfg.imgsz, batch=cfg.search.eval_batch * 2,
                        conf_thres=cfg.conf_thres, device=cfg.device, workers=cfg.workers,
                        on_progress=on_progress)
     metrics = {"map50": float(r.map50), "map50_95": float(r.map50_95), "fitness": float(r.fitness)}
@@ -271,111 +77,21 @@ def _snapshot(model: nn.Module, cfg: PruneConfig, metrics: dict[str, float] | No
 
 def _finetune(model: nn.Module, data: Any, cfg: PruneConfig, hyp: Any, teacher: nn.Module | None = None,
               on_progress: ProgressCallback | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The fine-tuned model and what the report says of it: the distillation's details (``method``,
-    ``connectors``, the teacher's share of the time, ...; none without a teacher) and the per-epoch
-    ``history`` with every loss term."""
-    from yolocompress.engine.trainer import TrainConfig, Trainer
-    from yolocompress.models.shapes import shape_spec
+    """The fine-tuned model (the ``finetune`` stage of :mod:`yolocompress.compress.finetune`) and what the
+    report says of it: the fine-tune's details (per-epoch ``history``, ``resumed_from_epoch``, ...) and the
+    distillation's (``method``, ``connectors``, the teacher's share of the time, ...; none without a
+    teacher). With ``cfg.resume`` a ``weights/last.pt`` in ``cfg.finetune_dir`` is continued."""
+    from yolocompress.compress.finetune import FinetuneConfig, finetune
 
-    before = shape_spec(model)
-    with work_dir("yc-prune-ft-") as tmp:
-        out_dir = cfg.finetune_dir or str(tmp)
-        tc = TrainConfig(epochs=cfg.finetune_epochs, imgsz=cfg.imgsz, batch=cfg.finetune_batch,
-                         nominal_batch=max(cfg.finetune_nominal_batch, cfg.finetune_batch),
-                         device=cfg.device, workers=cfg.workers, seed=cfg.seed, out_dir=out_dir,
-                         close_mosaic=cfg.finetune_epochs // 2,
-                         patience=0, bf16=cfg.bf16, channels_last=cfg.channels_last)
-        kd = as_distill_config(cfg.distill) if teacher is not None else None
-        extra, details = (distill_terms(kd, teacher, model, cfg.imgsz, cfg.seed) if kd is not None
-                          else ([], {}))
-        result = Trainer(model, data, tc, hyp=hyp, extra_losses=extra, on_progress=on_progress).train()
-    tuned = result.model.cpu().eval()
-    if shape_spec(tuned) != before:  # the Trainer must not change the architecture
-        raise RuntimeError("fine-tuning changed the pruned architecture")
-    return tuned, {**details, **teacher_overhead(extra, result.history), "history": result.history}
-
-
-Best = tuple[float, int, "nn.Module | None"]  # (score, index, sub-net after adaptive BN or None)
-
-
-def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: SubnetScorer, metric: str,
-                   ctx: Any, task: str, on_progress: ProgressCallback | None = None,
-                   log: SearchLog | None = None) -> tuple[list[dict[str, Any]], dict[str, float], Best | None]:
-    """Score this rank's share of ``strategies`` (index ``i`` on rank ``i % world_size``) and gather every
-    rank's rows. Returns ``(rows in index order, seconds per phase summed over ranks, this rank's best
-    (score, index, sub-net after adaptive BN, None when its row came from ``log``) or None)``. Rows recorded
-    in ``log`` are taken from it, new ones are added to it."""
-    from yolocompress.engine import distributed as dist_utils
-
-    mine = list(range(ctx.rank, len(strategies), ctx.world_size))
-    local: list[dict[str, Any]] = []
-    phase = {"build": 0.0, "bn_recalibration": 0.0, "inference": 0.0, "nms_map": 0.0}
-    best_local: Best | None = None
-    for i in mine:
-        s = strategies[i]
-        logged = log.get(task, i, s.counts) if log is not None else None
-        if logged is not None:  # scored before a kill: not again
-            local.append(logged)
-            if best_local is None or logged["score"] > best_local[0]:
-                best_local = (logged["score"], i, None)
-            if ctx.is_main:
-                report(on_progress, task, len(local), len(mine), "net", {"best": best_local[0]})
-            continue
-        tb = time.perf_counter()
-        sub = prune_channels(base, plan.graph, plan.space.keep(s.counts))
-        phase["build"] += time.perf_counter() - tb
-        score = scorer(sub)
-        phase["bn_recalibration"] += score.bn_s
-        phase["inference"] += score.inference_s
-        phase["nms_map"] += score.nms_map_s
-        value = score.value(metric)
-        local.append({"index": i, "kind": s.kind, "gflops": s.flops / 1e9, "score": value,
-                      "map50": score.map50, "map50_95": score.map50_95,
-                      "mean_ratio": float(np.mean(s.ratios)) if len(s.ratios) else 0.0})
-        if log is not None:
-            log.add(task, s.counts, local[-1])
-        if best_local is None or value > best_local[0]:
-            best_local = (value, i, sub)
-        if ctx.is_main:
-            report(on_progress, task, len(local), len(mine), "net", {"best": best_local[0]})
-    gathered = dist_utils.gather_objects((local, phase))
-    rows = sorted((c for part, _ in gathered for c in part), key=lambda c: c["index"])
-    total = {key: sum(p[key] for _, p in gathered) for key in phase}
-    return rows, total, best_local
-
-
-def _sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
-                 on_progress: ProgressCallback | None = None, log: SearchLog | None = None
-                 ) -> tuple[np.ndarray, int]:
-    """Score the uniform strategy and its one-group probes; returns ``(score per FLOP per searchable group,
-    number of sub-nets scored)``."""
-    probes = plan.space.probes(plan.uniform, cfg.probe_step)
-    rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], scorer,
-                                cfg.metric, ctx, "probes", on_progress, log)
-    scores = [r["score"] for r in rows]
-    sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable))
-    return sens, len(rows)
-
-
-def _search(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
-            on_progress: ProgressCallback | None, log: SearchLog | None = None
-            ) -> tuple[list[dict[str, Any]], dict[str, float], int, nn.Module]:
-    """Score this rank's share of the candidates, gather every rank's rows, pick the best.
-
-    Returns ``(candidate rows in index order, seconds per phase summed over ranks, chosen index, the chosen
-    sub-net after adaptive BN)``. Ties go to the lowest index, so the uniform candidate wins a tie.
-    """
-    candidates, total, best_local = _score_sharded(base, plan, plan.strategies, scorer, cfg.metric, ctx,
-                                                   "eagleeye", on_progress, log)
-    chosen = max(candidates, key=lambda c: (c["score"], -c["index"]))["index"]
-    for c in candidates:
-        c["chosen"] = c["index"] == chosen
-    if best_local is not None and best_local[1] == chosen and best_local[2] is not None:
-        winner = best_local[2]
-    else:  # another rank scored it, or an earlier (killed) run did: rebuild (deterministic)
-        winner = prune_channels(base, plan.graph, plan.space.keep(plan.strategies[chosen].counts))
-        scorer(winner)
-    return candidates, total, chosen, winner
+    fc = FinetuneConfig(epochs=cfg.finetune.epochs, imgsz=cfg.imgsz, batch=cfg.finetune.batch,
+                        nominal_batch=cfg.finetune.nominal_batch,
+                        distill=cfg.finetune.distill if teacher is not None else 0.0, bf16=cfg.finetune.bf16,
+                        channels_last=cfg.finetune.channels_last, seed=cfg.seed, device=cfg.device,
+                        workers=cfg.workers)
+    tuned, stage = finetune(model, data, fc, teacher=teacher, out_dir=cfg.finetune_dir,
+                            resume=cfg.resume and cfg.finetune_dir is not None, on_progress=on_progress,
+                            hyp=hyp)
+    return tuned, dict(stage.details)
 
 
 def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = None, hyp: Any = None,
@@ -403,13 +119,39 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         scored for ``sensitivity``: score gained per GFLOP kept, per searchable group; empty without guided
         candidates) and ``notes``.
     """
-    from yolocompress.compress.fuse import require_unfused
-    from yolocompress.data.config import as_data_config
     from yolocompress.engine import distributed as dist_utils
 
     cfg = config or PruneConfig()
     t_start = time.perf_counter()
-    timing: dict[str, float] = {}
+    data, stride = _check_inputs(model, data_cfg, cfg)
+    ctx = dist_utils.context_from_env()
+    device = dist_utils.resolve_device(cfg.device, ctx)
+    owns_group = dist_utils.init_process_group(ctx, device)
+    try:
+        base = _base_model(model)
+        kd = as_distill_config(cfg.finetune.distill) if cfg.finetune.epochs > 0 else None
+        if kd is not None:  # its layers are checked now, not after the search (pruning keeps layers, strides)
+            distill_terms(kd, base, base, cfg.imgsz, cfg.seed)
+        found = search(base, data, cfg, stride, device, ctx, on_progress)
+        timing = dict(found.timing)
+        final, measured = _evaluate_and_finetune(base, found.winner, data, cfg, hyp, timing, on_progress)
+        latencies = _latencies(base, final, cfg, timing)
+        timing["total"] = time.perf_counter() - t_start
+        report = _report(base, final, cfg, found, measured, latencies, timing, ctx.world_size)
+        if found.log is not None:  # done: nothing to resume
+            found.log.path.unlink(missing_ok=True)
+        return final, report
+    finally:
+        if owns_group:
+            dist_utils.destroy_process_group()
+
+
+def _check_inputs(model: nn.Module, data_cfg: Any, cfg: PruneConfig) -> tuple[Any, int]:
+    """The ``DataConfig`` and the model's largest stride, once the model is unfused, its classes match the
+    data set's and ``cfg.imgsz`` fits its stride (else ``InputError``)."""
+    from yolocompress.compress.fuse import require_unfused
+    from yolocompress.data.config import as_data_config
+
     require_unfused(model, "pruning")
     data = as_data_config(data_cfg)
     if int(getattr(model, "nc", data.nc)) != data.nc:
@@ -417,104 +159,80 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
     stride = max_stride(model)
     if cfg.imgsz % stride:
         raise InputError(f"imgsz {cfg.imgsz} must be a multiple of the model's stride {stride}")
-    ctx = dist_utils.context_from_env()
-    device = dist_utils.resolve_device(cfg.device, ctx)
-    owns_group = dist_utils.init_process_group(ctx, device)
-    try:
-        base = _base_model(model)
-        kd = as_distill_config(cfg.distill) if cfg.finetune_epochs > 0 else None
-        if kd is not None:  # its layers are checked now, not after the search (pruning keeps layers, strides)
-            distill_terms(kd, base, base, cfg.imgsz, cfg.seed)
+    return data, stride
 
-        # -- dependency analysis, importance, cost model, candidate strategies
+
+def _evaluate_and_finetune(base: nn.Module, winner: nn.Module, data: Any, cfg: PruneConfig, hyp: Any,
+                           timing: dict[str, float], on_progress: ProgressCallback | None
+                           ) -> tuple[nn.Module, dict[str, Any]]:
+    """The final model (the winner, fine-tuned when ``cfg.finetune.epochs``) and its measurements:
+    ``baseline`` / ``baseline_classes`` (``None`` without ``cfg.eval_baseline``), ``after_search``,
+    ``after_finetune`` (``None`` without fine-tuning), ``final_classes`` and the fine-tune's ``finetune``
+    details. Adds ``eval`` and ``finetune`` seconds to ``timing``."""
+    t0 = time.perf_counter()
+    baseline, baseline_classes = (_full_eval(base, data, cfg, on_progress) if cfg.eval_baseline
+                                  else (None, None))
+    after_search, final_classes = _full_eval(winner, data, cfg, on_progress)
+    timing["eval"] = time.perf_counter() - t0
+    after_finetune = finetune_details = None
+    final = winner
+    if cfg.finetune.epochs > 0:
         t0 = time.perf_counter()
-        plan = plan_search(base, cfg)
-        graph, strategies, budget, excluded = plan.graph, plan.strategies, plan.budget, plan.excluded
-        timing["analysis"] = time.perf_counter() - t0
-
-        # -- data, cached once
-        data_cache = cache_data(data, cfg.imgsz, stride, cfg.calib_batches, cfg.calib_batch, cfg.eval_images,
-                                cfg.eval_batch, cfg.seed, cfg.eval_split)
-        timing["data"] = data_cache.load_s
-        scorer = SubnetScorer(data_cache, data.nc, list(data.names), device, conf_thres=cfg.conf_thres)
-        log = None
-        if cfg.search_log:
-            path = cfg.search_log if ctx.world_size == 1 else f"{cfg.search_log}.rank{ctx.rank}"
-            log = SearchLog(path, search_fingerprint(base, data, cfg.to_dict()), cfg.resume)
-
-        # -- probes (sensitivity per group) for the guided candidates, sharded over ranks
-        sensitivity = np.full(len(plan.space.searchable), np.nan)
-        n_probes = 0
-        if plan.n_guided:
-            t0 = time.perf_counter()
-            sensitivity, n_probes = _sensitivity(base, plan, scorer, cfg, ctx, on_progress, log)
-            add_guided(plan, sensitivity)
-            timing["probes"] = time.perf_counter() - t0
-
-        # -- search: candidates sharded over ranks
+        final, finetune_details = _finetune(winner, data, cfg, hyp, teacher=base, on_progress=on_progress)
+        timing["finetune"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        candidates, phase, chosen, winner = _search(base, plan, scorer, cfg, ctx, on_progress, log)
-        timing.update(phase)
-        timing["search"] = time.perf_counter() - t0
+        after_finetune, final_classes = _full_eval(final, data, cfg, on_progress)
+        timing["eval"] += time.perf_counter() - t0
+    return final.cpu().eval(), {"baseline": baseline, "baseline_classes": baseline_classes,
+                                "after_search": after_search, "after_finetune": after_finetune,
+                                "final_classes": final_classes, "finetune": finetune_details}
 
-        # -- metrics after the search, fine-tuning, metrics after fine-tuning
-        t0 = time.perf_counter()
-        baseline_metrics, baseline_classes = (_full_eval(base, data, cfg, on_progress) if cfg.eval_baseline
-                                              else (None, None))
-        after_search, final_classes = _full_eval(winner, data, cfg, on_progress)
-        timing["eval"] = time.perf_counter() - t0
-        after_finetune = finetune_details = None
-        final = winner
-        if cfg.finetune_epochs > 0:
-            t0 = time.perf_counter()
-            final, finetune_details = _finetune(winner, data, cfg, hyp, teacher=base, on_progress=on_progress)
-            timing["finetune"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            after_finetune, final_classes = _full_eval(final, data, cfg, on_progress)
-            timing["eval"] += time.perf_counter() - t0
-        final = final.cpu().eval()
 
-        base_latency = final_latency = None
-        if cfg.latency:
-            t0 = time.perf_counter()
-            base_latency = Latency.from_result(ort_latency(base, cfg.imgsz, cfg.latency_threads))
-            final_latency = Latency.from_result(ort_latency(final, cfg.imgsz, cfg.latency_threads))
-            timing["latency"] = time.perf_counter() - t0
-        before = _snapshot(base, cfg, baseline_metrics, baseline_classes, base_latency)
-        after = _snapshot(final, cfg, after_finetune or after_search, final_classes, final_latency)
-        counts = strategies[chosen].counts
-        groups = [{"group": g.index, "name": g.name, "layer": g.layer_index, "channels": g.channels,
-                   "kept": counts.get(g.index, g.channels),
-                   "ratio": 1.0 - counts.get(g.index, g.channels) / g.channels,
-                   "excluded": g.index in excluded, "searchable": g.index in plan.space.searchable}
-                  for g in graph.groups]
-        sens_rows = [{"group": g, "name": graph.groups[g].name, "layer": graph.groups[g].layer_index,
-                      "score_per_gflop": None if not np.isfinite(v) else float(v) * 1e9}
-                     for g, v in zip(plan.space.searchable, sensitivity)] if n_probes else []
-        timing["total"] = time.perf_counter() - t_start
-        search_s = timing.get("search", 0.0)
-        details = {
-            "imgsz": cfg.imgsz, "budget_gflops": budget / 1e9, "chosen": chosen,
-            "after_search": after_search, "after_finetune": after_finetune, "finetune": finetune_details,
-            "groups": groups,
-            "candidates": candidates,
-            "candidates_per_minute": 60.0 * len(candidates) / search_s if search_s > 0 else None,
-            "timing_s": timing, "distributed_ranks": ctx.world_size, "probes": n_probes,
-            "sensitivity": sens_rows,
-            "notes": [f"budget = {budget / plan.base_flops:.3f} of the original FLOPs ("
-                      f"{'the uniform strategy at ratio ' + str(cfg.ratio) if cfg.ratio else 'target GFLOPs'}"
-                      ")"]}
-        report = StageReport(stage="prune", config=cfg.to_dict(), before=before, after=after,
-                             seconds=timing["total"], details=details,
-                             warnings=tuple(kd_warnings((finetune_details or {}).get("history", []))))
-        if log is not None:  # done: nothing to resume
-            log.path.unlink(missing_ok=True)
-        return final, report
-    finally:
-        if owns_group:
-            dist_utils.destroy_process_group()
+def _latencies(base: nn.Module, final: nn.Module, cfg: PruneConfig, timing: dict[str, float]
+               ) -> tuple[Latency | None, Latency | None]:
+    """ONNX Runtime latency of the unpruned and the final model when ``cfg.latency`` (else ``None``s)."""
+    if not cfg.latency:
+        return None, None
+    t0 = time.perf_counter()
+    both = tuple(Latency.from_result(ort_latency(m, cfg.imgsz, cfg.latency_threads)) for m in (base, final))
+    timing["latency"] = time.perf_counter() - t0
+    return both
+
+
+def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchResult,
+            measured: dict[str, Any], latencies: tuple[Latency | None, Latency | None],
+            timing: dict[str, float], ranks: int) -> StageReport:
+    """The stage's report (see :func:`prune_model`)."""
+    plan, graph = found.plan, found.plan.graph
+    before = _snapshot(base, cfg, measured["baseline"], measured["baseline_classes"], latencies[0])
+    after = _snapshot(final, cfg, measured["after_finetune"] or measured["after_search"],
+                      measured["final_classes"], latencies[1])
+    counts = plan.strategies[found.chosen].counts
+    groups = [{"group": g.index, "name": g.name, "layer": g.layer_index, "channels": g.channels,
+               "kept": counts.get(g.index, g.channels),
+               "ratio": 1.0 - counts.get(g.index, g.channels) / g.channels,
+               "excluded": g.index in plan.excluded, "searchable": g.index in plan.space.searchable}
+              for g in graph.groups]
+    sens_rows = [{"group": g, "name": graph.groups[g].name, "layer": graph.groups[g].layer_index,
+                  "score_per_gflop": None if not np.isfinite(v) else float(v) * 1e9}
+                 for g, v in zip(plan.space.searchable, found.sensitivity)] if found.probes else []
+    search_s = timing.get("search", 0.0)
+    budget = (f"the uniform strategy at ratio {cfg.ratio}" if cfg.ratio else "target GFLOPs")
+    details = {
+        "imgsz": cfg.imgsz, "budget_gflops": plan.budget / 1e9, "chosen": found.chosen,
+        "after_search": measured["after_search"], "after_finetune": measured["after_finetune"],
+        "finetune": measured["finetune"], "groups": groups, "candidates": found.candidates,
+        "candidates_per_minute": 60.0 * len(found.candidates) / search_s if search_s > 0 else None,
+        "timing_s": timing, "distributed_ranks": ranks, "probes": found.probes, "sensitivity": sens_rows,
+        "notes": [f"budget = {plan.budget / plan.base_flops:.3f} of the original FLOPs ({budget})"]}
+    return StageReport(stage="prune", config=cfg.to_dict(), before=before, after=after,
+                       seconds=timing["total"], details=details,
+                       warnings=tuple(kd_warnings((measured["finetune"] or {}).get("history", []))))
 
 
 def _base_model(model: nn.Module) -> nn.Module:
     """A float32 CPU copy in eval mode: the original is never modified."""
     return copy.deepcopy(model).float().cpu().eval()
+
+
+__all__ = ["PruneConfig", "ort_latency", "plan_search", "prune_model"]

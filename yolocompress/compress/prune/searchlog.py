@@ -26,7 +26,8 @@ SCORING_FIELDS = ("imgsz", "calib_batches", "calib_batch", "eval_images", "eval_
 
 def search_fingerprint(model: nn.Module, data: Any, settings: Mapping[str, Any]) -> str:
     """sha256 over the model's tensors, the data set's split sources and class names, and the scoring
-    ``settings`` (a ``PruneConfig.to_dict()``)."""
+    ``settings`` (``SCORING_FIELDS``: ``PruneConfig``'s ``imgsz``, ``seed``, ``conf_thres`` and its
+    ``search`` settings, as one flat mapping)."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())

@@ -1,0 +1,204 @@
+"""The settings of a pruning run: ``PruneConfig`` (validated on construction).
+
+Budget. ``ratio=R`` means "remove the fraction R of the prunable channels": the budget is the FLOPs of the
+*uniform* strategy (every searchable group pruned by R, rounded per ``ChannelRules``), and every EagleEye
+candidate has at most that many FLOPs. Since a convolution's cost is ``c_in x c_out``, a layer whose input and
+output groups are both pruned by R costs ``(1 - R)^2`` of the original; layers next to fixed channels (the
+stem reading the image, the Detect convs) cost ``1 - R``; so the total lands between those (about 0.3 of
+the original GFLOPs for YOLOv5 at R = 0.5; the report states the exact figure). ``target_gflops=G`` sets the
+budget directly (at ``imgsz``).
+
+The settings nest by job: ``search`` (:class:`SearchConfig`), ``finetune`` (:class:`PruneFinetuneConfig`)
+and ``channels`` (:class:`~yolocompress.compress.prune.apply.ChannelRules`); :meth:`PruneConfig.from_flat`
+builds one from the flat names the command line uses (``candidates``, ``finetune_epochs``, ``round_to``, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+from yolocompress.compress.distill.config import DistillConfig, as_distill_config, distill_json
+from yolocompress.compress.prune.apply import ChannelRules
+from yolocompress.errors import InputError
+
+METRICS = ("map50_95", "map50", "fitness")
+
+
+def _at_least(config: Any, names: tuple[str, ...], low: int) -> None:
+    for name in names:
+        if int(getattr(config, name)) < low:
+            raise InputError(f"{name} must be >= {low}, got {getattr(config, name)}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How EagleEye searches (validated on construction).
+
+    Attributes:
+        candidates: strategies scored: the uniform one (when ``include_uniform``), ``guided``
+            sensitivity-guided ones, the rest sampled at random as in the paper.
+        guided: how many of the candidates are sensitivity-guided (0: the paper's random sampling only).
+            They cost a probe phase first: the uniform strategy with each group in turn pruned
+            ``probe_step`` less and ``probe_step`` more, about two scored sub-nets per searchable group
+            (~100 for yolov5n). On the shipped yolov5n baseline at ratio 0.5 random candidates did not beat
+            the uniform strategy after fine-tuning and guided ones did (``benchmarks/RESULTS.md``).
+        calib_batches, calib_batch: adaptive-BN data, batches x images, from the train split.
+        eval_images, eval_batch: held-out images each candidate is scored on (``eval_split``: ``"train"``,
+            training images disjoint from the calibration images, as in the paper; or ``"val"``). With 64
+            images the ranking of near-uniform candidates changes with the images drawn (rank correlation
+            0.22-0.67 between draws on the shipped baseline); 256 make it reproducible (0.78-0.93;
+            ``bench_prune.py stability``).
+        metric: the score, ``map50_95``, ``map50`` or ``fitness``.
+        max_ratio: the most any group is pruned.
+        spread: how uneven sampled strategies may be: per-group ratios ``~ U[1 - spread, 1]`` before scaling
+            to the budget (1: the paper's ``[0, max]`` sampling; smaller: closer to uniform).
+        include_uniform: the uniform strategy is the first candidate.
+    """
+
+    candidates: int = 20
+    guided: int = 8
+    probe_step: float = 0.25
+    calib_batches: int = 8
+    calib_batch: int = 16
+    eval_images: int = 256
+    eval_batch: int = 16
+    eval_split: str = "train"
+    metric: str = "map50_95"
+    max_ratio: float = 0.8
+    spread: float = 1.0
+    include_uniform: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least(self, ("candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch"), 1)
+        _at_least(self, ("guided",), 0)
+        if not 0.0 < float(self.probe_step) < 1.0:
+            raise InputError(f"probe_step must be strictly between 0 and 1, got {self.probe_step}")
+        if not 0.0 < float(self.spread) <= 1.0:
+            raise InputError(f"spread must be in (0, 1], got {self.spread}")
+        if not 0.0 < float(self.max_ratio) < 1.0:
+            raise InputError(f"max_ratio must be strictly between 0 and 1, got {self.max_ratio}")
+        if self.metric not in METRICS:
+            raise InputError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+
+
+@dataclass(frozen=True)
+class PruneFinetuneConfig:
+    """The fine-tune of the winner (validated on construction; ``compress.finetune.FinetuneConfig`` is built
+    from it, with the run's image size, seed, device and workers).
+
+    Attributes:
+        epochs: epochs of fine-tuning (0: none).
+        batch: images per batch, gradients accumulated to ``nominal_batch`` images per optimizer step
+            (YOLOv5: 64; smaller means more steps for the same compute, which helps a short CPU fine-tune).
+        distill: distillation from the unpruned model: a weight ``W`` (output KD at ``W``; 0: labels only) or
+            a :class:`~yolocompress.compress.distill.config.DistillConfig` (output, feature or both; feature
+            KD adds connectors for the pruned channel counts).
+        bf16, channels_last: CPU bf16 autocast / NHWC (``TrainConfig``'s options).
+    """
+
+    epochs: int = 10
+    batch: int = 16
+    nominal_batch: int = 64
+    distill: float | DistillConfig = 0.0
+    bf16: bool = False
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least(self, ("epochs",), 0)
+        _at_least(self, ("batch", "nominal_batch"), 1)
+        as_distill_config(self.distill)  # a weight >= 0 or a DistillConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "distill": distill_json(self.distill)}
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Settings of one pruning run (validated on construction; see the module doc for the budget).
+
+    Attributes:
+        ratio: fraction of prunable channels removed, 0 < ratio < 1 (budget: the uniform strategy's FLOPs).
+        target_gflops: alternative budget, GFLOPs at ``imgsz`` (give ``ratio`` or this, not both).
+        imgsz: image size (pixels) for FLOPs, the search and evaluation.
+        search: :class:`SearchConfig`, how the strategy is searched and scored.
+        finetune: :class:`PruneFinetuneConfig`, the fine-tune of the winner.
+        channels: :class:`~yolocompress.compress.prune.apply.ChannelRules` (kept counts multiples of
+            ``round_to``, >= ``min_channels``).
+        exclude: layer selectors never pruned: layer indices (``"0"``) or module paths (``"model.9.cv1"``, the
+            module and everything under it); see :mod:`yolocompress.models.selectors`.
+        seed: strategy sampling, data subsets and fine-tuning.
+        latency: also measure ONNX Runtime latency (batch 1, ``latency_threads``) before and after (slow).
+        eval_baseline: evaluate the unpruned model on the full val split for the report.
+        finetune_dir: keep the Trainer's run folder here (default: a temporary folder, removed); it holds
+            ``weights/last.pt`` after every epoch, which ``resume`` continues.
+        search_log: record every scored probe and candidate in this JSON-lines file as it is scored
+            (:mod:`~yolocompress.compress.prune.searchlog`); removed when ``prune_model`` returns.
+        resume: continue the search recorded in ``search_log`` (same model, data and scoring settings): the
+            sub-nets recorded there are not scored again; and continue the fine-tune from the
+            ``weights/last.pt`` in ``finetune_dir`` when there is one. The result is that of an
+            uninterrupted run (bit for bit on the CPU).
+    """
+
+    ratio: float | None = 0.5
+    target_gflops: float | None = None
+    imgsz: int = 640
+    search: SearchConfig = field(default_factory=SearchConfig)
+    finetune: PruneFinetuneConfig = field(default_factory=PruneFinetuneConfig)
+    channels: ChannelRules = field(default_factory=ChannelRules)
+    exclude: tuple[str, ...] = ()
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 0
+    conf_thres: float = 0.001
+    latency: bool = False
+    latency_threads: int = 2
+    eval_baseline: bool = True
+    finetune_dir: str | None = None
+    search_log: str | None = None
+    resume: bool = False
+
+    # flat names (the command line's) of nested settings -> (part, field)
+    FLAT: ClassVar[dict[str, tuple[str, str]]] = {
+        **{f.name: ("search", f.name) for f in fields(SearchConfig)},
+        "finetune_epochs": ("finetune", "epochs"), "finetune_batch": ("finetune", "batch"),
+        "finetune_nominal_batch": ("finetune", "nominal_batch"),
+        **{name: ("finetune", name) for name in ("distill", "bf16", "channels_last")},
+        "round_to": ("channels", "round_to"), "min_channels": ("channels", "min_channels")}
+
+    @classmethod
+    def from_flat(cls, **settings: Any) -> PruneConfig:
+        """A config from flat keywords: ``PruneConfig``'s own fields and the :attr:`FLAT` names
+        (``PruneConfig.from_flat(ratio=0.5, candidates=4, finetune_epochs=0, round_to=1)``)."""
+        parts: dict[str, dict[str, Any]] = {"search": {}, "finetune": {}, "channels": {}}
+        top = {}
+        for key, value in settings.items():
+            if key in cls.FLAT:
+                part, name = cls.FLAT[key]
+                parts[part][name] = value
+            else:
+                top[key] = value
+        types = {"search": SearchConfig, "finetune": PruneFinetuneConfig, "channels": ChannelRules}
+        nested = {part: types[part](**values) for part, values in parts.items() if values}
+        return cls(**top, **nested)
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.target_gflops is None):
+            raise InputError("give exactly one budget: a ratio or a target GFLOPs")
+        if self.ratio is not None and not 0.0 < float(self.ratio) < 1.0:
+            raise InputError(f"ratio must be strictly between 0 and 1, got {self.ratio}")
+        if self.target_gflops is not None and not float(self.target_gflops) > 0:
+            raise InputError(f"target GFLOPs must be positive, got {self.target_gflops}")
+        _at_least(self, ("imgsz", "latency_threads"), 1)
+        if self.imgsz % 32:
+            raise InputError(f"imgsz must be a multiple of 32, got {self.imgsz}")
+        object.__setattr__(self, "exclude", tuple(str(e) for e in self.exclude))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, nested like the config (``search``, ``finetune``, ``channels`` are mappings)."""
+        d = asdict(self)
+        d["exclude"] = list(self.exclude)
+        d["finetune"] = self.finetune.to_dict()
+        return d
+
+
+__all__ = ["METRICS", "PruneConfig", "PruneFinetuneConfig", "SearchConfig"]

@@ -1,0 +1,226 @@
+"""The EagleEye search of a pruning run: what it works on (``plan_search``: dependency analysis, L1
+importance, the FLOPs budget, the candidate strategies), the probes of the sensitivity-guided candidates and the scoring
+of every candidate, sharded over the ranks of a ``torchrun`` run and recorded in a search log
+(:mod:`~yolocompress.compress.prune.searchlog`) so that a killed search resumes without scoring again.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch.nn as nn
+
+from yolocompress.compress.prune.apply import prune_channels
+from yolocompress.compress.prune.config import PruneConfig
+from yolocompress.compress.prune.cost import CostModel
+from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
+from yolocompress.compress.prune.importance import l1_importance
+from yolocompress.compress.prune.scoring import SubnetScorer, cache_data
+from yolocompress.compress.prune.searchlog import SearchLog, search_fingerprint
+from yolocompress.compress.prune.strategy import Strategy, StrategySpace, group_sensitivity
+from yolocompress.errors import InputError
+from yolocompress.models.selectors import select_layers
+from yolocompress.progress import ProgressCallback, report
+
+
+def resolve_exclusions(graph: ChannelGraph, selectors: tuple[str, ...],
+                       context: str = "--exclude") -> set[int]:
+    """Indices of groups touched by ``selectors`` (:mod:`yolocompress.models.selectors`); a selector that
+    matches no prunable layer is an error whose line starts with ``context``."""
+    names = {name: name for grp in graph.groups for name in grp.layers}
+    chosen = select_layers(selectors, names, "prunable layer",
+                           "use a layer index such as 9 or a module name such as model.9.cv1", context)
+    return {grp.index for grp in graph.groups if chosen.intersection(grp.layers)}
+
+
+@dataclass
+class SearchPlan:
+    """What the search works on: the analysed graph, the strategy space, the budget and the candidates."""
+
+    graph: ChannelGraph
+    space: StrategySpace
+    strategies: list
+    budget: float
+    base_flops: float
+    excluded: set[int]
+    uniform: Strategy
+    n_guided: int = 0   # sensitivity-guided strategies still to add (``add_guided``) after the probes
+
+
+def add_guided(plan: SearchPlan, sensitivity: np.ndarray) -> None:
+    """Append ``plan.n_guided`` sensitivity-guided strategies (``StrategySpace.guided``) to the candidates."""
+    if plan.n_guided:
+        plan.strategies.extend(plan.space.guided(sensitivity, plan.budget, plan.n_guided))
+        plan.n_guided = 0
+
+
+def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
+    """Dependency analysis, L1 importance, the FLOPs budget and the candidate strategies, all deterministic in
+    ``cfg.seed``: the uniform one first (when ``cfg.search.include_uniform``), then the random ones; the
+    ``n_guided`` sensitivity-guided ones that complete ``cfg.search.candidates`` need scored probes and are
+    added by ``add_guided``. ``model``: float32, CPU."""
+    graph = channel_graph(model)
+    importance = l1_importance(model, graph)
+    rules = cfg.channels
+    excluded = resolve_exclusions(graph, cfg.exclude)
+    cost = CostModel(model, graph, cfg.imgsz)
+    max_ratio = max(cfg.search.max_ratio, cfg.ratio or 0.0)
+    space = StrategySpace(graph, cost, importance, rules,
+                          [g.index for g in graph.groups if g.index not in excluded], max_ratio)
+    if not space.searchable:
+        raise InputError("nothing to prune: no channel group has more than --min-channels channels")
+    base_flops = cost.flops(graph.full_keep())
+    if cfg.ratio is not None:
+        uniform = space.uniform(cfg.ratio)
+        budget = uniform.flops
+    else:
+        budget = cfg.target_gflops * 1e9
+        if budget >= base_flops:
+            raise InputError(f"impossible budget: target {cfg.target_gflops:g} GFLOPs is not below the "
+                             f"model's {base_flops / 1e9:.4g} GFLOPs at {cfg.imgsz} px")
+        uniform = space.uniform_for_budget(budget)
+    rng = np.random.default_rng(cfg.seed)
+    n_other = cfg.search.candidates - (1 if cfg.search.include_uniform else 0)
+    n_guided = min(cfg.search.guided, n_other)
+    strategies = [uniform] if cfg.search.include_uniform else []
+    strategies += [space.sample(rng, budget, cfg.search.spread) for _ in range(n_other - n_guided)]
+    return SearchPlan(graph, space, strategies, budget, base_flops, excluded, uniform, n_guided)
+
+
+Best = tuple[float, int, "nn.Module | None"]  # (score, index, sub-net after adaptive BN or None)
+
+
+def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: SubnetScorer, metric: str,
+                   ctx: Any, task: str, on_progress: ProgressCallback | None = None,
+                   log: SearchLog | None = None
+                   ) -> tuple[list[dict[str, Any]], dict[str, float], Best | None]:
+    """Score this rank's share of ``strategies`` (index ``i`` on rank ``i % world_size``) and gather every
+    rank's rows. Returns ``(rows in index order, seconds per phase summed over ranks, this rank's best
+    (score, index, sub-net after adaptive BN, None when its row came from ``log``) or None)``. Rows recorded
+    in ``log`` are taken from it, new ones are added to it."""
+    from yolocompress.engine import distributed as dist_utils
+
+    mine = list(range(ctx.rank, len(strategies), ctx.world_size))
+    local: list[dict[str, Any]] = []
+    phase = {"build": 0.0, "bn_recalibration": 0.0, "inference": 0.0, "nms_map": 0.0}
+    best_local: Best | None = None
+    for i in mine:
+        s = strategies[i]
+        logged = log.get(task, i, s.counts) if log is not None else None
+        if logged is not None:  # scored before a kill: not again
+            local.append(logged)
+            if best_local is None or logged["score"] > best_local[0]:
+                best_local = (logged["score"], i, None)
+            if ctx.is_main:
+                report(on_progress, task, len(local), len(mine), "net", {"best": best_local[0]})
+            continue
+        tb = time.perf_counter()
+        sub = prune_channels(base, plan.graph, plan.space.keep(s.counts))
+        phase["build"] += time.perf_counter() - tb
+        score = scorer(sub)
+        phase["bn_recalibration"] += score.bn_s
+        phase["inference"] += score.inference_s
+        phase["nms_map"] += score.nms_map_s
+        value = score.value(metric)
+        local.append({"index": i, "kind": s.kind, "gflops": s.flops / 1e9, "score": value,
+                      "map50": score.map50, "map50_95": score.map50_95,
+                      "mean_ratio": float(np.mean(s.ratios)) if len(s.ratios) else 0.0})
+        if log is not None:
+            log.add(task, s.counts, local[-1])
+        if best_local is None or value > best_local[0]:
+            best_local = (value, i, sub)
+        if ctx.is_main:
+            report(on_progress, task, len(local), len(mine), "net", {"best": best_local[0]})
+    gathered = dist_utils.gather_objects((local, phase))
+    rows = sorted((c for part, _ in gathered for c in part), key=lambda c: c["index"])
+    total = {key: sum(p[key] for _, p in gathered) for key in phase}
+    return rows, total, best_local
+
+
+def _probe_sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
+                       on_progress: ProgressCallback | None = None, log: SearchLog | None = None
+                       ) -> tuple[np.ndarray, int]:
+    """Score the uniform strategy and its one-group probes; returns ``(score per FLOP per searchable group,
+    number of sub-nets scored)``."""
+    probes = plan.space.probes(plan.uniform, cfg.search.probe_step)
+    rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], scorer,
+                                cfg.search.metric, ctx, "probes", on_progress, log)
+    scores = [r["score"] for r in rows]
+    sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable))
+    return sens, len(rows)
+
+
+def _score_candidates(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
+                      on_progress: ProgressCallback | None, log: SearchLog | None = None
+                      ) -> tuple[list[dict[str, Any]], dict[str, float], int, nn.Module]:
+    """Score this rank's share of the candidates, gather every rank's rows, pick the best.
+
+    Returns ``(candidate rows in index order, seconds per phase summed over ranks, chosen index, the chosen
+    sub-net after adaptive BN)``. Ties go to the lowest index, so the uniform candidate wins a tie.
+    """
+    candidates, total, best_local = _score_sharded(base, plan, plan.strategies, scorer, cfg.search.metric,
+                                                    ctx, "eagleeye", on_progress, log)
+    chosen = max(candidates, key=lambda c: (c["score"], -c["index"]))["index"]
+    for c in candidates:
+        c["chosen"] = c["index"] == chosen
+    if best_local is not None and best_local[1] == chosen and best_local[2] is not None:
+        winner = best_local[2]
+    else:  # another rank scored it, or an earlier (killed) run did: rebuild (deterministic)
+        winner = prune_channels(base, plan.graph, plan.space.keep(plan.strategies[chosen].counts))
+        scorer(winner)
+    return candidates, total, chosen, winner
+
+
+@dataclass
+class SearchResult:
+    """What the search found: its plan, every candidate's row, the chosen one (index and sub-net after
+    adaptive BN), the probes' sensitivity per searchable group (NaN without guided candidates), the number
+    of probes scored, seconds per phase, and the search log (``None`` without one)."""
+
+    plan: SearchPlan
+    candidates: list[dict[str, Any]]
+    chosen: int
+    winner: nn.Module
+    sensitivity: np.ndarray
+    probes: int
+    timing: dict[str, float]
+    log: SearchLog | None
+
+
+def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: Any, ctx: Any,
+           on_progress: ProgressCallback | None = None) -> SearchResult:
+    """EagleEye on ``base`` (float32, CPU, eval mode): plan, cache the data once, score the probes (for the
+    guided candidates) and the candidates, sharded over the ranks of ``ctx``; every scored sub-net is recorded
+    in ``cfg.search_log`` when given (and taken from it with ``cfg.resume``). Timing keys: ``analysis``,
+    ``data``, ``probes``, ``build``, ``bn_recalibration``, ``inference``, ``nms_map``, ``search``."""
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    plan = plan_search(base, cfg)
+    timing["analysis"] = time.perf_counter() - t0
+    s = cfg.search
+    data_cache = cache_data(data, cfg.imgsz, stride, s.calib_batches, s.calib_batch, s.eval_images, s.eval_batch,
+                            cfg.seed, s.eval_split)
+    timing["data"] = data_cache.load_s
+    scorer = SubnetScorer(data_cache, data.nc, list(data.names), device, conf_thres=cfg.conf_thres)
+    log = None
+    if cfg.search_log:
+        path = cfg.search_log if ctx.world_size == 1 else f"{cfg.search_log}.rank{ctx.rank}"
+        scoring = {"imgsz": cfg.imgsz, "seed": cfg.seed, "conf_thres": cfg.conf_thres, **asdict(s)}
+        log = SearchLog(path, search_fingerprint(base, data, scoring), cfg.resume)
+    sensitivity = np.full(len(plan.space.searchable), np.nan)
+    n_probes = 0
+    if plan.n_guided:  # probes (sensitivity per group) for the guided candidates
+        t0 = time.perf_counter()
+        sensitivity, n_probes = _probe_sensitivity(base, plan, scorer, cfg, ctx, on_progress, log)
+        add_guided(plan, sensitivity)
+        timing["probes"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    candidates, phase, chosen, winner = _score_candidates(base, plan, scorer, cfg, ctx, on_progress, log)
+    timing.update(phase)
+    timing["search"] = time.perf_counter() - t0
+    return SearchResult(plan, candidates, chosen, winner, sensitivity, n_probes, timing, log)
+
+
+__all__ = ["SearchPlan", "SearchResult", "add_guided", "plan_search", "resolve_exclusions", "search"]
