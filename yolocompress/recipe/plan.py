@@ -128,6 +128,15 @@ def _check_order(stages: list[StagePlan], wheres: list[str]) -> None:
             artifact = kind.gives
 
 
+def _distill_configs(configs: Any) -> list[Any]:
+    """The distillation settings a stage's configs hold: a ``DistillConfig`` itself (``distill``), one in a
+    ``distill`` field (finetune, QAT) or in a nested fine-tune's (prune's ``finetune.distill``)."""
+    found = []
+    for c in configs:
+        found += [c, getattr(c, "distill", None), getattr(getattr(c, "finetune", None), "distill", None)]
+    return found
+
+
 def _check_model(stages: tuple[StagePlan, ...], model: Any, imgsz: int, data: Any) -> None:
     """Checks against the real model: classes, stride, ``exclude`` selectors."""
     stride = max_stride(model)
@@ -143,7 +152,7 @@ def _check_model(stages: tuple[StagePlan, ...], model: Any, imgsz: int, data: An
             from yolocompress.compress.prune.search import resolve_exclusions
 
             resolve_exclusions(channel_graph(model), plan.configs["config"].exclude, context=where)
-        for kd in (c if isinstance(c, DistillConfig) else getattr(c, "distill", None) for c in plan.configs.values()):
+        for kd in _distill_configs(plan.configs.values()):
             if isinstance(kd, DistillConfig) and kd.feature_layers and kd.method in ("feature", "both"):
                 # the teacher is the input model; the student keeps its layers (pruning removes channels only)
                 check_feature_layers(model, kd.feature_layers,
