@@ -3,10 +3,12 @@
 On the shipped baseline and the demo data (or ``--model`` / ``--data``), at the GFLOPs budget of our
 ``--ratio`` (the FLOPs of our uniform strategy at that ratio), four methods prune the same model:
 
-``tp-magnitude``  Torch-Pruning's ``MagnitudePruner`` with grouped L1 importance (``MagnitudeImportance(p=1)``:
-                  the L1 norms of every coupled layer of a DepGraph group, averaged);
-``tp-groupnorm``  Torch-Pruning's ``GroupNormPruner`` with group L2 importance (``GroupMagnitudeImportance(p=2)``;
-                  no sparsity-learning phase: TP's ``group_norm`` method, not ``group_sl``);
+``tp-magnitude``  Torch-Pruning's ``MagnitudePruner`` with grouped L1 importance
+                  (``MagnitudeImportance(p=1)``: the L1 norms of every coupled layer of a DepGraph
+                  group, averaged);
+``tp-groupnorm``  Torch-Pruning's ``GroupNormPruner`` with group L2 importance
+                  (``GroupMagnitudeImportance(p=2)``; no sparsity-learning phase: TP's ``group_norm``
+                  method, not ``group_sl``);
 ``eagleeye``      our default ``prune`` search (``PruneConfig`` defaults, ``--ratio``);
 ``uniform``       our uniform strategy at ``--ratio`` (one candidate, no search).
 
@@ -55,7 +57,8 @@ METHODS = ("tp-magnitude", "tp-groupnorm", "eagleeye", "uniform")
 def tp_prune(model: nn.Module, method: str, target_gflops: float, imgsz: int, steps: int, max_ratio: float,
              round_to: int) -> tuple[nn.Module, dict[str, Any]]:
     """Torch-Pruning's ``method`` (``tp-magnitude`` / ``tp-groupnorm``) on a copy of ``model``, stepped until
-    its GFLOPs at ``imgsz`` are at or under ``target_gflops``. Returns ``(pruned copy in eval mode, info)``."""
+    its GFLOPs at ``imgsz`` are at or under ``target_gflops``. Returns ``(pruned copy in eval mode,
+    info)``."""
     import torch_pruning as tp
 
     from yolocompress.profile import gflops
@@ -127,8 +130,8 @@ def evaluate(model: nn.Module, data: Any, imgsz: int) -> float:
 def finetuned(model: nn.Module, data: Any, args, seed: int) -> nn.Module:
     from yolocompress.compress.finetune import FinetuneConfig, finetune
 
-    cfg = FinetuneConfig(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, nominal_batch=args.nominal_batch,
-                         seed=seed, val=False)
+    cfg = FinetuneConfig(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+                         nominal_batch=args.nominal_batch, seed=seed, val=False)
     return finetune(model, data, cfg)[0]
 
 
@@ -222,7 +225,8 @@ def run(args) -> dict[str, Any]:
             rows.append(row)
             models[f"{method}/{seed}"] = tuned
             print(f"[{method} seed {seed}] {row['gflops']:.3f} GFLOPs (budget {budget:.3f}), "
-                  f"{row['params']:,} params, pruned in {row['prune_s']:.1f} s; mAP50-95 {row['map_pruned']:.4f} "
+                  f"{row['params']:,} params, pruned in {row['prune_s']:.1f} s; "
+                  f"mAP50-95 {row['map_pruned']:.4f} "
                   f"-> {row['map_finetuned']:.4f} after {args.epochs} epochs; ONNX parity "
                   f"{row['onnx_parity_error']:.1e}", flush=True)
     lat = latencies(models, args)
@@ -243,18 +247,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped baseline)")
     p.add_argument("--data", default=None, help="data.yaml (default: the demo data)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--ratio", type=float, default=0.5, help="our ratio; its uniform GFLOPs are everyone's budget")
+    p.add_argument("--ratio", type=float, default=0.5,
+                   help="our ratio; its uniform GFLOPs are everyone's budget")
     p.add_argument("--imgsz", type=int, default=256, help="pruning, fine-tune and evaluation size")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--epochs", type=int, default=10, help="fine-tune epochs (every method)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--nominal-batch", type=int, default=64)
-    p.add_argument("--candidates", type=int, default=None, help="eagleeye: candidates (default: the library's)")
+    p.add_argument("--candidates", type=int, default=None, help="eagleeye: candidates (library default)")
     p.add_argument("--guided", type=int, default=None, help="eagleeye: guided candidates (library default)")
     p.add_argument("--calib-batches", type=int, default=None, help="eagleeye: adaptive-BN batches")
     p.add_argument("--eval-images", type=int, default=None, help="eagleeye: scored images per candidate")
     p.add_argument("--tp-steps", type=int, default=200, help="Torch-Pruning: iterative steps to ratio 1")
-    p.add_argument("--max-ratio", type=float, default=defaults.max_ratio, help="Torch-Pruning: max_pruning_ratio")
+    p.add_argument("--max-ratio", type=float, default=defaults.max_ratio,
+                   help="Torch-Pruning: max_pruning_ratio")
     p.add_argument("--round-to", type=int, default=defaults.round_to, help="Torch-Pruning: round_to")
     p.add_argument("--latency-sizes", type=int, nargs="+", default=[256, 640])
     p.add_argument("--threads", type=int, default=2)

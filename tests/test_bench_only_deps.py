@@ -1,6 +1,6 @@
-"""Packages that only the benchmarks use (pyproject's ``bench`` extra) stay out of the package: no module under
-``yolocompress/`` imports them, at the top or inside a function, so ``pip install yolocompress`` never needs
-them."""
+"""Packages that only the benchmarks use (pyproject's ``bench`` extra) stay out of the package: no module
+under ``yolocompress/`` imports them, at the top or inside a function, so ``pip install yolocompress`` never
+needs them."""
 from __future__ import annotations
 
 import ast
@@ -23,12 +23,13 @@ def imported_packages(source: str) -> set[str]:
 
 
 def test_imported_packages_sees_nested_imports():
-    src = "def f():\n    import torch_pruning as tp\n    from torch_pruning.pruner import x\nfrom . import y\n"
+    src = ("def f():\n    import torch_pruning as tp\n    from torch_pruning.pruner import x\n"
+           "from . import y\n")
     assert imported_packages(src) == {"torch_pruning"}
 
 
 def test_no_module_of_the_package_imports_a_bench_only_package():
-    offenders = {str(p.relative_to(ROOT)): sorted(imported_packages(p.read_text(encoding="utf-8")) & BENCH_ONLY)
+    offenders = {str(p.relative_to(ROOT)): sorted(imported_packages(p.read_text("utf-8")) & BENCH_ONLY)
                  for p in sorted((ROOT / "yolocompress").rglob("*.py"))}
     assert not {k: v for k, v in offenders.items() if v}
 

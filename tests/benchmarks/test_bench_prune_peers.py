@@ -51,7 +51,7 @@ def test_tp_prune_meets_the_budget_and_the_result_runs_exports_and_saves(bench, 
 
 
 def test_tp_prune_says_when_max_ratio_stops_it_short_of_the_budget(bench, model):
-    pruned, info = bench.tp_prune(model, "tp-magnitude", 0.05 * gflops(model, 64), 64, steps=4, max_ratio=0.25,
-                                  round_to=8)
+    pruned, info = bench.tp_prune(model, "tp-magnitude", 0.05 * gflops(model, 64), 64, steps=4,
+                                  max_ratio=0.25, round_to=8)
     assert not info["reached_budget"] and info["tp_steps"] == 4
     assert gflops(pruned, 64) > 0.05 * gflops(model, 64)
