@@ -55,10 +55,11 @@ METHODS = ("tp-magnitude", "tp-groupnorm", "eagleeye", "uniform")
 
 
 def tp_prune(model: nn.Module, method: str, target_gflops: float, imgsz: int, steps: int, max_ratio: float,
-             round_to: int) -> tuple[nn.Module, dict[str, Any]]:
+             round_to: int, global_pruning: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Torch-Pruning's ``method`` (``tp-magnitude`` / ``tp-groupnorm``) on a copy of ``model``, stepped until
-    its GFLOPs at ``imgsz`` are at or under ``target_gflops``. Returns ``(pruned copy in eval mode,
-    info)``."""
+    its GFLOPs at ``imgsz`` are at or under ``target_gflops`` (``global_pruning``: TP ranks the channels of
+    all groups together instead of pruning each group by the same ratio). Returns ``(pruned copy in eval
+    mode, info)``."""
     import torch_pruning as tp
 
     from yolocompress.profile import gflops
@@ -75,7 +76,7 @@ def tp_prune(model: nn.Module, method: str, target_gflops: float, imgsz: int, st
     t0 = time.perf_counter()
     pruner = pruner_cls(net, torch.zeros(1, 3, imgsz, imgsz), importance=importance, pruning_ratio=1.0,
                         max_pruning_ratio=max_ratio, iterative_steps=steps, ignored_layers=[net.model[-1]],
-                        round_to=round_to)
+                        round_to=round_to, global_pruning=global_pruning)
     now = gflops(net, imgsz)
     while now > target_gflops and pruner.current_step < steps:
         pruner.step()
@@ -216,7 +217,7 @@ def run(args) -> dict[str, Any]:
                 if budget is None:
                     budget = gflops(our_prune(model, data, "uniform", args, seed)[0], args.imgsz)
                 pruned, info = tp_prune(model, method, budget, args.imgsz, args.tp_steps, args.max_ratio,
-                                        args.round_to)
+                                        args.round_to, args.tp_global)
             row = {"method": method, "seed": seed, "gflops": gflops(pruned, args.imgsz),
                    "params": num_params(pruned), "budget_gflops": budget, **info,
                    **checks(pruned, args.imgsz), "map_pruned": evaluate(pruned, data, args.imgsz)}
@@ -235,6 +236,9 @@ def run(args) -> dict[str, Any]:
         r["ort_ms"] = lat[f"{r['method']}/{r['seed']}"]
     print(f"ONNX Runtime, batch 1, {args.threads} threads, {args.rounds} interleaved rounds, "
           f"{args.runs} timed runs per model and size (median); mAP50-95 on the val split at {args.imgsz} px")
+    print(f"budget: our uniform strategy at ratio {args.ratio}; Torch-Pruning "
+          f"{'global' if args.tp_global else 'local'} pruning, {args.tp_steps} steps, max ratio "
+          f"{args.max_ratio}, round_to {args.round_to}; fine-tune {args.epochs} epochs")
     print(table(rows, base, args.latency_sizes))
     return {"cpu": cpu, "original": base, "rows": rows}
 
@@ -262,6 +266,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-ratio", type=float, default=defaults.max_ratio,
                    help="Torch-Pruning: max_pruning_ratio")
     p.add_argument("--round-to", type=int, default=defaults.round_to, help="Torch-Pruning: round_to")
+    p.add_argument("--tp-global", action="store_true",
+                   help="Torch-Pruning: global_pruning (default: off, TP's default and its YOLOv5 example's)")
     p.add_argument("--latency-sizes", type=int, nargs="+", default=[256, 640])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=10)

@@ -33,11 +33,14 @@ def model():
     return build_model("yolov5n", nc=3).eval()
 
 
-@pytest.mark.parametrize("method", ["tp-magnitude", "tp-groupnorm"])
-def test_tp_prune_meets_the_budget_and_the_result_runs_exports_and_saves(bench, model, method):
+@pytest.mark.parametrize("method, global_pruning", [("tp-magnitude", False), ("tp-groupnorm", False),
+                                                    ("tp-magnitude", True)])
+def test_tp_prune_meets_the_budget_and_the_result_runs_exports_and_saves(bench, model, method,
+                                                                          global_pruning):
     base, spec = gflops(model, 64), shape_spec(model)
     target = 0.5 * base
-    pruned, info = bench.tp_prune(model, method, target, 64, steps=20, max_ratio=0.8, round_to=8)
+    pruned, info = bench.tp_prune(model, method, target, 64, steps=20, max_ratio=0.8, round_to=8,
+                                  global_pruning=global_pruning)
     assert info["reached_budget"] and 0 < info["tp_steps"] <= 20
     assert gflops(pruned, 64) <= target
     assert num_params(pruned) < num_params(model)
