@@ -1,0 +1,128 @@
+"""The per-layer latency table (``profile.latency_table``): built from a deterministic stub timer, cached per
+CPU model, image size and architecture, and a model's predicted latency is the sum of its layers' parts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from yolocompress.errors import InputError
+from yolocompress.models import build_model
+from yolocompress.profile.latency_table import (LayerShape, OrtLayerTimer, conv_shapes, latency_table,
+                                                width_grid)
+
+
+class StubTimer:
+    """Milliseconds from the layer's multiply-accumulates plus a fixed cost per call; counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, s: LayerShape) -> float:
+        self.calls += 1
+        return 0.01 + s.c_in * s.c_out * s.kernel[0] * s.kernel[1] * s.height * s.width / (
+            s.stride[0] * s.stride[1] * s.groups * 1e6)
+
+
+def config(width: float) -> dict:
+    cfg = build_model("yolov5n", nc=3).yaml
+    return {**cfg, "width_multiple": width}
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return build_model(config(0.25), nc=3), build_model(config(0.125), nc=3)  # the second: every width halved
+
+
+def test_width_grid_rounds_up_and_keeps_the_full_width():
+    assert width_grid(64, (0.25, 0.5, 0.75, 1.0), 8) == (16, 32, 48, 64)
+    assert width_grid(33, (0.25, 0.5), 8) == (16, 24, 33)
+    assert width_grid(3, (0.25, 1.0), 8) == (3,)
+
+
+def test_conv_shapes_follow_the_strides(models):
+    shapes = conv_shapes(models[0], 64)
+    assert shapes["model.0.conv"] == LayerShape(3, 16, (6, 6), (2, 2), (2, 2), 1, 64, 64)
+    assert shapes["model.1.conv"].height == 32 and shapes["model.1.conv"].stride == (2, 2)
+    assert {s.height for name, s in shapes.items() if name.startswith("model.24.")} == {8, 4, 2}
+
+
+def test_prediction_is_the_sum_of_the_parts_and_exact_on_grid_widths(models):
+    full, half = models
+    stub = StubTimer()
+    table = latency_table(full, 64, grid=(0.5, 1.0), round_to=4, timer=stub, cpu="stub")
+    for model in (full, half):
+        parts = table.parts(model)
+        expected = {name: stub(s) for name, s in conv_shapes(model, 64).items()}  # every width is on the grid
+        assert parts.keys() == expected.keys()
+        assert all(parts[k] == pytest.approx(expected[k], rel=1e-12) for k in parts)
+        assert table.predict(model) == pytest.approx(sum(parts.values()), rel=1e-12)
+    assert 0.2 < table.ratio(half, full) < 0.5
+
+
+def test_widths_between_grid_points_interpolate(models):
+    full, _ = models
+    table = latency_table(full, 64, grid=(0.5, 1.0), round_to=8, timer=StubTimer(), cpu="stub")
+    conv = full.model[1].conv  # 16 -> 32 channels
+    narrow = build_model(config(0.25), nc=3)
+    narrow.model[1].conv = nn.Conv2d(16, 24, 3, 2, 1, bias=False)  # halfway between 16 and 32 outputs
+    narrow.model[1].bn = nn.BatchNorm2d(24)
+    for c3_input in (narrow.model[2].cv1, narrow.model[2].cv2):
+        c3_input.conv = nn.Conv2d(24, c3_input.conv.out_channels, 1, bias=False)
+    lo, hi = (table.parts(full)["model.1.conv"] * f for f in (0.5, 1.0))  # stub ms are ~linear in c_out
+    got = table.parts(narrow)["model.1.conv"]
+    assert conv.out_channels == 32 and lo < got < hi
+
+
+def test_the_cache_is_read_back_for_the_same_key_and_rebuilt_for_another(models, cache):
+    full, _ = models
+    first = StubTimer()
+    table = latency_table(full, 64, timer=first, cpu="CPU A")
+    assert first.calls == table.measured > 0 and table.path.is_file() and table.path.parent.parent == cache
+    again = StubTimer()
+    reread = latency_table(full, 64, timer=again, cpu="CPU A")
+    assert again.calls == 0 and reread.measured == 0 and reread.predict(full) == table.predict(full)
+    for other in ({"cpu": "CPU B", "imgsz": 64}, {"cpu": "CPU A", "imgsz": 96}):
+        stub = StubTimer()
+        rebuilt = latency_table(full, other["imgsz"], timer=stub, cpu=other["cpu"])
+        assert stub.calls > 0 and rebuilt.path != table.path
+        assert json.loads(rebuilt.path.read_text())["key"]["cpu"] == other["cpu"]
+    assert latency_table(full, 64, timer=StubTimer(), cpu="CPU A").measured == 0  # the others left it alone
+
+
+def test_a_corrupt_or_foreign_cache_file_is_measured_again(models):
+    full, _ = models
+    table = latency_table(full, 64, timer=StubTimer(), cpu="CPU A")
+    table.path.write_text("{not json")
+    stub = StubTimer()
+    assert latency_table(full, 64, timer=stub, cpu="CPU A").measured == stub.calls > 0
+    raw = json.loads(table.path.read_text())
+    raw["key"]["imgsz"] = 128  # a file whose key differs from its name
+    table.path.write_text(json.dumps(raw))
+    assert latency_table(full, 64, timer=StubTimer(), cpu="CPU A").measured > 0
+
+
+def test_another_architecture_is_refused(models):
+    full, _ = models
+    table = latency_table(full, 64, timer=StubTimer(), cpu="stub", cache=False)
+    assert table.path is None
+    with pytest.raises(InputError, match="another model"):
+        table.predict(build_model("yolov5m", nc=3))  # more bottlenecks: layers the table lacks
+    with pytest.raises(InputError, match="wider"):
+        table.predict(build_model("yolov5s", nc=3))  # the same layers, twice as wide: not a sub-net
+    with pytest.raises(InputError, match="fractions"):
+        latency_table(full, 64, grid=(0.0, 1.0), timer=StubTimer())
+
+
+def test_the_default_timer_measures_a_layer_with_onnx_runtime():
+    ms = OrtLayerTimer(threads=1, warmup=1, runs=3)(LayerShape(8, 16, (3, 3), (1, 1), (1, 1), 1, 16, 16))
+    assert 0 < ms < 1000
