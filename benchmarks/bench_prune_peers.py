@@ -98,8 +98,8 @@ def our_prune(model: nn.Module, data: Any, method: str, args, seed: int) -> tupl
         search = {k: v for k, v in (("candidates", args.candidates), ("guided", args.guided),
                                     ("calib_batches", args.calib_batches), ("eval_images", args.eval_images))
                   if v is not None}
-    cfg = PruneConfig(ratio=args.ratio, imgsz=args.imgsz, finetune_epochs=0, eval_baseline=False, seed=seed,
-                      **search)
+    cfg = PruneConfig.from_flat(ratio=args.ratio, imgsz=args.imgsz, finetune_epochs=0, eval_baseline=False,
+                                seed=seed, **search)
     t0 = time.perf_counter()
     pruned, report = prune_model(model, data, cfg)
     wall = time.perf_counter() - t0 - report.details["timing_s"].get("eval", 0.0)
@@ -263,9 +263,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-batches", type=int, default=None, help="eagleeye: adaptive-BN batches")
     p.add_argument("--eval-images", type=int, default=None, help="eagleeye: scored images per candidate")
     p.add_argument("--tp-steps", type=int, default=200, help="Torch-Pruning: iterative steps to ratio 1")
-    p.add_argument("--max-ratio", type=float, default=defaults.max_ratio,
+    p.add_argument("--max-ratio", type=float, default=defaults.search.max_ratio,
                    help="Torch-Pruning: max_pruning_ratio")
-    p.add_argument("--round-to", type=int, default=defaults.round_to, help="Torch-Pruning: round_to")
+    p.add_argument("--round-to", type=int, default=defaults.channels.round_to, help="Torch-Pruning: round_to")
     p.add_argument("--tp-global", action="store_true",
                    help="Torch-Pruning: global_pruning (default: off, TP's default and its YOLOv5 example's)")
     p.add_argument("--latency-sizes", type=int, nargs="+", default=[256, 640])
