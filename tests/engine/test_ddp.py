@@ -125,8 +125,8 @@ def test_ddp_divergence_on_one_rank_stops_every_rank_with_one_line(tmp_path):
     logs.mkdir()
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), str(logs),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(logs),
            "train", "yolov5n", "--data", str(data_yaml), "--epochs", "2", "--imgsz", "64", "--batch", "4",
            "--workers", "0", "--noval", "--nominal-batch", "4", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)

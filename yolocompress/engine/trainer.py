@@ -321,10 +321,9 @@ class Trainer:
             finite = torch.isfinite(loss)
             if not dist_utils.all_true(finite):  # every process stops at this step, none waits in backward
                 parts = ", ".join(f"{k} {v:.4g}" for k, v in zip(LOSS_NAMES, items.tolist()))
-                raise self._diverged("loss", epoch, f"batch {i + 1}/{nb}, step {ni + 1}",
-                                     f" (loss {float(loss.detach()):.4g}; detection terms: {parts})" if not finite
-                                     else f" (in another process; this one, rank {self.ctx.rank}, "
-                                     "was finite)")
+                detail = (f" (loss {float(loss.detach()):.4g}; detection terms: {parts})" if not finite else
+                          f" (in another process; this one, rank {self.ctx.rank}, was finite)")
+                raise self._diverged("loss", epoch, f"batch {i + 1}/{nb}, step {ni + 1}", detail)
             if self.ctx.distributed:
                 loss = loss * self.ctx.world_size  # DDP averages gradients over processes
             self.scaler.scale(loss).backward()
