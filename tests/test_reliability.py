@@ -255,7 +255,8 @@ def world(tmp_path_factory) -> dict[str, str]:
     onnx = export_onnx(model, root / "base.onnx", imgsz=info.imgsz)
     ruin = root / "ruin.yaml"
     ruin.write_text("version: 1\nname: ruin\nseed: 0\nmeasure: {latency: [], threads: 1}\n"
-                    "stages:\n  - prune: {ratio: 0.5, candidates: 1, guided: 0}\ngate: {max_map_drop: 1.0}\n")
+                    "stages:\n  - prune: {ratio: 0.5, search: {candidates: 1, guided: 0}}\n"
+                    "gate: {max_map_drop: 1.0}\n")
     return {"base": str(BASELINE), "half": str(half), "onnx": str(onnx), "ds": str(ds),
             "nolabels": str(nolabels / "data.yaml"), "badlabels": str(bad / "data.yaml"), "ruin": str(ruin),
             "ro": _read_only_folder(root), "cache": str(root / "cache")}
