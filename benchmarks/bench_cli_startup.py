@@ -29,7 +29,13 @@ COMMANDS = [
     "eval model.pt --data missing.yaml",
     "quantize model.pt --data data.yaml -o adir",
     "prune model.pt --data data.yaml -o afile/out.pt",
+    "data check bomb.yaml",
+    "train yolov5n --data data.yaml --hyp bomb.yaml --out r",
 ]
+# A billion-laughs YAML (9 levels of 9 aliases), refused by the bounded loader (issue 19).
+BOMB = "\n".join(['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+                  + [f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi")]
+                  + ["names: *i"])
 
 
 def time_command(tree: Path, argv: str, cwd: Path, repeat: int) -> tuple[float, int]:
@@ -59,14 +65,15 @@ def main() -> None:
         (cwd / "data.yaml").write_text("names: [a]\n")
         (cwd / "adir").mkdir()
         (cwd / "afile").write_text("x")
-        header = f"{'command line':<52}" + "".join(f"{name + ' s (exit)':>18}" for name, _ in trees)
+        (cwd / "bomb.yaml").write_text(BOMB + "\n")
+        header = f"{'command line':<58}" + "".join(f"{name + ' s (exit)':>18}" for name, _ in trees)
         print(header)
         for argv in COMMANDS:
             cells = []
             for _, tree in trees:
                 seconds, code = time_command(tree, argv, cwd, args.repeat)
                 cells.append(f"{seconds:>13.2f} ({code})")
-            print(f"{argv:<52}" + "".join(cells))
+            print(f"{argv:<58}" + "".join(cells))
 
 
 if __name__ == "__main__":

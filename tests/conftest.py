@@ -64,3 +64,31 @@ def kill_when_written():
         proc.wait()
 
     return kill
+
+
+KILL_SEED = int(os.environ.get("YC_KILL_SEED", "19"))  # issue 19; set YC_KILL_SEED to try other points
+
+
+@pytest.fixture
+def kill_at_random_point():
+    """``kill(argv, env, duration, draw) -> (what, killed)``: start ``argv`` and SIGKILL it after a delay drawn
+    uniformly over ``duration`` (seconds: the command's measured run time) by a RNG seeded with
+    ``YC_KILL_SEED`` (default 19) and ``draw``. ``what`` names the seed and delay for assertion messages;
+    ``killed`` is False when the command had already ended by itself."""
+    import random
+
+    def kill(argv: list[str], env: dict[str, str], duration: float, draw: int) -> tuple[str, bool]:
+        delay = random.Random(f"{KILL_SEED}-{draw}").uniform(0.0, duration)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            pass
+        killed = proc.poll() is None
+        if killed:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return (f"YC_KILL_SEED={KILL_SEED} draw {draw}: kill -9 after {delay:.2f} s of a {duration:.2f} s run"
+                f"{'' if killed else ' (it had ended)'}"), killed
+
+    return kill

@@ -85,3 +85,58 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert (out / "weights" / "last.pt").is_file() and (out / "results.csv").is_file()
     ckpt = torch.load(out / "weights" / "last.pt", weights_only=True)
     assert len(ckpt["rng"]) == 2  # every process's RNG state, for an exact resume
+
+
+# rank 1's detection loss turns NaN at its 3rd batch (epoch 2, batch 1 of 2); rank 0's stays finite
+POISONED = textwrap.dedent("""
+    import os
+    import sys
+
+    fd = os.open(os.path.join(sys.argv[1], f"stderr{os.environ['RANK']}.txt"), os.O_WRONLY | os.O_CREAT)
+    os.dup2(fd, 2)
+
+    from yolocompress.cli import main
+    from yolocompress.engine import loss
+
+    calls = [0]
+    clean = loss.DetectionLoss.__call__
+
+    def poisoned(self, preds, targets):
+        value, items = clean(self, preds, targets)
+        calls[0] += 1
+        if os.environ["RANK"] == "1" and calls[0] == 3:
+            value = value * float("nan")
+        return value, items
+
+    loss.DetectionLoss.__call__ = poisoned
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def test_ddp_divergence_on_one_rank_stops_every_rank_with_one_line(tmp_path):
+    """A NaN loss in one process of two: both raise TrainingDivergedError at the same step (neither waits in
+    the gradient all-reduce for the other), each with one error line, and last.pt of epoch 1 is kept."""
+    from yolocompress.data.synthetic import synthesize_dataset
+
+    data_yaml = synthesize_dataset(tmp_path / "data", n_train=8, n_val=4, imgsz=64, seed=0)
+    script = tmp_path / "worker.py"
+    script.write_text(POISONED)
+    logs, out = tmp_path / "logs", tmp_path / "run"
+    logs.mkdir()
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(logs),
+           "train", "yolov5n", "--data", str(data_yaml), "--epochs", "2", "--imgsz", "64", "--batch", "4",
+           "--workers", "0", "--noval", "--nominal-batch", "4", "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        err = (logs / f"stderr{rank}.txt").read_text()
+        errors = [line for line in err.splitlines() if line.startswith("yolocompress: error:")]
+        assert len(errors) == 1 and "Traceback" not in err, (rank, err[-3000:])
+        assert "training diverged: non-finite loss in epoch 2/2, batch 1/2, step 3" in errors[0], errors[0]
+        assert "last good checkpoint" in errors[0] and "end of epoch 1" in errors[0], errors[0]
+    ckpt = torch.load(out / "weights" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 0  # the last good epoch (0-based), written before the divergence
+    assert not [p for p in (out / "weights").iterdir() if p.suffix == ".tmp"]

@@ -151,9 +151,9 @@ def show_progress(event: Any) -> None:
 
 
 def print_warnings(report: dict[str, Any]) -> None:
-    """A run report's top-level warnings, on stderr."""
+    """A run report's top-level warnings, on stderr, one line each (a log is not wrapped at its width)."""
     for warning in report.get("warnings") or ():
-        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def print_gate(gate: Any, failed: str = "gate FAILED") -> None:

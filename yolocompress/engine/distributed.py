@@ -114,6 +114,16 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def all_true(flag: torch.Tensor) -> bool:
+    """Whether the boolean ``flag`` (a 0-d tensor on this process's device) holds on every rank; one
+    all-reduce in a distributed run, so that every rank takes the same branch (and none waits alone)."""
+    if not _active():
+        return bool(flag)
+    value = flag.to(torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value)
+
+
 def wrap_ddp(model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
     """Wrap ``model`` in ``DistributedDataParallel`` (optionally converting BatchNorm to SyncBatchNorm).
 

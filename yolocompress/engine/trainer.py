@@ -318,10 +318,12 @@ class Trainer:
                 for key, value in extra_items.items():
                     value = value.detach() if isinstance(value, torch.Tensor) else value
                     extra_sums[key] = extra_sums.get(key, 0.0) + float(value)
-            if not torch.isfinite(loss):
+            finite = torch.isfinite(loss)
+            if not dist_utils.all_true(finite):  # every process stops at this step, none waits in backward
                 parts = ", ".join(f"{k} {v:.4g}" for k, v in zip(LOSS_NAMES, items.tolist()))
-                raise self._diverged("loss", epoch, f"batch {i + 1}/{nb}, step {ni + 1}",
-                                     f" (loss {float(loss.detach()):.4g}; detection terms: {parts})")
+                detail = (f" (loss {float(loss.detach()):.4g}; detection terms: {parts})" if not finite else
+                          f" (in another process; this one, rank {self.ctx.rank}, was finite)")
+                raise self._diverged("loss", epoch, f"batch {i + 1}/{nb}, step {ni + 1}", detail)
             if self.ctx.distributed:
                 loss = loss * self.ctx.world_size  # DDP averages gradients over processes
             self.scaler.scale(loss).backward()

@@ -1,8 +1,9 @@
 """Pre-flight checks of a command's paths: inputs exist, outputs can be written, before any work starts.
 
-Light on purpose (no torch, no numpy): the CLI calls :func:`preflight` right after parsing, so a missing file
-or an unwritable output is reported in a fraction of a second and nothing is written. Every failure is one
-:class:`~yolocompress.errors.InputError` line naming the path, in one wording per kind:
+Light on purpose (no torch, no numpy): the CLI calls :func:`preflight` right after parsing, so a missing file,
+a YAML input that does not parse (an alias bomb included) or an unwritable output is reported in a fraction
+of a second and nothing is written. Every failure is one :class:`~yolocompress.errors.InputError` line naming
+the path, in one wording per kind:
 ``<what> not found: <path>`` and ``cannot write <what> <path>: <reason>``.
 """
 from __future__ import annotations
@@ -21,6 +22,10 @@ Named = Tuple[str, Optional[str]]
 # Suffixes that name a file on disk rather than a shipped model config or recipe (``yolov5n``, ``demo``; a
 # shipped config may also be named ``yolov5n.yaml``, so YAML names are left to the library).
 FILE_SUFFIXES = (".pt", ".pth", ".onnx", ".json")
+# Inputs with these suffixes are parsed in the pre-flight (the bounded loader, yaml only), so that a YAML
+# bomb, a duplicate key or a syntax error is reported before the heavy imports; the library checks the
+# contents.
+YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def names_a_file(text: str) -> bool:
@@ -85,13 +90,18 @@ def require_writable(what: str, path: str | os.PathLike, folder: bool = False,
 
 def preflight(inputs: Iterable[Named] = (), outputs: Iterable[Named] = (), folders: Iterable[Named] = (),
               input_folders: Iterable[Named] = (), expected_bytes: int | None = None) -> None:
-    """Check a command's paths before any work, in order: ``inputs`` (files that must exist),
-    ``input_folders`` (a file or a folder that must exist), ``outputs`` (files to write; ``expected_bytes``,
-    when known, is the free space each needs) and ``folders`` (output folders to create or fill).
+    """Check a command's paths before any work, in order: ``inputs`` (files that must exist; YAML ones must
+    parse), ``input_folders`` (a file or a folder that must exist), ``outputs`` (files to write;
+    ``expected_bytes``, when known, is the free space each needs) and ``folders`` (output folders to create
+    or fill).
     The first failure raises ``InputError``; entries whose path is ``None`` or ``""`` are skipped."""
     for what, path in inputs:
         if path:
             require_input(what, path)
+            if Path(path).suffix.lower() in YAML_SUFFIXES:
+                from yolocompress.yamlfile import load_yaml_file
+
+                load_yaml_file(path, what)  # bounded: an alias bomb or a duplicate key fails here, in ms
     for what, path in input_folders:
         if path:
             require_input(what, path, folder_ok=True)

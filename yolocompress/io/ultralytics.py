@@ -114,14 +114,14 @@ def load_error(path: Path, exc: BaseException, what: str = "checkpoint") -> Inpu
     message = str(exc)
     match = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"unrecognized function ([^\s]+)", message)
     if match:
-        return UnsafeCheckpointError(f"refusing to load {path.name}: it needs {match.group(1)}, which is "
+        return UnsafeCheckpointError(f"refusing to load {path}: it needs {match.group(1)}, which is "
                                      "outside the checkpoint allowlist (nothing in the file was executed)")
     _, found, detail = message.partition("WeightsUnpickler error:")  # garbage: "Unsupported operand 205"
     lines = [line.strip() for line in (detail if found else message).splitlines() if line.strip()]
     first = lines[0] if lines else type(exc).__name__
     if "weights_only" in first:  # never repeat torch's advice to turn the safety off
         first = type(exc).__name__
-    return InputError(f"cannot read {what} {path.name}: not a valid torch file ({first})")
+    return InputError(f"cannot read {what} {path}: not a valid torch file ({first})")
 
 
 def is_pickled(obj: Any, *names: str) -> bool:
