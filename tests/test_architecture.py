@@ -171,3 +171,12 @@ def test_every_top_level_export_resolves_to_its_module():
         if name != "__version__":
             assert getattr(importlib.import_module(yolocompress._EXPORTS[name]), name) is value
     assert {"prune_model", "quantize_ptq", "quantize_qat", "run_recipe", "StageReport"} <= set(yolocompress.__all__)
+
+
+def test_the_compression_entry_points_and_their_configs_are_exported_at_the_top_level():
+    import yolocompress
+
+    for name in ("prune_model", "quantize_ptq", "quantize_qat", "distill_model", "finetune", "fuse_stage",
+                 "run_recipe", "PruneConfig", "QuantConfig", "QatConfig", "DistillConfig", "FinetuneConfig"):
+        assert name in yolocompress.__all__, name
+        assert callable(getattr(yolocompress, name)), name

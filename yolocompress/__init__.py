@@ -41,6 +41,13 @@ _EXPORTS = {
     "prune_model": "yolocompress.compress.prune",
     "quantize_ptq": "yolocompress.compress.quant",
     "quantize_qat": "yolocompress.compress.quant",
+    "distill_model": "yolocompress.compress.distill",
+    # their configs
+    "FinetuneConfig": "yolocompress.compress.finetune",
+    "PruneConfig": "yolocompress.compress.prune",
+    "QuantConfig": "yolocompress.compress.quant",
+    "QatConfig": "yolocompress.compress.quant",
+    "DistillConfig": "yolocompress.compress.distill",
     # recipes and the CI gate
     "load_recipe": "yolocompress.recipe",
     "run_recipe": "yolocompress.recipe",
