@@ -276,6 +276,13 @@ def test_config_validation(data_cfg, tmp_path):
         Trainer(tiny_model(nc=data_cfg.nc), data_cfg, train_config(tmp_path, epochs=1), Hyp(box=0, obj=0, cls=0))
 
 
+def test_the_data_may_be_given_as_its_yaml_path(data_cfg, tmp_path):
+    if data_cfg.yaml_path is None:
+        pytest.skip("this data config was not loaded from a file")
+    trainer = Trainer(tiny_model(nc=data_cfg.nc), str(data_cfg.yaml_path), train_config(tmp_path, epochs=1))
+    assert trainer.data_cfg == data_cfg
+
+
 # ---------------------------------------------------------------- command line
 def test_cli_train_config_and_checkpoint(data_cfg, tmp_path):
     import yaml

@@ -43,6 +43,7 @@ from yolocompress.engine.rng import rng_state, seed_everything
 from yolocompress.engine.train_checkpoint import (
     checkpoint_dict, load_checkpoint, model_config, model_record, plain_data, restore_checkpoint,
 )
+from yolocompress.data.config import as_data_config
 from yolocompress.errors import InputError, TrainingDivergedError
 from yolocompress.io.atomic import atomic_torch_save, atomic_write_json
 from yolocompress.models.inputs import max_stride
@@ -134,7 +135,7 @@ class Trainer:
 
     Args:
         model: a ``DetectionModel`` (already pruned, fused away from training, ... as the caller wants).
-        data_cfg: a ``yolocompress.data.DataConfig``.
+        data_cfg: a ``yolocompress.data.DataConfig`` or the ``data.yaml`` path it loads from.
         config: run settings.
         hyp: loss, optimizer and augmentation hyperparameters.
         callbacks: ``Callback`` objects, called in order.
@@ -157,7 +158,7 @@ class Trainer:
                  wrap_model: Callable[[nn.Module], nn.Module] | None = None,
                  on_progress: ProgressCallback | None = None) -> None:
         self.model = model
-        self.data_cfg = data_cfg
+        self.data_cfg = as_data_config(data_cfg)
         self.config = config
         self.hyp = hyp or Hyp()
         self.callbacks = CallbackList(callbacks)
