@@ -128,13 +128,14 @@ def _check_order(stages: list[StagePlan], wheres: list[str]) -> None:
             artifact = kind.gives
 
 
-def _distill_configs(configs: Any) -> list[Any]:
+def _distill_configs(configs: Any) -> list[DistillConfig]:
     """The distillation settings a stage's configs hold: a ``DistillConfig`` itself (``distill``), one in a
-    ``distill`` field (finetune, QAT) or in a nested fine-tune's (prune's ``finetune.distill``)."""
+    ``distill`` field (finetune, QAT) or in a nested fine-tune's (prune's ``finetune.distill``); a plain
+    output-KD weight is not one."""
     found = []
     for c in configs:
         found += [c, getattr(c, "distill", None), getattr(getattr(c, "finetune", None), "distill", None)]
-    return found
+    return [kd for kd in found if isinstance(kd, DistillConfig)]
 
 
 def _check_model(stages: tuple[StagePlan, ...], model: Any, imgsz: int, data: Any) -> None:
@@ -153,7 +154,7 @@ def _check_model(stages: tuple[StagePlan, ...], model: Any, imgsz: int, data: An
 
             resolve_exclusions(channel_graph(model), plan.configs["config"].exclude, context=where)
         for kd in _distill_configs(plan.configs.values()):
-            if isinstance(kd, DistillConfig) and kd.feature_layers and kd.method in ("feature", "both"):
+            if kd.feature_layers and kd.method in ("feature", "both"):
                 # the teacher is the input model; the student keeps its layers (pruning removes channels only)
                 check_feature_layers(model, kd.feature_layers,
                                      f"model (stages[{plan.index}].{plan.type.name}.feature_layers)")
