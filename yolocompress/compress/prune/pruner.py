@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch.nn as nn
 
-from yolocompress.compress.distill.config import as_distill_config, distill_terms, kd_warnings
+from yolocompress.compress.distill.config import as_distill_config, kd_warnings
+from yolocompress.compress.distill.feature import check_feature_layers
 from yolocompress.compress.prune.config import PruneConfig
 from yolocompress.compress.prune.search import SearchResult, plan_search, search
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport
@@ -130,8 +131,9 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
     try:
         base = _base_model(model)
         kd = as_distill_config(cfg.finetune.distill) if cfg.finetune.epochs > 0 else None
-        if kd is not None:  # its layers are checked now, not after the search (pruning keeps layers, strides)
-            distill_terms(kd, base, base, cfg.imgsz, cfg.seed)
+        if kd is not None and kd.feature_layers and kd.method in ("feature", "both"):
+            # checked now, not after the search (pruning keeps layers and strides)
+            check_feature_layers(base, kd.feature_layers)
         found = search(base, data, cfg, stride, device, ctx, on_progress)
         timing = dict(found.timing)
         final, measured = _evaluate_and_finetune(base, found.winner, data, cfg, hyp, timing, on_progress)
