@@ -80,7 +80,7 @@ CASES = [
     ("distill yolov5n --teacher model.pt --data data.yaml -o out.onnx", 2, "output must be a .pt file",
      "out.onnx"),
     ("prune model.pt --data data.yaml -o p.pt --ratio 0.5 --target-gflops 1", 2,
-     "give --ratio or --target-gflops, not both", "p.pt"),
+     "give --ratio, --target-gflops or --target-latency, not both", "p.pt"),
     ("report adir --plot r.txt", 2, "expected a .png or .svg file name", "r.txt"),
     ("eval model.pt", 2, "the following arguments are required: --data", None),
     ("info model.pt --imgsz 33", 2, "image size must be a multiple of 32", None),

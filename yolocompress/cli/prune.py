@@ -20,16 +20,17 @@ if TYPE_CHECKING:
 # of ``PruneConfig.from_flat``); their defaults are PruneConfig's, shown in --help ({prune.search.candidates}:
 # read only when help is shown, PruneConfig imports torch).
 # ``--batch`` sets the three batch sizes, ``--exclude`` takes a list.
-CONFIG_FLAGS = ("ratio", "target_gflops", "candidates", "guided", "calib_batches", "eval_images", "finetune_epochs",
-                "round_to", "min_channels", "seed", "device", "workers", "distill", "bf16", "channels_last",
-                "latency", "resume")
+CONFIG_FLAGS = ("ratio", "target_gflops", "target_latency", "candidates", "guided", "calib_batches",
+                "eval_images", "finetune_epochs", "round_to", "min_channels", "seed", "device", "workers",
+                "distill", "bf16", "channels_last", "latency", "resume", "prefer")
+BUDGET_FLAGS = ("ratio", "target_gflops", "target_latency")
 PRUNE_CONFIG = "yolocompress.compress.prune.config:PruneConfig"
 
 
 def prune_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The PruneConfig keywords the command line gave (flags left out keep PruneConfig's defaults)."""
     settings = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
-    if args.target_gflops is not None:
+    if args.target_gflops is not None or args.target_latency is not None:
         settings.setdefault("ratio", None)
     if args.batch is not None:
         settings.update(calib_batch=args.batch, eval_batch=args.batch, finetune_batch=args.batch)
@@ -58,8 +59,10 @@ def run(model: str, output: str, data: str, settings: Mapping[str, Any] | None =
     continues them (a killed run ends as an uninterrupted one would); without it a dead run's are replaced.
     """
     settings = dict(settings or {})
-    if settings.get("ratio") is not None and settings.get("target_gflops") is not None:
-        raise InputError("give --ratio or --target-gflops, not both")
+    given = [f"--{name.replace('_', '-')}" for name in BUDGET_FLAGS if settings.get(name) is not None]
+    if len(given) > 1:
+        raise InputError(f"give --ratio, --target-gflops or --target-latency, not both (got "
+                         f"{' and '.join(given)})")
     if Path(output).suffix.lower() != ".pt":
         raise InputError(f"output must be a .pt file, got {output}")
     preflight(inputs=[("model file", model), ("data.yaml", data)],
@@ -141,6 +144,8 @@ def _main(args: argparse.Namespace) -> int:
     if "onnxruntime" in b.latency:
         print(f"ONNX Runtime latency {b.latency['onnxruntime'].median_ms:.1f} ms -> "
               f"{p.latency['onnxruntime'].median_ms:.1f} ms")
+    for line in budget_lines(d["budget"], d["preference"], d["candidates"]):
+        print(line)
     scores = sorted((nan if c["score"] is None else c["score"] for c in d["candidates"]), reverse=True)
     chosen = d["candidates"][d["chosen"]]
     probes = f" after {d['probes']} probes" if d["probes"] else ""
@@ -157,6 +162,34 @@ def _main(args: argparse.Namespace) -> int:
     print_stage_warnings(report, verdict)
     verdict.raise_if_failed()
     return 0
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def budget_lines(budget: Mapping[str, Any], preference: Mapping[str, Any],
+                 candidates: list[Mapping[str, Any]]) -> list[str]:
+    """What the CLI prints of the report's ``budget`` and ``preference``: the latency ratios (predicted by
+    the latency table, measured side by side with the original) of the chosen sub-net and the uniform one,
+    and the near-tie that ``--prefer latency`` broke."""
+    lines = []
+    if budget["predicted_ratio"] is not None or budget["measured_ratio"] is not None:
+        uniform = budget["uniform"]
+        target = f"latency <= {budget['target']:g}" if budget["kind"] == "latency" else budget["kind"]
+        error = ("" if budget["prediction_error"] is None
+                 else f", prediction error {100 * budget['prediction_error']:+.1f}%")
+        lines.append(f"latency ratio (budget {target}): chosen predicted "
+                     f"{_fraction(budget['predicted_ratio'])}, measured {_fraction(budget['measured_ratio'])}"
+                     f"{error}; uniform predicted {_fraction(uniform['predicted_ratio'])}, measured "
+                     f"{_fraction(uniform['measured_ratio'])}")
+    if preference["prefer"] == "latency" and preference["chosen"] != preference["best_score_index"]:
+        best, chosen = (candidates[preference[k]] for k in ("best_score_index", "chosen"))
+        lines.append(f"--prefer latency: chose #{chosen['index']} (score {chosen['score']:.4f}, predicted "
+                     f"latency {_fraction(chosen['latency_ratio'])}) over the best score #{best['index']} "
+                     f"({best['score']:.4f}, {_fraction(best['latency_ratio'])}; near-tie "
+                     f"{preference['near_tie']:g})")
+    return lines
 
 
 def register(subparsers) -> None:
@@ -176,6 +209,11 @@ def register(subparsers) -> None:
                    help="fraction of prunable channels removed, 0 < R < 1 (default {prune.ratio})")
     p.add_argument("--target-gflops", type=float, default=None,
                    help="FLOPs budget at --imgsz instead of --ratio")
+    p.add_argument("--target-latency", type=float, default=None, metavar="R",
+                   help="latency budget instead of --ratio: every candidate's predicted ONNX Runtime latency "
+                        "(batch 1, {prune.latency_threads} threads, at --imgsz) at most the fraction R of "
+                        "the original's; predicted by a per-layer table measured once on this CPU (cached), "
+                        "then the chosen sub-net is measured beside the original")
     p.add_argument("--imgsz", type=image_size, default=None,
                    help="image size for FLOPs, search and fine-tuning (default: the checkpoint's)")
     p.add_argument("--candidates", type=positive_int, default=None,
@@ -183,6 +221,10 @@ def register(subparsers) -> None:
     p.add_argument("--guided", type=int, default=None, metavar="N",
                    help="how many candidates are sensitivity-guided instead of random (default "
                         "{prune.search.guided}; 0: the paper's random sampling only, no probe phase)")
+    p.add_argument("--prefer", choices=("accuracy", "latency"), default=None,
+                   help="accuracy: the best score wins; latency: the lowest predicted latency among the "
+                        "candidates within {prune.search.near_tie} of the best score (default "
+                        "{prune.search.prefer})")
     p.add_argument("--calib-batches", type=positive_int, default=None,
                    help="training batches for adaptive BN (default {prune.search.calib_batches})")
     p.add_argument("--eval-images", type=positive_int, default=None,

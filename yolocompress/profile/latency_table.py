@@ -27,7 +27,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -174,12 +174,14 @@ class LatencyTable:
     ms: dict[str, float]
     path: Path | None = None
     measured: int = 0
+    _index: dict[str, Site] | None = field(default=None, init=False, repr=False, compare=False)
+    _grids: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def parts(self, model: nn.Module) -> dict[str, float]:
         """Predicted milliseconds of each convolution of ``model`` (a sub-net of the table's model: the same
         module names; any widths) at the table's image size."""
         shapes = conv_shapes(model, self.key["imgsz"])
-        by_name = {s.name: s for s in self.sites}
+        by_name = self._by_name()
         unknown = sorted(set(shapes) - set(by_name))
         if unknown:
             raise InputError(f"the latency table was measured for another model: it has no layer "
@@ -194,6 +196,32 @@ class LatencyTable:
         """``predict(model) / predict(reference)``: a sub-net's latency as a fraction of the original's."""
         return self.predict(model) / self.predict(reference)
 
+    def layer_ms(self, name: str, c_in: int, c_out: int) -> float:
+        """Predicted milliseconds of the table's convolution ``name`` at widths ``c_in`` x ``c_out`` (a
+        depthwise one: ``c_in``), without building the model: what a search that prices strategies by
+        their widths calls for each layer."""
+        site = self._by_name().get(name)
+        if site is None:
+            raise InputError(f"the latency table was measured for another model: it has no layer {name}")
+        return self._site_ms(site, site.shape.resized(int(c_in), int(c_out)))
+
+    def _by_name(self) -> dict[str, Site]:
+        if self._index is None:
+            self._index = {s.name: s for s in self.sites}
+        return self._index
+
+    def _grid_ms(self, site: Site) -> np.ndarray:
+        """The site's milliseconds on its grid: ``[in, out]`` (depthwise: ``[in]``), computed once."""
+        if site.name not in self._grids:
+            full = site.shape
+            if full.groups > 1 and full.groups == full.c_in == full.c_out:  # depthwise: one axis
+                grid = np.array([self.ms[full.resized(c, c).key()] for c in site.in_grid])
+            else:
+                grid = np.array([[self.ms[full.resized(ci, co).key()] for co in site.out_grid]
+                                 for ci in site.in_grid])
+            self._grids[site.name] = grid
+        return self._grids[site.name]
+
     def _site_ms(self, site: Site, shape: LayerShape) -> float:
         full = site.shape
         if shape.height != full.height or shape.width != full.width or shape.kernel != full.kernel:
@@ -201,12 +229,10 @@ class LatencyTable:
         if shape.c_in > full.c_in or shape.c_out > full.c_out:
             raise InputError(f"layer {site.name} is wider than the latency table's model ({shape.c_in}x"
                              f"{shape.c_out} > {full.c_in}x{full.c_out}): not a pruned sub-net of it")
-        if full.groups > 1 and full.groups == full.c_in == full.c_out:  # depthwise: one axis
-            row = [self.ms[full.resized(c, c).key()] for c in site.in_grid]
-            return float(np.interp(shape.c_in, site.in_grid, row))
-        rows = [np.interp(shape.c_out, site.out_grid,
-                          [self.ms[full.resized(ci, co).key()] for co in site.out_grid])
-                for ci in site.in_grid]
+        grid = self._grid_ms(site)
+        if grid.ndim == 1:  # depthwise: one axis
+            return float(np.interp(shape.c_in, site.in_grid, grid))
+        rows = [np.interp(shape.c_out, site.out_grid, row) for row in grid]
         return float(np.interp(shape.c_in, site.in_grid, rows))
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,7 +6,11 @@ candidate has at most that many FLOPs. Since a convolution's cost is ``c_in x c_
 output groups are both pruned by R costs ``(1 - R)^2`` of the original; layers next to fixed channels (the
 stem reading the image, the Detect convs) cost ``1 - R``; so the total lands between those (about 0.3 of
 the original GFLOPs for YOLOv5 at R = 0.5; the report states the exact figure). ``target_gflops=G`` sets the
-budget directly (at ``imgsz``).
+budget directly (at ``imgsz``). ``target_latency=L`` is a latency budget: every candidate's *predicted* ONNX
+Runtime latency (batch 1, ``latency_threads`` threads, at ``imgsz``) is at most the fraction L of the
+original's, predicted by a per-layer latency table measured once on this machine
+(:mod:`yolocompress.profile.latency_table`, cached per CPU model and image size); the chosen sub-net's
+latency is then measured beside the original's and both ratios are reported.
 
 The settings nest by job: ``search`` (:class:`SearchConfig`), ``finetune`` (:class:`PruneFinetuneConfig`)
 and ``channels`` (:class:`~yolocompress.compress.prune.apply.ChannelRules`); :meth:`PruneConfig.from_flat`
@@ -22,6 +26,7 @@ from yolocompress.compress.prune.apply import ChannelRules
 from yolocompress.errors import InputError
 
 METRICS = ("map50_95", "map50", "fitness")
+PREFER = ("accuracy", "latency")
 
 
 def _at_least(config: Any, names: tuple[str, ...], low: int) -> None:
@@ -53,6 +58,11 @@ class SearchConfig:
         spread: how uneven sampled strategies may be: per-group ratios ``~ U[1 - spread, 1]`` before scaling
             to the budget (1: the paper's ``[0, max]`` sampling; smaller: closer to uniform).
         include_uniform: the uniform strategy is the first candidate.
+        prefer: ``"accuracy"``: the best score wins; ``"latency"``: among the candidates whose score is
+            within ``near_tie`` of the best, the one with the lowest *predicted* latency (the per-layer
+            latency table's) wins.
+        near_tie: the score difference treated as a tie by ``prefer="latency"`` (default 0.005 mAP50-95:
+            about the spread of one candidate's score between draws of 256 held-out images).
     """
 
     candidates: int = 20
@@ -67,6 +77,8 @@ class SearchConfig:
     max_ratio: float = 0.8
     spread: float = 1.0
     include_uniform: bool = True
+    prefer: str = "accuracy"
+    near_tie: float = 0.005
 
     def __post_init__(self) -> None:
         _at_least(self, ("candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch"), 1)
@@ -79,6 +91,10 @@ class SearchConfig:
             raise InputError(f"max_ratio must be strictly between 0 and 1, got {self.max_ratio}")
         if self.metric not in METRICS:
             raise InputError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.prefer not in PREFER:
+            raise InputError(f"prefer must be one of {', '.join(PREFER)}, got {self.prefer!r}")
+        if not float(self.near_tie) >= 0.0:
+            raise InputError(f"near_tie must be >= 0, got {self.near_tie}")
 
 
 @dataclass(frozen=True)
@@ -118,7 +134,10 @@ class PruneConfig:
 
     Attributes:
         ratio: fraction of prunable channels removed, 0 < ratio < 1 (budget: the uniform strategy's FLOPs).
-        target_gflops: alternative budget, GFLOPs at ``imgsz`` (give ``ratio`` or this, not both).
+        target_gflops: alternative budget, GFLOPs at ``imgsz``.
+        target_latency: alternative budget, a fraction in (0, 1) of the original's ONNX Runtime latency
+            (batch 1, ``latency_threads`` threads, at ``imgsz``), predicted per candidate; give one of
+            ``ratio``, ``target_gflops`` and ``target_latency`` (the others ``None``).
         imgsz: image size (pixels) for FLOPs, the search and evaluation.
         search: :class:`SearchConfig`, how the strategy is searched and scored.
         finetune: :class:`PruneFinetuneConfig`, the fine-tune of the winner.
@@ -127,7 +146,8 @@ class PruneConfig:
         exclude: layer selectors never pruned: layer indices (``"0"``) or module paths (``"model.9.cv1"``, the
             module and everything under it); see :mod:`yolocompress.models.selectors`.
         seed: strategy sampling, data subsets and fine-tuning.
-        latency: also measure ONNX Runtime latency (batch 1, ``latency_threads``) before and after (slow).
+        latency: also measure ONNX Runtime latency (batch 1, ``latency_threads``) before and after (slow);
+            always done with ``target_latency``.
         eval_baseline: evaluate the unpruned model on the full val split for the report.
         finetune_dir: keep the Trainer's run folder here (default: a temporary folder, removed); it holds
             ``weights/last.pt`` after every epoch, which ``resume`` continues.
@@ -141,6 +161,7 @@ class PruneConfig:
 
     ratio: float | None = 0.5
     target_gflops: float | None = None
+    target_latency: float | None = None
     imgsz: int = 640
     search: SearchConfig = field(default_factory=SearchConfig)
     finetune: PruneFinetuneConfig = field(default_factory=PruneFinetuneConfig)
@@ -182,8 +203,14 @@ class PruneConfig:
         return cls(**top, **nested)
 
     def __post_init__(self) -> None:
-        if (self.ratio is None) == (self.target_gflops is None):
-            raise InputError("give exactly one budget: a ratio or a target GFLOPs")
+        given = [name for name in ("ratio", "target_gflops", "target_latency")
+                 if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise InputError(f"give exactly one budget: a ratio, a target GFLOPs or a target latency (got "
+                             f"{' and '.join(given) or 'none'})")
+        if self.target_latency is not None and not 0.0 < float(self.target_latency) < 1.0:
+            raise InputError(f"target latency must be strictly between 0 and 1 (a fraction of the original's "
+                             f"latency), got {self.target_latency}")
         if self.ratio is not None and not 0.0 < float(self.ratio) < 1.0:
             raise InputError(f"ratio must be strictly between 0 and 1, got {self.ratio}")
         if self.target_gflops is not None and not float(self.target_gflops) > 0:

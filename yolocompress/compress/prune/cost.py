@@ -1,6 +1,7 @@
-"""The FLOPs of a pruned model without building it: ``CostModel`` (per-layer spatial sizes are measured once
-on the ``meta`` device; same convention as ``yolocompress.profile.gflops``: 2 x multiply-adds of convolutions
-and linear layers)."""
+"""The cost of a pruned model without building it: its FLOPs (``CostModel``: per-layer spatial sizes are
+measured once on the ``meta`` device; same convention as ``yolocompress.profile.gflops``: 2 x multiply-adds of
+convolutions and linear layers) and its predicted latency on this machine (``LatencyCost``, from a per-layer
+latency table)."""
 from __future__ import annotations
 
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from yolocompress.compress.prune.graph import ChannelGraph
+from yolocompress.profile.latency_table import LatencyTable
 
 
 class CostModel:
@@ -55,3 +57,39 @@ class CostModel:
             c_out = float(keep[out_u].sum())
             total += factor * c_out * (1.0 if kind == "depthwise" else float(keep[in_u].sum()))
         return total
+
+
+class LatencyCost:
+    """Predicted latency of a pruned model as a function of ``keep``, from a per-layer latency table
+    (:class:`~yolocompress.profile.latency_table.LatencyTable` of the unpruned model): the sum of its
+    convolutions' milliseconds at the kept widths, without building the sub-net. The table leaves out what
+    is not a convolution (concatenations, resampling, Detect's decoding), so budgets use :meth:`ratio`, the
+    prediction relative to the unpruned model's, not the absolute milliseconds."""
+
+    def __init__(self, table: LatencyTable, graph: ChannelGraph):
+        self.table, self.graph = table, graph
+        timed = {site.name for site in table.sites}
+        # name, in units, out units, depthwise
+        self.terms: list[tuple[str, np.ndarray, np.ndarray, bool]] = []
+        self.constant = 0.0
+        for rec in graph.layers:
+            if rec.name not in timed:  # a linear layer, or a conv the forward never reached
+                continue
+            if rec.kind == "fixed":
+                self.constant += table.layer_ms(rec.name, len(rec.in_ids), len(rec.out_ids))
+                continue
+            self.terms.append((rec.name, graph.unit_of[rec.in_ids], graph.unit_of[rec.out_ids],
+                               rec.kind == "depthwise"))
+        self.full_ms = self.ms(graph.full_keep())
+
+    def ms(self, keep: np.ndarray) -> float:
+        """Predicted milliseconds of the convolutions of the model that keeps the units ``keep`` marks."""
+        total = self.constant
+        for name, in_u, out_u, depthwise in self.terms:
+            c_out = int(keep[out_u].sum())
+            total += self.table.layer_ms(name, c_out if depthwise else int(keep[in_u].sum()), c_out)
+        return total
+
+    def ratio(self, keep: np.ndarray) -> float:
+        """:meth:`ms` as a fraction of the unpruned model's."""
+        return self.ms(keep) / self.full_ms

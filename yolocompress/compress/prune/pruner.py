@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from yolocompress.compress.distill.config import as_distill_config, kd_warnings
 from yolocompress.compress.distill.feature import check_feature_layers
+from yolocompress.compress.prune.apply import prune_channels
 from yolocompress.compress.prune.config import PruneConfig
 from yolocompress.compress.prune.search import SearchResult, plan_search, search
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport
@@ -118,7 +119,10 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         ratio), ``candidates_per_minute``, ``timing_s`` (seconds per phase; ``bn_recalibration``,
         ``inference``, ``nms_map`` summed over candidates), ``distributed_ranks``, ``probes`` (sub-nets
         scored for ``sensitivity``: score gained per GFLOP kept, per searchable group; empty without guided
-        candidates) and ``notes``.
+        candidates), ``budget`` (:func:`budget_summary`: the budget's kind and target, the chosen
+        candidate's and the uniform strategy's predicted and measured latency ratios), ``preference``
+        (:func:`preference_summary`) and ``notes``. ONNX Runtime latencies (``before``/``after``, the
+        ``budget``'s measured ratios) are measured when ``latency`` or ``target_latency``.
     """
     from yolocompress.engine import distributed as dist_utils
 
@@ -137,7 +141,7 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         found = search(base, data, cfg, stride, device, ctx, on_progress)
         timing = dict(found.timing)
         final, measured = _evaluate_and_finetune(base, found.winner, data, cfg, hyp, timing, on_progress)
-        latencies = _latencies(base, final, cfg, timing)
+        latencies = _latencies(base, final, found, cfg, timing)
         timing["total"] = time.perf_counter() - t_start
         report = _report(base, final, cfg, found, measured, latencies, timing, ctx.world_size)
         if found.log is not None:  # done: nothing to resume
@@ -190,25 +194,84 @@ def _evaluate_and_finetune(base: nn.Module, winner: nn.Module, data: Any, cfg: P
                                 "final_classes": final_classes, "finetune": finetune_details}
 
 
-def _latencies(base: nn.Module, final: nn.Module, cfg: PruneConfig, timing: dict[str, float]
-               ) -> tuple[Latency | None, Latency | None]:
-    """ONNX Runtime latency of the unpruned and the final model when ``cfg.latency`` (else ``None``s)."""
-    if not cfg.latency:
-        return None, None
+def _latencies(base: nn.Module, final: nn.Module, found: SearchResult, cfg: PruneConfig,
+               timing: dict[str, float]) -> dict[str, LatencyResult]:
+    """ONNX Runtime latency (batch 1, ``cfg.latency_threads`` threads) of the unpruned model
+    (``original``), the final one (``chosen``) and, when the chosen strategy is not the uniform one, the
+    uniform strategy's sub-net (``uniform``), timed side by side
+    (:func:`~yolocompress.profile.latency.interleaved_times`) so that their ratios hold on a busy machine;
+    measured when ``cfg.latency`` or ``cfg.target_latency`` (else empty)."""
+    from yolocompress.export.onnx import export_onnx
+    from yolocompress.profile.latency import latency_from_times, time_onnx_files
+
+    if not cfg.latency and cfg.target_latency is None:
+        return {}
     t0 = time.perf_counter()
-    both = tuple(Latency.from_result(ort_latency(m, cfg.imgsz, cfg.latency_threads)) for m in (base, final))
+    plan = found.plan
+    models = {"original": base, "chosen": final}
+    if plan.strategies[found.chosen].counts != plan.uniform.counts:
+        models["uniform"] = prune_channels(base, plan.graph, plan.space.keep(plan.uniform.counts))
+    with work_dir("yc-prune-") as tmp:
+        files = {name: export_onnx(m.cpu().eval(), Path(tmp) / f"{name}.onnx", imgsz=cfg.imgsz)
+                 for name, m in models.items()}
+        times = time_onnx_files(files, cfg.imgsz, threads=cfg.latency_threads, warmup=5, runs=30, rounds=5)
     timing["latency"] = time.perf_counter() - t0
-    return both
+    return {name: latency_from_times(t, cfg.latency_threads, "onnxruntime", cfg.imgsz)
+            for name, t in times.items()}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def budget_summary(cfg: PruneConfig, found: SearchResult, latencies: dict[str, LatencyResult]
+                   ) -> dict[str, Any]:
+    """The report's ``budget``: its ``kind`` (``latency``, ``gflops`` or ``ratio``) and ``target``, the
+    chosen candidate's ``gflops_ratio`` (of the original's FLOPs), ``predicted_ratio`` (its latency as a
+    fraction of the original's by the per-layer latency table; ``None`` without one), ``measured_ratio``
+    (medians measured side by side; ``None`` when not measured), ``predicted_ms`` (the predicted ratio times
+    the original's measured latency: the table's sum of convolutions overestimates a whole model, its
+    ratio does not need to) and ``prediction_error`` (``measured / predicted - 1``); ``uniform``: the same
+    ratios of the uniform strategy's sub-net."""
+    plan = found.plan
+    chosen = plan.strategies[found.chosen]
+    original = latencies["original"].median_ms if latencies else None
+    measured = {name: _ratio(lat.median_ms, original) for name, lat in latencies.items()}
+    if latencies and "uniform" not in latencies:  # the chosen one is the uniform strategy
+        measured["uniform"] = measured["chosen"]
+    kind, target = (("latency", cfg.target_latency) if cfg.target_latency is not None
+                    else ("ratio", cfg.ratio) if cfg.ratio is not None else ("gflops", cfg.target_gflops))
+    predicted, measured_ratio = chosen.latency, measured.get("chosen")
+    return {
+        "kind": kind, "target": target, "gflops_ratio": chosen.flops / plan.base_flops,
+        "predicted_ratio": predicted, "measured_ratio": measured_ratio,
+        "predicted_ms": None if predicted is None or original is None else predicted * original,
+        "measured_ms": latencies["chosen"].median_ms if latencies else None, "original_ms": original,
+        "prediction_error": None if predicted is None or measured_ratio is None
+        else measured_ratio / predicted - 1.0,
+        "uniform": {"gflops_ratio": plan.uniform.flops / plan.base_flops,
+                    "predicted_ratio": plan.uniform.latency, "measured_ratio": measured.get("uniform")}}
+
+
+def preference_summary(cfg: PruneConfig, found: SearchResult) -> dict[str, Any]:
+    """The report's ``preference``: what broke near-ties (``prefer``: ``accuracy`` or ``latency``, by
+    *predicted* latency), the ``near_tie`` score tolerance, the best-scoring candidate's index and the
+    chosen one's."""
+    best = max(found.candidates, key=lambda c: (c["score"], -c["index"]))["index"]
+    return {"prefer": cfg.search.prefer, "near_tie": cfg.search.near_tie,
+            "by": "predicted latency" if cfg.search.prefer == "latency" else "score",
+            "best_score_index": best, "chosen": found.chosen}
 
 
 def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchResult,
-            measured: dict[str, Any], latencies: tuple[Latency | None, Latency | None],
+            measured: dict[str, Any], latencies: dict[str, LatencyResult],
             timing: dict[str, float], ranks: int) -> StageReport:
     """The stage's report (see :func:`prune_model`)."""
     plan, graph = found.plan, found.plan.graph
-    before = _snapshot(base, cfg, measured["baseline"], measured["baseline_classes"], latencies[0])
+    lat = {name: Latency.from_result(r) for name, r in latencies.items()}
+    before = _snapshot(base, cfg, measured["baseline"], measured["baseline_classes"], lat.get("original"))
     after = _snapshot(final, cfg, measured["after_finetune"] or measured["after_search"],
-                      measured["final_classes"], latencies[1])
+                      measured["final_classes"], lat.get("chosen"))
     counts = plan.strategies[found.chosen].counts
     groups = [{"group": g.index, "name": g.name, "layer": g.layer_index, "channels": g.channels,
                "kept": counts.get(g.index, g.channels),
@@ -219,14 +282,21 @@ def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchRe
                   "score_per_gflop": None if not np.isfinite(v) else float(v) * 1e9}
                  for g, v in zip(plan.space.searchable, found.sensitivity)] if found.probes else []
     search_s = timing.get("search", 0.0)
-    budget = (f"the uniform strategy at ratio {cfg.ratio}" if cfg.ratio else "target GFLOPs")
+    fraction = plan.budget / plan.base_flops
+    if cfg.target_latency is not None:
+        note = (f"budget = a predicted latency of at most {cfg.target_latency:g} of the original's (the "
+                f"uniform strategy within it has {fraction:.3f} of the original FLOPs)")
+    else:
+        budget = f"the uniform strategy at ratio {cfg.ratio}" if cfg.ratio else "target GFLOPs"
+        note = f"budget = {fraction:.3f} of the original FLOPs ({budget})"
     details = {
         "imgsz": cfg.imgsz, "budget_gflops": plan.budget / 1e9, "chosen": found.chosen,
         "after_search": measured["after_search"], "after_finetune": measured["after_finetune"],
         "finetune": measured["finetune"], "groups": groups, "candidates": found.candidates,
         "candidates_per_minute": 60.0 * len(found.candidates) / search_s if search_s > 0 else None,
         "timing_s": timing, "distributed_ranks": ranks, "probes": found.probes, "sensitivity": sens_rows,
-        "notes": [f"budget = {plan.budget / plan.base_flops:.3f} of the original FLOPs ({budget})"]}
+        "budget": budget_summary(cfg, found, latencies), "preference": preference_summary(cfg, found),
+        "notes": [note]}
     return StageReport(stage="prune", config=cfg.to_dict(), before=before, after=after,
                        seconds=timing["total"], details=details,
                        warnings=tuple(kd_warnings((measured["finetune"] or {}).get("history", []))))

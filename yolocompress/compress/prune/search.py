@@ -14,12 +14,12 @@ import torch.nn as nn
 
 from yolocompress.compress.prune.apply import prune_channels
 from yolocompress.compress.prune.config import PruneConfig
-from yolocompress.compress.prune.cost import CostModel
+from yolocompress.compress.prune.cost import CostModel, LatencyCost
 from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
 from yolocompress.compress.prune.importance import l1_importance
 from yolocompress.compress.prune.scoring import SubnetScorer, cache_data
 from yolocompress.compress.prune.searchlog import SearchLog, search_fingerprint
-from yolocompress.compress.prune.strategy import Strategy, StrategySpace, group_sensitivity
+from yolocompress.compress.prune.strategy import Budget, Strategy, StrategySpace, group_sensitivity
 from yolocompress.errors import InputError
 from yolocompress.models.selectors import select_layers
 from yolocompress.progress import ProgressCallback, report
@@ -37,7 +37,10 @@ def resolve_exclusions(graph: ChannelGraph, selectors: tuple[str, ...],
 
 @dataclass
 class SearchPlan:
-    """What the search works on: the analysed graph, the strategy space, the budget and the candidates."""
+    """What the search works on: the analysed graph, the strategy space, the budget and the candidates.
+
+    ``budget``: FLOPs (with a latency budget: the FLOPs of the uniform strategy that meets it);
+    ``limit``: what every candidate fits (FLOPs, or a predicted latency ratio)."""
 
     graph: ChannelGraph
     space: StrategySpace
@@ -47,20 +50,33 @@ class SearchPlan:
     excluded: set[int]
     uniform: Strategy
     n_guided: int = 0   # sensitivity-guided strategies still to add (``add_guided``) after the probes
+    limit: Budget | None = None  # None: FLOPs <= budget
 
 
 def add_guided(plan: SearchPlan, sensitivity: np.ndarray) -> None:
     """Append ``plan.n_guided`` sensitivity-guided strategies (``StrategySpace.guided``) to the candidates."""
     if plan.n_guided:
-        plan.strategies.extend(plan.space.guided(sensitivity, plan.budget, plan.n_guided))
+        plan.strategies.extend(plan.space.guided(sensitivity, plan.limit or plan.budget, plan.n_guided))
         plan.n_guided = 0
 
 
+def latency_cost(model: nn.Module, graph: ChannelGraph, cfg: PruneConfig) -> LatencyCost:
+    """The predicted latency of ``model``'s sub-nets: its per-layer latency table at ``cfg.imgsz`` with
+    ``cfg.latency_threads`` threads and ``cfg.channels.round_to`` (read from the cache folder, else measured
+    with ONNX Runtime now and cached: :func:`~yolocompress.profile.latency_table.latency_table`)."""
+    from yolocompress.profile.latency_table import latency_table
+
+    table = latency_table(model, cfg.imgsz, threads=cfg.latency_threads, round_to=cfg.channels.round_to)
+    return LatencyCost(table, graph)
+
+
 def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
-    """Dependency analysis, L1 importance, the FLOPs budget and the candidate strategies, all deterministic in
+    """Dependency analysis, L1 importance, the budget and the candidate strategies, all deterministic in
     ``cfg.seed``: the uniform one first (when ``cfg.search.include_uniform``), then the random ones; the
     ``n_guided`` sensitivity-guided ones that complete ``cfg.search.candidates`` need scored probes and are
-    added by ``add_guided``. ``model``: float32, CPU."""
+    added by ``add_guided``. With ``cfg.target_latency`` (or ``cfg.search.prefer == "latency"``) every
+    strategy carries its predicted latency ratio (:func:`latency_cost`), and with ``cfg.target_latency``
+    every candidate's is at most the target. ``model``: float32, CPU."""
     graph = channel_graph(model)
     importance = l1_importance(model, graph)
     rules = cfg.channels
@@ -71,8 +87,15 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
                           [g.index for g in graph.groups if g.index not in excluded], max_ratio)
     if not space.searchable:
         raise InputError("nothing to prune: no channel group has more than --min-channels channels")
+    if cfg.target_latency is not None or cfg.search.prefer == "latency":
+        space.latency = latency_cost(model, graph, cfg)
     base_flops = cost.flops(graph.full_keep())
-    if cfg.ratio is not None:
+    limit = None
+    if cfg.target_latency is not None:
+        limit = Budget(latency=float(cfg.target_latency))
+        uniform = space.uniform_for_budget(limit)
+        budget = uniform.flops
+    elif cfg.ratio is not None:
         uniform = space.uniform(cfg.ratio)
         budget = uniform.flops
     else:
@@ -85,8 +108,23 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     n_other = cfg.search.candidates - (1 if cfg.search.include_uniform else 0)
     n_guided = min(cfg.search.guided, n_other)
     strategies = [uniform] if cfg.search.include_uniform else []
-    strategies += [space.sample(rng, budget, cfg.search.spread) for _ in range(n_other - n_guided)]
-    return SearchPlan(graph, space, strategies, budget, base_flops, excluded, uniform, n_guided)
+    strategies += [space.sample(rng, limit or budget, cfg.search.spread) for _ in range(n_other - n_guided)]
+    return SearchPlan(graph, space, strategies, budget, base_flops, excluded, uniform, n_guided, limit)
+
+
+def choose_candidate(rows: list[dict[str, Any]], plan: SearchPlan, search_cfg: Any) -> int:
+    """The index of the chosen candidate among the scored ``rows``: the best score (ties: the lowest index,
+    so the uniform candidate wins a tie); with ``search_cfg.prefer == "latency"``, the lowest predicted
+    latency among the candidates whose score is within ``search_cfg.near_tie`` of the best (ties: the
+    better score, then the lower index). Adds each row's ``latency_ratio`` (predicted; ``None`` without a
+    latency model)."""
+    for row in rows:
+        row["latency_ratio"] = plan.strategies[row["index"]].latency
+    best = max(rows, key=lambda c: (c["score"], -c["index"]))
+    if search_cfg.prefer != "latency":
+        return best["index"]
+    near = [c for c in rows if c["score"] >= best["score"] - search_cfg.near_tie]
+    return min(near, key=lambda c: (c["latency_ratio"], -c["score"], c["index"]))["index"]
 
 
 Best = tuple[float, int, "nn.Module | None"]  # (score, index, sub-net after adaptive BN or None)
@@ -162,7 +200,7 @@ def _score_candidates(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, c
     """
     candidates, total, best_local = _score_sharded(base, plan, plan.strategies, scorer, cfg.search.metric,
                                                     ctx, "eagleeye", on_progress, log)
-    chosen = max(candidates, key=lambda c: (c["score"], -c["index"]))["index"]
+    chosen = choose_candidate(candidates, plan, cfg.search)
     for c in candidates:
         c["chosen"] = c["index"] == chosen
     if best_local is not None and best_local[1] == chosen and best_local[2] is not None:
@@ -223,4 +261,5 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
     return SearchResult(plan, candidates, chosen, winner, sensitivity, n_probes, timing, log)
 
 
-__all__ = ["SearchPlan", "SearchResult", "add_guided", "plan_search", "resolve_exclusions", "search"]
+__all__ = ["SearchPlan", "SearchResult", "add_guided", "choose_candidate", "latency_cost", "plan_search",
+           "resolve_exclusions", "search"]

@@ -1,8 +1,10 @@
-"""EagleEye's search space (Li et al., ECCV 2020): pruning strategies under a FLOPs budget.
+"""EagleEye's search space (Li et al., ECCV 2020): pruning strategies under a FLOPs or latency budget.
 
-- ``Strategy``: one pruning ratio per searchable group, its keep counts and FLOPs; ``StrategySpace.uniform``
-  and ``.sample`` (a random direction ``u ~ U[0, 1]^G`` scaled by the smallest factor that meets the budget,
-  so every candidate sits just under the budget instead of being rejection-sampled);
+- ``Strategy``: one pruning ratio per searchable group, its keep counts, FLOPs and (with a latency model)
+  predicted latency ratio; ``Budget``: what every candidate must fit (FLOPs, or a predicted latency ratio
+  of the original's); ``StrategySpace.uniform`` and ``.sample`` (a random direction ``u ~ U[0, 1]^G`` scaled
+  by the smallest factor that meets the budget, so every candidate sits just under the budget instead of
+  being rejection-sampled);
 - sensitivity-guided strategies (our addition to the paper's random sampling): ``StrategySpace.probes``
   moves one group at a time away from the uniform strategy, ``group_sensitivity`` turns the probes' scores
   into score-per-FLOP per group, and ``StrategySpace.guided`` builds strategies that prune the least
@@ -13,25 +15,47 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from yolocompress.compress.prune.apply import ChannelRules
-from yolocompress.compress.prune.cost import CostModel
+from yolocompress.compress.prune.cost import CostModel, LatencyCost
 from yolocompress.compress.prune.graph import ChannelGraph
 from yolocompress.errors import InputError
 
 
 @dataclass
 class Strategy:
-    """One candidate: a ratio per searchable group, the resulting keep counts and FLOPs."""
+    """One candidate: a ratio per searchable group, the resulting keep counts, FLOPs and predicted latency
+    as a fraction of the unpruned model's (``None`` without a latency model)."""
 
     ratios: np.ndarray
     counts: dict[int, int]
     flops: float
     kind: str = "random"
+    latency: float | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every candidate must fit: at most ``flops`` FLOPs and, when ``latency`` is set, a predicted
+    latency of at most that fraction of the unpruned model's (the space needs a latency model)."""
+
+    flops: float = math.inf
+    latency: float | None = None
+
+    def fits(self, s: Strategy) -> bool:
+        """``s`` is within both limits."""
+        return s.flops <= self.flops and (self.latency is None or (s.latency is not None
+                                                                   and s.latency <= self.latency))
+
+
+def as_budget(budget: float | Budget) -> Budget:
+    """A :class:`Budget`; a number is a FLOPs budget."""
+    return budget if isinstance(budget, Budget) else Budget(flops=float(budget))
 
 
 @dataclass
@@ -60,11 +84,13 @@ def group_sensitivity(center: Strategy, center_score: float, probes: Sequence[Pr
 
 
 class StrategySpace:
-    """The searchable groups of a graph and the mapping ratios -> keep mask -> FLOPs."""
+    """The searchable groups of a graph and the mapping ratios -> keep mask -> FLOPs (and, with ``latency``,
+    predicted latency ratio)."""
 
     def __init__(self, graph: ChannelGraph, cost: CostModel, importance: np.ndarray, rules: ChannelRules,
-                 searchable: Sequence[int], max_ratio: float):
+                 searchable: Sequence[int], max_ratio: float, latency: LatencyCost | None = None):
         self.graph, self.cost, self.importance, self.rules = graph, cost, importance, rules
+        self.latency = latency
         self.searchable = [g for g in searchable if rules.prunable(graph.groups[g].channels)]
         self.max_ratio = float(max_ratio)
         # rank units once: the L1 order never changes between candidates
@@ -85,8 +111,9 @@ class StrategySpace:
 
     def strategy(self, ratios: np.ndarray, kind: str) -> Strategy:
         counts = self.counts(ratios)
-        flops = self.cost.flops(self.keep(counts))
-        return Strategy(np.asarray(ratios, dtype=np.float64), counts, flops, kind)
+        keep = self.keep(counts)
+        latency = self.latency.ratio(keep) if self.latency is not None else None
+        return Strategy(np.asarray(ratios, dtype=np.float64), counts, self.cost.flops(keep), kind, latency)
 
     def uniform(self, ratio: float) -> Strategy:
         return self.strategy(np.full(len(self.searchable), ratio), "uniform")
@@ -94,12 +121,13 @@ class StrategySpace:
     def smallest_flops(self) -> float:
         return self.uniform(self.max_ratio).flops
 
-    def uniform_for_budget(self, budget: float) -> Strategy:
-        """The least-pruned uniform strategy with FLOPs <= ``budget``."""
+    def uniform_for_budget(self, budget: float | Budget) -> Strategy:
+        """The least-pruned uniform strategy within ``budget`` (a number: FLOPs)."""
         return self._scaled(np.ones(len(self.searchable)), budget, "uniform")
 
-    def sample(self, rng: np.random.Generator, budget: float, spread: float = 1.0) -> Strategy:
-        """A random direction ``u ~ U[1 - spread, 1]^G``, scaled until its FLOPs just fit ``budget``.
+    def sample(self, rng: np.random.Generator, budget: float | Budget, spread: float = 1.0) -> Strategy:
+        """A random direction ``u ~ U[1 - spread, 1]^G``, scaled until it just fits ``budget`` (a number:
+        FLOPs).
 
         ``spread=1`` is the paper's sampling (every group's ratio anywhere in ``[0, max]``); a smaller spread
         keeps the per-group ratios within a factor ``1 - spread`` of each other, i.e. near the uniform
@@ -125,7 +153,7 @@ class StrategySpace:
                     out.append(Probe(j, direction, s))
         return out
 
-    def guided(self, sensitivity: np.ndarray, budget: float, n: int) -> list[Strategy]:
+    def guided(self, sensitivity: np.ndarray, budget: float | Budget, n: int) -> list[Strategy]:
         """``n`` strategies that prune the groups in the inverse order of their ``sensitivity`` (score per
         FLOP, one value per searchable group, NaN: unknown), each scaled to just fit ``budget``.
 
@@ -144,7 +172,12 @@ class StrategySpace:
             z[order] = np.arange(len(order)) / (len(order) - 1)
         return [self._scaled(1.0 - (i / n) * (1.0 - z), budget, "guided") for i in range(1, n + 1)]
 
-    def _scaled(self, u: np.ndarray, budget: float, kind: str) -> Strategy:
+    def _scaled(self, u: np.ndarray, budget: float | Budget, kind: str) -> Strategy:
+        """``u`` scaled by the smallest factor (bisection) whose strategy fits ``budget``; every strategy
+        returned fits (the bisection keeps the last one that did), whether or not the cost is monotone."""
+        budget = as_budget(budget)
+        if budget.latency is not None and self.latency is None:
+            raise ValueError("a latency budget needs a StrategySpace with a latency model")
         u = np.maximum(u, 1e-6)
         lo, hi = 0.0, self.max_ratio / float(u.min())   # at hi every group sits at max_ratio
 
@@ -152,13 +185,17 @@ class StrategySpace:
             return self.strategy(np.minimum(self.max_ratio, s * u), kind)
 
         best = at(hi)
-        if best.flops > budget:
-            raise InputError(f"impossible budget: {budget / 1e9:.4g} GFLOPs is below the smallest reachable "
-                             f"({best.flops / 1e9:.4g} GFLOPs at max ratio {self.max_ratio:g})")
+        if best.flops > budget.flops:
+            raise InputError(f"impossible budget: {budget.flops / 1e9:.4g} GFLOPs is below the smallest "
+                             f"reachable ({best.flops / 1e9:.4g} GFLOPs at max ratio {self.max_ratio:g})")
+        if not budget.fits(best):
+            raise InputError(f"impossible latency budget: {budget.latency:g} of the original's latency is "
+                             f"below the smallest reachable predicted ratio {best.latency:.3f} (every group "
+                             f"pruned by max ratio {self.max_ratio:g}, at least --min-channels kept)")
         for _ in range(40):
             mid = 0.5 * (lo + hi)
             cand = at(mid)
-            if cand.flops <= budget:
+            if budget.fits(cand):
                 hi, best = mid, cand
             else:
                 lo = mid

@@ -1,0 +1,186 @@
+"""A latency budget for pruning (issue 18): the per-layer latency table prices strategies, every candidate of
+a latency-budgeted search fits the budget, an unreachable one is exit 2, ``--prefer latency`` breaks
+near-ties. The table is built from a deterministic stub timer (no real timing of layers here)."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from yolocompress.cli import main
+from yolocompress.compress.prune import PruneConfig, channel_graph, prune_channels, prune_model
+from yolocompress.compress.prune.cost import LatencyCost
+from yolocompress.compress.prune.search import add_guided, choose_candidate, plan_search
+from yolocompress.compress.prune.strategy import Strategy
+from yolocompress.errors import InputError
+from yolocompress.io.checkpoint import save_model
+from yolocompress.profile import latency_table as latency_table_module
+from yolocompress.profile.latency_table import LayerShape, latency_table
+
+from .conftest import tiny_model
+
+FAST = dict(imgsz=64, candidates=6, guided=0, calib_batches=2, calib_batch=4, eval_images=8, eval_batch=4,
+            finetune_epochs=0, min_channels=1, round_to=1, eval_baseline=False)
+
+
+class StubTimer:
+    """Milliseconds from the layer's multiply-accumulates (a 20x20 layer costs more per MAC than a larger
+    one, as small layers do on a CPU) plus a fixed cost per call; counts its calls."""
+
+    def __init__(self, threads: int = 2):
+        self.calls = 0
+
+    def __call__(self, s: LayerShape) -> float:
+        self.calls += 1
+        macs = s.c_in * s.c_out * s.kernel[0] * s.kernel[1] * s.height * s.width / (
+            s.stride[0] * s.stride[1] * s.groups)
+        return 0.02 + macs / 1e6 * (2.0 if s.height <= 8 else 1.0)
+
+
+@pytest.fixture(autouse=True)
+def stub_timer(tmp_path, monkeypatch):
+    """Every latency table here is measured by ``StubTimer`` (the default timer replaced) into a fresh
+    cache folder."""
+    monkeypatch.setenv("YOLOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(latency_table_module, "OrtLayerTimer", StubTimer)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("yolov5n", nc=6, width=0.25)
+
+
+def test_latency_cost_of_a_keep_mask_is_the_tables_prediction_of_the_built_subnet(model):
+    cfg = PruneConfig.from_flat(ratio=0.5, **FAST)
+    plan = plan_search(model, cfg)
+    graph = channel_graph(model)
+    table = latency_table(model, 64, round_to=1, timer=StubTimer(), cpu="stub", cache=False)
+    cost = LatencyCost(table, graph)
+    assert cost.ratio(graph.full_keep()) == pytest.approx(1.0)
+    for s in plan.strategies:
+        keep = plan.space.keep(s.counts)
+        sub = prune_channels(model, plan.graph, keep)
+        assert cost.ms(keep) == pytest.approx(table.predict(sub), rel=1e-9)
+        assert cost.ratio(keep) == pytest.approx(table.ratio(sub, model), rel=1e-9)
+
+
+def test_every_candidate_of_a_latency_budget_fits_it_and_the_search_is_deterministic(model):
+    cfg = PruneConfig.from_flat(ratio=None, target_latency=0.5, **{**FAST, "candidates": 8, "guided": 2})
+    plan = plan_search(model, cfg)
+    add_guided(plan, np.random.default_rng(1).random(len(plan.space.searchable)))
+    assert [s.kind for s in plan.strategies] == ["uniform"] + ["random"] * 5 + ["guided"] * 2
+    assert all(s.latency is not None and s.latency <= 0.5 for s in plan.strategies)
+    assert all(s.latency > 0.45 for s in plan.strategies)  # scaled up to the budget, not far below it
+    assert len({tuple(s.counts.values()) for s in plan.strategies}) == len(plan.strategies)
+    # the uniform strategy is the least pruned uniform one within the budget
+    less = plan.space.uniform(float(plan.uniform.ratios[0]) - 0.02)
+    assert less.latency > 0.5 and plan.budget == plan.uniform.flops
+    # the random ones are not held to the uniform one's FLOPs: some spend more FLOPs in cheap layers
+    assert max(s.flops for s in plan.strategies) > plan.uniform.flops
+    again = plan_search(model, cfg)
+    assert [s.counts for s in again.strategies] == [s.counts for s in plan.strategies[:6]]
+
+
+def test_a_latency_budget_below_what_min_channels_allows_is_refused(model):
+    cfg = PruneConfig.from_flat(ratio=None, target_latency=0.01, **FAST)
+    with pytest.raises(InputError, match=r"smallest reachable predicted ratio 0\.\d+"):
+        plan_search(model, cfg)
+
+
+@pytest.mark.parametrize("bad", [dict(target_latency=0.0), dict(target_latency=1.0),
+                                 dict(target_latency=0.5, ratio=0.5), dict(target_latency=0.5,
+                                                                           target_gflops=1.0),
+                                 dict(prefer="speed"), dict(near_tie=-0.1)])
+def test_config_validation(bad):
+    with pytest.raises(InputError):
+        PruneConfig.from_flat(**{"ratio": None if "ratio" not in bad else bad["ratio"], **bad})
+
+
+def row(index: int, score: float) -> dict:
+    return {"index": index, "score": score}
+
+
+def test_prefer_latency_picks_the_faster_of_near_tied_candidates():
+    latencies = [0.50, 0.48, 0.41, 0.30]
+    plan = SimpleNamespace(strategies=[Strategy(np.zeros(1), {}, 1.0, "random", lat) for lat in latencies])
+    rows = [row(0, 0.300), row(1, 0.304), row(2, 0.301), row(3, 0.280)]
+    accuracy = SimpleNamespace(prefer="accuracy", near_tie=0.005)
+    latency = SimpleNamespace(prefer="latency", near_tie=0.005)
+    assert choose_candidate(rows, plan, accuracy) == 1
+    assert [r["latency_ratio"] for r in rows] == latencies
+    assert choose_candidate(rows, plan, latency) == 2  # 0.301 is within 0.005 of 0.304, and faster
+    assert choose_candidate(rows, plan, SimpleNamespace(prefer="latency", near_tie=0.0)) == 1
+    assert choose_candidate(rows, plan, SimpleNamespace(prefer="latency", near_tie=0.03)) == 3
+
+
+def test_prune_model_reports_the_latency_budget_predicted_and_measured(model, tiny_data):
+    net = tiny_model("yolov5n", nc=tiny_data.nc, width=0.25)
+    cfg = PruneConfig.from_flat(ratio=None, target_latency=0.6, prefer="latency", near_tie=1.0,
+                                latency_threads=1, **{**FAST, "candidates": 3})
+    _, report = prune_model(net, tiny_data, cfg)
+    d = report.details
+    budget, candidates = d["budget"], d["candidates"]
+    assert budget["kind"] == "latency" and budget["target"] == 0.6
+    assert all(c["latency_ratio"] <= 0.6 for c in candidates)
+    # near_tie 1.0: every candidate ties, so the one predicted fastest is chosen
+    assert d["chosen"] == min(candidates, key=lambda c: c["latency_ratio"])["index"]
+    assert d["preference"] == {"prefer": "latency", "near_tie": 1.0, "by": "predicted latency",
+                               "best_score_index": max(candidates, key=lambda c: (c["score"], -c["index"]))[
+                                   "index"], "chosen": d["chosen"]}
+    assert budget["predicted_ratio"] == candidates[d["chosen"]]["latency_ratio"]
+    assert budget["measured_ratio"] == pytest.approx(
+        report.after.latency["onnxruntime"].median_ms / report.before.latency["onnxruntime"].median_ms)
+    assert budget["prediction_error"] == pytest.approx(budget["measured_ratio"] / budget["predicted_ratio"] - 1)
+    assert budget["uniform"]["predicted_ratio"] == candidates[0]["latency_ratio"]
+    assert budget["uniform"]["measured_ratio"] > 0
+    json.dumps(report.to_dict())  # JSON-ready
+
+
+def test_a_flops_budget_reports_measured_latency_next_to_uniforms(tiny_data):
+    net = tiny_model("yolov5n", nc=tiny_data.nc, width=0.25)
+    cfg = PruneConfig.from_flat(ratio=0.5, latency=True, latency_threads=1, **{**FAST, "candidates": 3})
+    _, report = prune_model(net, tiny_data, cfg)
+    budget = report.details["budget"]
+    assert budget["kind"] == "ratio" and budget["target"] == 0.5
+    assert budget["predicted_ratio"] is None and budget["uniform"]["predicted_ratio"] is None  # no table
+    assert 0 < budget["measured_ratio"] and 0 < budget["uniform"]["measured_ratio"]
+    assert report.details["preference"]["prefer"] == "accuracy"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_data):
+    path = tmp_path_factory.mktemp("prune-latency") / "tiny.pt"
+    save_model(tiny_model("yolov5n", nc=tiny_data.nc, width=0.125), path, imgsz=64)
+    return path
+
+
+CLI_FAST = ["--imgsz", "64", "--candidates", "2", "--guided", "0", "--calib-batches", "2", "--eval-images", "8",
+            "--batch", "4", "--min-channels", "1", "--round-to", "1", "--finetune-epochs", "0", "--quiet"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-latency", "0.01"], "smallest reachable predicted ratio"),
+    (["--target-latency", "1.5"], "target latency must be strictly between 0 and 1"),
+    (["--target-latency", "0.5", "--ratio", "0.5"], "not both (got --ratio and --target-latency)"),
+])
+def test_cli_bad_latency_budgets_exit_2_with_one_line(checkpoint, tiny_data, tmp_path, capsys, args, message):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    code = main(["prune", str(checkpoint), "--data", str(tiny_data.yaml_path), *CLI_FAST, *args,
+                 "-o", str(folder / "o.pt"), "--json", str(folder / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert list(folder.iterdir()) == []  # nothing written (the latency table's cache is elsewhere)
+
+
+def test_cli_prints_the_predicted_and_measured_latency_ratio(checkpoint, tiny_data, tmp_path, capsys):
+    out, report = tmp_path / "p.pt", tmp_path / "r.json"
+    code = main(["prune", str(checkpoint), "--data", str(tiny_data.yaml_path), *CLI_FAST, "--target-latency",
+                 "0.6", "--max-map-drop", "100", "-o", str(out), "--json", str(report)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    budget = json.loads(report.read_text())["details"]["budget"]
+    assert f"chosen predicted {budget['predicted_ratio']:.3f}, measured {budget['measured_ratio']:.3f}" in printed
+    assert "latency ratio (budget latency <= 0.6)" in printed
