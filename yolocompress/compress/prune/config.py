@@ -206,7 +206,8 @@ class PruneConfig:
         given = [name for name in ("ratio", "target_gflops", "target_latency")
                  if getattr(self, name) is not None]
         if len(given) != 1:
-            hint = "; ratio defaults to 0.5: set it to null" if len(given) > 1 and "ratio" in given else ""
+            hint = (f"; ratio defaults to {type(self).ratio:g}: set it to null"
+                    if len(given) > 1 and "ratio" in given else "")
             raise InputError(f"give exactly one budget: a ratio, a target GFLOPs or a target latency (got "
                              f"{' and '.join(given) or 'none'}{hint})")
         if self.target_latency is not None and not 0.0 < float(self.target_latency) < 1.0:
