@@ -126,3 +126,15 @@ def test_another_architecture_is_refused(models):
 def test_the_default_timer_measures_a_layer_with_onnx_runtime():
     ms = OrtLayerTimer(threads=1, warmup=1, runs=3)(LayerShape(8, 16, (3, 3), (1, 1), (1, 1), 1, 16, 16))
     assert 0 < ms < 1000
+
+
+def test_layer_ms_prices_a_layer_by_its_widths_without_building_the_model(models):
+    full, half = models
+    table = latency_table(full, 64, grid=(0.5, 1.0), round_to=4, timer=StubTimer(), cpu="stub", cache=False)
+    parts = table.parts(half)
+    for name, s in conv_shapes(half, 64).items():
+        assert table.layer_ms(name, s.c_in, s.c_out) == parts[name]
+    with pytest.raises(InputError, match="another model"):
+        table.layer_ms("model.99.conv", 8, 8)
+    with pytest.raises(InputError, match="wider"):
+        table.layer_ms("model.1.conv", 16, 4096)
