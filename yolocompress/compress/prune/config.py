@@ -22,6 +22,7 @@ from yolocompress.compress.prune.apply import ChannelRules
 from yolocompress.errors import InputError
 
 METRICS = ("map50_95", "map50", "fitness")
+PROBE_SIDES = ("both", "less", "more")
 
 
 def _at_least(config: Any, names: tuple[str, ...], low: int) -> None:
@@ -38,10 +39,25 @@ class SearchConfig:
         candidates: strategies scored: the uniform one (when ``include_uniform``), ``guided``
             sensitivity-guided ones, the rest sampled at random as in the paper.
         guided: how many of the candidates are sensitivity-guided (0: the paper's random sampling only).
-            They cost a probe phase first: the uniform strategy with each group in turn pruned
-            ``probe_step`` less and ``probe_step`` more, about two scored sub-nets per searchable group
-            (~100 for yolov5n). On the shipped yolov5n baseline at ratio 0.5 random candidates did not beat
-            the uniform strategy after fine-tuning and guided ones did (``benchmarks/RESULTS.md``).
+            They cost a probe phase first: the uniform strategy with each group in turn moved by
+            ``probe_step`` (see ``probe_sides``), one scored sub-net per group and side. On the shipped
+            yolov5n baseline at ratio 0.5 random candidates did not beat the uniform strategy after
+            fine-tuning and guided ones did (``benchmarks/RESULTS.md``).
+        probe_sides: which moves the probes make: ``"both"`` (each group ``probe_step`` less and more
+            pruned, ~100 probes on yolov5n; the only choice before the faster default), ``"less"`` or
+            ``"more"`` (one side, half the probes).
+        probe_images, probe_calib_batches: a probe is scored on the first ``probe_images`` of the
+            ``eval_images`` after adaptive BN on the first ``probe_calib_batches`` of the ``calib_batches``
+            (each clipped to those); the candidates always use all of them. A probe only has to rank the
+            groups for the guided strategies, and those are scored in full afterwards.
+            ``probe_sides="both", probe_images=eval_images, probe_calib_batches=calib_batches`` is the
+            search before the faster default (``bench_prune.py search-speed`` compares the two).
+        reject_below, reject_images, reject_calib_batches: early rejection of hopeless candidates (0: off).
+            Each candidate is first scored on the first ``reject_images`` after adaptive BN on the first
+            ``reject_calib_batches`` (its BN statistics are then completed on the other batches, so a kept
+            candidate's score is exactly what it would be without this); one scoring below ``reject_below``
+            times the uniform strategy's score there is dropped without its full score. The uniform
+            candidate always passes, so the pick never scores below it.
         calib_batches, calib_batch: adaptive-BN data, batches x images, from the train split.
         eval_images, eval_batch: held-out images each candidate is scored on (``eval_split``: ``"train"``,
             training images disjoint from the calibration images, as in the paper; or ``"val"``). With 64
@@ -58,6 +74,12 @@ class SearchConfig:
     candidates: int = 20
     guided: int = 8
     probe_step: float = 0.25
+    probe_sides: str = "both"
+    probe_images: int = 256
+    probe_calib_batches: int = 8
+    reject_below: float = 0.5
+    reject_images: int = 64
+    reject_calib_batches: int = 4
     calib_batches: int = 8
     calib_batch: int = 16
     eval_images: int = 256
@@ -69,7 +91,8 @@ class SearchConfig:
     include_uniform: bool = True
 
     def __post_init__(self) -> None:
-        _at_least(self, ("candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch"), 1)
+        _at_least(self, ("candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch",
+                         "probe_images", "probe_calib_batches", "reject_images", "reject_calib_batches"), 1)
         _at_least(self, ("guided",), 0)
         if not 0.0 < float(self.probe_step) < 1.0:
             raise InputError(f"probe_step must be strictly between 0 and 1, got {self.probe_step}")
@@ -77,6 +100,10 @@ class SearchConfig:
             raise InputError(f"spread must be in (0, 1], got {self.spread}")
         if not 0.0 < float(self.max_ratio) < 1.0:
             raise InputError(f"max_ratio must be strictly between 0 and 1, got {self.max_ratio}")
+        if not 0.0 <= float(self.reject_below) <= 1.0:
+            raise InputError(f"reject_below must be in [0, 1], got {self.reject_below}")
+        if self.probe_sides not in PROBE_SIDES:
+            raise InputError(f"probe_sides must be one of {', '.join(PROBE_SIDES)}, got {self.probe_sides!r}")
         if self.metric not in METRICS:
             raise InputError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
 
