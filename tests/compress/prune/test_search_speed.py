@@ -51,8 +51,8 @@ def _recording_scorer(monkeypatch) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
     real_call = SubnetScorer.__call__
 
-    def scored(self, sub, recalibrate=True, calibrated=0):
-        s = real_call(self, sub, recalibrate, calibrated)
+    def scored(self, sub, recalibrate=True):
+        s = real_call(self, sub, recalibrate)
         seen.append((len(self.data.calib), self.data.eval_images))
         norms = [m for m in sub.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         s.map50_95 = float(sum(m.running_var.sum() - m.running_mean.abs().sum() for m in norms))
@@ -111,7 +111,7 @@ def test_early_rejection_never_drops_the_eventual_best(tiny_data, monkeypatch):
     the candidates below ``reject_below`` x uniform, and the pick and every kept score are as without it."""
     calls: list[str] = []
 
-    def scored(self, sub, recalibrate=True, calibrated=0):
+    def scored(self, sub, recalibrate=True):
         calls.append("head" if self.data.eval_images == 4 else "full")
         return SubnetScore(0.0, sum(p.numel() for p in sub.parameters()) / 1e6, 0.0, 0.0, 0.0, 0.0)
 
@@ -131,3 +131,29 @@ def test_early_rejection_never_drops_the_eventual_best(tiny_data, monkeypatch):
     assert fast.details["chosen"] == plain.details["chosen"] and not f[fast.details["chosen"]]["rejected"]
     assert calls.count("full") == 12 - len(rejected)   # the rejected are never scored on all the data
     assert not any(c["rejected"] for c in p)
+
+
+def test_a_search_with_early_rejection_resumes_to_the_same_result(tiny_data, monkeypatch, tmp_path):
+    def scored(self, sub, recalibrate=True):
+        return SubnetScore(0.0, sum(p.numel() for p in sub.parameters()) / 1e6, 0.0, 0.0, 0.0, 0.0)
+
+    class Killed(BaseException):
+        pass
+
+    def kill(event):
+        if event.task == "eagleeye" and event.done == 5:
+            raise Killed
+
+    monkeypatch.setattr(SubnetScorer, "__call__", scored)
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.25)
+    flat = {**FAST, "candidates": 12, "guided": 4, "min_channels": 2, "round_to": 2, "reject_below": 0.97}
+    _, full = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **flat))
+    log = tmp_path / "s.search.jsonl"
+    with pytest.raises(Killed):
+        prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **flat, search_log=str(log)),
+                    on_progress=kill)
+    _, resumed = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **flat, search_log=str(log),
+                                                                      resume=True))
+    assert any(c["rejected"] for c in full.details["candidates"])
+    for key in ("candidates", "chosen", "sensitivity", "groups"):
+        assert resumed.details[key] == full.details[key], key

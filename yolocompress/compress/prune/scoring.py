@@ -153,6 +153,7 @@ class SubnetScorer:
     conf_thres: float = 0.001
     iou_thres: float = 0.6
     fast_inference: bool = True
+    calibrated: int = 0   # see ``continuing``
 
     def _inference_model(self, model: nn.Module) -> nn.Module:
         if not self.fast_inference or torch.device(self.device).type != "cpu":
@@ -167,10 +168,14 @@ class SubnetScorer:
         (:meth:`CachedData.head`)."""
         return replace(self, data=self.data.head(calib_batches, eval_images))
 
-    def __call__(self, model: nn.Module, recalibrate: bool = True, calibrated: int = 0) -> SubnetScore:
-        """Score ``model`` (BN statistics re-estimated in place unless ``recalibrate`` is false).
-        ``calibrated``: its statistics already hold those of the first ``calibrated`` calibration batches (it
-        was just scored by ``on_head(calibrated, ...)``): only the others are added."""
+    def continuing(self, calibrated: int) -> SubnetScorer:
+        """The same scorer for a model whose BN statistics already hold those of the first ``calibrated``
+        calibration batches (it was just scored by ``on_head(calibrated, ...)``): only the others are added,
+        which gives the statistics of one pass over all of them, to the bit."""
+        return replace(self, calibrated=int(calibrated))
+
+    def __call__(self, model: nn.Module, recalibrate: bool = True) -> SubnetScore:
+        """Score ``model`` (BN statistics re-estimated in place unless ``recalibrate`` is false)."""
         from yolocompress.engine.evaluator import evaluate
         from yolocompress.engine.predictors import TorchPredictor
 
@@ -178,7 +183,7 @@ class SubnetScorer:
         try:
             t0 = time.perf_counter()
             if recalibrate:
-                adaptive_bn(model, self.data.calib[calibrated:], self.device, reset=not calibrated)
+                adaptive_bn(model, self.data.calib[self.calibrated:], self.device, reset=not self.calibrated)
             bn_s = time.perf_counter() - t0
             t1 = time.perf_counter()
             scored = self._inference_model(model)

@@ -115,7 +115,7 @@ def _score(sub: nn.Module, scorer: SubnetScorer, metric: str, early: EarlyReject
         head = first.value(metric)
         if head < early.floor:
             return None, head
-    score = scorer(sub, calibrated=len(early.head.data.calib) if early is not None else 0)
+    score = (scorer if early is None else scorer.continuing(len(early.head.data.calib)))(sub)
     phase["bn_recalibration"] += score.bn_s
     phase["inference"] += score.inference_s
     phase["nms_map"] += score.nms_map_s
