@@ -122,6 +122,11 @@ def _score(sub: nn.Module, scorer: SubnetScorer, metric: str, early: EarlyReject
     return score, head
 
 
+def _best_info(best: Best | None) -> dict[str, float]:
+    """The progress event's info: the best score so far (none before a candidate was scored in full)."""
+    return {} if best is None else {"best": best[0]}
+
+
 def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: SubnetScorer, metric: str,
                    ctx: Any, task: str, on_progress: ProgressCallback | None = None,
                    log: SearchLog | None = None, early: EarlyReject | None = None
@@ -144,8 +149,8 @@ def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: 
             local.append(logged)
             if logged["score"] is not None and (best_local is None or logged["score"] > best_local[0]):
                 best_local = (logged["score"], i, None)
-            if ctx.is_main and best_local is not None:
-                report(on_progress, task, len(local), len(mine), "net", {"best": best_local[0]})
+            if ctx.is_main:
+                report(on_progress, task, len(local), len(mine), "net", _best_info(best_local))
             continue
         tb = time.perf_counter()
         sub = prune_channels(base, plan.graph, plan.space.keep(s.counts))
@@ -161,8 +166,8 @@ def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: 
             log.add(task, s.counts, local[-1])
         if value is not None and (best_local is None or value > best_local[0]):
             best_local = (value, i, sub)
-        if ctx.is_main and best_local is not None:
-            report(on_progress, task, len(local), len(mine), "net", {"best": best_local[0]})
+        if ctx.is_main:
+            report(on_progress, task, len(local), len(mine), "net", _best_info(best_local))
     gathered = dist_utils.gather_objects((local, phase))
     rows = sorted((c for part, _ in gathered for c in part), key=lambda c: c["index"])
     total = {key: sum(p[key] for _, p in gathered) for key in phase}
