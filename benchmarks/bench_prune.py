@@ -7,6 +7,12 @@
                 the same budget, each fine-tuned for the same epochs; mAP after search and after fine-tuning;
                 search speed (candidates per minute and the per-phase breakdown).
 ``speed``       search speed alone (no fine-tuning): candidates per minute and the per-phase breakdown.
+``search-speed`` the default search against other search settings (``--variants``; ``old``: the probe
+                settings before the faster default), interleaved in one process: wall time, probes, the
+                candidates' rate and whether the pick is the same (issue 18).
+``rounding``    channel counts rounded to 16 vs 8 at equal GFLOPs (ratio 0.5 with 8; the same GFLOPs as
+                the budget with 16): ORT latency of the uniform strategy and of the default EagleEye pick of
+                each, on the shipped baseline, at 256 and 640 px, interleaved (issue 18).
 ``stability``   how reproducible the search's ranking is: the same candidates scored with calibration and scored
                 images drawn with different seeds, for several numbers of scored images; Spearman rank
                 correlation between the draws and the winner of each draw.
@@ -143,8 +149,9 @@ def part_accuracy(args) -> dict:
         print(f"probes: {ed['probes']} sub-nets in {t['probes']:.1f} s (sensitivity of each group, for the "
               f"guided candidates)")
     marks = [("*" if c["chosen"] else "") + ("g" if c["kind"] == "guided" else "") for c in ed["candidates"]]
-    print("candidate scores: " + ", ".join(f"{c['score']:.4f}{m}" for c, m in zip(ed["candidates"], marks)))
-    print("(* chosen, g guided)")
+    print("candidate scores: " + ", ".join(("rejected" if c["score"] is None else f"{c['score']:.4f}") + m
+                                           for c, m in zip(ed["candidates"], marks)))
+    print("(* chosen, g guided; rejected: dropped early on the probes' data)")
     return out
 
 
@@ -168,6 +175,137 @@ def part_speed(args) -> dict:
     print("seconds per candidate: " + ", ".join(f"{k} {t[k] / n:.2f}" for k in
                                                 ("build", "bn_recalibration", "inference", "nms_map")))
     return report.to_dict()
+
+
+# the search before issue 18: probes on both sides on the candidates' images and BN batches, no early reject
+OLD_PROBES = {"probe_sides": "both", "probe_images": 256, "probe_calib_batches": 8, "reject_below": 0.0}
+
+
+def _variant(spec: str) -> dict:
+    """Search settings of a ``--variants`` entry: ``default`` (the library's), ``old`` (``OLD_PROBES``) or
+    ``key=value,key=value`` (``SearchConfig`` fields over the library's defaults)."""
+    if spec in ("default", "old"):
+        return {} if spec == "default" else dict(OLD_PROBES)
+    pairs = (kv.split("=", 1) for kv in spec.split(","))
+    def value(v: str):
+        try:
+            return int(v) if v.lstrip("-").isdigit() else float(v)
+        except ValueError:
+            return v
+
+    return {k: value(v) for k, v in pairs}
+
+
+def part_search_speed(args) -> dict:
+    from yolocompress.compress.prune import PruneConfig, prune_model
+    from yolocompress.profile import cpu_name
+    from yolocompress.profile.latency import cpu_flags
+
+    model, data = _baseline_and_data(args)
+    print(f"CPU: {cpu_name()} ({' '.join(cpu_flags())}), {torch.get_num_threads()} threads; {args.imgsz} px, "
+          f"ratio {args.ratio}, seed {args.seed}, {args.calib_batches}x16 calibration images, "
+          f"{args.eval_images} scored images; variants interleaved, {args.repeats} round(s)", flush=True)
+    extra = {"candidates": args.candidates} if args.candidates else {}
+    rows = []
+    for r in range(args.repeats):
+        for spec in args.variants:
+            cfg = PruneConfig.from_flat(ratio=args.ratio, imgsz=args.imgsz, seed=args.seed,
+                                        calib_batches=args.calib_batches, eval_images=args.eval_images,
+                                        finetune_epochs=0, eval_baseline=False, **extra, **_guided(args),
+                                        **_variant(spec))
+            t0 = time.perf_counter()
+            _, report = prune_model(model, data, cfg, on_progress=_printer(args))
+            wall = time.perf_counter() - t0
+            d = report.details
+            t = d["timing_s"]
+            chosen = d["candidates"][d["chosen"]]
+            row = {"variant": spec, "round": r, "wall_s": wall,
+                   "search_s": t["analysis"] + t["data"] + t.get("probes", 0.0) + t["search"],
+                   "probes": d["probes"], "probes_s": t.get("probes", 0.0), "candidates_s": t["search"],
+                   "candidates_per_minute": d["candidates_per_minute"], "chosen": d["chosen"],
+                   "chosen_kind": chosen["kind"], "score": chosen["score"],
+                   "val_map50_95": d["after_search"]["map50_95"],
+                   "pick": [g["kept"] for g in d["groups"]],
+                   "sensitivity": [g["score_per_gflop"] for g in d["sensitivity"]],
+                   "scores": [c["score"] for c in d["candidates"]],
+                   "kinds": [c["kind"] for c in d["candidates"]]}
+            rows.append(row)
+            print(f"[{spec} #{r}] search {row['search_s']:.1f} s ({row['probes']} probes "
+                  f"{row['probes_s']:.1f} s, {len(row['scores'])} candidates {row['candidates_s']:.1f} s = "
+                  f"{row['candidates_per_minute']:.1f}/min), prune_model {wall:.1f} s; "
+                  f"chosen #{row['chosen']} ({row['chosen_kind']}) score {row['score']:.4f}, "
+                  f"val mAP50-95 after BN {row['val_map50_95']:.4f}", flush=True)
+    ref = rows[0]
+    print(f"\n{'variant':44} {'search s':>9} {'x ref':>6} {'probes':>6} {'cand/min':>8} {'chosen':>6} "
+          f"{'score':>7} {'same pick':>9} {'rho(sens)':>9}")
+    for spec in args.variants:
+        mine = [x for x in rows if x["variant"] == spec]
+        med = float(np.median([x["search_s"] for x in mine]))
+        ref_s = float(np.median([x["search_s"] for x in rows if x["variant"] == ref["variant"]]))
+        last = mine[-1]
+        sens, ref_sens = (np.array([np.nan if v is None else v for v in x["sensitivity"]], dtype=float)
+                          for x in (last, ref))
+        both = np.isfinite(sens) & np.isfinite(ref_sens) if len(sens) == len(ref_sens) else np.zeros(0, bool)
+        rho = spearman(sens[both], ref_sens[both]) if both.sum() > 2 else float("nan")
+        same = all(x["pick"] == ref["pick"] for x in mine)
+        print(f"{spec:44} {med:9.1f} {med / ref_s:6.3f} {last['probes']:6d} "
+              f"{np.median([x['candidates_per_minute'] for x in mine]):8.1f} {last['chosen']:6d} "
+              f"{last['score']:7.4f} {str(same):>9} {rho:9.2f}")
+    print(f"(x ref, same pick, rho: against {ref['variant']!r}; search s: median over rounds of analysis + "
+          "data + probes + candidates; rho: Spearman of the groups' sensitivities)")
+    for spec in args.variants:  # uniform and random candidates are the same strategies in every variant
+        last = [x for x in rows if x["variant"] == spec][-1]
+        dropped = [i for i, v in enumerate(last["scores"]) if v is None]
+        if dropped:
+            full = [ref["scores"][i] for i in dropped if last["kinds"][i] != "guided" and ref["scores"][i]]
+            print(f"{spec}: {len(dropped)} candidates rejected early ({', '.join(map(str, dropped))}); "
+                  f"full scores of the non-guided ones in the {ref['variant']!r} run: "
+                  + (f"max {max(full):.4f}" if full else "none") + f" (its pick: {ref['score']:.4f})")
+    return {"rows": rows}
+
+
+def part_rounding(args) -> dict:
+    from yolocompress.compress.prune import PruneConfig, prune_channels, prune_model
+    from yolocompress.compress.prune.search import plan_search
+    from yolocompress.export.onnx import export_onnx
+    from yolocompress.io.workdir import work_dir
+    from yolocompress.profile import cpu_name, gflops
+    from yolocompress.profile.latency import cpu_flags, time_onnx_files
+
+    model, data = _baseline_and_data(args)
+    base = copy.deepcopy(model).float().eval()
+    nets, budget = {"original": base}, {"ratio": args.ratio}
+    for r in (8, 16):
+        common = dict(imgsz=args.imgsz, seed=args.seed, round_to=r, **budget)
+        plan = plan_search(base, PruneConfig.from_flat(candidates=1, guided=0, **common))
+        nets[f"uniform r{r}"] = prune_channels(base, plan.graph, plan.space.keep(plan.uniform.counts))
+        t0 = time.perf_counter()
+        nets[f"eagleeye r{r}"], _ = prune_model(model, data, PruneConfig.from_flat(
+            calib_batches=args.calib_batches, eval_images=args.eval_images, finetune_epochs=0,
+            eval_baseline=False, **common, **_variant(args.search)))
+        print(f"round_to {r}: budget {plan.budget / 1e9:.4f} GFLOPs@{args.imgsz}, "
+              f"search {time.perf_counter() - t0:.0f} s", flush=True)
+        budget = {"ratio": None, "target_gflops": plan.budget / 1e9}   # 16: the same GFLOPs as 8
+    print(f"CPU: {cpu_name()} ({' '.join(cpu_flags())}); ONNX Runtime, {args.threads} threads, batch 1, "
+          f"interleaved: 10 warm-up + {args.runs} timed runs in 5 rounds (median)")
+    out = {"rows": []}
+    with work_dir("yc-bench-round-") as tmp:
+        for size in args.sizes:
+            files = {name: export_onnx(net, Path(tmp) / f"{name.replace(' ', '_')}_{size}.onnx", imgsz=size)
+                     for name, net in nets.items()}
+            times = time_onnx_files(files, size, threads=args.threads, warmup=10, runs=args.runs, rounds=5)
+            med = {name: float(np.median(t)) for name, t in times.items()}
+            print(f"\n{size} px: {'net':14} {'params':>9} {'GFLOPs':>7} {'ORT ms':>7} {'x orig':>7} "
+                  f"{'r16/r8':>7}")
+            for name, net in nets.items():
+                other = name.replace("r16", "r8")
+                vs = f"{med[name] / med[other]:7.3f}" if other != name else ""
+                row = {"imgsz": size, "net": name, "params": sum(p.numel() for p in net.parameters()),
+                       "gflops": gflops(net, size), "ort_ms": med[name], "times": times[name].tolist()}
+                out["rows"].append(row)
+                print(f"{'':8}{name:14} {row['params']:9,} {row['gflops']:7.3f} {med[name]:7.2f} "
+                      f"{med[name] / med['original']:7.3f} {vs}", flush=True)
+    return out
 
 
 def part_stability(args) -> dict:
@@ -245,7 +383,8 @@ def part_correlation(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("structure", "accuracy", "speed", "stability", "correlation"))
+    p.add_argument("part", choices=("structure", "accuracy", "speed", "search-speed", "rounding", "stability",
+                                      "correlation"))
     p.add_argument("--models", nargs="+", default=["yolov5n", "yolov5s"], help="structure: configs")
     p.add_argument("--model", default=None,
                    help="accuracy/correlation: checkpoint (default: the shipped baseline)")
@@ -270,14 +409,23 @@ def main() -> None:
     p.add_argument("--eagleeye-only", action="store_true", help="accuracy: skip the uniform fine-tune")
     p.add_argument("--nominal-batch", type=int, default=64, help="fine-tune: images per optimizer step")
     p.add_argument("--distill", type=float, default=0.0, help="fine-tune: distillation weight (0: off)")
+    p.add_argument("--variants", nargs="+", default=["old", "default"],
+                   help="search-speed: search settings, each 'old', 'default' or 'key=value,...' "
+                        "(SearchConfig fields); the first is the reference")
+    p.add_argument("--repeats", type=int, default=1, help="search-speed: rounds of the interleaved variants")
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 640], help="rounding: timed image sizes")
+    p.add_argument("--search", default="default", help="rounding: search settings, as one --variants entry")
+    p.add_argument("--runs", type=int, default=50, help="rounding: timed runs per net and size")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     args.imgsz = args.imgsz or (640 if args.part == "structure" else 256)
-    args.candidates = args.candidates or (16 if args.part == "accuracy" else 8)
+    if args.part != "search-speed":  # search-speed: the library's default unless given
+        args.candidates = args.candidates or (16 if args.part == "accuracy" else 8)
     args.epochs = args.epochs if args.epochs is not None else (10 if args.part == "accuracy" else 3)
     torch.set_num_threads(args.threads)
     parts = {"structure": part_structure, "accuracy": part_accuracy, "speed": part_speed,
+             "search-speed": part_search_speed, "rounding": part_rounding,
              "stability": part_stability, "correlation": part_correlation}
     result = parts[args.part](args)
     if args.json:

@@ -146,11 +146,14 @@ def _main(args: argparse.Namespace) -> int:
               f"{p.latency['onnxruntime'].median_ms:.1f} ms")
     for line in budget_lines(d["budget"], d["preference"], d["candidates"]):
         print(line)
-    scores = sorted((nan if c["score"] is None else c["score"] for c in d["candidates"]), reverse=True)
+    # candidates rejected early (on the probes' data) have no score
+    scores = sorted((c["score"] for c in d["candidates"] if c["score"] is not None), reverse=True) or [nan]
     chosen = d["candidates"][d["chosen"]]
     probes = f" after {d['probes']} probes" if d["probes"] else ""
+    rejected = sum(bool(c.get("rejected")) for c in d["candidates"])
     per_minute = nan if d["candidates_per_minute"] is None else d["candidates_per_minute"]
-    print(f"EagleEye: {len(d['candidates'])} candidates{probes} ({per_minute:.1f}/min), "
+    print(f"EagleEye: {len(d['candidates'])} candidates{probes} ({per_minute:.1f}/min"
+          + (f", {rejected} rejected early" if rejected else "") + f"), "
           f"chosen #{d['chosen']}, {chosen['kind']} (score {scores[0]:.4f}; "
           f"median {scores[len(scores) // 2]:.4f})")
     line = (f"mAP50-95: baseline {nan if b.map50_95 is None else b.map50_95:.4f}, "

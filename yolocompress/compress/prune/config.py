@@ -27,6 +27,7 @@ from yolocompress.errors import InputError
 
 METRICS = ("map50_95", "map50", "fitness")
 PREFER = ("accuracy", "latency")
+PROBE_SIDES = ("both", "less", "more")
 
 
 def _at_least(config: Any, names: tuple[str, ...], low: int) -> None:
@@ -43,10 +44,31 @@ class SearchConfig:
         candidates: strategies scored: the uniform one (when ``include_uniform``), ``guided``
             sensitivity-guided ones, the rest sampled at random as in the paper.
         guided: how many of the candidates are sensitivity-guided (0: the paper's random sampling only).
-            They cost a probe phase first: the uniform strategy with each group in turn pruned
-            ``probe_step`` less and ``probe_step`` more, about two scored sub-nets per searchable group
-            (~100 for yolov5n). On the shipped yolov5n baseline at ratio 0.5 random candidates did not beat
-            the uniform strategy after fine-tuning and guided ones did (``benchmarks/RESULTS.md``).
+            They cost a probe phase first: the uniform strategy with each group in turn moved by
+            ``probe_step`` (see ``probe_sides``), one scored sub-net per group and side. On the shipped
+            yolov5n baseline at ratio 0.5 random candidates did not beat the uniform strategy after
+            fine-tuning and guided ones did (``benchmarks/RESULTS.md``).
+        probe_sides: which moves the probes make: ``"both"`` (each group ``probe_step`` less and more
+            pruned, ~100 probes on yolov5n), ``"less"`` or ``"more"`` (one side, half the probes).
+        probe_images, probe_calib_batches: a probe is scored on the first ``probe_images`` of the
+            ``eval_images`` after adaptive BN on the first ``probe_calib_batches`` of the ``calib_batches``
+            (each clipped to those); the candidates always use all of them.
+            Why the probe defaults stay at both sides and all the data (``bench_prune.py search-speed``,
+            shipped baseline, ratio 0.5, 256 px, 2 cores, 2026-12-05): a probe costs what a candidate costs
+            (~1.5 s: BN 0.4 s, inference 0.7 s and NMS + mAP 0.4 s on 256 images), and the ~100 probes are
+            ~80% of the search. Cheaper probes ranked the groups differently (Spearman 0.4-0.8 against the
+            full probes) and the guided picks they led to scored lower: ``"less"`` 0.61x the time, pick
+            score 0.047 vs 0.052; ``"less"`` on 128 images and 4 batches 0.40x, 0.038 (seed 1: 0.029 vs
+            0.056); on 64 images and 4 batches 0.37x, 0.034; ``"more"`` (64, 4) 0.025. They are kept as
+            settings for a quick search.
+        reject_below, reject_images, reject_calib_batches: early rejection of hopeless candidates (0: off).
+            Each candidate is first scored on the first ``reject_images`` after adaptive BN on the first
+            ``reject_calib_batches`` (its BN statistics are then completed on the other batches, so a kept
+            candidate's score is exactly what it would be without this); one scoring below ``reject_below``
+            times the uniform strategy's score there is dropped without its full score. The uniform
+            candidate always passes, so the pick never scores below it. Measured as above: 10 of the 11
+            random candidates dropped (their full scores at most 0.0043 against the pick's 0.0517), the same
+            pick, the candidate phase 26 s instead of 33 s.
         calib_batches, calib_batch: adaptive-BN data, batches x images, from the train split.
         eval_images, eval_batch: held-out images each candidate is scored on (``eval_split``: ``"train"``,
             training images disjoint from the calibration images, as in the paper; or ``"val"``). With 64
@@ -68,6 +90,12 @@ class SearchConfig:
     candidates: int = 20
     guided: int = 8
     probe_step: float = 0.25
+    probe_sides: str = "both"
+    probe_images: int = 256
+    probe_calib_batches: int = 8
+    reject_below: float = 0.5
+    reject_images: int = 64
+    reject_calib_batches: int = 4
     calib_batches: int = 8
     calib_batch: int = 16
     eval_images: int = 256
@@ -81,7 +109,8 @@ class SearchConfig:
     near_tie: float = 0.005
 
     def __post_init__(self) -> None:
-        _at_least(self, ("candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch"), 1)
+        _at_least(self, ("candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch",
+                         "probe_images", "probe_calib_batches", "reject_images", "reject_calib_batches"), 1)
         _at_least(self, ("guided",), 0)
         if not 0.0 < float(self.probe_step) < 1.0:
             raise InputError(f"probe_step must be strictly between 0 and 1, got {self.probe_step}")
@@ -89,6 +118,10 @@ class SearchConfig:
             raise InputError(f"spread must be in (0, 1], got {self.spread}")
         if not 0.0 < float(self.max_ratio) < 1.0:
             raise InputError(f"max_ratio must be strictly between 0 and 1, got {self.max_ratio}")
+        if not 0.0 <= float(self.reject_below) <= 1.0:
+            raise InputError(f"reject_below must be in [0, 1], got {self.reject_below}")
+        if self.probe_sides not in PROBE_SIDES:
+            raise InputError(f"probe_sides must be one of {', '.join(PROBE_SIDES)}, got {self.probe_sides!r}")
         if self.metric not in METRICS:
             raise InputError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.prefer not in PREFER:

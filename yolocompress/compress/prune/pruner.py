@@ -257,7 +257,8 @@ def preference_summary(cfg: PruneConfig, found: SearchResult) -> dict[str, Any]:
     """The report's ``preference``: what broke near-ties (``prefer``: ``accuracy`` or ``latency``, by
     *predicted* latency), the ``near_tie`` score tolerance, the best-scoring candidate's index and the
     chosen one's."""
-    best = max(found.candidates, key=lambda c: (c["score"], -c["index"]))["index"]
+    best = max((c for c in found.candidates if c["score"] is not None),  # rejected early: no score
+               key=lambda c: (c["score"], -c["index"]))["index"]
     return {"prefer": cfg.search.prefer, "near_tie": cfg.search.near_tie,
             "by": "predicted latency" if cfg.search.prefer == "latency" else "score",
             "best_score_index": best, "chosen": found.chosen}

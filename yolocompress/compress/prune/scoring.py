@@ -3,13 +3,14 @@
 - ``adaptive_bn``: reset every BatchNorm's running statistics and re-estimate them as a cumulative average
   (``momentum=None``) over a few training batches, in train mode, without gradients;
 - ``cache_data``: decoded images of the calibration and held-out batches cached once as uint8 tensors;
+  ``CachedData.head`` / ``SubnetScorer.on_head``: the first of them only (the search's cheaper probes);
 - ``SubnetScorer``: a candidate costs one BN pass over the calibration batches and one batched evaluation
   (val.py's NMS and mAP) over the held-out ones.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,18 +21,21 @@ from yolocompress.errors import InputError
 
 
 def adaptive_bn(model: nn.Module, batches: Sequence[torch.Tensor],
-                device: str | torch.device = "cpu") -> None:
+                device: str | torch.device = "cpu", reset: bool = True) -> None:
     """Re-estimate every BatchNorm's running statistics on ``batches`` (uint8 Tensor[B, 3, H, W]) in place.
 
     Running stats are reset and accumulated as a plain average over the batches (``momentum=None``), in train
     mode and without gradients; weights are untouched. The model's momenta and train/eval mode are restored.
+    ``reset=False`` continues the average of an earlier call instead (the two calls give the statistics of
+    one call on all the batches, to the bit).
     """
     norms = [m for m in model.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in norms]
     was_training = model.training
     for m in norms:
-        m.reset_running_stats()
+        if reset:
+            m.reset_running_stats()
         m.momentum = None
     model.train()
     try:
@@ -53,6 +57,23 @@ class CachedData:
     calib_images: int
     eval_images: int
     load_s: float
+
+    def head(self, calib_batches: int, eval_images: int) -> CachedData:
+        """The first ``calib_batches`` calibration batches and the first ``eval_images`` held-out images (the
+        last batch cut to size; all of them when there are fewer), sharing the cached tensors."""
+        if int(calib_batches) < 1 or int(eval_images) < 1:
+            raise ValueError(f"need at least one batch and one image, got {calib_batches}, {eval_images}")
+        calib = self.calib[:int(calib_batches)]
+        batches, left = [], int(eval_images)
+        for batch in self.eval_batches:
+            if left <= 0:
+                break
+            imgs, targets, paths, shapes = batch
+            k = min(left, len(imgs))
+            batches.append(batch if k == len(imgs) else
+                           (imgs[:k], targets[targets[:, 0] < k], paths[:k], shapes[:k]))
+            left -= k
+        return CachedData(calib, batches, sum(len(b) for b in calib), sum(len(b[0]) for b in batches), 0.0)
 
 
 def _subset_batches(dataset, indices: Sequence[int], batch: int) -> list[tuple]:
@@ -132,6 +153,7 @@ class SubnetScorer:
     conf_thres: float = 0.001
     iou_thres: float = 0.6
     fast_inference: bool = True
+    calibrated: int = 0   # see ``continuing``
 
     def _inference_model(self, model: nn.Module) -> nn.Module:
         if not self.fast_inference or torch.device(self.device).type != "cpu":
@@ -141,7 +163,19 @@ class SubnetScorer:
 
         return accelerate_cpu(fuse(model.eval()), inplace=True)
 
+    def on_head(self, calib_batches: int, eval_images: int) -> SubnetScorer:
+        """The same scorer on the first ``calib_batches`` and ``eval_images`` of its data
+        (:meth:`CachedData.head`)."""
+        return replace(self, data=self.data.head(calib_batches, eval_images))
+
+    def continuing(self, calibrated: int) -> SubnetScorer:
+        """The same scorer for a model whose BN statistics already hold those of the first ``calibrated``
+        calibration batches (it was just scored by ``on_head(calibrated, ...)``): only the others are added,
+        which gives the statistics of one pass over all of them, to the bit."""
+        return replace(self, calibrated=int(calibrated))
+
     def __call__(self, model: nn.Module, recalibrate: bool = True) -> SubnetScore:
+        """Score ``model`` (BN statistics re-estimated in place unless ``recalibrate`` is false)."""
         from yolocompress.engine.evaluator import evaluate
         from yolocompress.engine.predictors import TorchPredictor
 
@@ -149,7 +183,7 @@ class SubnetScorer:
         try:
             t0 = time.perf_counter()
             if recalibrate:
-                adaptive_bn(model, self.data.calib, self.device)
+                adaptive_bn(model, self.data.calib[self.calibrated:], self.device, reset=not self.calibrated)
             bn_s = time.perf_counter() - t0
             t1 = time.perf_counter()
             scored = self._inference_model(model)

@@ -17,7 +17,7 @@ from yolocompress.compress.prune.config import PruneConfig
 from yolocompress.compress.prune.cost import CostModel, LatencyCost
 from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
 from yolocompress.compress.prune.importance import l1_importance
-from yolocompress.compress.prune.scoring import SubnetScorer, cache_data
+from yolocompress.compress.prune.scoring import SubnetScore, SubnetScorer, cache_data
 from yolocompress.compress.prune.searchlog import SearchLog, search_fingerprint
 from yolocompress.compress.prune.strategy import Budget, Strategy, StrategySpace, group_sensitivity
 from yolocompress.errors import InputError
@@ -113,31 +113,69 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
 
 
 def choose_candidate(rows: list[dict[str, Any]], plan: SearchPlan, search_cfg: Any) -> int:
-    """The index of the chosen candidate among the scored ``rows``: the best score (ties: the lowest index,
+    """The index of the chosen candidate among the scored ``rows`` (those rejected early, score ``None``, are
+    not chosen): the best score (ties: the lowest index,
     so the uniform candidate wins a tie); with ``search_cfg.prefer == "latency"``, the lowest predicted
     latency among the candidates whose score is within ``search_cfg.near_tie`` of the best (ties: the
     better score, then the lower index). Adds each row's ``latency_ratio`` (predicted; ``None`` without a
     latency model)."""
     for row in rows:
         row["latency_ratio"] = plan.strategies[row["index"]].latency
-    best = max(rows, key=lambda c: (c["score"], -c["index"]))
+    scored = [c for c in rows if c["score"] is not None]  # candidates rejected early have no score
+    best = max(scored, key=lambda c: (c["score"], -c["index"]))
     if search_cfg.prefer != "latency":
         return best["index"]
-    near = [c for c in rows if c["score"] >= best["score"] - search_cfg.near_tie]
+    near = [c for c in scored if c["score"] >= best["score"] - search_cfg.near_tie]
     return min(near, key=lambda c: (c["latency_ratio"], -c["score"], c["index"]))["index"]
 
 
 Best = tuple[float, int, "nn.Module | None"]  # (score, index, sub-net after adaptive BN or None)
 
 
+@dataclass(frozen=True)
+class EarlyReject:
+    """Score a candidate on ``head`` (the first of the data: ``SubnetScorer.on_head``) first and drop it,
+    unscored in full, when that score is below ``floor``."""
+
+    head: SubnetScorer
+    floor: float
+
+
+def _score(sub: nn.Module, scorer: SubnetScorer, metric: str, early: EarlyReject | None,
+           phase: dict[str, float]) -> tuple[SubnetScore | None, float | None]:
+    """``(score, its metric on early.head)`` of ``sub`` (None: not scored), its seconds added to ``phase``. A
+    candidate kept after its head score is scored in full by continuing its BN statistics: the same score as
+    without ``early``, to the bit."""
+    head = None
+    if early is not None:
+        first = early.head(sub)
+        phase["bn_recalibration"] += first.bn_s
+        phase["inference"] += first.inference_s
+        phase["nms_map"] += first.nms_map_s
+        head = first.value(metric)
+        if head < early.floor:
+            return None, head
+    score = (scorer if early is None else scorer.continuing(len(early.head.data.calib)))(sub)
+    phase["bn_recalibration"] += score.bn_s
+    phase["inference"] += score.inference_s
+    phase["nms_map"] += score.nms_map_s
+    return score, head
+
+
+def _best_info(best: Best | None) -> dict[str, float]:
+    """The progress event's info: the best score so far (none before a candidate was scored in full)."""
+    return {} if best is None else {"best": best[0]}
+
+
 def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: SubnetScorer, metric: str,
                    ctx: Any, task: str, on_progress: ProgressCallback | None = None,
-                   log: SearchLog | None = None
+                   log: SearchLog | None = None, early: EarlyReject | None = None
                    ) -> tuple[list[dict[str, Any]], dict[str, float], Best | None]:
     """Score this rank's share of ``strategies`` (index ``i`` on rank ``i % world_size``) and gather every
     rank's rows. Returns ``(rows in index order, seconds per phase summed over ranks, this rank's best
     (score, index, sub-net after adaptive BN, None when its row came from ``log``) or None)``. Rows recorded
-    in ``log`` are taken from it, new ones are added to it."""
+    in ``log`` are taken from it, new ones are added to it. With ``early``, a row dropped by it has
+    ``"rejected": True``, ``"score": None`` and its ``"head_score"``."""
     from yolocompress.engine import distributed as dist_utils
 
     mine = list(range(ctx.rank, len(strategies), ctx.world_size))
@@ -149,28 +187,27 @@ def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: 
         logged = log.get(task, i, s.counts) if log is not None else None
         if logged is not None:  # scored before a kill: not again
             local.append(logged)
-            if best_local is None or logged["score"] > best_local[0]:
+            if logged["score"] is not None and (best_local is None or logged["score"] > best_local[0]):
                 best_local = (logged["score"], i, None)
             if ctx.is_main:
-                report(on_progress, task, len(local), len(mine), "net", {"best": best_local[0]})
+                report(on_progress, task, len(local), len(mine), "net", _best_info(best_local))
             continue
         tb = time.perf_counter()
         sub = prune_channels(base, plan.graph, plan.space.keep(s.counts))
         phase["build"] += time.perf_counter() - tb
-        score = scorer(sub)
-        phase["bn_recalibration"] += score.bn_s
-        phase["inference"] += score.inference_s
-        phase["nms_map"] += score.nms_map_s
-        value = score.value(metric)
+        score, head = _score(sub, scorer, metric, early, phase)
+        value = None if score is None else score.value(metric)
         local.append({"index": i, "kind": s.kind, "gflops": s.flops / 1e9, "score": value,
-                      "map50": score.map50, "map50_95": score.map50_95,
+                      "map50": None if score is None else score.map50,
+                      "map50_95": None if score is None else score.map50_95,
+                      "head_score": head, "rejected": score is None,
                       "mean_ratio": float(np.mean(s.ratios)) if len(s.ratios) else 0.0})
         if log is not None:
             log.add(task, s.counts, local[-1])
-        if best_local is None or value > best_local[0]:
+        if value is not None and (best_local is None or value > best_local[0]):
             best_local = (value, i, sub)
         if ctx.is_main:
-            report(on_progress, task, len(local), len(mine), "net", {"best": best_local[0]})
+            report(on_progress, task, len(local), len(mine), "net", _best_info(best_local))
     gathered = dist_utils.gather_objects((local, phase))
     rows = sorted((c for part, _ in gathered for c in part), key=lambda c: c["index"])
     total = {key: sum(p[key] for _, p in gathered) for key in phase}
@@ -180,26 +217,32 @@ def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: 
 def _probe_sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
                        on_progress: ProgressCallback | None = None, log: SearchLog | None = None
                        ) -> tuple[np.ndarray, int]:
-    """Score the uniform strategy and its one-group probes; returns ``(score per FLOP per searchable group,
-    number of sub-nets scored)``."""
-    probes = plan.space.probes(plan.uniform, cfg.search.probe_step)
-    rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], scorer,
-                                cfg.search.metric, ctx, "probes", on_progress, log)
+    """Score the uniform strategy and its one-group probes (the sides ``cfg.search.probe_sides``) on the first
+    ``probe_calib_batches`` and ``probe_images`` of ``scorer``'s data; returns ``(score per FLOP per
+    searchable group, number of sub-nets scored)``."""
+    s = cfg.search
+    probes = [p for p in plan.space.probes(plan.uniform, s.probe_step)
+              if s.probe_sides in ("both", p.direction)]
+    rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes],
+                                scorer.on_head(s.probe_calib_batches, s.probe_images), s.metric, ctx,
+                                "probes", on_progress, log)
     scores = [r["score"] for r in rows]
     sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable))
     return sens, len(rows)
 
 
 def _score_candidates(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
-                      on_progress: ProgressCallback | None, log: SearchLog | None = None
+                      on_progress: ProgressCallback | None, log: SearchLog | None = None,
+                      early: EarlyReject | None = None
                       ) -> tuple[list[dict[str, Any]], dict[str, float], int, nn.Module]:
-    """Score this rank's share of the candidates, gather every rank's rows, pick the best.
+    """Score this rank's share of the candidates, gather every rank's rows, pick the best of those scored in
+    full (``early`` drops the hopeless ones first).
 
     Returns ``(candidate rows in index order, seconds per phase summed over ranks, chosen index, the chosen
     sub-net after adaptive BN)``. Ties go to the lowest index, so the uniform candidate wins a tie.
     """
     candidates, total, best_local = _score_sharded(base, plan, plan.strategies, scorer, cfg.search.metric,
-                                                    ctx, "eagleeye", on_progress, log)
+                                                    ctx, "eagleeye", on_progress, log, early)
     chosen = choose_candidate(candidates, plan, cfg.search)
     for c in candidates:
         c["chosen"] = c["index"] == chosen
@@ -232,7 +275,11 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
     """EagleEye on ``base`` (float32, CPU, eval mode): plan, cache the data once, score the probes (for the
     guided candidates) and the candidates, sharded over the ranks of ``ctx``; every scored sub-net is recorded
     in ``cfg.search_log`` when given (and taken from it with ``cfg.resume``). Timing keys: ``analysis``,
-    ``data``, ``probes``, ``build``, ``bn_recalibration``, ``inference``, ``nms_map``, ``search``."""
+    ``data``, ``probes``, ``build``, ``bn_recalibration``, ``inference``, ``nms_map``, ``search``.
+
+    With ``cfg.search.reject_below`` > 0, a candidate whose score on the first ``reject_calib_batches`` and
+    ``reject_images`` is below ``reject_below`` times the uniform strategy's score there (computed on every
+    rank: the same floor everywhere) is not scored in full; the uniform candidate is never dropped."""
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     plan = plan_search(base, cfg)
@@ -255,7 +302,13 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
         add_guided(plan, sensitivity)
         timing["probes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    candidates, phase, chosen, winner = _score_candidates(base, plan, scorer, cfg, ctx, on_progress, log)
+    early = None
+    if s.reject_below > 0 and len(plan.strategies) > 1:  # every rank: the floor from the uniform strategy
+        head = scorer.on_head(s.reject_calib_batches, s.reject_images)
+        uniform = prune_channels(base, plan.graph, plan.space.keep(plan.uniform.counts))
+        early = EarlyReject(head, s.reject_below * head(uniform).value(s.metric))
+    candidates, phase, chosen, winner = _score_candidates(base, plan, scorer, cfg, ctx, on_progress, log,
+                                                          early)
     timing.update(phase)
     timing["search"] = time.perf_counter() - t0
     return SearchResult(plan, candidates, chosen, winner, sensitivity, n_probes, timing, log)

@@ -1,0 +1,159 @@
+"""Faster searches (issue 18): probes on the head of the cached data and one side only; candidates rejected
+early on the head."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from yolocompress.compress.prune import PruneConfig, prune_model
+from yolocompress.compress.prune.scoring import SubnetScore, SubnetScorer, cache_data
+from yolocompress.errors import InputError
+
+from .conftest import tiny_model
+
+FAST = dict(imgsz=64, candidates=4, guided=2, calib_batches=2, calib_batch=4, eval_images=8, eval_batch=4,
+            probe_sides="less", probe_images=4, probe_calib_batches=1, reject_images=4,
+            reject_calib_batches=1, finetune_epochs=0, min_channels=1, round_to=1, eval_baseline=False)
+
+
+@pytest.mark.parametrize("bad, name", [(dict(probe_images=0), "probe_images"),
+                                       (dict(probe_calib_batches=0), "probe_calib_batches"),
+                                       (dict(probe_sides="left"), "probe_sides"),
+                                       (dict(reject_below=1.5), "reject_below"),
+                                       (dict(reject_images=0), "reject_images"),
+                                       (dict(reject_calib_batches=0), "reject_calib_batches")])
+def test_probe_settings_are_validated_with_one_line(bad, name):
+    with pytest.raises(InputError) as err:
+        PruneConfig.from_flat(**bad)
+    assert str(err.value).startswith(name) and "\n" not in str(err.value)
+
+
+def test_head_of_the_cached_data_cuts_images_and_their_labels(tiny_data):
+    cache = cache_data(tiny_data, 64, 32, calib_batches=2, calib_batch=4, eval_images=8, eval_batch=4, seed=0)
+    head = cache.head(1, 6)
+    assert len(head.calib) == 1 and head.calib[0] is cache.calib[0] and head.calib_images == 4
+    assert head.eval_images == 6 and [len(b[0]) for b in head.eval_batches] == [4, 2]
+    assert head.eval_batches[0] is cache.eval_batches[0]
+    imgs, targets, paths, shapes = head.eval_batches[1]
+    full = cache.eval_batches[1]
+    assert torch.equal(imgs, full[0][:2]) and paths == full[2][:2] and shapes == full[3][:2]
+    assert len(full[1]) > len(targets) > 0 and torch.equal(targets, full[1][full[1][:, 0] < 2])
+    everything = cache.head(5, 100)                      # more than there is: all of it
+    assert everything.eval_images == 8 and len(everything.calib) == 2
+    with pytest.raises(ValueError):
+        cache.head(1, 0)
+
+
+def _recording_scorer(monkeypatch) -> list[tuple[int, int]]:
+    """Record (calibration batches, scored images) of every scored sub-net; the score is made to depend on
+    the BN statistics adaptive BN re-estimated (an untrained tiny model scores 0 everywhere), so the pick
+    depends on the data the search drew and on every probe."""
+    seen: list[tuple[int, int]] = []
+    real_call = SubnetScorer.__call__
+
+    def scored(self, sub, recalibrate=True):
+        s = real_call(self, sub, recalibrate)
+        seen.append((len(self.data.calib), self.data.eval_images))
+        norms = [m for m in sub.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        s.map50_95 = float(sum(m.running_var.sum() - m.running_mean.abs().sum() for m in norms))
+        return s
+
+    monkeypatch.setattr(SubnetScorer, "__call__", scored)
+    return seen
+
+
+def test_probes_are_scored_on_the_head_one_side_and_candidates_on_everything(tiny_data, monkeypatch):
+    seen = _recording_scorer(monkeypatch)
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
+    _, report = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **FAST, reject_below=0.0))
+    d = report.details
+    n_groups = sum(g["searchable"] for g in d["groups"])
+    assert 1 < d["probes"] <= n_groups + 1                   # the centre and one move per group
+    assert seen[:d["probes"]] == [(1, 4)] * d["probes"]
+    assert set(seen[d["probes"]:]) == {(2, 8)} and len(d["candidates"]) == 4
+    seen.clear()
+    _, both = prune_model(model, tiny_data, PruneConfig.from_flat(
+        ratio=0.5, **{**FAST, "probe_sides": "both", "probe_images": 8, "probe_calib_batches": 2,
+                      "reject_below": 0.0}))
+    assert both.details["probes"] > d["probes"] and set(seen) == {(2, 8)}   # the search before issue 18
+
+
+def test_faster_search_same_seed_same_pick(tiny_data, monkeypatch):
+    _recording_scorer(monkeypatch)
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
+    cfg = PruneConfig.from_flat(ratio=0.5, **FAST)
+    a, ra = prune_model(model, tiny_data, cfg)
+    b, rb = prune_model(model, tiny_data, cfg)
+    da, db = ra.details, rb.details
+    assert da["probes"] > 1 and da["candidates"][da["chosen"]]["kind"] == "guided"   # the probes decided
+    assert da["chosen"] == db["chosen"] and da["groups"] == db["groups"]
+    assert [c["score"] for c in da["candidates"]] == [c["score"] for c in db["candidates"]]
+    assert da["sensitivity"] == db["sensitivity"]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_adaptive_bn_continued_equals_one_pass_to_the_bit(tiny_data):
+    from yolocompress.compress.prune import adaptive_bn
+
+    cache = cache_data(tiny_data, 64, 32, calib_batches=2, calib_batch=4, eval_images=8, eval_batch=4, seed=0)
+    once, twice = tiny_model("yolov5n", nc=tiny_data.nc), tiny_model("yolov5n", nc=tiny_data.nc)
+    adaptive_bn(once, cache.calib)
+    adaptive_bn(twice, cache.calib[:1])
+    first = [b.clone() for n, b in twice.named_buffers() if n.endswith("running_mean")]
+    adaptive_bn(twice, cache.calib[1:], reset=False)
+    assert all(torch.equal(x, y) for x, y in zip(once.state_dict().values(), twice.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(first, (b for n, b in twice.named_buffers()
+                                                             if n.endswith("running_mean"))))
+
+
+def test_early_rejection_never_drops_the_eventual_best(tiny_data, monkeypatch):
+    """A stub score (the sub-net's parameter count, on the head and on all the data alike): rejection drops
+    the candidates below ``reject_below`` x uniform, and the pick and every kept score are as without it."""
+    calls: list[str] = []
+
+    def scored(self, sub, recalibrate=True):
+        calls.append("head" if self.data.eval_images == 4 else "full")
+        return SubnetScore(0.0, sum(p.numel() for p in sub.parameters()) / 1e6, 0.0, 0.0, 0.0, 0.0)
+
+    monkeypatch.setattr(SubnetScorer, "__call__", scored)
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.25)
+    flat = {**FAST, "candidates": 12, "guided": 4, "min_channels": 2, "round_to": 2}
+    _, plain = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **flat, reject_below=0.0))
+    calls.clear()
+    _, fast = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **flat, reject_below=0.97))
+    p, f = plain.details["candidates"], fast.details["candidates"]
+    uniform = p[0]["score"]
+    rejected = [c["index"] for c in f if c["rejected"]]
+    assert rejected == [c["index"] for c in p if c["score"] < 0.97 * uniform] and 0 < len(rejected) < 11
+    assert all(f[i]["score"] is None and f[i]["head_score"] == p[i]["score"] for i in rejected)
+    assert [c["score"] for c in f if not c["rejected"]] == \
+        [c["score"] for c in p if c["index"] not in rejected]
+    assert fast.details["chosen"] == plain.details["chosen"] and not f[fast.details["chosen"]]["rejected"]
+    assert calls.count("full") == 12 - len(rejected)   # the rejected are never scored on all the data
+    assert not any(c["rejected"] for c in p)
+
+
+def test_a_search_with_early_rejection_resumes_to_the_same_result(tiny_data, monkeypatch, tmp_path):
+    def scored(self, sub, recalibrate=True):
+        return SubnetScore(0.0, sum(p.numel() for p in sub.parameters()) / 1e6, 0.0, 0.0, 0.0, 0.0)
+
+    class Killed(BaseException):
+        pass
+
+    def kill(event):
+        if event.task == "eagleeye" and event.done == 5:
+            raise Killed
+
+    monkeypatch.setattr(SubnetScorer, "__call__", scored)
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.25)
+    flat = {**FAST, "candidates": 12, "guided": 4, "min_channels": 2, "round_to": 2, "reject_below": 0.97}
+    _, full = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **flat))
+    log = tmp_path / "s.search.jsonl"
+    with pytest.raises(Killed):
+        prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **flat, search_log=str(log)),
+                    on_progress=kill)
+    _, resumed = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **flat, search_log=str(log),
+                                                                      resume=True))
+    assert any(c["rejected"] for c in full.details["candidates"])
+    for key in ("candidates", "chosen", "sensitivity", "groups"):
+        assert resumed.details[key] == full.details[key], key
