@@ -19,6 +19,7 @@ from torch import nn
 from yolocompress.compress.distill.feature import FeatureDistillation
 from yolocompress.compress.distill.output import OutputDistillation
 from yolocompress.compress.distill.teacher import TeacherForward
+from yolocompress.engine.loss import Hyp, LossGains, loss_gains
 from yolocompress.errors import InputError
 
 METHODS = ("output", "feature", "both")
@@ -92,21 +93,41 @@ def check_output_compatible(student: nn.Module, teacher: nn.Module) -> None:
                          f"(strides {s.stride.tolist()} vs {t.stride.tolist()}); use method feature")
 
 
-def distill_terms(config: DistillConfig, teacher: nn.Module, student: nn.Module, imgsz: int | None = None,
-                  seed: int = 0) -> tuple[list[Any], dict[str, Any]]:
-    """The trainer ``extra_losses`` terms of ``config`` for ``student`` under ``teacher`` (neither is
-    modified), checked before any training, and the report's ``details``: ``method`` and, for feature KD,
-    ``feature_layers`` and ``connectors`` (layer -> [student, teacher] channels; none where they match).
+def output_gains(student: nn.Module, hyp: Hyp | None, imgsz: int | None) -> LossGains | None:
+    """The gains output KD weighs its parts with: the detection loss's own (``loss_gains`` of ``hyp``,
+    default YOLOv5's, at ``imgsz``), so that weight 1 weighs each part as the labels' part; ``None`` (unit
+    gains) when the detection loss is off (all its gains 0: QAT distilling alone) or there is no size."""
+    hyp = hyp or Hyp()
+    if imgsz is None or hyp.box == hyp.obj == hyp.cls == 0:
+        return None
+    head = student.model[-1]
+    return loss_gains(hyp, int(head.nl), int(head.nc), int(imgsz))
 
-    ``imgsz``: the size of the dry forward that sizes the connectors and compares strides; ``seed``: the
-    connectors' initial weights (the stage's seed, so that a run is reproducible).
+
+def distill_terms(config: DistillConfig, teacher: nn.Module, student: nn.Module, imgsz: int | None = None,
+                  seed: int = 0, hyp: Hyp | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """The trainer ``extra_losses`` terms of ``config`` for ``student`` under ``teacher`` (neither is
+    modified), checked before any training, and the report's ``details``: ``method``, for output KD the
+    ``output_gains`` of its parts, for feature KD ``feature_layers`` and ``connectors`` (layer -> [student,
+    teacher] channels; none where they match).
+
+    ``imgsz``: the training size (it sizes the connectors' dry forward, compares strides and scales output
+    KD's gains); ``seed``: the connectors' initial weights (the stage's seed, so that a run is reproducible);
+    ``hyp``: the training hyperparameters, whose detection gains output KD takes (:func:`output_gains`).
     """
     terms: list[Any] = []
     details: dict[str, Any] = {"method": config.method}
     forward = TeacherForward(teacher)  # one teacher forward per batch for every term
     if config.method in ("output", "both"):
         check_output_compatible(student, teacher)
-        terms.append(OutputDistillation(forward, weight=config.weight))
+        gains = output_gains(student, hyp, imgsz)
+        if gains is None:
+            terms.append(OutputDistillation(forward, weight=config.weight))
+        else:
+            terms.append(OutputDistillation(forward, weight=config.weight, box=gains.box, obj=gains.obj,
+                                            cls=gains.cls, balance=gains.balance))
+            details["output_gains"] = {"box": gains.box, "obj": gains.obj, "cls": gains.cls,
+                                       "balance": list(gains.balance)}
     if config.method in ("feature", "both"):
         feature = FeatureDistillation(forward, student, config.feature_layers, weight=config.feature_weight,
                                       tau=config.temperature, probe_size=imgsz, seed=seed)
@@ -153,4 +174,4 @@ def kd_warnings(history: Sequence[dict[str, Any]]) -> list[str]:
 
 
 __all__ = ["DistillConfig", "KD_SHARE_WARN", "METHODS", "as_distill_config", "check_output_compatible",
-           "distill_json", "distill_terms", "kd_warnings", "teacher_overhead"]
+           "distill_json", "distill_terms", "output_gains", "kd_warnings", "teacher_overhead"]
