@@ -90,8 +90,9 @@ def one_run(student_path: Path, teacher_path: Path, args, method: str, epochs: i
     if method == "none":
         _, report = finetune(student, args.data, train, on_progress=lock)
     else:
-        kd = DistillConfig(method=method, weight=args.weight, feature_weight=args.feature_weight,
-                           temperature=args.temperature, check_teacher=False)
+        given = {k: getattr(args, k) for k in ("weight", "feature_weight", "temperature")
+                 if getattr(args, k) is not None}  # the rest: the library's defaults
+        kd = DistillConfig(method=method, check_teacher=False, **given)
         _, report = distill_model(student, teacher, args.data, kd, train, on_progress=lock)
     history = report.details["history"]
     last = history[-1]
@@ -189,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--nominal-batch", type=int, default=64)
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--weight", type=float, default=1.0, help="output KD weight")
-    p.add_argument("--feature-weight", type=float, default=1.0, help="feature KD (CWD) weight")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--weight", type=float, default=None, help="output KD weight (default: the library's)")
+    p.add_argument("--feature-weight", type=float, default=None,
+                   help="feature KD (CWD) weight (default: the library's)")
+    p.add_argument("--temperature", type=float, default=None, help="CWD temperature (default: the library's)")
     p.add_argument("--teacher-epochs", type=int, default=60, help="scratch: epochs of the yolov5s teacher")
     p.add_argument("--json", default=None)
     p.add_argument("--share-lock", default=None)

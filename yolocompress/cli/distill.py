@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from yolocompress.cli.common import (ProgressPrinter, add_max_map_drop, add_workers, console, image_size,
-                                     positive_int, print_stage_warnings, write_json)
+from yolocompress.cli.common import (ProgressPrinter, add_max_map_drop, add_workers, config_help, console,
+                                     image_size, positive_int, print_stage_warnings, write_json)
 from yolocompress.errors import InputError
 from yolocompress.io.paths import file_size, names_a_file, preflight
 
@@ -22,6 +22,8 @@ def _layers(text: str) -> tuple[int, ...] | None:
 
 
 FEATURE_FLAGS = ("feature_layers", "feature_weight", "temperature")
+# help defaults come from here (``cli.common.config_help``; a command using these flags adds this source)
+DISTILL_CONFIG = "yolocompress.compress.distill.config:DistillConfig"
 
 
 def add_method_flags(p: argparse.ArgumentParser, stage: str) -> None:
@@ -32,18 +34,18 @@ def add_method_flags(p: argparse.ArgumentParser, stage: str) -> None:
                    help=f"{stage}: distill output (the head), feature (CWD of the neck outputs, connectors "
                         "where channels differ) or both, with --distill as the output-KD weight (default: "
                         "output KD at --distill's weight)")
-    _feature_flags(p, None)
+    _feature_flags(p)
 
 
-def _feature_flags(p: argparse.ArgumentParser, default: float | None) -> None:
-    """``--feature-layers``, ``--feature-weight``, ``--temperature`` (``default``: of the last two; the
-    library's 1 either way)."""
+def _feature_flags(p: argparse.ArgumentParser) -> None:
+    """``--feature-layers``, ``--feature-weight``, ``--temperature`` (``None`` when not given: the library's
+    defaults, shown in the help from ``DISTILL_CONFIG``)."""
     p.add_argument("--feature-layers", type=_layers, default=None, metavar="auto|17,20,23",
                    help="layers for feature KD (default auto: the layers that feed Detect)")
-    p.add_argument("--feature-weight", type=float, default=default, metavar="W",
-                   help="feature-KD weight (default 1)")
-    p.add_argument("--temperature", type=float, default=default, metavar="T",
-                   help="CWD temperature (default 1)")
+    p.add_argument("--feature-weight", type=float, default=None, metavar="W",
+                   help="feature-KD weight (default {distill.feature_weight})")
+    p.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help="CWD temperature (default {distill.temperature})")
 
 
 def distill_option(weight: float | None, args: argparse.Namespace) -> Any:
@@ -75,8 +77,8 @@ def _main(args: argparse.Namespace) -> int:
     from yolocompress.io.checkpoint import history_entry, load_model_with_info, save_model
     from yolocompress.models import build_model, list_configs
 
-    config = DistillConfig(method=args.method, feature_layers=args.feature_layers, weight=args.weight,
-                           feature_weight=args.feature_weight, temperature=args.temperature)
+    given = {name: getattr(args, name) for name in ("weight", *FEATURE_FLAGS) if getattr(args, name) is not None}
+    config = DistillConfig(method=args.method, **given)  # the rest: the library's defaults
     data = load_data_config(args.data)
     teacher, teacher_info = load_model_with_info(args.teacher)
     if Path(args.student).is_file():
@@ -126,6 +128,7 @@ def _print(report: dict[str, Any], output: str) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "distill", help="train a student (e.g. a pruned model) under a teacher: output and/or feature KD",
+        formatter_class=config_help(distill=DISTILL_CONFIG),
         description="Knowledge distillation. --method output: the teacher's head outputs as soft targets (same "
                     "classes, anchors and strides); feature: channel-wise distillation (CWD) of the neck outputs, "
                     "with 1x1 conv + BN connectors where the channel counts differ (dropped from the saved "
@@ -136,8 +139,9 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="distilled student to write (.pt, our format)")
     p.add_argument("--method", default="feature", metavar="output|feature|both",
                    help="what to distill (default feature)")
-    p.add_argument("--weight", type=float, default=1.0, metavar="W", help="output-KD weight (default 1)")
-    _feature_flags(p, 1.0)
+    p.add_argument("--weight", type=float, default=None, metavar="W",
+                   help="output-KD weight, relative to the labels (default {distill.weight})")
+    _feature_flags(p)
     p.add_argument("--epochs", type=positive_int, default=20, help="training epochs (default 20)")
     p.add_argument("--imgsz", type=image_size, default=None, help="image size (default: the student's, else "
                                                                   "the teacher's recorded size)")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from yolocompress.cli.common import add_max_map_drop, config_help, image_size, positive_int
-from yolocompress.cli.distill import add_method_flags, distill_option
+from yolocompress.cli.distill import DISTILL_CONFIG, add_method_flags, distill_option
 from yolocompress.errors import InputError
 from yolocompress.io.paths import file_size, preflight
 
@@ -197,7 +197,7 @@ def budget_lines(budget: Mapping[str, Any], preference: Mapping[str, Any],
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "prune", formatter_class=config_help(prune=PRUNE_CONFIG),
+        "prune", formatter_class=config_help(prune=PRUNE_CONFIG, distill=DISTILL_CONFIG),
         help="EagleEye structured channel pruning (real, smaller convolutions)",
         description="Remove whole convolution channels. EagleEye samples per-layer-group pruning ratios that "
                     "meet the FLOPs budget, builds each sub-net by L1 norm, re-estimates its BatchNorm "

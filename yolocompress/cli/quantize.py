@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from yolocompress.cli.common import (add_max_map_drop, config_help, console, image_size, positive_int,
                                      print_stage_warnings, write_json)
-from yolocompress.cli.distill import add_method_flags, distill_option
+from yolocompress.cli.distill import DISTILL_CONFIG, add_method_flags, distill_option
 from yolocompress.errors import InputError
 from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.paths import file_size, preflight
@@ -25,7 +25,7 @@ LIBRARY = {"quant": "yolocompress.compress.quant.ptq:QuantConfig",
            "qat": "yolocompress.compress.quant.qat:QatConfig",
            "ptq": "yolocompress.compress.quant.ptq", "plan": "yolocompress.compress.quant.plan",
            "calibrate": "yolocompress.compress.quant.calibrate",
-           "sens": "yolocompress.compress.quant.sensitivity:sensitivity"}
+           "sens": "yolocompress.compress.quant.sensitivity:sensitivity", "distill": DISTILL_CONFIG}
 
 
 def _given(**values: Any) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def finetune(model: nn.Module, data: Any, config: FinetuneConfig | None = None, 
     hyp = dataclasses.replace(hyp or Hyp(), **{k: float(v) for k, v in (("lr0", cfg.lr0),
                                                                         ("warmup_epochs", cfg.warmup_epochs))
                                                if v is not None})
-    extra, kd_details = (distill_terms(kd, teacher, model, int(cfg.imgsz), cfg.seed) if kd is not None
+    extra, kd_details = (distill_terms(kd, teacher, model, int(cfg.imgsz), cfg.seed, hyp) if kd is not None
                          else ([], {}))
     extra += list(extra_losses)
     data = as_data_config(data)

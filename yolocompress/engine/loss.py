@@ -106,6 +106,28 @@ def _number_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(Hyp) if f.name != "augment"]
 
 
+@dataclass(frozen=True)
+class LossGains:
+    """The weights of the detection loss's parts for one model and image size (``loss_gains``).
+
+    ``box``, ``obj``, ``cls``: the gains of the box, objectness and class parts; ``balance``: the objectness
+    weight of each output level, finest first.
+    """
+
+    box: float
+    obj: float
+    cls: float
+    balance: tuple[float, ...]
+
+
+def loss_gains(hyp: Hyp, nl: int, nc: int, imgsz: int) -> LossGains:
+    """``hyp``'s gains rescaled for ``nl`` output levels, ``nc`` classes and ``imgsz`` pixels, as YOLOv5's
+    ``train.py`` does (its values are for 3 levels, 80 classes and 640 px): box ``x 3/nl``, classes
+    ``x nc/80 x 3/nl``, objectness ``x (imgsz/640)^2 x 3/nl``."""
+    return LossGains(box=hyp.box * 3 / nl, obj=hyp.obj * (imgsz / 640) ** 2 * 3 / nl,
+                     cls=hyp.cls * nc / 80 * 3 / nl, balance=tuple(_BALANCE.get(nl, _BALANCE_DEFAULT)[:nl]))
+
+
 def bbox_ciou(box1: Tensor, box2: Tensor, eps: float = 1e-7) -> Tensor:
     """Complete IoU of matching boxes (Zheng et al. 2020), as YOLOv5 computes it.
 
@@ -189,10 +211,9 @@ class DetectionLoss:
         self.nc, self.nl, self.na = int(head.nc), int(head.nl), int(head.na)
         self.anchors = head.anchors.detach().float().clone()  # Tensor[nl, na, 2], grid units
         self.anchor_t = hyp.anchor_t
-        self.balance = _BALANCE.get(self.nl, _BALANCE_DEFAULT)[: self.nl]
-        self.box_gain = hyp.box * 3 / self.nl
-        self.cls_gain = hyp.cls * self.nc / 80 * 3 / self.nl
-        self.obj_gain = hyp.obj * (imgsz / 640) ** 2 * 3 / self.nl
+        gains = loss_gains(hyp, self.nl, self.nc, imgsz)
+        self.balance = gains.balance
+        self.box_gain, self.obj_gain, self.cls_gain = gains.box, gains.obj, gains.cls
         self.cls_pos = 1.0 - 0.5 * hyp.label_smoothing  # smoothed BCE targets
         self.cls_neg = 0.5 * hyp.label_smoothing
         device = self.anchors.device

@@ -12,7 +12,7 @@ from yolocompress.cli import main
 from yolocompress.compress.distill import DistillConfig, FeatureDistillation, as_distill_config, cwd_loss
 from yolocompress.compress.finetune import FinetuneConfig, finetune
 from yolocompress.compress.prune import PruneFinetuneConfig
-from yolocompress.compress.distill.config import check_output_compatible
+from yolocompress.compress.distill.config import check_output_compatible, output_gains
 from yolocompress.engine.callbacks import Batch, FeatureCapture
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import save_model
@@ -194,7 +194,9 @@ def test_both_methods_share_one_teacher_forward_per_batch():
     kd_out, _ = output(batch, preds, feats)
     kd_feat, _ = feature(batch, preds, feats)
     assert len(calls) == 1
-    alone_out, _ = OutputDistillation(teacher)(batch, preds, feats)
+    gains = output_gains(student, None, 64)
+    alone_out, _ = OutputDistillation(teacher, box=gains.box, obj=gains.obj, cls=gains.cls,
+                                      balance=gains.balance)(batch, preds, feats)
     alone_feat, _ = FeatureDistillation(teacher, student)(batch, preds, feats)
     assert float(kd_out) == pytest.approx(float(alone_out), rel=1e-6)
     assert float(kd_feat) == pytest.approx(float(alone_feat), rel=1e-6)

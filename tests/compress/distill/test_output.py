@@ -106,3 +106,46 @@ def test_term_under_bf16_autocast_gives_a_float32_loss(teacher):
     reference, _ = kd(type("Batch", (), {"imgs": x})(), preds, {})
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert abs(float(loss) - float(reference)) < 0.02 * float(reference)
+
+
+def test_parts_are_kl_divergences_weighted_by_the_detection_gains(teacher):
+    """Each part is BCE minus the teacher's entropy (0 at the teacher); the gains multiply the parts and the
+    objectness of each level is weighted by its balance, as in the detection loss."""
+    from yolocompress.compress.distill.config import output_gains
+    from yolocompress.engine.loss import DetectionLoss
+
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        target = list(teacher(x)[1])
+    plain = OutputDistillation(teacher)
+    assert all(abs(float(p)) < 1e-6 for p in plain.loss(target, target))
+    student = [t + 0.3 * torch.randn_like(t) for t in target]
+    # the obj part of level 0 alone, by the formula
+    p = target[0][..., 4].sigmoid()
+    q = student[0][..., 4].sigmoid()
+    p, q = p.double(), q.double()
+    kl0 = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).mean()
+    one_level = OutputDistillation(teacher).loss(student[:1], target[:1])[1]
+    assert float(one_level) == pytest.approx(float(kl0), rel=1e-5)
+    gains = output_gains(teacher, None, 256)
+    det = DetectionLoss(teacher, imgsz=256)
+    assert (gains.box, gains.obj, gains.cls, gains.balance) == (det.box_gain, det.obj_gain, det.cls_gain,
+                                                                det.balance)
+    scaled = OutputDistillation(teacher, box=gains.box, obj=gains.obj, cls=gains.cls, balance=gains.balance)
+    box, obj, cls = plain.loss(student, target)
+    level_obj = [plain.loss(student[i:i + 1], target[i:i + 1])[1] for i in range(3)]
+    batch = type("Batch", (), {"imgs": x})()
+    total, items = scaled(batch, student, {})
+    expected = gains.box * box + gains.cls * cls + gains.obj * sum(b * o for b, o in zip(gains.balance, level_obj))
+    assert float(total) == pytest.approx(float(expected), rel=1e-5)
+    assert items["kd_output"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_no_gains_when_the_detection_loss_is_off(teacher):
+    """QAT distilling alone (labels off): output KD keeps unit gains, its whole loss."""
+    from yolocompress.compress.distill.config import output_gains
+    from yolocompress.engine.loss import Hyp
+
+    assert output_gains(teacher, Hyp(box=0.0, obj=0.0, cls=0.0), 256) is None
+    assert output_gains(teacher, Hyp(), None) is None
+    assert output_gains(teacher, Hyp(), 640).obj == pytest.approx(1.0)

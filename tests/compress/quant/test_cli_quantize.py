@@ -65,7 +65,7 @@ def test_qat_command(tiny_data, tmp_path):
     qat = r["details"]["qat"]
     assert out.is_file() and qat["epochs"] == 1 and qat["parity_sqnr_db"] > 30
     assert {k: qat["distill"][k] for k in ("method", "weight", "feature_layers", "feature_weight")} == \
-        {"method": "both", "weight": 0.5, "feature_layers": [17, 20], "feature_weight": 1.0}
+        {"method": "both", "weight": 0.5, "feature_layers": [17, 20], "feature_weight": 0.01}  # the default
     assert r["details"]["kernels"]["stayed_float"] == [] and r["config"]["method"] == "qat"
 
 

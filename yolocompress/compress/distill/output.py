@@ -13,7 +13,7 @@ teacher runs in eval mode without gradients on the same (augmented) batch as the
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,15 @@ from yolocompress.compress.distill.teacher import TeacherForward
 from yolocompress.errors import InputError
 
 
+def _bernoulli_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Elementwise KL(teacher || student) of Bernoulli variables given by logits (>= 0): the BCE with logits
+    against ``sigmoid(teacher)`` minus the teacher's entropy, written with log-sigmoids so that no two large
+    terms cancel; its gradient is ``sigmoid(s) - sigmoid(t)``."""
+    p = teacher_logits.sigmoid()
+    return (p * (F.logsigmoid(teacher_logits) - F.logsigmoid(student_logits))
+            + (1 - p) * (F.logsigmoid(-teacher_logits) - F.logsigmoid(-student_logits)))
+
+
 class OutputDistillation:
     """Soft-target BCE between student and teacher head outputs (see the module docstring).
 
@@ -30,9 +39,15 @@ class OutputDistillation:
         teacher: the reference detector (same head layout: levels, anchors and classes; copied, frozen, kept
             in eval mode), or a :class:`~yolocompress.compress.distill.teacher.TeacherForward` shared with
             other terms (one teacher forward per batch for all of them).
-        weight: multiplier of the whole term (the detection loss has weight 1).
-        box, obj, cls: weights of the three parts.
+        weight: multiplier of the whole term.
+        box, obj, cls: gains of the three parts. :func:`~yolocompress.compress.distill.config.distill_terms`
+            passes the detection loss's own gains (:func:`~yolocompress.engine.loss.loss_gains`: YOLOv5
+            scales them with the image size and class count, e.g. box 0.05, obj 0.16, cls 0.0375 at 256 px and
+            6 classes), so that at ``weight`` 1 each part weighs what the labels' part weighs.
+        balance: objectness weight per output level, finest first (the detection loss's; ``None``: 1 each).
 
+    Each part is a KL divergence: the BCE against the soft targets minus their entropy (the same gradient),
+    so it is 0 where the student agrees with the teacher and the logged value says how far apart they are.
     Called as ``term(batch, preds, features)`` it returns ``(loss per image, {"kd_output": value})``; the trainer
     multiplies it by the batch size like its detection loss. ``forward``: the shared teacher forward (its
     ``seconds``: the KD overhead so far); ``teacher``: the frozen teacher.
@@ -41,11 +56,12 @@ class OutputDistillation:
     feature_layers: tuple[int, ...] = ()
 
     def __init__(self, teacher: nn.Module | TeacherForward, weight: float = 1.0, box: float = 1.0,
-                 obj: float = 1.0, cls: float = 1.0) -> None:
-        if weight < 0 or min(box, obj, cls) < 0:
+                 obj: float = 1.0, cls: float = 1.0, balance: Sequence[float] | None = None) -> None:
+        if weight < 0 or min(box, obj, cls) < 0 or (balance is not None and min(balance) < 0):
             raise InputError("distillation weights must be >= 0")
         self.forward = teacher if isinstance(teacher, TeacherForward) else TeacherForward(teacher)
         self.weight, self.box, self.obj, self.cls = float(weight), float(box), float(obj), float(cls)
+        self.balance = None if balance is None else tuple(float(b) for b in balance)
 
     @property
     def teacher(self) -> nn.Module:
@@ -57,24 +73,26 @@ class OutputDistillation:
         return self
 
     def loss(self, student: list[Tensor], teacher: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """``(box, obj, cls)`` parts summed over levels, each a mean per cell (obj) or per object weight."""
+        """``(box, obj, cls)`` KL parts summed over levels (objectness times the level's ``balance``), each a
+        mean per cell (obj) or per unit of the teacher's objectness (box, cls); 0 where the student agrees."""
         if len(student) != len(teacher):
             raise ValueError(f"student has {len(student)} output levels, teacher {len(teacher)}")
+        balance = self.balance or (1.0,) * len(student)
+        if len(balance) < len(student):
+            raise ValueError(f"{len(student)} output levels but {len(balance)} objectness weights")
         zero = student[0].new_zeros(())
         box, obj, cls = zero, zero, zero
-        for s, t in zip(student, teacher):
+        for level, (s, t) in enumerate(zip(student, teacher)):
             if s.shape != t.shape:
                 raise ValueError(f"student output {tuple(s.shape)} != teacher output {tuple(t.shape)}")
-            s, p = s.float(), t.float().sigmoid()
-            obj = obj + F.binary_cross_entropy_with_logits(s[..., 4], p[..., 4])
-            w = p[..., 4]
+            s, t = s.float(), t.float()
+            kl = _bernoulli_kl(s, t)
+            obj = obj + kl[..., 4].mean() * balance[level]
+            w = t[..., 4].sigmoid()
             norm = w.sum().clamp(min=1e-6)
-            box_cells = F.binary_cross_entropy_with_logits(s[..., :4], p[..., :4], reduction="none").mean(-1)
-            box = box + (box_cells * w).sum() / norm
+            box = box + (kl[..., :4].mean(-1) * w).sum() / norm
             if s.shape[-1] > 5:
-                cls_cells = F.binary_cross_entropy_with_logits(s[..., 5:], p[..., 5:],
-                                                               reduction="none").mean(-1)
-                cls = cls + (cls_cells * w).sum() / norm
+                cls = cls + (kl[..., 5:].mean(-1) * w).sum() / norm
         return box, obj, cls
 
     def __call__(self, batch: Any, preds: list[Tensor], features: dict[int, Tensor]

@@ -432,7 +432,7 @@ def _finetune(folded: nn.Module, data: Any, prepared: CalibratedGraph, ranges: d
     if not qat.labels:
         hyp = dataclasses.replace(hyp, box=0.0, obj=0.0, cls=0.0)
     kd = as_distill_config(qat.distill)
-    extra = distill_terms(kd, folded, folded, imgsz, qat.seed)[0] if kd is not None else []
+    extra = distill_terms(kd, folded, folded, imgsz, qat.seed, hyp)[0] if kd is not None else []
     trainer = Trainer(folded, data, train_cfg, hyp=hyp, extra_losses=extra,
                       wrap_model=lambda m: insert_fake_quant(m, plan, proto, ranges, qat.range_momentum))
     result = trainer.train()
