@@ -43,7 +43,9 @@ class DistillConfig:
             while 1 (the earlier default) collapsed the fine-tune: the connectors' BatchNorm (train mode)
             amplifies the CWD gradient ~12x (norm ~100 at weight 1 against the detection loss's ~8), past the
             trainer's gradient clip at 10, and the student then learns the connector's target, not the labels.
-        temperature: CWD softmax temperature.
+        temperature: CWD softmax temperature. The default 0.5 is measured on the same pruned student:
+            +1.59 and +0.67 points over plain fine-tuning after 20 epochs (seeds 0, 1) against +0.40 and +0.39
+            at 1; 4 lost 1.1 points against 1 (a sharper distribution per channel: where it peaks matters).
         check_teacher: (the ``distill`` stage) evaluate teacher and student on the val split first and warn
             when the teacher is not better. The other stages distill from the model they started from
             and do not evaluate it.
@@ -53,7 +55,7 @@ class DistillConfig:
     feature_layers: tuple[int, ...] | None = None
     weight: float = 1.0
     feature_weight: float = 0.01
-    temperature: float = 1.0
+    temperature: float = 0.5
     check_teacher: bool = True
 
     def __post_init__(self) -> None:

@@ -74,7 +74,7 @@ class FeatureDistillation:
         student: the model to be trained (read once, to size the connectors; not kept).
         layers: layer indices, the same in both models (``None``: the layers feeding Detect).
         weight: multiplier of the term (the default is ``DistillConfig``'s, measured: see its docstring).
-        tau: softmax temperature.
+        tau: softmax temperature (the default is ``DistillConfig``'s).
         probe_size: image side (pixels) of the dry forward that sizes the connectors and checks strides.
         seed: the connectors' initial weights (drawn from their own generator, not the process's: torch
             seeds that at random per process, so two runs of the same command would start apart).
@@ -86,7 +86,7 @@ class FeatureDistillation:
     """
 
     def __init__(self, teacher: nn.Module | TeacherForward, student: nn.Module, layers: Sequence[int] | None = None,
-                 weight: float = 0.01, tau: float = 1.0, probe_size: int | None = None,
+                 weight: float = 0.01, tau: float = 0.5, probe_size: int | None = None,
                  seed: int = 0) -> None:
         if weight < 0 or not tau > 0:
             raise InputError(f"feature distillation needs weight >= 0 and temperature > 0, got {weight}, {tau}")
