@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from yolocompress.compress.distill.feature import FeatureDistillation
+from yolocompress.compress.distill.feature import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, FeatureDistillation
 from yolocompress.compress.distill.output import OutputDistillation
 from yolocompress.compress.distill.teacher import TeacherForward
 from yolocompress.engine.loss import Hyp, LossGains, loss_gains
@@ -54,8 +54,8 @@ class DistillConfig:
     method: str = "feature"
     feature_layers: tuple[int, ...] | None = None
     weight: float = 1.0
-    feature_weight: float = 0.01
-    temperature: float = 0.5
+    feature_weight: float = DEFAULT_WEIGHT
+    temperature: float = DEFAULT_TEMPERATURE
     check_teacher: bool = True
 
     def __post_init__(self) -> None:

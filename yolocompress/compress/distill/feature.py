@@ -28,6 +28,12 @@ from yolocompress.errors import InputError
 from yolocompress.models.inputs import max_stride
 
 
+# The defaults of feature KD, measured on a pruned student (``DistillConfig``'s docstring): one place for
+# ``FeatureDistillation`` and ``DistillConfig``.
+DEFAULT_WEIGHT = 0.01
+DEFAULT_TEMPERATURE = 0.5
+
+
 def cwd_loss(student: Tensor, teacher: Tensor, tau: float = 1.0) -> Tensor:
     """CWD between two ``[N, C, H, W]`` feature maps of one shape (see the module docstring); a scalar."""
     if student.shape != teacher.shape:
@@ -86,8 +92,8 @@ class FeatureDistillation:
     """
 
     def __init__(self, teacher: nn.Module | TeacherForward, student: nn.Module, layers: Sequence[int] | None = None,
-                 weight: float = 0.01, tau: float = 0.5, probe_size: int | None = None,
-                 seed: int = 0) -> None:
+                 weight: float = DEFAULT_WEIGHT, tau: float = DEFAULT_TEMPERATURE,
+                 probe_size: int | None = None, seed: int = 0) -> None:
         if weight < 0 or not tau > 0:
             raise InputError(f"feature distillation needs weight >= 0 and temperature > 0, got {weight}, {tau}")
         self.forward = teacher if isinstance(teacher, TeacherForward) else TeacherForward(teacher)
