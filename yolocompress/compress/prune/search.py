@@ -146,20 +146,18 @@ def _score(sub: nn.Module, scorer: SubnetScorer, metric: str, early: EarlyReject
     """``(score, its metric on early.head)`` of ``sub`` (None: not scored), its seconds added to ``phase``. A
     candidate kept after its head score is scored in full by continuing its BN statistics: the same score as
     without ``early``, to the bit."""
+    def timed(score: SubnetScore) -> SubnetScore:
+        phase["bn_recalibration"] += score.bn_s
+        phase["inference"] += score.inference_s
+        phase["nms_map"] += score.nms_map_s
+        return score
+
     head = None
     if early is not None:
-        first = early.head(sub)
-        phase["bn_recalibration"] += first.bn_s
-        phase["inference"] += first.inference_s
-        phase["nms_map"] += first.nms_map_s
-        head = first.value(metric)
+        head = timed(early.head(sub)).value(metric)
         if head < early.floor:
             return None, head
-    score = (scorer if early is None else scorer.continuing(len(early.head.data.calib)))(sub)
-    phase["bn_recalibration"] += score.bn_s
-    phase["inference"] += score.inference_s
-    phase["nms_map"] += score.nms_map_s
-    return score, head
+    return timed((scorer if early is None else scorer.continuing(len(early.head.data.calib)))(sub)), head
 
 
 def _best_info(best: Best | None) -> dict[str, float]:
