@@ -34,10 +34,10 @@ BAD_RECIPES = [
     ("float for an integer", "stages:\n  - finetune: {epochs: 1.5}\n", [], "stages[0].finetune.epochs: expected an integer"),
     ("bool for an integer", "stages:\n  - finetune: {epochs: true}\n", [], "stages[0].finetune.epochs: expected an integer"),
     ("out-of-range ratio", "stages:\n  - prune: {ratio: 1.5}\n", [], "stages[0].prune: ratio must be strictly between 0 and 1"),
-    ("two budgets", "stages:\n  - prune: {target_latency: 0.5}\n", [],
-     "stages[0].prune: give exactly one budget: a ratio, a target GFLOPs or a target latency (got ratio and "
-     "target_latency; ratio defaults to 0.5: set it to null)"),
-    ("out-of-range latency budget", "stages:\n  - prune: {ratio: null, target_latency: 1.5}\n", [],
+    ("two budgets", "stages:\n  - prune: {ratio: 0.3, target_latency: 0.5}\n", [],
+     "stages[0].prune: give one budget: a ratio, a target GFLOPs or a target latency (got ratio and "
+     "target_latency)"),
+    ("out-of-range latency budget", "stages:\n  - prune: {target_latency: 1.5}\n", [],
      "stages[0].prune: target latency must be strictly between 0 and 1"),
     ("negative epochs", "stages:\n  - finetune: {epochs: 0}\n", [], "stages[0].finetune: epochs must be >= 1"),
     ("bad calibration choice", "stages:\n  - quantize: {calibration: magic}\n", [], "stages[0].quantize: calibration must be one of"),
@@ -203,7 +203,7 @@ def test_a_weight_or_the_distill_settings_in_finetune_prune_and_qat(tiny_checkpo
 
 def test_a_prune_stage_takes_a_latency_budget_and_a_preference(tiny_checkpoint, recipe_data, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("stages:\n  - prune: {ratio: null, target_latency: 0.5, search: {prefer: latency}}\n")
+    recipe.write_text("stages:\n  - prune: {target_latency: 0.5, search: {prefer: latency}}\n")
     loaded = load_recipe(recipe, model=tiny_checkpoint, data=recipe_data.yaml_path)
     config = loaded.plan.stages[0].configs["config"]
     assert config.target_latency == 0.5 and config.ratio is None and config.search.prefer == "latency"

@@ -91,7 +91,7 @@ def config_help(**sources: str) -> type[argparse.HelpFormatter]:
     A source ``"module:Config"`` (a dataclass) gives its fields' defaults, ``"module:function"`` its
     parameters' defaults, ``"module"`` its attributes (tuples of names shown as ``a, b, c``); e.g.
     ``config_help(prune="yolocompress.compress.prune.pruner:PruneConfig")`` with
-    ``"(default {prune.ratio})"``.
+    ``"(default {prune.imgsz})"``.
     The library is imported only then: importing it imports torch, which would make every usage or path
     error wait for it. So flags keep ``default=None`` ("the library's") and the library holds the value.
     """

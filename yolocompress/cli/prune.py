@@ -24,14 +24,13 @@ CONFIG_FLAGS = ("ratio", "target_gflops", "target_latency", "candidates", "guide
                 "eval_images", "finetune_epochs", "round_to", "min_channels", "seed", "device", "workers",
                 "distill", "bf16", "channels_last", "latency", "resume", "prefer")
 BUDGET_FLAGS = ("ratio", "target_gflops", "target_latency")
-PRUNE_CONFIG = "yolocompress.compress.prune.config:PruneConfig"
+PRUNE_MODULE = "yolocompress.compress.prune.config"
+PRUNE_CONFIG = f"{PRUNE_MODULE}:PruneConfig"
 
 
 def prune_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The PruneConfig keywords the command line gave (flags left out keep PruneConfig's defaults)."""
     settings = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
-    if args.target_gflops is not None or args.target_latency is not None:
-        settings.setdefault("ratio", None)
     if args.batch is not None:
         settings.update(calib_batch=args.batch, eval_batch=args.batch, finetune_batch=args.batch)
     if args.exclude:
@@ -197,7 +196,8 @@ def budget_lines(budget: Mapping[str, Any], preference: Mapping[str, Any],
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "prune", formatter_class=config_help(prune=PRUNE_CONFIG, distill=DISTILL_CONFIG),
+        "prune", formatter_class=config_help(prune=PRUNE_CONFIG, prune_module=PRUNE_MODULE,
+                                                      distill=DISTILL_CONFIG),
         help="EagleEye structured channel pruning (real, smaller convolutions)",
         description="Remove whole convolution channels. EagleEye samples per-layer-group pruning ratios that "
                     "meet the FLOPs budget, builds each sub-net by L1 norm, re-estimates its BatchNorm "
@@ -209,7 +209,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True,
                    help="data.yaml (train: BN calibration, fine-tuning; val: scoring)")
     p.add_argument("--ratio", type=float, default=None,
-                   help="fraction of prunable channels removed, 0 < R < 1 (default {prune.ratio})")
+                   help="fraction of prunable channels removed, 0 < R < 1 (default {prune_module.DEFAULT_RATIO})")
     p.add_argument("--target-gflops", type=float, default=None,
                    help="FLOPs budget at --imgsz instead of --ratio")
     p.add_argument("--target-latency", type=float, default=None, metavar="R",

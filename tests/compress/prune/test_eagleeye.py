@@ -228,12 +228,23 @@ def test_target_gflops_and_exclusions(tiny_data):
                     PruneConfig.from_flat(ratio=None, target_gflops=2 * gflops(model, 64), **FAST))
 
 
-@pytest.mark.parametrize("bad", [dict(ratio=0.0), dict(ratio=1.0), dict(ratio=None),
+@pytest.mark.parametrize("bad", [dict(ratio=0.0), dict(ratio=1.0), dict(ratio=0.5, target_latency=0.5),
                                  dict(ratio=0.5, target_gflops=1.0), dict(candidates=0), dict(imgsz=50),
                                  dict(guided=-1), dict(probe_step=0.0), dict(probe_step=1.0)])
 def test_config_validation(bad):
     with pytest.raises(InputError):
         PruneConfig.from_flat(**bad)
+
+
+def test_one_budget_given_replaces_the_default_ratio():
+    from yolocompress.compress.prune.config import DEFAULT_RATIO
+
+    assert PruneConfig().ratio == DEFAULT_RATIO == PruneConfig(ratio=None).ratio
+    by_latency, by_flops = PruneConfig(target_latency=0.4), PruneConfig.from_flat(target_gflops=1.5)
+    assert (by_latency.ratio, by_latency.target_latency) == (None, 0.4)
+    assert (by_flops.ratio, by_flops.target_gflops) == (None, 1.5)
+    with pytest.raises(InputError, match="got ratio and target_gflops"):
+        PruneConfig(ratio=DEFAULT_RATIO, target_gflops=1.5)
 
 
 def test_fused_model_is_refused(tiny_data):

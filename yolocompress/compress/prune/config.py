@@ -10,7 +10,9 @@ budget directly (at ``imgsz``). ``target_latency=L`` is a latency budget: every 
 Runtime latency (batch 1, ``latency_threads`` threads, at ``imgsz``) is at most the fraction L of the
 original's, predicted by a per-layer latency table measured once on this machine
 (:mod:`yolocompress.profile.latency_table`, cached per CPU model and image size); the chosen sub-net's
-latency is then measured beside the original's and both ratios are reported.
+latency is then measured beside the original's and both ratios are reported. One budget per run: with
+none given the budget is ``ratio=DEFAULT_RATIO``, so ``PruneConfig(target_latency=0.5)`` needs no
+``ratio=None``.
 
 The settings nest by job: ``search`` (:class:`SearchConfig`), ``finetune`` (:class:`PruneFinetuneConfig`)
 and ``channels`` (:class:`~yolocompress.compress.prune.apply.ChannelRules`); :meth:`PruneConfig.from_flat`
@@ -34,6 +36,9 @@ def _at_least(config: Any, names: tuple[str, ...], low: int) -> None:
     for name in names:
         if int(getattr(config, name)) < low:
             raise InputError(f"{name} must be >= {low}, got {getattr(config, name)}")
+
+
+DEFAULT_RATIO = 0.5  # the budget when none is given: remove half of the prunable channels
 
 
 @dataclass(frozen=True)
@@ -166,11 +171,12 @@ class PruneConfig:
     """Settings of one pruning run (validated on construction; see the module doc for the budget).
 
     Attributes:
-        ratio: fraction of prunable channels removed, 0 < ratio < 1 (budget: the uniform strategy's FLOPs).
+        ratio: fraction of prunable channels removed, 0 < ratio < 1 (budget: the uniform strategy's FLOPs);
+            ``DEFAULT_RATIO`` when no budget is given.
         target_gflops: alternative budget, GFLOPs at ``imgsz``.
         target_latency: alternative budget, a fraction in (0, 1) of the original's ONNX Runtime latency
-            (batch 1, ``latency_threads`` threads, at ``imgsz``), predicted per candidate; give one of
-            ``ratio``, ``target_gflops`` and ``target_latency`` (the others ``None``).
+            (batch 1, ``latency_threads`` threads, at ``imgsz``), predicted per candidate; give at most one
+            of ``ratio``, ``target_gflops`` and ``target_latency``.
         imgsz: image size (pixels) for FLOPs, the search and evaluation.
         search: :class:`SearchConfig`, how the strategy is searched and scored.
         finetune: :class:`PruneFinetuneConfig`, the fine-tune of the winner.
@@ -192,7 +198,7 @@ class PruneConfig:
             uninterrupted run (bit for bit on the CPU).
     """
 
-    ratio: float | None = 0.5
+    ratio: float | None = None  # DEFAULT_RATIO when no budget is given (set in __post_init__)
     target_gflops: float | None = None
     target_latency: float | None = None
     imgsz: int = 640
@@ -238,11 +244,11 @@ class PruneConfig:
     def __post_init__(self) -> None:
         given = [name for name in ("ratio", "target_gflops", "target_latency")
                  if getattr(self, name) is not None]
-        if len(given) != 1:
-            hint = (f"; ratio defaults to {type(self).ratio:g}: set it to null"
-                    if len(given) > 1 and "ratio" in given else "")
-            raise InputError(f"give exactly one budget: a ratio, a target GFLOPs or a target latency (got "
-                             f"{' and '.join(given) or 'none'}{hint})")
+        if len(given) > 1:
+            raise InputError(f"give one budget: a ratio, a target GFLOPs or a target latency (got "
+                             f"{' and '.join(given)})")
+        if not given:
+            object.__setattr__(self, "ratio", DEFAULT_RATIO)
         if self.target_latency is not None and not 0.0 < float(self.target_latency) < 1.0:
             raise InputError(f"target latency must be strictly between 0 and 1 (a fraction of the original's "
                              f"latency), got {self.target_latency}")
@@ -263,4 +269,4 @@ class PruneConfig:
         return d
 
 
-__all__ = ["METRICS", "PruneConfig", "PruneFinetuneConfig", "SearchConfig"]
+__all__ = ["DEFAULT_RATIO", "METRICS", "PruneConfig", "PruneFinetuneConfig", "SearchConfig"]

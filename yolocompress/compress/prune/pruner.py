@@ -25,7 +25,7 @@ from yolocompress.compress.distill.config import as_distill_config, kd_warnings
 from yolocompress.compress.distill.feature import check_feature_layers
 from yolocompress.compress.prune.apply import prune_channels
 from yolocompress.compress.prune.config import PruneConfig
-from yolocompress.compress.prune.search import SearchResult, plan_search, search
+from yolocompress.compress.prune.search import SearchResult, best_scored, plan_search, search
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport
 from yolocompress.errors import InputError
 from yolocompress.io.workdir import work_dir
@@ -257,11 +257,9 @@ def preference_summary(cfg: PruneConfig, found: SearchResult) -> dict[str, Any]:
     """The report's ``preference``: what broke near-ties (``prefer``: ``accuracy`` or ``latency``, by
     *predicted* latency), the ``near_tie`` score tolerance, the best-scoring candidate's index and the
     chosen one's."""
-    best = max((c for c in found.candidates if c["score"] is not None),  # rejected early: no score
-               key=lambda c: (c["score"], -c["index"]))["index"]
     return {"prefer": cfg.search.prefer, "near_tie": cfg.search.near_tie,
             "by": "predicted latency" if cfg.search.prefer == "latency" else "score",
-            "best_score_index": best, "chosen": found.chosen}
+            "best_score_index": best_scored(found.candidates)["index"], "chosen": found.chosen}
 
 
 def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchResult,

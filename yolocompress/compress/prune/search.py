@@ -112,6 +112,12 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     return SearchPlan(graph, space, strategies, budget, base_flops, excluded, uniform, n_guided, limit)
 
 
+def best_scored(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best-scoring row among ``rows`` (rows rejected early, score ``None``, are skipped; ties: the
+    lowest index, so the uniform candidate wins a tie)."""
+    return max((c for c in rows if c["score"] is not None), key=lambda c: (c["score"], -c["index"]))
+
+
 def choose_candidate(rows: list[dict[str, Any]], plan: SearchPlan, search_cfg: Any) -> int:
     """The index of the chosen candidate among the scored ``rows`` (those rejected early, score ``None``, are
     not chosen): the best score (ties: the lowest index,
@@ -121,11 +127,10 @@ def choose_candidate(rows: list[dict[str, Any]], plan: SearchPlan, search_cfg: A
     latency model)."""
     for row in rows:
         row["latency_ratio"] = plan.strategies[row["index"]].latency
-    scored = [c for c in rows if c["score"] is not None]  # candidates rejected early have no score
-    best = max(scored, key=lambda c: (c["score"], -c["index"]))
+    best = best_scored(rows)
     if search_cfg.prefer != "latency":
         return best["index"]
-    near = [c for c in scored if c["score"] >= best["score"] - search_cfg.near_tie]
+    near = [c for c in rows if c["score"] is not None and c["score"] >= best["score"] - search_cfg.near_tie]
     return min(near, key=lambda c: (c["latency_ratio"], -c["score"], c["index"]))["index"]
 
 
@@ -312,5 +317,5 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
     return SearchResult(plan, candidates, chosen, winner, sensitivity, n_probes, timing, log)
 
 
-__all__ = ["SearchPlan", "SearchResult", "add_guided", "choose_candidate", "latency_cost", "plan_search",
-           "resolve_exclusions", "search"]
+__all__ = ["SearchPlan", "SearchResult", "add_guided", "best_scored", "choose_candidate", "latency_cost",
+           "plan_search", "resolve_exclusions", "search"]
