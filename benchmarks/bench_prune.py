@@ -178,7 +178,8 @@ def part_speed(args) -> dict:
 
 
 # the search before issue 18: probes on both sides on the candidates' images and BN batches, no early reject
-OLD_PROBES = {"probe_sides": "both", "probe_images": 256, "probe_calib_batches": 8, "reject_below": 0.0}
+OLD_PROBES = {"probe_metric": "map", "probe_sides": "both", "probe_images": 256, "probe_calib_batches": 8,
+              "reject_below": 0.0}
 
 
 def _variant(spec: str) -> dict:

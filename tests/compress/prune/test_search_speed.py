@@ -12,7 +12,7 @@ from yolocompress.errors import InputError
 from .conftest import tiny_model
 
 FAST = dict(imgsz=64, candidates=4, guided=2, calib_batches=2, calib_batch=4, eval_images=8, eval_batch=4,
-            probe_sides="less", probe_images=4, probe_calib_batches=1, reject_images=4,
+            probe_metric="map", probe_sides="less", probe_images=4, probe_calib_batches=1, reject_images=4,
             reject_calib_batches=1, finetune_epochs=0, min_channels=1, round_to=1, eval_baseline=False)
 
 

@@ -30,6 +30,7 @@ from yolocompress.errors import InputError
 METRICS = ("map50_95", "map50", "fitness")
 PREFER = ("accuracy", "latency")
 PROBE_SIDES = ("both", "less", "more")
+PROBE_METRICS = ("map", "box_loss", "distortion")
 
 
 def _at_least(config: Any, names: tuple[str, ...], low: int) -> None:
@@ -58,14 +59,25 @@ class SearchConfig:
         probe_images, probe_calib_batches: a probe is scored on the first ``probe_images`` of the
             ``eval_images`` after adaptive BN on the first ``probe_calib_batches`` of the ``calib_batches``
             (each clipped to those); the candidates always use all of them.
-            Why the probe defaults stay at both sides and all the data (``bench_prune.py search-speed``,
-            shipped baseline, ratio 0.5, 256 px, 2 cores, 2026-12-05): a probe costs what a candidate costs
-            (~1.5 s: BN 0.4 s, inference 0.7 s and NMS + mAP 0.4 s on 256 images), and the ~100 probes are
-            ~80% of the search. Cheaper probes ranked the groups differently (Spearman 0.4-0.8 against the
-            full probes) and the guided picks they led to scored lower: ``"less"`` 0.61x the time, pick
-            score 0.047 vs 0.052; ``"less"`` on 128 images and 4 batches 0.40x, 0.038 (seed 1: 0.029 vs
-            0.056); on 64 images and 4 batches 0.37x, 0.034; ``"more"`` (64, 4) 0.025. They are kept as
-            settings for a quick search.
+            Why the probe defaults are both sides, the box loss (``probe_metric``), 128 images and 2
+            batches (``bench_prune.py search-speed``, shipped baseline, ratio 0.5, 256 px, 2 cores,
+            2026-12-06): scored by mAP a probe costs what a candidate costs (~1.5 s: BN 0.4 s, inference
+            0.7 s and NMS + mAP 0.4 s on 256 images) and the ~100 probes were ~80% of the search, but mAP on
+            fewer images or one side ranked the groups differently and led to lower-scoring picks (one side
+            0.61x the time, pick score 0.047 vs 0.052; one side, 128 images, 4 batches 0.40x, 0.038; seed
+            1: 0.029 vs 0.056). The box loss needs no NMS: with these defaults a probe costs ~0.4 s, the
+            whole search took 0.42x the time of mAP probes on all the data on both seeds, and its picks
+            scored higher on the candidates' own metric (0.071 vs 0.052, seed 1: 0.058 vs 0.056). On 64
+            images and 4 batches it was 0.39-0.41x but seed 1's pick scored 0.050; ``"distortion"`` (64, 4)
+            picked 0.031 on seed 0 (it measures closeness to the unpruned model, not accuracy). The search
+            before: ``probe_metric="map", probe_images=256, probe_calib_batches=8``.
+        probe_metric: how a probe is scored: ``"map"`` (``metric`` on the held-out images, as a candidate),
+            ``"box_loss"`` (YOLOv5's box regression loss, ``1 - CIoU`` of the predictions matched to the
+            labels, :func:`~yolocompress.compress.prune.scoring.box_loss`) or ``"distortion"`` (how far the
+            probe's raw head outputs are from the unpruned model's on the same images,
+            :func:`~yolocompress.compress.prune.scoring.head_distortion`); the last two need no NMS and no
+            mAP and are smooth, so they stay stable on few images. Only the probes: candidates are always
+            scored by ``metric``.
         reject_below, reject_images, reject_calib_batches: early rejection of hopeless candidates (0: off).
             Each candidate is first scored on the first ``reject_images`` after adaptive BN on the first
             ``reject_calib_batches`` (its BN statistics are then completed on the other batches, so a kept
@@ -96,8 +108,9 @@ class SearchConfig:
     guided: int = 8
     probe_step: float = 0.25
     probe_sides: str = "both"
-    probe_images: int = 256
-    probe_calib_batches: int = 8
+    probe_metric: str = "box_loss"
+    probe_images: int = 128
+    probe_calib_batches: int = 2
     reject_below: float = 0.5
     reject_images: int = 64
     reject_calib_batches: int = 4
@@ -127,6 +140,9 @@ class SearchConfig:
             raise InputError(f"reject_below must be in [0, 1], got {self.reject_below}")
         if self.probe_sides not in PROBE_SIDES:
             raise InputError(f"probe_sides must be one of {', '.join(PROBE_SIDES)}, got {self.probe_sides!r}")
+        if self.probe_metric not in PROBE_METRICS:
+            raise InputError(f"probe_metric must be one of {', '.join(PROBE_METRICS)}, "
+                             f"got {self.probe_metric!r}")
         if self.metric not in METRICS:
             raise InputError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.prefer not in PREFER:
@@ -269,4 +285,4 @@ class PruneConfig:
         return d
 
 
-__all__ = ["DEFAULT_RATIO", "METRICS", "PruneConfig", "PruneFinetuneConfig", "SearchConfig"]
+__all__ = ["DEFAULT_RATIO", "METRICS", "PROBE_METRICS", "PruneConfig", "PruneFinetuneConfig", "SearchConfig"]

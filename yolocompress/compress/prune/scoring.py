@@ -5,17 +5,23 @@
 - ``cache_data``: decoded images of the calibration and held-out batches cached once as uint8 tensors;
   ``CachedData.head`` / ``SubnetScorer.on_head``: the first of them only (the search's cheaper probes);
 - ``SubnetScorer``: a candidate costs one BN pass over the calibration batches and one batched evaluation
-  (val.py's NMS and mAP) over the held-out ones.
+  (val.py's NMS and mAP) over the held-out ones. Without NMS and mAP, from the sub-net's raw head outputs
+  on the held-out images (smooth signals, usable on far fewer images; the search's probes):
+  ``SubnetScorer.by_box_loss`` scores by ``box_loss`` (YOLOv5's box regression loss against the labels)
+  and ``SubnetScorer.against`` by ``head_distortion`` (how far the outputs are from the unpruned model's).
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from yolocompress.errors import InputError
 
@@ -121,19 +127,69 @@ def cache_data(data_cfg: Any, imgsz: int, stride: int, calib_batches: int, calib
     return CachedData(calib, eval_batches, n_calib, n_eval, time.perf_counter() - t0)
 
 
+def _bernoulli_kl(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(reference || logits) of Bernoulli variables given by logits (>= 0, 0 where equal),
+    written with log-sigmoids so that no two large terms cancel."""
+    p = reference.sigmoid()
+    return (p * (F.logsigmoid(reference) - F.logsigmoid(logits))
+            + (1 - p) * (F.logsigmoid(-reference) - F.logsigmoid(-logits)))
+
+
+def head_distortion(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    """How far a detector's raw head outputs are from a reference detector's on the same images.
+
+    ``outputs``, ``reference``: per output level Tensor[N, na, ny, nx, 5 + nc] of logits (a YOLOv5 head
+    applies a sigmoid to each). Per level: the Bernoulli KL divergence KL(reference || outputs) of the
+    objectness averaged over every cell, plus those of the box (mean of the 4) and class outputs (mean over
+    the classes) averaged over the cells weighted by the reference's objectness (background cells' boxes and
+    classes are arbitrary); summed over the levels. 0 when the outputs agree, > 0 otherwise (nats)."""
+    if len(outputs) != len(reference):
+        raise ValueError(f"{len(outputs)} output levels against {len(reference)} reference levels")
+    total = 0.0
+    for out, ref in zip(outputs, reference):
+        if out.shape != ref.shape:
+            raise ValueError(f"output {tuple(out.shape)} != reference {tuple(ref.shape)}")
+        kl = _bernoulli_kl(out.float(), ref.float())
+        w = ref[..., 4].float().sigmoid()
+        norm = w.sum().clamp(min=1e-12)
+        total += float(kl[..., 4].mean()) + float((kl[..., :4].mean(-1) * w).sum() / norm)
+        if out.shape[-1] > 5:
+            total += float((kl[..., 5:].mean(-1) * w).sum() / norm)
+    return total
+
+
+def box_loss(outputs: Sequence[torch.Tensor], targets: torch.Tensor, loss: Any) -> float:
+    """YOLOv5's box regression loss of a detector's raw head outputs against the labels: per level the mean
+    ``1 - CIoU`` of the predictions matched to a label, summed over the levels (times the loss's box gain).
+
+    ``outputs``: per output level Tensor[N, na, ny, nx, 5 + nc] of logits for N images; ``targets``
+    (Tensor[n, 6]): ``image_index, class, cx, cy, w, h`` (index into the N images, box normalised);
+    ``loss``: an :class:`~yolocompress.engine.loss.DetectionLoss` of the detector."""
+    _, parts = loss(list(outputs), targets)
+    return float(parts[0])
+
+
 @dataclass
 class SubnetScore:
-    """A candidate's held-out metrics and what scoring it cost (seconds)."""
+    """A candidate's held-out metrics and what scoring it cost (seconds): its mAPs, or (scored with a
+    ``SubnetScorer.measure``) the ``loss`` it measured, the mAPs ``None``."""
 
-    map50: float
-    map50_95: float
-    fitness: float
+    map50: float | None
+    map50_95: float | None
+    fitness: float | None
     bn_s: float
     inference_s: float
     nms_map_s: float
+    loss: float | None = None
 
     def value(self, metric: str) -> float:
-        return {"map50_95": self.map50_95, "map50": self.map50, "fitness": self.fitness}[metric]
+        """The score for ``metric`` (higher is better): a mAP (``METRICS``), or for any other name (the
+        probe metrics ``box_loss``, ``distortion``) minus the ``loss``."""
+        value = {"map50_95": self.map50_95, "map50": self.map50, "fitness": self.fitness}.get(
+            metric, None if self.loss is None else -self.loss)
+        if value is None:
+            raise ValueError(f"this score has no {metric!r}")
+        return value
 
 
 @dataclass
@@ -154,6 +210,8 @@ class SubnetScorer:
     iou_thres: float = 0.6
     fast_inference: bool = True
     calibrated: int = 0   # see ``continuing``
+    # raw head outputs on the held-out images -> a loss: scores without NMS and mAP (``by_box_loss``, ``against``)
+    measure: Callable[[tuple[torch.Tensor, ...]], float] | None = None
 
     def _inference_model(self, model: nn.Module) -> nn.Module:
         if not self.fast_inference or torch.device(self.device).type != "cpu":
@@ -166,7 +224,46 @@ class SubnetScorer:
     def on_head(self, calib_batches: int, eval_images: int) -> SubnetScorer:
         """The same scorer on the first ``calib_batches`` and ``eval_images`` of its data
         (:meth:`CachedData.head`)."""
+        if self.measure is not None:
+            raise ValueError("on_head after by_box_loss or against: the measure holds all the images")
         return replace(self, data=self.data.head(calib_batches, eval_images))
+
+    def by_box_loss(self, model: nn.Module) -> SubnetScorer:
+        """The same scorer scoring by :func:`box_loss` against the held-out images' labels (``model``: the
+        detector whose head the sub-nets share, for its anchors and classes): a sub-net's score is then
+        ``SubnetScore.loss``, the mAPs ``None``."""
+        from yolocompress.engine.loss import DetectionLoss
+
+        targets, seen = [], 0
+        for imgs, labels, *_ in self.data.eval_batches:   # one image index over all the batches
+            targets.append(labels + torch.tensor([seen, 0, 0, 0, 0, 0], dtype=labels.dtype))
+            seen += len(imgs)
+        imgsz = int(self.data.eval_batches[0][0].shape[-1])
+        loss = DetectionLoss(model, imgsz=imgsz).to(self.device)
+        return replace(self, measure=partial(box_loss, targets=torch.cat(targets).to(self.device), loss=loss))
+
+    def against(self, reference: nn.Module) -> SubnetScorer:
+        """The same scorer scoring by :func:`head_distortion` from ``reference``'s raw head outputs on the
+        held-out images (computed now, with its own BN statistics; ``reference`` is not modified): a
+        sub-net's score is then ``SubnetScore.loss``, the mAPs ``None``."""
+        model = copy.deepcopy(reference)
+        model.to(self.device, memory_format=torch.channels_last)
+        return replace(self, measure=partial(head_distortion,
+                                             reference=self._raw_outputs(self._inference_model(model))))
+
+    def _raw_outputs(self, model: nn.Module) -> tuple[torch.Tensor, ...]:
+        """``model``'s raw head outputs (per level, all the held-out images concatenated) in eval mode."""
+        was_training = model.training
+        model.eval()
+        levels: list[list[torch.Tensor]] = []
+        try:
+            with torch.inference_mode():
+                for imgs, *_ in self.data.eval_batches:
+                    _, raw = model(imgs.to(self.device).float().div_(255))
+                    levels.append(list(raw))
+        finally:
+            model.train(was_training)
+        return tuple(torch.cat(level) for level in zip(*levels))
 
     def continuing(self, calibrated: int) -> SubnetScorer:
         """The same scorer for a model whose BN statistics already hold those of the first ``calibrated``
@@ -187,6 +284,11 @@ class SubnetScorer:
             bn_s = time.perf_counter() - t0
             t1 = time.perf_counter()
             scored = self._inference_model(model)
+            if self.measure is not None:
+                outputs = self._raw_outputs(scored)
+                t2 = time.perf_counter()
+                loss = self.measure(outputs)
+                return SubnetScore(None, None, None, bn_s, t2 - t1, time.perf_counter() - t2, loss)
             prepare_s = time.perf_counter() - t1
             result = evaluate(TorchPredictor(scored, self.device), self.data.eval_batches, self.nc, self.names,
                               conf_thres=self.conf_thres, iou_thres=self.iou_thres, device=self.device)

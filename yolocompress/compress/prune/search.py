@@ -221,14 +221,20 @@ def _probe_sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, 
                        on_progress: ProgressCallback | None = None, log: SearchLog | None = None
                        ) -> tuple[np.ndarray, int]:
     """Score the uniform strategy and its one-group probes (the sides ``cfg.search.probe_sides``) on the first
-    ``probe_calib_batches`` and ``probe_images`` of ``scorer``'s data; returns ``(score per FLOP per
-    searchable group, number of sub-nets scored)``."""
+    ``probe_calib_batches`` and ``probe_images`` of ``scorer``'s data, by ``cfg.search.metric`` or (with
+    ``probe_metric`` ``"box_loss"`` or ``"distortion"``) by minus their box loss or their head distortion
+    from ``base``; returns ``(score per FLOP per searchable group, number of sub-nets scored)``."""
     s = cfg.search
     probes = [p for p in plan.space.probes(plan.uniform, s.probe_step)
               if s.probe_sides in ("both", p.direction)]
-    rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes],
-                                scorer.on_head(s.probe_calib_batches, s.probe_images), s.metric, ctx,
-                                "probes", on_progress, log)
+    head = scorer.on_head(s.probe_calib_batches, s.probe_images)
+    metric = s.metric if s.probe_metric == "map" else s.probe_metric
+    if s.probe_metric == "box_loss":
+        head = head.by_box_loss(base)
+    elif s.probe_metric == "distortion":
+        head = head.against(base)
+    rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], head, metric,
+                                ctx, "probes", on_progress, log)
     scores = [r["score"] for r in rows]
     sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable))
     return sens, len(rows)
