@@ -39,6 +39,8 @@ BAD_RECIPES = [
      "target_latency)"),
     ("out-of-range latency budget", "stages:\n  - prune: {target_latency: 1.5}\n", [],
      "stages[0].prune: target latency must be strictly between 0 and 1"),
+    ("unknown probe metric", "stages:\n  - prune: {search: {probe_metric: mAP}}\n", [],
+     "probe_metric must be one of map, box_loss, distortion, got 'mAP'"),
     ("negative epochs", "stages:\n  - finetune: {epochs: 0}\n", [], "stages[0].finetune: epochs must be >= 1"),
     ("bad calibration choice", "stages:\n  - quantize: {calibration: magic}\n", [], "stages[0].quantize: calibration must be one of"),
     ("YAML syntax error", "stages:\n  - prune: {ratio: 0.5\n", [], "not valid YAML at line"),

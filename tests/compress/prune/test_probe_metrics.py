@@ -119,13 +119,12 @@ def test_probes_skip_nms_and_map_and_give_one_sensitivity_per_group(tiny_data, m
     assert all(c["score"] is not None for c in d["candidates"])   # candidates: mAP scores, as before
 
 
-@pytest.mark.parametrize("metric", ["box_loss", "distortion"])
-def test_probes_same_seed_same_sensitivity(tiny_data, metric):
+def test_box_loss_probes_same_seed_same_sensitivity(tiny_data):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
-    cfg = PruneConfig.from_flat(ratio=0.5, **{**FAST, "probe_metric": metric})
+    cfg = PruneConfig.from_flat(ratio=0.5, **{**FAST, "probe_metric": "box_loss", "probe_sides": "less"})
     a, ra = prune_model(model, tiny_data, cfg)
     b, rb = prune_model(model, tiny_data, cfg)
     assert ra.details["sensitivity"] == rb.details["sensitivity"]
+    assert len(set(r["score_per_gflop"] for r in ra.details["sensitivity"])) > 1
     assert ra.details["chosen"] == rb.details["chosen"] and ra.details["groups"] == rb.details["groups"]
-    _, rc = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **{**FAST, "probe_metric": "map"}))
-    assert rc.details["sensitivity"] != ra.details["sensitivity"]   # the setting is what scored the probes
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

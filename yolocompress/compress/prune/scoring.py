@@ -210,7 +210,7 @@ class SubnetScorer:
     iou_thres: float = 0.6
     fast_inference: bool = True
     calibrated: int = 0   # see ``continuing``
-    # raw head outputs on the held-out images -> a loss: scores without NMS and mAP (``by_box_loss``, ``against``)
+    # raw head outputs on the held-out images -> a loss: no NMS, no mAP (``by_box_loss``, ``against``)
     measure: Callable[[tuple[torch.Tensor, ...]], float] | None = None
 
     def _inference_model(self, model: nn.Module) -> nn.Module:
