@@ -65,10 +65,11 @@ class SearchConfig:
             0.7 s and NMS + mAP 0.4 s on 256 images) and the ~100 probes were ~80% of the search, but mAP on
             fewer images or one side ranked the groups differently and led to lower-scoring picks (one side
             0.61x the time, pick score 0.047 vs 0.052; one side, 128 images, 4 batches 0.40x, 0.038; seed
-            1: 0.029 vs 0.056). The box loss needs no NMS: with these defaults a probe costs ~0.4 s, the
-            whole search took 0.42x the time of mAP probes on all the data on both seeds, and its picks
-            scored higher on the candidates' own metric (0.071 vs 0.052, seed 1: 0.058 vs 0.056). On 64
-            images and 4 batches it was 0.39-0.41x but seed 1's pick scored 0.050; ``"distortion"`` (64, 4)
+            1: 0.029 vs 0.056). The box loss needs no NMS: with these defaults a probe costs ~0.45 s, the
+            whole search took 0.42-0.45x the time of mAP probes on all the data, and its picks scored
+            higher on the candidates' own metric on seeds 0 and 1 (0.071 vs 0.052, 0.058 vs 0.056; the
+            setting was chosen on them) and lower on seed 2 (0.060 vs 0.065). On 64 images and 4 batches
+            it was 0.39-0.41x but seed 1's pick scored 0.050; ``"distortion"`` (64, 4)
             picked 0.031 on seed 0 (it measures closeness to the unpruned model, not accuracy). The search
             before: ``probe_metric="map", probe_images=256, probe_calib_batches=8``.
         probe_metric: how a probe is scored: ``"map"`` (``metric`` on the held-out images, as a candidate),
@@ -76,7 +77,7 @@ class SearchConfig:
             labels, :func:`~yolocompress.compress.prune.scoring.box_loss`) or ``"distortion"`` (how far the
             probe's raw head outputs are from the unpruned model's on the same images,
             :func:`~yolocompress.compress.prune.scoring.head_distortion`); the last two need no NMS and no
-            mAP and are smooth, so they stay stable on few images. Only the probes: candidates are always
+            mAP and are smooth, so they can be used on fewer images. Only the probes: candidates are always
             scored by ``metric``.
         reject_below, reject_images, reject_calib_batches: early rejection of hopeless candidates (0: off).
             Each candidate is first scored on the first ``reject_images`` after adaptive BN on the first

@@ -6,7 +6,7 @@
   ``CachedData.head`` / ``SubnetScorer.on_head``: the first of them only (the search's cheaper probes);
 - ``SubnetScorer``: a candidate costs one BN pass over the calibration batches and one batched evaluation
   (val.py's NMS and mAP) over the held-out ones. Without NMS and mAP, from the sub-net's raw head outputs
-  on the held-out images (smooth signals, usable on far fewer images; the search's probes):
+  on the held-out images (smooth signals, usable on fewer images; the search's probes):
   ``SubnetScorer.by_box_loss`` scores by ``box_loss`` (YOLOv5's box regression loss against the labels)
   and ``SubnetScorer.against`` by ``head_distortion`` (how far the outputs are from the unpruned model's).
 """
