@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yolocompress.data.augment import AugmentConfig
@@ -126,6 +127,16 @@ def loss_gains(hyp: Hyp, nl: int, nc: int, imgsz: int) -> LossGains:
     ``x nc/80 x 3/nl``, objectness ``x (imgsz/640)^2 x 3/nl``."""
     return LossGains(box=hyp.box * 3 / nl, obj=hyp.obj * (imgsz / 640) ** 2 * 3 / nl,
                      cls=hyp.cls * nc / 80 * 3 / nl, balance=tuple(_BALANCE.get(nl, _BALANCE_DEFAULT)[:nl]))
+
+
+def bernoulli_kl(logits: Tensor, reference_logits: Tensor) -> Tensor:
+    """Elementwise KL(reference || logits) of Bernoulli variables given by logits (>= 0, 0 where they are
+    equal): the BCE with logits against ``sigmoid(reference)`` minus the reference's entropy, written with
+    log-sigmoids so that no two large terms cancel; its gradient is ``sigmoid(logits) - sigmoid(reference)``.
+    Output distillation and the pruning search's head distortion compare detector outputs with it."""
+    p = reference_logits.sigmoid()
+    return (p * (F.logsigmoid(reference_logits) - F.logsigmoid(logits))
+            + (1 - p) * (F.logsigmoid(-reference_logits) - F.logsigmoid(-logits)))
 
 
 def bbox_ciou(box1: Tensor, box2: Tensor, eps: float = 1e-7) -> Tensor:

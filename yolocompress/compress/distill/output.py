@@ -16,20 +16,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yolocompress.compress.distill.teacher import TeacherForward
+from yolocompress.engine.loss import bernoulli_kl
 from yolocompress.errors import InputError
-
-
-def _bernoulli_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-    """Elementwise KL(teacher || student) of Bernoulli variables given by logits (>= 0): the BCE with logits
-    against ``sigmoid(teacher)`` minus the teacher's entropy, written with log-sigmoids so that no two large
-    terms cancel; its gradient is ``sigmoid(s) - sigmoid(t)``."""
-    p = teacher_logits.sigmoid()
-    return (p * (F.logsigmoid(teacher_logits) - F.logsigmoid(student_logits))
-            + (1 - p) * (F.logsigmoid(-teacher_logits) - F.logsigmoid(-student_logits)))
 
 
 class OutputDistillation:
@@ -86,7 +77,7 @@ class OutputDistillation:
             if s.shape != t.shape:
                 raise ValueError(f"student output {tuple(s.shape)} != teacher output {tuple(t.shape)}")
             s, t = s.float(), t.float()
-            kl = _bernoulli_kl(s, t)
+            kl = bernoulli_kl(s, t)
             obj = obj + kl[..., 4].mean() * balance[level]
             w = t[..., 4].sigmoid()
             norm = w.sum().clamp(min=1e-6)

@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from yolocompress.engine.loss import DetectionLoss, bernoulli_kl
 from yolocompress.errors import InputError
 
 
@@ -127,14 +127,6 @@ def cache_data(data_cfg: Any, imgsz: int, stride: int, calib_batches: int, calib
     return CachedData(calib, eval_batches, n_calib, n_eval, time.perf_counter() - t0)
 
 
-def _bernoulli_kl(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Elementwise KL(reference || logits) of Bernoulli variables given by logits (>= 0, 0 where equal),
-    written with log-sigmoids so that no two large terms cancel."""
-    p = reference.sigmoid()
-    return (p * (F.logsigmoid(reference) - F.logsigmoid(logits))
-            + (1 - p) * (F.logsigmoid(-reference) - F.logsigmoid(-logits)))
-
-
 def head_distortion(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
     """How far a detector's raw head outputs are from a reference detector's on the same images.
 
@@ -149,7 +141,7 @@ def head_distortion(outputs: Sequence[torch.Tensor], reference: Sequence[torch.T
     for out, ref in zip(outputs, reference):
         if out.shape != ref.shape:
             raise ValueError(f"output {tuple(out.shape)} != reference {tuple(ref.shape)}")
-        kl = _bernoulli_kl(out.float(), ref.float())
+        kl = bernoulli_kl(out.float(), ref.float())
         w = ref[..., 4].float().sigmoid()
         norm = w.sum().clamp(min=1e-12)
         total += float(kl[..., 4].mean()) + float((kl[..., :4].mean(-1) * w).sum() / norm)
@@ -232,8 +224,6 @@ class SubnetScorer:
         """The same scorer scoring by :func:`box_loss` against the held-out images' labels (``model``: the
         detector whose head the sub-nets share, for its anchors and classes): a sub-net's score is then
         ``SubnetScore.loss``, the mAPs ``None``."""
-        from yolocompress.engine.loss import DetectionLoss
-
         targets, seen = [], 0
         for imgs, labels, *_ in self.data.eval_batches:   # one image index over all the batches
             targets.append(labels + torch.tensor([seen, 0, 0, 0, 0, 0], dtype=labels.dtype))
