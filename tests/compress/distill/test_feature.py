@@ -198,8 +198,8 @@ def test_both_methods_share_one_teacher_forward_per_batch():
     alone_out, _ = OutputDistillation(teacher, box=gains.box, obj=gains.obj, cls=gains.cls,
                                       balance=gains.balance)(batch, preds, feats)
     alone_feat, _ = FeatureDistillation(teacher, student)(batch, preds, feats)
-    assert float(kd_out) == pytest.approx(float(alone_out), rel=1e-6)
-    assert float(kd_feat) == pytest.approx(float(alone_feat), rel=1e-6)
+    assert kd_out.item() == pytest.approx(alone_out.item(), rel=1e-6)
+    assert kd_feat.item() == pytest.approx(alone_feat.item(), rel=1e-6)
     imgs.add_(0.1)  # the same tensor changed in place is a new batch
     output(batch, preds, feats)
     assert len(calls) == 2
