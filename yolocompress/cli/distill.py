@@ -72,16 +72,16 @@ def _main(args: argparse.Namespace) -> int:
               expected_bytes=file_size(args.student))
     from yolocompress.compress.accuracy import check_accuracy, with_measured_map
     from yolocompress.compress.distill import DistillConfig, distill_model
+    from yolocompress.compress.distill.config import default_method
     from yolocompress.compress.finetune import FinetuneConfig
     from yolocompress.data import load_data_config
     from yolocompress.io.checkpoint import history_entry, load_model_with_info, save_model
     from yolocompress.models import build_model, list_configs
 
-    given = {name: getattr(args, name) for name in ("weight", *FEATURE_FLAGS) if getattr(args, name) is not None}
-    config = DistillConfig(method=args.method, **given)  # the rest: the library's defaults
     data = load_data_config(args.data)
     teacher, teacher_info = load_model_with_info(args.teacher)
-    if Path(args.student).is_file():
+    from_scratch = not Path(args.student).is_file()
+    if not from_scratch:
         student, info = load_model_with_info(args.student)
         history, imgsz = info.history, args.imgsz or info.imgsz
     elif Path(args.student).stem in list_configs():  # a config: trained from scratch under the teacher
@@ -89,6 +89,10 @@ def _main(args: argparse.Namespace) -> int:
     else:
         raise InputError(f"model file not found: {args.student} (the student: a checkpoint, or a config name "
                          "such as yolov5n)")
+    given = {name: getattr(args, name) for name in ("weight", *FEATURE_FLAGS) if getattr(args, name) is not None}
+    feature_settings = any(getattr(args, f) is not None for f in FEATURE_FLAGS)
+    method = args.method or default_method(from_scratch, feature_settings)
+    config = DistillConfig(method=method, **given)  # the rest: the library's defaults
     train = FinetuneConfig(epochs=args.epochs, imgsz=imgsz, batch=args.batch, lr0=args.lr0,
                            warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device, workers=args.workers)
     tuned, report = distill_model(student, teacher, data, config, train, out_dir=args.out_dir, resume=args.resume,
@@ -128,7 +132,7 @@ def _print(report: dict[str, Any], output: str) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "distill", help="train a student (e.g. a pruned model) under a teacher: output and/or feature KD",
-        formatter_class=config_help(distill=DISTILL_CONFIG),
+        formatter_class=config_help(distill=DISTILL_CONFIG, distill_module=DISTILL_CONFIG.partition(":")[0]),
         description="Knowledge distillation. --method output: the teacher's head outputs as soft targets (same "
                     "classes, anchors and strides); feature: channel-wise distillation (CWD) of the neck outputs, "
                     "with 1x1 conv + BN connectors where the channel counts differ (dropped from the saved "
@@ -137,8 +141,10 @@ def register(subparsers) -> None:
     p.add_argument("--teacher", required=True, help="teacher checkpoint (.pt)")
     p.add_argument("--data", required=True, help="data.yaml")
     p.add_argument("-o", "--output", required=True, help="distilled student to write (.pt, our format)")
-    p.add_argument("--method", default="feature", metavar="output|feature|both",
-                   help="what to distill (default feature)")
+    p.add_argument("--method", default=None, metavar="output|feature|both",
+                   help="what to distill (default: {distill.method} for a student checkpoint, "
+                        "{distill_module.FROM_SCRATCH_METHOD} for a config name trained from scratch, "
+                        "as measured)")
     p.add_argument("--weight", type=float, default=None, metavar="W",
                    help="output-KD weight, relative to the labels (default {distill.weight})")
     _feature_flags(p)

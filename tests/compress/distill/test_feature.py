@@ -205,3 +205,11 @@ def test_both_methods_share_one_teacher_forward_per_batch():
     assert len(calls) == 2
     overhead = teacher_overhead(terms, [{"time_s": 10.0}])
     assert overhead["teacher_forward_s_per_epoch"] == pytest.approx(output.forward.seconds)
+
+
+def test_the_default_method_is_output_from_scratch_and_feature_otherwise():
+    from yolocompress.compress.distill.config import FROM_SCRATCH_METHOD, default_method
+
+    assert default_method(from_scratch=False) == DistillConfig().method == "feature"
+    assert default_method(from_scratch=True) == FROM_SCRATCH_METHOD == "output"
+    assert default_method(from_scratch=True, feature_settings=True) == "feature"  # --feature-weight etc. ask for it
