@@ -23,7 +23,8 @@ def _layers(text: str) -> tuple[int, ...] | None:
 
 FEATURE_FLAGS = ("feature_layers", "feature_weight", "temperature")
 # help defaults come from here (``cli.common.config_help``; a command using these flags adds this source)
-DISTILL_CONFIG = "yolocompress.compress.distill.config:DistillConfig"
+DISTILL_MODULE = "yolocompress.compress.distill.config"
+DISTILL_CONFIG = f"{DISTILL_MODULE}:DistillConfig"
 
 
 def add_method_flags(p: argparse.ArgumentParser, stage: str) -> None:
@@ -90,7 +91,7 @@ def _main(args: argparse.Namespace) -> int:
         raise InputError(f"model file not found: {args.student} (the student: a checkpoint, or a config name "
                          "such as yolov5n)")
     given = {name: getattr(args, name) for name in ("weight", *FEATURE_FLAGS) if getattr(args, name) is not None}
-    feature_settings = any(getattr(args, f) is not None for f in FEATURE_FLAGS)
+    feature_settings = any(name in given for name in FEATURE_FLAGS)
     method = args.method or default_method(from_scratch, feature_settings)
     config = DistillConfig(method=method, **given)  # the rest: the library's defaults
     train = FinetuneConfig(epochs=args.epochs, imgsz=imgsz, batch=args.batch, lr0=args.lr0,
@@ -132,7 +133,7 @@ def _print(report: dict[str, Any], output: str) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "distill", help="train a student (e.g. a pruned model) under a teacher: output and/or feature KD",
-        formatter_class=config_help(distill=DISTILL_CONFIG, distill_module=DISTILL_CONFIG.partition(":")[0]),
+        formatter_class=config_help(distill=DISTILL_CONFIG, distill_module=DISTILL_MODULE),
         description="Knowledge distillation. --method output: the teacher's head outputs as soft targets (same "
                     "classes, anchors and strides); feature: channel-wise distillation (CWD) of the neck outputs, "
                     "with 1x1 conv + BN connectors where the channel counts differ (dropped from the saved "

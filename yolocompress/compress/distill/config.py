@@ -198,5 +198,6 @@ def kd_warnings(history: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-__all__ = ["DistillConfig", "FROM_SCRATCH_METHOD", "default_method", "KD_SHARE_WARN", "METHODS", "as_distill_config", "check_output_compatible",
-           "distill_json", "distill_terms", "output_gains", "kd_warnings", "teacher_overhead"]
+__all__ = ["DistillConfig", "FROM_SCRATCH_METHOD", "KD_SHARE_WARN", "METHODS", "as_distill_config",
+           "check_output_compatible", "default_method", "distill_json", "distill_terms", "kd_warnings",
+           "output_gains", "teacher_overhead"]
