@@ -91,5 +91,6 @@ class LatencyCost:
         return total
 
     def ratio(self, keep: np.ndarray) -> float:
-        """:meth:`ms` as a fraction of the unpruned model's."""
-        return self.ms(keep) / self.full_ms
+        """:meth:`ms` as a fraction of the unpruned model's, calibrated by the table
+        (:meth:`~yolocompress.profile.latency_table.LatencyTable.calibrate_ratio`)."""
+        return self.table.calibrate_ratio(self.ms(keep) / self.full_ms)
