@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # ``--batch`` sets the three batch sizes, ``--exclude`` takes a list.
 CONFIG_FLAGS = ("ratio", "target_gflops", "target_latency", "candidates", "guided", "calib_batches",
                 "eval_images", "finetune_epochs", "round_to", "min_channels", "seed", "device", "workers",
-                "distill", "bf16", "channels_last", "latency", "resume", "prefer")
+                "distill", "bf16", "channels_last", "latency", "resume", "prefer", "latency_cap")
 BUDGET_FLAGS = ("ratio", "target_gflops", "target_latency")
 PRUNE_MODULE = "yolocompress.compress.prune.config"
 PRUNE_CONFIG = f"{PRUNE_MODULE}:PruneConfig"
@@ -179,6 +179,8 @@ def budget_lines(budget: Mapping[str, Any], preference: Mapping[str, Any],
     if budget["predicted_ratio"] is not None or budget["measured_ratio"] is not None:
         uniform = budget["uniform"]
         target = f"latency <= {budget['target']:g}" if budget["kind"] == "latency" else budget["kind"]
+        if budget.get("latency_cap") == "uniform":
+            target += ", latency capped at uniform's"
         error = ("" if budget["prediction_error"] is None
                  else f", prediction error {100 * budget['prediction_error']:+.1f}%")
         lines.append(f"latency ratio (budget {target}): chosen predicted "
@@ -228,6 +230,11 @@ def register(subparsers) -> None:
                    help="accuracy: the best score wins; latency: the lowest predicted latency among the "
                         "candidates within {prune.search.near_tie} of the best score (default "
                         "{prune.search.prefer})")
+    p.add_argument("--latency-cap", choices=("none", "uniform"), default=None,
+                   help="uniform: with a FLOPs budget, every candidate's predicted ONNX Runtime latency is "
+                        "also at most that of pruning every group alike (per-layer table measured once on "
+                        "this CPU, cached), so the pick is not slower than uniform pruning (default "
+                        "{prune.search.latency_cap})")
     p.add_argument("--calib-batches", type=positive_int, default=None,
                    help="training batches for adaptive BN (default {prune.search.calib_batches})")
     p.add_argument("--eval-images", type=positive_int, default=None,

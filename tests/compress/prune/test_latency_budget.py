@@ -12,7 +12,8 @@ import pytest
 from yolocompress.cli import main
 from yolocompress.compress.prune import PruneConfig, channel_graph, prune_channels, prune_model
 from yolocompress.compress.prune.cost import LatencyCost
-from yolocompress.compress.prune.search import add_guided, choose_candidate, plan_search
+from yolocompress.compress.prune import search as search_module
+from yolocompress.compress.prune.search import CALIBRATION_RATIO, add_guided, choose_candidate, plan_search
 from yolocompress.compress.prune.strategy import Strategy
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import save_model
@@ -39,12 +40,31 @@ class StubTimer:
         return 0.02 + macs / 1e6 * (2.0 if s.height <= 8 else 1.0)
 
 
+STUB_FIXED_MS = 0.3  # what the stub's whole-model measurement adds to the convolutions' sum
+
+
+class StubWholeModel:
+    """``search.measured_ratio`` replaced: the stub table's sums plus ``STUB_FIXED_MS`` that does not shrink
+    (so the calibration must find it); counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, model, subnet, imgsz, threads):
+        self.calls += 1
+        table = latency_table(model, imgsz, round_to=1, timer=StubTimer(), cpu="stub", cache=False)
+        return (table.predict(subnet) + STUB_FIXED_MS) / (table.predict(model) + STUB_FIXED_MS)
+
+
 @pytest.fixture(autouse=True)
 def stub_timer(tmp_path, monkeypatch):
     """Every latency table here is measured by ``StubTimer`` (the default timer replaced) into a fresh
-    cache folder."""
+    cache folder, and calibrated by ``StubWholeModel``."""
     monkeypatch.setenv("YOLOCOMPRESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(latency_table_module, "OrtLayerTimer", StubTimer)
+    whole = StubWholeModel()
+    monkeypatch.setattr(search_module, "measured_ratio", whole)
+    return whole
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +86,38 @@ def test_latency_cost_of_a_keep_mask_is_the_tables_prediction_of_the_built_subne
         assert cost.ratio(keep) == pytest.approx(table.ratio(sub, model), rel=1e-9)
 
 
+def test_the_table_is_calibrated_once_by_a_uniform_subnet_measured_whole_and_cached(model, stub_timer):
+    cfg = PruneConfig.from_flat(ratio=None, target_latency=0.5, **FAST)
+    plan = plan_search(model, cfg)
+    assert stub_timer.calls == 1
+    table = plan.space.latency.table
+    calibration = table.calibration
+    # f = (m - p) / (1 - p) recovers the share of the original's stub latency that does not shrink
+    full = latency_table(model, 64, round_to=1, timer=StubTimer(), cpu="stub", cache=False).predict(model)
+    assert calibration["fixed_fraction"] == pytest.approx(STUB_FIXED_MS / (full + STUB_FIXED_MS), rel=1e-9)
+    assert calibration["subnet"] == f"uniform {CALIBRATION_RATIO:g}"
+    # so every strategy's predicted ratio is the stub's whole-model ratio, not the plain sums'
+    for s in plan.strategies[:3]:
+        sub = prune_channels(model, plan.graph, plan.space.keep(s.counts))
+        assert s.latency == pytest.approx(stub_timer(model, sub, 64, 2), rel=1e-9)
+    assert 0.45 < plan.strategies[0].latency <= 0.5
+    # cached with the table: a second search measures nothing
+    calls = stub_timer.calls
+    again = plan_search(model, cfg)
+    assert stub_timer.calls == calls
+    assert again.space.latency.table.measured == 0
+    assert again.space.latency.table.calibration == calibration
+    assert json.loads(table.path.read_text())["calibration"] == calibration
+
+
+def test_a_cached_table_without_a_calibration_is_calibrated_and_rewritten(model, stub_timer):
+    table = latency_table(model, 64, threads=2, round_to=1)  # measured and cached, not calibrated
+    assert table.calibration is None and json.loads(table.path.read_text())["calibration"] is None
+    plan_search(model, PruneConfig.from_flat(ratio=0.5, latency_cap="uniform", **FAST))
+    assert stub_timer.calls == 1
+    assert json.loads(table.path.read_text())["calibration"]["fixed_fraction"] > 0
+
+
 def test_every_candidate_of_a_latency_budget_fits_it_and_the_search_is_deterministic(model):
     cfg = PruneConfig.from_flat(ratio=None, target_latency=0.5, **{**FAST, "candidates": 8, "guided": 2})
     plan = plan_search(model, cfg)
@@ -83,6 +135,22 @@ def test_every_candidate_of_a_latency_budget_fits_it_and_the_search_is_determini
     assert [s.counts for s in again.strategies] == [s.counts for s in plan.strategies[:6]]
 
 
+def test_a_latency_cap_keeps_every_candidate_within_the_flops_budget_and_uniforms_predicted_latency(model):
+    free = plan_search(model, PruneConfig.from_flat(ratio=0.5, **{**FAST, "candidates": 8, "guided": 2}))
+    cfg = PruneConfig.from_flat(ratio=0.5, latency_cap="uniform", **{**FAST, "candidates": 8, "guided": 2})
+    plan = plan_search(model, cfg)
+    add_guided(plan, np.random.default_rng(1).random(len(plan.space.searchable)))
+    assert plan.uniform.counts == free.uniform.counts and plan.budget == free.budget  # the same FLOPs budget
+    assert plan.limit.latency == plan.uniform.latency
+    assert all(s.flops <= plan.budget and s.latency <= plan.uniform.latency for s in plan.strategies)
+    # uncapped, the stub timer's pricier small layers make some random strategies slower than uniform
+    priced = [plan.space.strategy(s.ratios, s.kind).latency for s in free.strategies[1:]]
+    assert max(priced) > plan.uniform.latency
+    # the same seed gives the same capped strategies
+    again = plan_search(model, cfg)
+    assert [s.counts for s in again.strategies] == [s.counts for s in plan.strategies[:6]]
+
+
 def test_a_latency_budget_below_what_min_channels_allows_is_refused(model):
     cfg = PruneConfig.from_flat(ratio=None, target_latency=0.01, **FAST)
     with pytest.raises(InputError, match=r"smallest reachable predicted ratio 0\.\d+"):
@@ -92,7 +160,7 @@ def test_a_latency_budget_below_what_min_channels_allows_is_refused(model):
 @pytest.mark.parametrize("bad", [dict(target_latency=0.0), dict(target_latency=1.0),
                                  dict(target_latency=0.5, ratio=0.5), dict(target_latency=0.5,
                                                                            target_gflops=1.0),
-                                 dict(prefer="speed"), dict(near_tie=-0.1)])
+                                 dict(prefer="speed"), dict(near_tie=-0.1), dict(latency_cap="gflops")])
 def test_config_validation(bad):
     with pytest.raises(InputError):
         PruneConfig.from_flat(**{"ratio": None if "ratio" not in bad else bad["ratio"], **bad})
@@ -184,3 +252,17 @@ def test_cli_prints_the_predicted_and_measured_latency_ratio(checkpoint, tiny_da
     budget = json.loads(report.read_text())["details"]["budget"]
     assert f"chosen predicted {budget['predicted_ratio']:.3f}, measured {budget['measured_ratio']:.3f}" in printed
     assert "latency ratio (budget latency <= 0.6)" in printed
+
+
+def test_cli_latency_cap_holds_the_pick_to_uniforms_predicted_latency(checkpoint, tiny_data, tmp_path, capsys):
+    out, report = tmp_path / "p.pt", tmp_path / "r.json"
+    code = main(["prune", str(checkpoint), "--data", str(tiny_data.yaml_path), *CLI_FAST, "--ratio", "0.5",
+                 "--latency-cap", "uniform", "--max-map-drop", "100", "-o", str(out), "--json", str(report)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    details = json.loads(report.read_text())["details"]
+    budget = details["budget"]
+    assert budget["latency_cap"] == "uniform" and budget["kind"] == "ratio"
+    assert budget["predicted_ratio"] <= budget["uniform"]["predicted_ratio"]
+    assert all(c["latency_ratio"] <= budget["uniform"]["predicted_ratio"] for c in details["candidates"])
+    assert "latency ratio (budget ratio, latency capped at uniform's): chosen predicted" in printed

@@ -29,6 +29,7 @@ from yolocompress.errors import InputError
 
 METRICS = ("map50_95", "map50", "fitness")
 PREFER = ("accuracy", "latency")
+LATENCY_CAPS = ("none", "uniform")
 PROBE_SIDES = ("both", "less", "more")
 PROBE_METRICS = ("map", "box_loss", "distortion")
 
@@ -103,6 +104,10 @@ class SearchConfig:
             latency table's) wins.
         near_tie: the score difference treated as a tie by ``prefer="latency"`` (default 0.005 mAP50-95:
             about the spread of one candidate's score between draws of 256 held-out images).
+        latency_cap: ``"uniform"``: with a FLOPs budget (``ratio`` or ``target_gflops``) every candidate's
+            *predicted* latency is also at most the uniform strategy's (the per-layer latency table's,
+            measured once on this CPU at ``imgsz`` and cached), so the pick is not slower than pruning
+            every layer alike at the same FLOPs; ``"none"``: FLOPs only. Ignored with ``target_latency``.
     """
 
     candidates: int = 20
@@ -126,6 +131,7 @@ class SearchConfig:
     include_uniform: bool = True
     prefer: str = "accuracy"
     near_tie: float = 0.005
+    latency_cap: str = "none"
 
     def __post_init__(self) -> None:
         _at_least(self, ("candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch",
@@ -148,6 +154,9 @@ class SearchConfig:
             raise InputError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.prefer not in PREFER:
             raise InputError(f"prefer must be one of {', '.join(PREFER)}, got {self.prefer!r}")
+        if self.latency_cap not in LATENCY_CAPS:
+            raise InputError(f"latency_cap must be one of {', '.join(LATENCY_CAPS)}, "
+                             f"got {self.latency_cap!r}")
         if not float(self.near_tie) >= 0.0:
             raise InputError(f"near_tie must be >= 0, got {self.near_tie}")
 

@@ -232,7 +232,9 @@ def budget_summary(cfg: PruneConfig, found: SearchResult, latencies: dict[str, L
     (medians measured side by side; ``None`` when not measured), ``predicted_ms`` (the predicted ratio times
     the original's measured latency: the table's sum of convolutions overestimates a whole model, its
     ratio does not need to) and ``prediction_error`` (``measured / predicted - 1``); ``uniform``: the same
-    ratios of the uniform strategy's sub-net."""
+    ratios of the uniform strategy's sub-net; ``latency_cap``: ``"uniform"`` when a FLOPs budget also held
+    every candidate to the uniform strategy's predicted latency (``SearchConfig.latency_cap``), else
+    ``"none"``."""
     plan = found.plan
     chosen = plan.strategies[found.chosen]
     original = latencies["original"].median_ms if latencies else None
@@ -242,8 +244,9 @@ def budget_summary(cfg: PruneConfig, found: SearchResult, latencies: dict[str, L
     kind, target = (("latency", cfg.target_latency) if cfg.target_latency is not None
                     else ("ratio", cfg.ratio) if cfg.ratio is not None else ("gflops", cfg.target_gflops))
     predicted, measured_ratio = chosen.latency, measured.get("chosen")
+    cap = cfg.search.latency_cap if cfg.target_latency is None else "none"
     return {
-        "kind": kind, "target": target, "gflops_ratio": chosen.flops / plan.base_flops,
+        "kind": kind, "target": target, "latency_cap": cap, "gflops_ratio": chosen.flops / plan.base_flops,
         "predicted_ratio": predicted, "measured_ratio": measured_ratio,
         "predicted_ms": None if predicted is None or original is None else predicted * original,
         "measured_ms": latencies["chosen"].median_ms if latencies else None, "original_ms": original,
@@ -288,6 +291,8 @@ def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchRe
     else:
         budget = f"the uniform strategy at ratio {cfg.ratio}" if cfg.ratio else "target GFLOPs"
         note = f"budget = {fraction:.3f} of the original FLOPs ({budget})"
+        if cfg.search.latency_cap == "uniform":
+            note += ", every candidate's predicted latency at most the uniform strategy's"
     details = {
         "imgsz": cfg.imgsz, "budget_gflops": plan.budget / 1e9, "chosen": found.chosen,
         "after_search": measured["after_search"], "after_finetune": measured["after_finetune"],

@@ -60,14 +60,42 @@ def add_guided(plan: SearchPlan, sensitivity: np.ndarray) -> None:
         plan.n_guided = 0
 
 
-def latency_cost(model: nn.Module, graph: ChannelGraph, cfg: PruneConfig) -> LatencyCost:
+CALIBRATION_RATIO = 0.5  # the uniform sub-net measured whole to calibrate a latency table
+
+
+def measured_ratio(model: nn.Module, subnet: nn.Module, imgsz: int, threads: int) -> float:
+    """``subnet``'s ONNX Runtime latency as a fraction of ``model``'s (batch 1, ``threads`` threads, medians
+    of 5 interleaved rounds of 30 runs each)."""
+    from yolocompress.export.onnx import export_onnx
+    from yolocompress.io.workdir import work_dir
+    from yolocompress.profile.latency import time_onnx_files
+
+    with work_dir("yc-latency-calibration-") as tmp:
+        files = {name: export_onnx(m, f"{tmp}/{name}.onnx", imgsz=imgsz)
+                 for name, m in (("model", model), ("subnet", subnet))}
+        times = time_onnx_files(files, imgsz, threads=threads, warmup=5, runs=30, rounds=5)
+    return float(np.median(times["subnet"]) / np.median(times["model"]))
+
+
+def latency_cost(model: nn.Module, graph: ChannelGraph, cfg: PruneConfig,
+                 space: StrategySpace | None = None) -> LatencyCost:
     """The predicted latency of ``model``'s sub-nets: its per-layer latency table at ``cfg.imgsz`` with
     ``cfg.latency_threads`` threads and ``cfg.channels.round_to`` (read from the cache folder, else measured
-    with ONNX Runtime now and cached: :func:`~yolocompress.profile.latency_table.latency_table`)."""
+    with ONNX Runtime now and cached: :func:`~yolocompress.profile.latency_table.latency_table`). A table
+    without a calibration is calibrated once (and cached) when ``space`` is given: the uniform strategy at
+    ``CALIBRATION_RATIO`` is built and measured whole beside ``model`` (:func:`measured_ratio`, a few
+    seconds), which fits the share of the latency that the convolutions' sum leaves out."""
     from yolocompress.profile.latency_table import latency_table
 
     table = latency_table(model, cfg.imgsz, threads=cfg.latency_threads, round_to=cfg.channels.round_to)
-    return LatencyCost(table, graph)
+    cost = LatencyCost(table, graph)
+    if table.calibration is None and space is not None:
+        keep = space.keep(space.uniform(CALIBRATION_RATIO).counts)
+        predicted = cost.ms(keep) / cost.full_ms
+        measured = measured_ratio(model, prune_channels(model, graph, keep), cfg.imgsz, cfg.latency_threads)
+        table.calibrated(predicted, measured, subnet=f"uniform {CALIBRATION_RATIO:g}",
+                         runs="5 interleaved rounds x 30")
+    return cost
 
 
 def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
@@ -75,8 +103,9 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     ``cfg.seed``: the uniform one first (when ``cfg.search.include_uniform``), then the random ones; the
     ``n_guided`` sensitivity-guided ones that complete ``cfg.search.candidates`` need scored probes and are
     added by ``add_guided``. With ``cfg.target_latency`` (or ``cfg.search.prefer == "latency"``) every
-    strategy carries its predicted latency ratio (:func:`latency_cost`), and with ``cfg.target_latency``
-    every candidate's is at most the target. ``model``: float32, CPU."""
+    strategy carries its predicted latency ratio (:func:`latency_cost`); with ``cfg.target_latency``
+    every candidate's is at most the target, with ``cfg.search.latency_cap == "uniform"`` at most the
+    uniform strategy's (and its FLOPs within the FLOPs budget). ``model``: float32, CPU."""
     graph = channel_graph(model)
     importance = l1_importance(model, graph)
     rules = cfg.channels
@@ -87,8 +116,9 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
                           [g.index for g in graph.groups if g.index not in excluded], max_ratio)
     if not space.searchable:
         raise InputError("nothing to prune: no channel group has more than --min-channels channels")
-    if cfg.target_latency is not None or cfg.search.prefer == "latency":
-        space.latency = latency_cost(model, graph, cfg)
+    capped = cfg.search.latency_cap == "uniform" and cfg.target_latency is None
+    if cfg.target_latency is not None or cfg.search.prefer == "latency" or capped:
+        space.latency = latency_cost(model, graph, cfg, space)
     base_flops = cost.flops(graph.full_keep())
     limit = None
     if cfg.target_latency is not None:
@@ -104,6 +134,8 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
             raise InputError(f"impossible budget: target {cfg.target_gflops:g} GFLOPs is not below the "
                              f"model's {base_flops / 1e9:.4g} GFLOPs at {cfg.imgsz} px")
         uniform = space.uniform_for_budget(budget)
+    if capped:
+        limit = Budget(flops=budget, latency=uniform.latency)
     rng = np.random.default_rng(cfg.seed)
     n_other = cfg.search.candidates - (1 if cfg.search.include_uniform else 0)
     n_guided = min(cfg.search.guided, n_other)
