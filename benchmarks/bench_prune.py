@@ -13,6 +13,10 @@
 ``rounding``    channel counts rounded to 16 vs 8 at equal GFLOPs (ratio 0.5 with 8; the same GFLOPs as
                 the budget with 16): ORT latency of the uniform strategy and of the default EagleEye pick of
                 each, on the shipped baseline, at 256 and 640 px, interleaved (issue 18).
+``equal-latency`` a latency budget against FLOPs budgets (issue 18): the default search at
+                ``--target-latency`` and at each of ``--flops-ratios``, all of them timed side by side on ONNX
+                Runtime at ``--sizes``; the FLOPs pick whose measured latency at ``--imgsz`` is nearest the
+                latency pick's is fine-tuned beside it (same epochs, seed, data) and both are evaluated.
 ``stability``   how reproducible the search's ranking is: the same candidates scored with calibration and scored
                 images drawn with different seeds, for several numbers of scored images; Spearman rank
                 correlation between the draws and the winner of each draw.
@@ -309,6 +313,65 @@ def part_rounding(args) -> dict:
     return out
 
 
+def part_equal_latency(args) -> dict:
+    from yolocompress.compress.finetune import FinetuneConfig, finetune
+    from yolocompress.compress.prune import PruneConfig, prune_model
+    from yolocompress.engine.evaluator import evaluate_model
+    from yolocompress.export.onnx import export_onnx
+    from yolocompress.io.workdir import work_dir
+    from yolocompress.profile import cpu_name, gflops
+    from yolocompress.profile.latency import cpu_flags, time_onnx_files
+
+    model, data = _baseline_and_data(args)
+    base = copy.deepcopy(model).float().eval()
+    common = dict(imgsz=args.imgsz, seed=args.seed, finetune_epochs=0, eval_baseline=False,
+                  latency_threads=args.threads)
+    nets: dict[str, torch.nn.Module] = {"original": base}
+    info: dict[str, dict] = {}
+    for label, budget in [(f"latency {args.target_latency:g}", {"ratio": None,
+                                                                 "target_latency": args.target_latency})] + [
+            (f"flops ratio {r:g}", {"ratio": r}) for r in args.flops_ratios]:
+        t0 = time.perf_counter()
+        nets[label], report = prune_model(model, data, PruneConfig.from_flat(**common, **budget))
+        b = report.details["budget"]
+        info[label] = {"search_s": time.perf_counter() - t0, "predicted_ratio": b["predicted_ratio"],
+                       "measured_ratio@imgsz(prune_model)": b["measured_ratio"],
+                       "score": report.details["candidates"][report.details["chosen"]]["score"]}
+        print(f"[{label}] searched in {info[label]['search_s']:.0f} s; pick score "
+              f"{info[label]['score']:.4f}, "
+              f"{gflops(nets[label], args.imgsz):.3f} GFLOPs@{args.imgsz}", flush=True)
+    print(f"CPU: {cpu_name()} ({' '.join(cpu_flags())}); ONNX Runtime, {args.threads} threads, batch 1, "
+          f"interleaved: 10 warm-up + {args.runs} timed runs in 5 rounds (median)")
+    ratios: dict[int, dict[str, float]] = {}
+    with work_dir("yc-bench-eqlat-") as tmp:
+        for size in args.sizes:
+            files = {name: export_onnx(net, Path(tmp) / f"{i}_{size}.onnx", imgsz=size)
+                     for i, (name, net) in enumerate(nets.items())}
+            times = time_onnx_files(files, size, threads=args.threads, warmup=10, runs=args.runs, rounds=5)
+            med = {name: float(np.median(t)) for name, t in times.items()}
+            ratios[size] = {name: med[name] / med["original"] for name in nets}
+            for name in nets:
+                print(f"{size} px: {name:18} {med[name]:7.2f} ms  x orig {ratios[size][name]:.3f}",
+                      flush=True)
+    lat_label = f"latency {args.target_latency:g}"
+    at = ratios[args.imgsz]
+    flops_label = min((n for n in nets if n.startswith("flops")), key=lambda n: abs(at[n] - at[lat_label]))
+    print(f"nearest FLOPs pick at {args.imgsz} px: {flops_label} ({at[flops_label]:.3f} vs "
+          f"{at[lat_label]:.3f})")
+    tuned = {}
+    for label in (lat_label, flops_label):
+        cfg = FinetuneConfig(epochs=args.epochs, imgsz=args.imgsz, batch=16, nominal_batch=args.nominal_batch,
+                             seed=args.seed, val=False)
+        net = finetune(nets[label], data, cfg)[0]
+        tuned[label] = float(evaluate_model(net, data, split="val", imgsz=args.imgsz, batch=32).map50_95)
+        print(f"[{label}] mAP50-95 after {args.epochs} epochs: {tuned[label]:.4f}", flush=True)
+    print(f"latency pick - FLOPs pick of (nearly) equal measured latency: "
+          f"{100 * (tuned[lat_label] - tuned[flops_label]):+.2f} points; measured latency ratio at "
+          f"{args.imgsz} px {at[lat_label]:.3f} vs {at[flops_label]:.3f}")
+    return {"cpu": cpu_name(), "flags": cpu_flags(), "info": info, "ratios": ratios, "finetuned": tuned,
+            "flops_pick": flops_label}
+
+
 def part_stability(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_channels
     from yolocompress.compress.prune.scoring import SubnetScorer, cache_data
@@ -384,8 +447,8 @@ def part_correlation(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("structure", "accuracy", "speed", "search-speed", "rounding", "stability",
-                                      "correlation"))
+    p.add_argument("part", choices=("structure", "accuracy", "speed", "search-speed", "rounding",
+                                    "equal-latency", "stability", "correlation"))
     p.add_argument("--models", nargs="+", default=["yolov5n", "yolov5s"], help="structure: configs")
     p.add_argument("--model", default=None,
                    help="accuracy/correlation: checkpoint (default: the shipped baseline)")
@@ -414,9 +477,12 @@ def main() -> None:
                    help="search-speed: search settings, each 'old', 'default' or 'key=value,...' "
                         "(SearchConfig fields); the first is the reference")
     p.add_argument("--repeats", type=int, default=1, help="search-speed: rounds of the interleaved variants")
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 640], help="rounding: timed image sizes")
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 640], help="rounding, equal-latency: timed image sizes")
     p.add_argument("--search", default="default", help="rounding: search settings, as one --variants entry")
-    p.add_argument("--runs", type=int, default=50, help="rounding: timed runs per net and size")
+    p.add_argument("--runs", type=int, default=50, help="rounding, equal-latency: timed runs per net and size")
+    p.add_argument("--target-latency", type=float, default=0.5, help="equal-latency: the latency budget")
+    p.add_argument("--flops-ratios", type=float, nargs="+", default=[0.5, 0.6, 0.7],
+                   help="equal-latency: FLOPs budgets (ratios) searched")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -427,6 +493,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     parts = {"structure": part_structure, "accuracy": part_accuracy, "speed": part_speed,
              "search-speed": part_search_speed, "rounding": part_rounding,
+             "equal-latency": part_equal_latency,
              "stability": part_stability, "correlation": part_correlation}
     result = parts[args.part](args)
     if args.json:

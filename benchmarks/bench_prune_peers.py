@@ -52,6 +52,15 @@ import torch
 from torch import nn
 
 METHODS = ("tp-magnitude", "tp-groupnorm", "eagleeye", "uniform")
+# our search with other settings, at the same GFLOPs budget (the uniform strategy's at --ratio)
+OUR_VARIANTS: dict[str, dict[str, Any]] = {
+    # the search before probes were scored by the box loss
+    "eagleeye-map": {"probe_metric": "map", "probe_images": 256, "probe_calib_batches": 8},
+    "eagleeye-r16": {"round_to": 16},            # channel widths in multiples of 16
+    "eagleeye-cap": {"latency_cap": "uniform"},  # predicted latency at most the uniform strategy's
+}
+TP_GLOBAL = ("tp-magnitude-global", "tp-groupnorm-global")  # Torch-Pruning with global ranking
+ALL_METHODS = METHODS + tuple(OUR_VARIANTS) + TP_GLOBAL
 
 
 def tp_prune(model: nn.Module, method: str, target_gflops: float, imgsz: int, steps: int, max_ratio: float,
@@ -88,8 +97,10 @@ def tp_prune(model: nn.Module, method: str, target_gflops: float, imgsz: int, st
     return net, {"prune_s": wall, "tp_steps": pruner.current_step, "reached_budget": now <= target_gflops}
 
 
-def our_prune(model: nn.Module, data: Any, method: str, args, seed: int) -> tuple[nn.Module, dict[str, Any]]:
-    """Our ``eagleeye`` default search or the ``uniform`` strategy at ``args.ratio``, without fine-tuning."""
+def our_prune(model: nn.Module, data: Any, method: str, args, seed: int,
+              budget: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Our ``eagleeye`` default search, one of its ``OUR_VARIANTS`` (at the GFLOPs ``budget``) or the
+    ``uniform`` strategy at ``args.ratio``, without fine-tuning."""
     from yolocompress.compress.prune import PruneConfig, prune_model
 
     if method == "uniform":
@@ -98,8 +109,10 @@ def our_prune(model: nn.Module, data: Any, method: str, args, seed: int) -> tupl
         search = {k: v for k, v in (("candidates", args.candidates), ("guided", args.guided),
                                     ("calib_batches", args.calib_batches), ("eval_images", args.eval_images))
                   if v is not None}
-    cfg = PruneConfig.from_flat(ratio=args.ratio, imgsz=args.imgsz, finetune_epochs=0, eval_baseline=False,
-                                seed=seed, **search)
+    variant = OUR_VARIANTS.get(method, {})
+    size = {"ratio": args.ratio} if budget is None else {"target_gflops": budget}
+    cfg = PruneConfig.from_flat(**size, imgsz=args.imgsz, finetune_epochs=0, eval_baseline=False,
+                                seed=seed, latency_threads=args.threads, **search, **variant)
     t0 = time.perf_counter()
     pruned, report = prune_model(model, data, cfg)
     wall = time.perf_counter() - t0 - report.details["timing_s"].get("eval", 0.0)
@@ -171,7 +184,7 @@ def data_and_model(args, work: Path):
 
 def table(rows: list[dict[str, Any]], base: dict[str, Any], sizes: list[int]) -> str:
     lat = " ".join(f"{f'ORT@{s} ms':>11} {'x':>5}" for s in sizes)
-    head = (f"{'method':13} {'seed':>4} {'GFLOPs':>7} {'x':>5} {'params':>9} {lat} "
+    head = (f"{'method':19} {'seed':>4} {'GFLOPs':>7} {'x':>5} {'params':>9} {lat} "
             f"{'mAP pruned':>10} {'mAP tuned':>9} {'prune s':>8}")
     lines = [head]
     for r in [base] + rows:
@@ -180,7 +193,7 @@ def table(rows: list[dict[str, Any]], base: dict[str, Any], sizes: list[int]) ->
         tuned = f"{r['map_finetuned']:9.4f}" if r.get("map_finetuned") is not None else f"{'-':>9}"
         wall = f"{r['prune_s']:8.1f}" if r.get("prune_s") is not None else f"{'-':>8}"
         seed = str(r["seed"]) if r.get("seed") is not None else "-"
-        lines.append(f"{r['method']:13} {seed:>4} {r['gflops']:7.3f} {r['gflops'] / base['gflops']:5.3f} "
+        lines.append(f"{r['method']:19} {seed:>4} {r['gflops']:7.3f} {r['gflops'] / base['gflops']:5.3f} "
                      f"{r['params']:9,} {cells} {pruned} {tuned} {wall}")
     means = []
     for m in dict.fromkeys(r["method"] for r in rows):
@@ -209,15 +222,19 @@ def run(args) -> dict[str, Any]:
     for seed in args.seeds:
         # ours first: the uniform strategy at --ratio sets the GFLOPs budget every method meets
         for method in sorted(args.methods, key=lambda m: m != "uniform"):
+            if budget is None and method != "uniform":
+                budget = gflops(our_prune(model, data, "uniform", args, seed)[0], args.imgsz)
             if method in ("eagleeye", "uniform"):
                 pruned, info = our_prune(model, data, method, args, seed)
                 if method == "uniform":
                     budget = gflops(pruned, args.imgsz)
+            elif method in OUR_VARIANTS:
+                # the budget in GFLOPs (not the ratio): round_to 16's uniform strategy at the ratio differs
+                pruned, info = our_prune(model, data, method, args, seed, budget=budget)
             else:
-                if budget is None:
-                    budget = gflops(our_prune(model, data, "uniform", args, seed)[0], args.imgsz)
-                pruned, info = tp_prune(model, method, budget, args.imgsz, args.tp_steps, args.max_ratio,
-                                        args.round_to, args.tp_global)
+                pruned, info = tp_prune(model, method.removesuffix("-global"), budget, args.imgsz,
+                                        args.tp_steps, args.max_ratio, args.round_to,
+                                        args.tp_global or method in TP_GLOBAL)
             row = {"method": method, "seed": seed, "gflops": gflops(pruned, args.imgsz),
                    "params": num_params(pruned), "budget_gflops": budget, **info,
                    **checks(pruned, args.imgsz), "map_pruned": evaluate(pruned, data, args.imgsz)}
@@ -250,7 +267,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped baseline)")
     p.add_argument("--data", default=None, help="data.yaml (default: the demo data)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS),
+                   help=f"default: {' '.join(METHODS)}; also our variants {' '.join(OUR_VARIANTS)} "
+                        f"({OUR_VARIANTS}) and Torch-Pruning with global ranking ({' '.join(TP_GLOBAL)})")
     p.add_argument("--ratio", type=float, default=0.5,
                    help="our ratio; its uniform GFLOPs are everyone's budget")
     p.add_argument("--imgsz", type=int, default=256, help="pruning, fine-tune and evaluation size")
