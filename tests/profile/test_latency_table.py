@@ -10,8 +10,8 @@ from torch import nn
 
 from yolocompress.errors import InputError
 from yolocompress.models import build_model
-from yolocompress.profile.latency_table import (LayerShape, OrtLayerTimer, conv_shapes, latency_table,
-                                                width_grid)
+from yolocompress.profile.latency_table import (LayerShape, OrtLayerTimer, channel_block, conv_shapes,
+                                                effective_width, latency_table, width_grid)
 
 
 class StubTimer:
@@ -59,7 +59,7 @@ def test_conv_shapes_follow_the_strides(models):
 def test_prediction_is_the_sum_of_the_parts_and_exact_on_grid_widths(models):
     full, half = models
     stub = StubTimer()
-    table = latency_table(full, 64, grid=(0.5, 1.0), round_to=4, timer=stub, cpu="stub")
+    table = latency_table(full, 64, grid=(0.5, 1.0), round_to=4, timer=stub, cpu="stub", block=1)
     for model in (full, half):
         parts = table.parts(model)
         expected = {name: stub(s) for name, s in conv_shapes(model, 64).items()}  # every width is on the grid
@@ -71,7 +71,7 @@ def test_prediction_is_the_sum_of_the_parts_and_exact_on_grid_widths(models):
 
 def test_widths_between_grid_points_interpolate(models):
     full, _ = models
-    table = latency_table(full, 64, grid=(0.5, 1.0), round_to=8, timer=StubTimer(), cpu="stub")
+    table = latency_table(full, 64, grid=(0.5, 1.0), round_to=8, timer=StubTimer(), cpu="stub", block=1)
     conv = full.model[1].conv  # 16 -> 32 channels
     narrow = build_model(config(0.25), nc=3)
     narrow.model[1].conv = nn.Conv2d(16, 24, 3, 2, 1, bias=False)  # halfway between 16 and 32 outputs
@@ -130,7 +130,8 @@ def test_the_default_timer_measures_a_layer_with_onnx_runtime():
 
 def test_layer_ms_prices_a_layer_by_its_widths_without_building_the_model(models):
     full, half = models
-    table = latency_table(full, 64, grid=(0.5, 1.0), round_to=4, timer=StubTimer(), cpu="stub", cache=False)
+    table = latency_table(full, 64, grid=(0.5, 1.0), round_to=4, timer=StubTimer(), cpu="stub", cache=False,
+                          block=1)
     parts = table.parts(half)
     for name, s in conv_shapes(half, 64).items():
         assert table.layer_ms(name, s.c_in, s.c_out) == parts[name]
@@ -138,3 +139,20 @@ def test_layer_ms_prices_a_layer_by_its_widths_without_building_the_model(models
         table.layer_ms("model.99.conv", 8, 8)
     with pytest.raises(InputError, match="wider"):
         table.layer_ms("model.1.conv", 16, 4096)
+
+
+def test_widths_are_priced_at_the_kernels_channel_block():
+    assert channel_block(["avx2", "fma", "avx512f"]) == 16 and channel_block(["avx2", "fma"]) == 8
+    assert [effective_width(c, 16, 64) for c in (1, 16, 17, 24, 40, 48, 60)] == [16, 16, 32, 32, 48, 48, 64]
+    assert effective_width(40, 16, 36) == 36  # never past the full width
+    net = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1), nn.SiLU(), nn.Conv2d(64, 64, 3, 1, 1))
+    table = latency_table(net, 32, grid=(0.25, 0.5, 0.75, 1.0), round_to=8, timer=StubTimer(), cpu="stub",
+                          cache=False, block=16)
+    assert table.key["block"] == 16
+    # the grid's widths are multiples of the block (lcm with round_to), and 24 channels cost what 32 do
+    assert {s.name: s.out_grid for s in table.sites}["2"] == (16, 32, 48, 64)
+    assert table.layer_ms("2", 64, 24) == table.layer_ms("2", 64, 32) > table.layer_ms("2", 64, 16)
+    assert table.layer_ms("2", 40, 64) == table.layer_ms("2", 48, 64)
+    plain = latency_table(net, 32, grid=(0.25, 0.5, 0.75, 1.0), round_to=8, timer=StubTimer(), cpu="stub",
+                          cache=False, block=1)
+    assert plain.layer_ms("2", 64, 24) < plain.layer_ms("2", 64, 32)

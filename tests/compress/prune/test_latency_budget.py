@@ -59,9 +59,10 @@ class StubWholeModel:
 @pytest.fixture(autouse=True)
 def stub_timer(tmp_path, monkeypatch):
     """Every latency table here is measured by ``StubTimer`` (the default timer replaced) into a fresh
-    cache folder, and calibrated by ``StubWholeModel``."""
+    cache folder with widths priced as they are (no channel block), and calibrated by ``StubWholeModel``."""
     monkeypatch.setenv("YOLOCOMPRESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(latency_table_module, "OrtLayerTimer", StubTimer)
+    monkeypatch.setattr(latency_table_module, "channel_block", lambda flags=None: 1)  # the same on any CPU
     whole = StubWholeModel()
     monkeypatch.setattr(search_module, "measured_ratio", whole)
     return whole
