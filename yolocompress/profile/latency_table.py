@@ -22,7 +22,7 @@ original is best taken as ``ratio(sub-net, original)`` and checked against a mea
 sub-net. A table can carry a *calibration* (:meth:`LatencyTable.calibrated`): the fraction ``f`` of the whole
 model's latency that does not shrink with the widths, fitted from one sub-net measured whole beside the
 original (measured ratio ``m``, predicted ``p``: ``f = (m - p) / (1 - p)``); its ratios are then
-``f + (1 - f) * p``. Measured on a 2-core AVX-512 Xeon with the block pricing below: ``f`` = -0.004 for
+``f + (1 - f) * p``. Measured on a 2-core AVX-512 Xeon with the block pricing above: ``f`` = -0.004 for
 yolov5n and -0.041 for yolov5s at 640 px (the sums alone were nearly right; the prediction errors of the
 chosen sub-nets -1.9% to +2.2%), -0.18 for yolov5n at 256 px, where each layer timed alone carries a fixed
 cost per call that the whole model does not pay per layer (errors there +7% to +13%).
