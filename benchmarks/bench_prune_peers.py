@@ -12,6 +12,11 @@ On the shipped baseline and the demo data (or ``--model`` / ``--data``), at the 
 ``eagleeye``      our default ``prune`` search (``PruneConfig`` defaults, ``--ratio``);
 ``uniform``       our uniform strategy at ``--ratio`` (one candidate, no search).
 
+Besides these (``--methods``): ``OUR_VARIANTS``, our search with other settings at the same GFLOPs
+(``eagleeye-map``: the search before its probes were scored by the box loss; ``eagleeye-r16``: widths in
+multiples of 16; ``eagleeye-cap``: every candidate's predicted latency at most the uniform strategy's), and
+``TP_GLOBAL``, Torch-Pruning's pruners with ``global_pruning=True``.
+
 Torch-Pruning prunes the way its YOLOv5 example and its benchmark do: the ``Detect`` module is an ignored
 layer (its output convs keep their ``na * (nc + 5)`` channels, which Detect reshapes by anchors; their input
 channels follow the neck), and the pruner steps iteratively (``pruning_ratio=1``, ``--tp-steps`` linear
@@ -29,7 +34,7 @@ mAP50-95 straight after pruning (ours: after adaptive BN, as the search returns 
 and the wall time of the pruning step (TP: the iterative steps; ours: the search without the final val
 evaluation). Our search and the fine-tune take the seed; TP's pruning is deterministic.
 
-Run from the repository root (the real run: a few hours on 2 cores):
+Run from the repository root (the real run, 8 methods x 2 seeds at 10 epochs: 45 min on 2 cores):
 
     pip install torch-pruning==1.6.1   # or: pip install -e .[bench]
     PYTHONPATH=. python3 benchmarks/bench_prune_peers.py --epochs 10 --seeds 0 1 --json peers.json
