@@ -58,6 +58,7 @@ from yolocompress.profile.latency import cpu_flags, cpu_name, measure_ort_latenc
 
 FORMAT = 2  # 2: priced at effective widths (``block``), calibration
 DEFAULT_GRID = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+FIXED_FRACTION_RANGE = (-0.5, 0.9)  # a calibration's fitted fraction is clipped to this (a noisy run)
 
 
 def channel_block(flags: Sequence[str] | None = None) -> int:
@@ -244,12 +245,18 @@ class LatencyTable:
         if not 0.0 < predicted < 1.0 or not measured > 0.0:
             raise ValueError(f"calibration needs a sub-net below the original: predicted {predicted}, "
                              f"measured {measured}")
-        fixed = min(max((measured - predicted) / (1.0 - predicted), -0.5), 0.9)  # kept sane on a noisy run
+        low, high = FIXED_FRACTION_RANGE
+        fixed = min(max((measured - predicted) / (1.0 - predicted), low), high)
         self.calibration = {"fixed_fraction": fixed, "predicted": float(predicted),
                             "measured": float(measured), **detail}
-        if self.path is not None:
-            atomic_write_json(self.to_dict(), self.path)
+        self.save()
         return self
+
+    def save(self) -> None:
+        """Write the table to its cache file, atomically (nothing when it has none)."""
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.to_dict(), self.path)
 
     def layer_ms(self, name: str, c_in: int, c_out: int) -> float:
         """Predicted milliseconds of the table's convolution ``name`` at widths ``c_in`` x ``c_out`` (a
@@ -325,7 +332,8 @@ def _read(path: Path, key: dict[str, Any]) -> LatencyTable | None:
         if not all(s.key() in ms for site in sites for s in _grid_shapes(site)):
             return None
         calibration = raw.get("calibration")
-        if calibration is not None and not -0.5 <= float(calibration["fixed_fraction"]) <= 0.9:
+        low, high = FIXED_FRACTION_RANGE
+        if calibration is not None and not low <= float(calibration["fixed_fraction"]) <= high:
             calibration = None  # measure it again
         return LatencyTable(key, sites, ms, path, 0, calibration)
     except (OSError, ValueError, KeyError, TypeError):  # missing, corrupt or of another format: measure again
@@ -372,7 +380,5 @@ def latency_table(model: nn.Module, imgsz: int = 640, threads: int = 2, grid: Se
             if shape.key() not in ms:
                 ms[shape.key()] = float(timer(shape))
     table = LatencyTable(key, sites, ms, path, len(ms))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(table.to_dict(), path)
+    table.save()
     return table

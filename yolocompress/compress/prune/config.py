@@ -287,6 +287,12 @@ class PruneConfig:
             raise InputError(f"imgsz must be a multiple of 32, got {self.imgsz}")
         object.__setattr__(self, "exclude", tuple(str(e) for e in self.exclude))
 
+    @property
+    def latency_capped(self) -> bool:
+        """A FLOPs budget whose candidates are also held to the uniform strategy's predicted latency
+        (``search.latency_cap == "uniform"``; a latency budget ignores the cap)."""
+        return self.search.latency_cap == "uniform" and self.target_latency is None
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data, nested like the config (``search``, ``finetune``, ``channels`` are mappings)."""
         d = asdict(self)

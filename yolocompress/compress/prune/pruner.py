@@ -25,7 +25,8 @@ from yolocompress.compress.distill.config import as_distill_config, kd_warnings
 from yolocompress.compress.distill.feature import check_feature_layers
 from yolocompress.compress.prune.apply import prune_channels
 from yolocompress.compress.prune.config import PruneConfig
-from yolocompress.compress.prune.search import SearchResult, best_scored, plan_search, search
+from yolocompress.compress.prune.search import (SearchResult, best_scored, plan_search, search,
+                                                time_side_by_side)
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport
 from yolocompress.errors import InputError
 from yolocompress.io.workdir import work_dir
@@ -201,8 +202,7 @@ def _latencies(base: nn.Module, final: nn.Module, found: SearchResult, cfg: Prun
     uniform strategy's sub-net (``uniform``), timed side by side
     (:func:`~yolocompress.profile.latency.interleaved_times`) so that their ratios hold on a busy machine;
     measured when ``cfg.latency`` or ``cfg.target_latency`` (else empty)."""
-    from yolocompress.export.onnx import export_onnx
-    from yolocompress.profile.latency import latency_from_times, time_onnx_files
+    from yolocompress.profile.latency import latency_from_times
 
     if not cfg.latency and cfg.target_latency is None:
         return {}
@@ -211,10 +211,8 @@ def _latencies(base: nn.Module, final: nn.Module, found: SearchResult, cfg: Prun
     models = {"original": base, "chosen": final}
     if plan.strategies[found.chosen].counts != plan.uniform.counts:
         models["uniform"] = prune_channels(base, plan.graph, plan.space.keep(plan.uniform.counts))
-    with work_dir("yc-prune-") as tmp:
-        files = {name: export_onnx(m.cpu().eval(), Path(tmp) / f"{name}.onnx", imgsz=cfg.imgsz)
-                 for name, m in models.items()}
-        times = time_onnx_files(files, cfg.imgsz, threads=cfg.latency_threads, warmup=5, runs=30, rounds=5)
+    times = time_side_by_side({name: m.cpu().eval() for name, m in models.items()}, cfg.imgsz,
+                              cfg.latency_threads, runs=30)[0]
     timing["latency"] = time.perf_counter() - t0
     return {name: latency_from_times(t, cfg.latency_threads, "onnxruntime", cfg.imgsz)
             for name, t in times.items()}
@@ -244,9 +242,9 @@ def budget_summary(cfg: PruneConfig, found: SearchResult, latencies: dict[str, L
     kind, target = (("latency", cfg.target_latency) if cfg.target_latency is not None
                     else ("ratio", cfg.ratio) if cfg.ratio is not None else ("gflops", cfg.target_gflops))
     predicted, measured_ratio = chosen.latency, measured.get("chosen")
-    cap = cfg.search.latency_cap if cfg.target_latency is None else "none"
     return {
-        "kind": kind, "target": target, "latency_cap": cap, "gflops_ratio": chosen.flops / plan.base_flops,
+        "kind": kind, "target": target, "latency_cap": "uniform" if cfg.latency_capped else "none",
+        "gflops_ratio": chosen.flops / plan.base_flops,
         "predicted_ratio": predicted, "measured_ratio": measured_ratio,
         "predicted_ms": None if predicted is None or original is None else predicted * original,
         "measured_ms": latencies["chosen"].median_ms if latencies else None, "original_ms": original,
@@ -291,7 +289,7 @@ def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchRe
     else:
         budget = f"the uniform strategy at ratio {cfg.ratio}" if cfg.ratio else "target GFLOPs"
         note = f"budget = {fraction:.3f} of the original FLOPs ({budget})"
-        if cfg.search.latency_cap == "uniform":
+        if cfg.latency_capped:
             note += ", every candidate's predicted latency at most the uniform strategy's"
     details = {
         "imgsz": cfg.imgsz, "budget_gflops": plan.budget / 1e9, "chosen": found.chosen,

@@ -6,7 +6,9 @@ of every candidate, sharded over the ranks of a ``torchrun`` run and recorded in
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,23 +65,30 @@ def add_guided(plan: SearchPlan, sensitivity: np.ndarray) -> None:
 CALIBRATION_RATIO = 0.5  # the uniform sub-net measured whole to calibrate a latency table
 
 
-def measured_ratio(model: nn.Module, subnet: nn.Module, imgsz: int, threads: int, sessions: int = 3) -> float:
-    """``subnet``'s ONNX Runtime latency as a fraction of ``model``'s (batch 1, ``threads`` threads): the
-    median over ``sessions`` fresh pairs of ONNX Runtime sessions of the ratio of their medians (5
-    interleaved rounds of 20 runs each). One pair's ratio varies by about +-4% from pair to pair on a shared
-    2-core machine (yolov5n, uniform 0.5, 640 px: 0.509-0.551 over five pairs), more than within one pair."""
+def time_side_by_side(models: Mapping[str, nn.Module], imgsz: int, threads: int, runs: int,
+                      sessions: int = 1) -> list[dict[str, np.ndarray]]:
+    """Each of ``models`` exported to ONNX once (at ``imgsz``, in a temporary folder) and timed on ONNX
+    Runtime side by side (batch 1, ``threads`` threads, 5 warm-up calls, ``runs`` calls in 5 interleaved
+    rounds: :func:`~yolocompress.profile.latency.time_onnx_files`), once per each of ``sessions`` fresh sets
+    of sessions; milliseconds per call by name, one dict per set."""
     from yolocompress.export.onnx import export_onnx
     from yolocompress.io.workdir import work_dir
     from yolocompress.profile.latency import time_onnx_files
 
-    ratios = []
-    with work_dir("yc-latency-calibration-") as tmp:
-        files = {name: export_onnx(m, f"{tmp}/{name}.onnx", imgsz=imgsz)
-                 for name, m in (("model", model), ("subnet", subnet))}
-        for _ in range(sessions):
-            times = time_onnx_files(files, imgsz, threads=threads, warmup=5, runs=20, rounds=5)
-            ratios.append(float(np.median(times["subnet"]) / np.median(times["model"])))
-    return float(np.median(ratios))
+    with work_dir("yc-prune-latency-") as tmp:
+        files = {name: export_onnx(m, Path(tmp) / f"{name}.onnx", imgsz=imgsz) for name, m in models.items()}
+        return [time_onnx_files(files, imgsz, threads=threads, warmup=5, runs=runs, rounds=5)
+                for _ in range(sessions)]
+
+
+def measured_ratio(model: nn.Module, subnet: nn.Module, imgsz: int, threads: int, sessions: int = 3) -> float:
+    """``subnet``'s ONNX Runtime latency as a fraction of ``model``'s (batch 1, ``threads`` threads): the
+    median over ``sessions`` fresh pairs of ONNX Runtime sessions of the ratio of their medians (5
+    interleaved rounds of 20 runs each: :func:`time_side_by_side`). One pair's ratio varies by about +-4%
+    from pair to pair on a shared 2-core machine (yolov5n, uniform 0.5, 640 px: 0.509-0.551 over five
+    pairs), more than within one pair."""
+    pairs = time_side_by_side({"model": model, "subnet": subnet}, imgsz, threads, runs=20, sessions=sessions)
+    return float(np.median([np.median(t["subnet"]) / np.median(t["model"]) for t in pairs]))
 
 
 def latency_cost(model: nn.Module, graph: ChannelGraph, cfg: PruneConfig,
@@ -121,8 +130,7 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
                           [g.index for g in graph.groups if g.index not in excluded], max_ratio)
     if not space.searchable:
         raise InputError("nothing to prune: no channel group has more than --min-channels channels")
-    capped = cfg.search.latency_cap == "uniform" and cfg.target_latency is None
-    if cfg.target_latency is not None or cfg.search.prefer == "latency" or capped:
+    if cfg.target_latency is not None or cfg.search.prefer == "latency" or cfg.latency_capped:
         space.latency = latency_cost(model, graph, cfg, space)
     base_flops = cost.flops(graph.full_keep())
     limit = None
@@ -139,7 +147,7 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
             raise InputError(f"impossible budget: target {cfg.target_gflops:g} GFLOPs is not below the "
                              f"model's {base_flops / 1e9:.4g} GFLOPs at {cfg.imgsz} px")
         uniform = space.uniform_for_budget(budget)
-    if capped:
+    if cfg.latency_capped:
         limit = Budget(flops=budget, latency=uniform.latency)
     rng = np.random.default_rng(cfg.seed)
     n_other = cfg.search.candidates - (1 if cfg.search.include_uniform else 0)
