@@ -24,11 +24,16 @@ BASELINE_RECORD = ASSETS / "baseline.json"
 DEMO_DATA = {"n_train": 512, "n_val": 128, "imgsz": 256, "seed": 0}
 
 
-def demo_data(root: str | os.PathLike | None = None) -> Path:
-    """The demo data set's ``data.yaml``, generating it (about a minute on 2 cores) if it is not there yet."""
+def demo_data(root: str | os.PathLike | None = None, n_val: int | None = None) -> Path:
+    """The demo data set's ``data.yaml``, generating it (about a minute on 2 cores) if it is not there yet.
+
+    ``n_val``: a longer val split than the demo's 128 images (benchmarks that must resolve differences smaller
+    than its rounding noise); every image is seeded by its own index, so the train split and the first 128 val
+    images are the demo's own.
+    """
     from yolocompress.data.synthetic import synthesize_dataset
 
-    d = DEMO_DATA
+    d = DEMO_DATA if n_val is None else {**DEMO_DATA, "n_val": n_val}
     folder = Path(root) if root else cache_dir() / f"synthetic-seed{d['seed']}-{d['n_train']}x{d['n_val']}-{d['imgsz']}px"
     data_yaml = folder / "data.yaml"
     if not data_yaml.is_file():
