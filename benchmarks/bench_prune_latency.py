@@ -54,8 +54,10 @@ def run(args: argparse.Namespace) -> dict:
         f = calibration["fixed_fraction"] if calibration else 0.0
         d = report.details
         budget = d["budget"]
-        print(f"target {target}: calibration fixed fraction {f:.4f} ({calibration['subnet']}: plain "
-              f"predicted {calibration['predicted']:.3f}, measured {calibration['measured']:.3f})")
+        points = ", ".join(f"{name} {p:.3f} -> {m:.3f} ({100 * e:+.1f}%)" for name, p, m, e in zip(
+            calibration["subnets"], calibration["predicted"], calibration["measured"], calibration["errors"]))
+        print(f"target {target}: calibration fixed fraction {f:.4f} (sub-nets, plain predicted -> measured "
+              f"(calibrated error): {points})")
         for c in d["candidates"]:
             mark = "  <- chosen" if c["index"] == d["chosen"] else ""
             score = "rejected early" if c["score"] is None else f"score {c['score']:.4f}"

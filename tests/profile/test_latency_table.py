@@ -156,3 +156,27 @@ def test_widths_are_priced_at_the_kernels_channel_block():
     plain = latency_table(net, 32, grid=(0.25, 0.5, 0.75, 1.0), round_to=8, timer=StubTimer(), cpu="stub",
                           cache=False, block=1)
     assert plain.layer_ms("2", 64, 24) < plain.layer_ms("2", 64, 32)
+
+
+def test_the_calibration_is_the_least_squares_fit_over_the_subnets_and_a_one_subnet_one_is_redone(models):
+    full, _ = models
+    table = latency_table(full, 64, timer=StubTimer(), cpu="CPU A")
+    # one sub-net: f = (m - p) / (1 - p), exact
+    assert table.calibrated(0.6, 0.55).fixed_fraction == pytest.approx((0.55 - 0.6) / 0.4, rel=1e-12)
+    # several that no single f fits: the least-squares one, and each sub-net's error under it
+    p, m = [0.6, 0.65, 0.5], [0.55, 0.64, 0.51]
+    cal = table.calibrated(p, m, subnets=["a", "b", "c"]).calibration
+    f = sum((mi - pi) * (1 - pi) for pi, mi in zip(p, m)) / sum((1 - pi) ** 2 for pi in p)
+    assert cal["fixed_fraction"] == pytest.approx(f, rel=1e-12) and cal["subnets"] == ["a", "b", "c"]
+    assert cal["errors"] == pytest.approx([(f + (1 - f) * pi) / mi - 1 for pi, mi in zip(p, m)], rel=1e-9)
+    assert table.ratio(full, full) == pytest.approx(1.0)
+    reread = latency_table(full, 64, timer=StubTimer(), cpu="CPU A")
+    assert reread.measured == 0 and reread.calibration == cal   # cached with the table
+    with pytest.raises(ValueError, match="below the original"):
+        table.calibrated([0.5, 1.2], [0.5, 0.9])
+    # a calibration cached before several sub-nets were measured (one number each) is measured again
+    raw = json.loads(table.path.read_text())
+    raw["calibration"] = {"fixed_fraction": -0.1, "predicted": 0.6, "measured": 0.55, "subnet": "uniform 0.5"}
+    table.path.write_text(json.dumps(raw))
+    old = latency_table(full, 64, timer=StubTimer(), cpu="CPU A")
+    assert old.measured == 0 and old.calibration is None

@@ -20,12 +20,13 @@ What the sum leaves out (the concatenations, resampling, pooling and Detect's de
 Runtime fuses across layers) does not shrink with the widths the same way, so a budget relative to the
 original is best taken as ``ratio(sub-net, original)`` and checked against a measured latency of the chosen
 sub-net. A table can carry a *calibration* (:meth:`LatencyTable.calibrated`): the fraction ``f`` of the whole
-model's latency that does not shrink with the widths, fitted from one sub-net measured whole beside the
-original (measured ratio ``m``, predicted ``p``: ``f = (m - p) / (1 - p)``); its ratios are then
-``f + (1 - f) * p``. Measured on a 2-core AVX-512 Xeon with the block pricing above: ``f`` = -0.004 for
-yolov5n and -0.041 for yolov5s at 640 px (the sums alone were nearly right; the prediction errors of the
-chosen sub-nets -1.9% to +2.2%), -0.18 for yolov5n at 256 px, where each layer timed alone carries a fixed
-cost per call that the whole model does not pay per layer (errors there +7% to +13%).
+model's latency that does not shrink with the widths, fitted by least squares from a few sub-nets measured
+whole beside the original (measured ratios ``m``, predicted ``p``: ``m ~ f + (1 - f) * p``); its ratios are
+then ``f + (1 - f) * p``. Measured on a 2-core AVX-512 Xeon with the block pricing above and one uniform
+sub-net: ``f`` = -0.004 for yolov5n and -0.041 for yolov5s at 640 px (the sums alone were nearly right; the
+prediction errors of the chosen sub-nets -1.9% to +2.2%), -0.14 to -0.18 for yolov5n at 256 px, where that one
+sub-net's plain prediction was 10% slow and uneven ones' 0-8%, so that the calibration made them 5-14% fast:
+hence several sub-nets, uniform and uneven (``compress.prune.search.calibration_subnets``).
 
 The table is cached as JSON in the cache folder (:func:`yolocompress.io.workdir.cache_dir`,
 ``latency-tables/``) under a key of the CPU model (:func:`~yolocompress.profile.latency.cpu_name`), the image
@@ -238,17 +239,23 @@ class LatencyTable:
         calibrated (:meth:`calibrate_ratio`)."""
         return self.calibrate_ratio(self.predict(model) / self.predict(reference))
 
-    def calibrated(self, predicted: float, measured: float, **detail: Any) -> LatencyTable:
-        """This table with the calibration fitted from one sub-net whose plain predicted ratio is
-        ``predicted`` and whose ratio measured whole, beside the original, is ``measured``; written to its
-        cache file (when it has one). ``detail``: recorded with it (what was measured, how)."""
-        if not 0.0 < predicted < 1.0 or not measured > 0.0:
-            raise ValueError(f"calibration needs a sub-net below the original: predicted {predicted}, "
-                             f"measured {measured}")
+    def calibrated(self, predicted: float | Sequence[float], measured: float | Sequence[float],
+                   **detail: Any) -> LatencyTable:
+        """This table with the calibration fitted from sub-nets whose plain predicted ratios are
+        ``predicted`` and whose ratios measured whole, beside the original, are ``measured`` (one number
+        each, or one per sub-net); written to its cache file (when it has one). ``f`` minimises the squared
+        errors of ``f + (1 - f) * p`` against the measured ratios (one sub-net: ``f = (m - p) / (1 - p)``).
+        ``detail``: recorded with it (what was measured, how)."""
+        p = np.atleast_1d(np.asarray(predicted, dtype=np.float64))
+        m = np.atleast_1d(np.asarray(measured, dtype=np.float64))
+        if p.shape != m.shape or not np.all((p > 0.0) & (p < 1.0)) or not np.all(m > 0.0):
+            raise ValueError(f"calibration needs sub-nets below the original: predicted {p.tolist()}, "
+                             f"measured {m.tolist()}")
         low, high = FIXED_FRACTION_RANGE
-        fixed = min(max((measured - predicted) / (1.0 - predicted), low), high)
-        self.calibration = {"fixed_fraction": fixed, "predicted": float(predicted),
-                            "measured": float(measured), **detail}
+        fixed = float(np.clip(np.sum((m - p) * (1.0 - p)) / np.sum((1.0 - p) ** 2), low, high))
+        fitted = fixed + (1.0 - fixed) * p
+        self.calibration = {"fixed_fraction": fixed, "predicted": p.tolist(), "measured": m.tolist(),
+                            "errors": (fitted / m - 1.0).tolist(), **detail}
         self.save()
         return self
 
@@ -333,8 +340,9 @@ def _read(path: Path, key: dict[str, Any]) -> LatencyTable | None:
             return None
         calibration = raw.get("calibration")
         low, high = FIXED_FRACTION_RANGE
-        if calibration is not None and not low <= float(calibration["fixed_fraction"]) <= high:
-            calibration = None  # measure it again
+        if calibration is not None and (not low <= float(calibration["fixed_fraction"]) <= high
+                                        or not isinstance(calibration.get("measured"), list)):
+            calibration = None  # measure it again (a noisy fit, or one sub-net's: before several were measured)
         return LatencyTable(key, sites, ms, path, 0, calibration)
     except (OSError, ValueError, KeyError, TypeError):  # missing, corrupt or of another format: measure again
         return None

@@ -13,7 +13,8 @@ from yolocompress.cli import main
 from yolocompress.compress.prune import PruneConfig, channel_graph, prune_channels, prune_model
 from yolocompress.compress.prune.cost import LatencyCost
 from yolocompress.compress.prune import search as search_module
-from yolocompress.compress.prune.search import CALIBRATION_RATIO, add_guided, choose_candidate, plan_search
+from yolocompress.compress.prune.search import (CALIBRATION_RANDOM, CALIBRATION_RATIOS, add_guided,
+                                                calibration_subnets, choose_candidate, plan_search)
 from yolocompress.compress.prune.strategy import Strategy
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import save_model
@@ -44,16 +45,21 @@ STUB_FIXED_MS = 0.3  # what the stub's whole-model measurement adds to the convo
 
 
 class StubWholeModel:
-    """``search.measured_ratio`` replaced: the stub table's sums plus ``STUB_FIXED_MS`` that does not shrink
-    (so the calibration must find it); counts its calls."""
+    """``search.measured_ratios`` replaced: the stub table's sums plus ``STUB_FIXED_MS`` that does not shrink
+    (so the calibration must find it); counts its calls and the sub-nets of the last one."""
 
     def __init__(self):
         self.calls = 0
+        self.names: list[str] = []
 
-    def __call__(self, model, subnet, imgsz, threads):
-        self.calls += 1
+    def ratio(self, model, subnet, imgsz):
         table = latency_table(model, imgsz, round_to=1, timer=StubTimer(), cpu="stub", cache=False)
         return (table.predict(subnet) + STUB_FIXED_MS) / (table.predict(model) + STUB_FIXED_MS)
+
+    def __call__(self, model, subnets, imgsz, threads):
+        self.calls += 1
+        self.names = list(subnets)
+        return {name: self.ratio(model, sub, imgsz) for name, sub in subnets.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +70,7 @@ def stub_timer(tmp_path, monkeypatch):
     monkeypatch.setattr(latency_table_module, "OrtLayerTimer", StubTimer)
     monkeypatch.setattr(latency_table_module, "channel_block", lambda flags=None: 1)  # the same on any CPU
     whole = StubWholeModel()
-    monkeypatch.setattr(search_module, "measured_ratio", whole)
+    monkeypatch.setattr(search_module, "measured_ratios", whole)
     return whole
 
 
@@ -87,7 +93,7 @@ def test_latency_cost_of_a_keep_mask_is_the_tables_prediction_of_the_built_subne
         assert cost.ratio(keep) == pytest.approx(table.ratio(sub, model), rel=1e-9)
 
 
-def test_the_table_is_calibrated_once_by_a_uniform_subnet_measured_whole_and_cached(model, stub_timer):
+def test_the_table_is_calibrated_once_by_subnets_measured_whole_and_cached(model, stub_timer):
     cfg = PruneConfig.from_flat(ratio=None, target_latency=0.5, **FAST)
     plan = plan_search(model, cfg)
     assert stub_timer.calls == 1
@@ -96,11 +102,15 @@ def test_the_table_is_calibrated_once_by_a_uniform_subnet_measured_whole_and_cac
     # f = (m - p) / (1 - p) recovers the share of the original's stub latency that does not shrink
     full = latency_table(model, 64, round_to=1, timer=StubTimer(), cpu="stub", cache=False).predict(model)
     assert calibration["fixed_fraction"] == pytest.approx(STUB_FIXED_MS / (full + STUB_FIXED_MS), rel=1e-9)
-    assert calibration["subnet"] == f"uniform {CALIBRATION_RATIO:g}"
+    # uniform sub-nets at several ratios and uneven ones, all measured in one side-by-side call
+    assert calibration["subnets"] == stub_timer.names == [f"uniform {r:g}" for r in CALIBRATION_RATIOS] + [
+        f"random {k}" for k in range(CALIBRATION_RANDOM)]
+    assert len(set(map(tuple, calibration_subnets(plan.space).values()))) == len(stub_timer.names)
+    assert calibration["errors"] == pytest.approx([0.0] * len(stub_timer.names), abs=1e-9)
     # so every strategy's predicted ratio is the stub's whole-model ratio, not the plain sums'
     for s in plan.strategies[:3]:
         sub = prune_channels(model, plan.graph, plan.space.keep(s.counts))
-        assert s.latency == pytest.approx(stub_timer(model, sub, 64, 2), rel=1e-9)
+        assert s.latency == pytest.approx(stub_timer.ratio(model, sub, 64), rel=1e-9)
     assert 0.45 < plan.strategies[0].latency <= 0.5
     # cached with the table: a second search measures nothing
     calls = stub_timer.calls

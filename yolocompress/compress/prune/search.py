@@ -62,7 +62,10 @@ def add_guided(plan: SearchPlan, sensitivity: np.ndarray) -> None:
         plan.n_guided = 0
 
 
-CALIBRATION_RATIO = 0.5  # the uniform sub-net measured whole to calibrate a latency table
+# the sub-nets measured whole to calibrate a latency table: the uniform strategy at these ratios, and this many
+# random strategies at the FLOPs of the middle one (the uneven kind of sub-net a search picks)
+CALIBRATION_RATIOS = (0.3, 0.5, 0.7)
+CALIBRATION_RANDOM = 3
 
 
 def time_side_by_side(models: Mapping[str, nn.Module], imgsz: int, threads: int, runs: int,
@@ -81,14 +84,30 @@ def time_side_by_side(models: Mapping[str, nn.Module], imgsz: int, threads: int,
                 for _ in range(sessions)]
 
 
-def measured_ratio(model: nn.Module, subnet: nn.Module, imgsz: int, threads: int, sessions: int = 3) -> float:
-    """``subnet``'s ONNX Runtime latency as a fraction of ``model``'s (batch 1, ``threads`` threads): the
-    median over ``sessions`` fresh pairs of ONNX Runtime sessions of the ratio of their medians (5
-    interleaved rounds of 20 runs each: :func:`time_side_by_side`). One pair's ratio varies by about +-4%
-    from pair to pair on a shared 2-core machine (yolov5n, uniform 0.5, 640 px: 0.509-0.551 over five
-    pairs), more than within one pair."""
-    pairs = time_side_by_side({"model": model, "subnet": subnet}, imgsz, threads, runs=20, sessions=sessions)
-    return float(np.median([np.median(t["subnet"]) / np.median(t["model"]) for t in pairs]))
+def measured_ratios(model: nn.Module, subnets: Mapping[str, nn.Module], imgsz: int, threads: int,
+                    sessions: int = 3) -> dict[str, float]:
+    """Each of ``subnets``' ONNX Runtime latency as a fraction of ``model``'s (batch 1, ``threads`` threads),
+    all timed side by side: the median over ``sessions`` fresh sets of ONNX Runtime sessions of the ratio of
+    their medians (5 interleaved rounds of 20 runs each: :func:`time_side_by_side`). One pair's ratio varies
+    by about +-4% from set to set on a shared 2-core machine (yolov5n, uniform 0.5, 640 px: 0.509-0.551 over
+    five pairs), more than within one set."""
+    if "model" in subnets:
+        raise ValueError("a sub-net cannot be named 'model' (the reference's name)")
+    sets = time_side_by_side({"model": model, **subnets}, imgsz, threads, runs=20, sessions=sessions)
+    return {name: float(np.median([np.median(t[name]) / np.median(t["model"]) for t in sets]))
+            for name in subnets}
+
+
+def calibration_subnets(space: StrategySpace) -> dict[str, np.ndarray]:
+    """The keep masks of the sub-nets a latency table is calibrated with, by name: the uniform strategy at
+    each of ``CALIBRATION_RATIOS`` and ``CALIBRATION_RANDOM`` random strategies (a fixed seed) at the FLOPs
+    of the middle one. One uniform sub-net alone fitted the calibration to its own error: at 256 px it was
+    predicted 10% slow while uneven sub-nets were within 0-8%, so they came out 5-14% fast."""
+    middle = space.uniform(CALIBRATION_RATIOS[len(CALIBRATION_RATIOS) // 2])
+    rng = np.random.default_rng(0)
+    strategies = {f"uniform {r:g}": space.uniform(r) for r in CALIBRATION_RATIOS}
+    strategies.update({f"random {k}": space.sample(rng, middle.flops) for k in range(CALIBRATION_RANDOM)})
+    return {name: space.keep(s.counts) for name, s in strategies.items()}
 
 
 def latency_cost(model: nn.Module, graph: ChannelGraph, cfg: PruneConfig,
@@ -96,19 +115,21 @@ def latency_cost(model: nn.Module, graph: ChannelGraph, cfg: PruneConfig,
     """The predicted latency of ``model``'s sub-nets: its per-layer latency table at ``cfg.imgsz`` with
     ``cfg.latency_threads`` threads and ``cfg.channels.round_to`` (read from the cache folder, else measured
     with ONNX Runtime now and cached: :func:`~yolocompress.profile.latency_table.latency_table`). A table
-    without a calibration is calibrated once (and cached) when ``space`` is given: the uniform strategy at
-    ``CALIBRATION_RATIO`` is built and measured whole beside ``model`` (:func:`measured_ratio`, a few
-    seconds), which fits the share of the latency that the convolutions' sum leaves out."""
+    without a calibration is calibrated once (and cached) when ``space`` is given: the sub-nets of
+    :func:`calibration_subnets` are built and measured whole beside ``model`` (:func:`measured_ratios`, a few
+    seconds at 256 px, about a minute for yolov5s at 640), which fits the share of the latency that the
+    convolutions' sum leaves out (least squares over the sub-nets)."""
     from yolocompress.profile.latency_table import latency_table
 
     table = latency_table(model, cfg.imgsz, threads=cfg.latency_threads, round_to=cfg.channels.round_to)
     cost = LatencyCost(table, graph)
     if table.calibration is None and space is not None:
-        keep = space.keep(space.uniform(CALIBRATION_RATIO).counts)
-        predicted = cost.ms(keep) / cost.full_ms
-        measured = measured_ratio(model, prune_channels(model, graph, keep), cfg.imgsz, cfg.latency_threads)
-        table.calibrated(predicted, measured, subnet=f"uniform {CALIBRATION_RATIO:g}",
-                         runs="median of 3 session pairs, each 5 interleaved rounds x 20")
+        keeps = calibration_subnets(space)
+        measured = measured_ratios(model, {name: prune_channels(model, graph, keep) for name, keep in keeps.items()},
+                                   cfg.imgsz, cfg.latency_threads)
+        table.calibrated([cost.ms(keep) / cost.full_ms for keep in keeps.values()],
+                         [measured[name] for name in keeps], subnets=list(keeps),
+                         runs="median of 3 session sets, each 5 interleaved rounds x 20, all sub-nets side by side")
     return cost
 
 
