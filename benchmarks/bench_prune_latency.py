@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> dict:
         points = ", ".join(f"{name} {p:.3f} -> {m:.3f} ({100 * e:+.1f}%)" for name, p, m, e in zip(
             calibration["subnets"], calibration["predicted"], calibration["measured"], calibration["errors"]))
         print(f"target {target}: calibration fixed fraction {f:.4f} (sub-nets, plain predicted -> measured "
-              f"(calibrated error): {points})")
+              f"(calibrated error): {points}); margin {100 * budget['latency_margin']:.1f}%: candidates held "
+              f"to a predicted {budget['search_limit']:.3f}")
         for c in d["candidates"]:
             mark = "  <- chosen" if c["index"] == d["chosen"] else ""
             score = "rejected early" if c["score"] is None else f"score {c['score']:.4f}"

@@ -228,6 +228,14 @@ class LatencyTable:
         not calibrated)."""
         return float(self.calibration["fixed_fraction"]) if self.calibration else 0.0
 
+    @property
+    def margin(self) -> float:
+        """How much slower than its calibrated prediction the most under-predicted calibration sub-net ran
+        (``measured / fitted - 1``; 0 when every one ran at or under its prediction, or without a calibration
+        by several sub-nets): the guard a latency budget keeps so that a pick measures within it."""
+        errors = (self.calibration or {}).get("errors") or []
+        return max([0.0] + [1.0 / (1.0 + float(e)) - 1.0 for e in errors])
+
     def calibrate_ratio(self, plain: float) -> float:
         """A plain ratio of sums (a sub-net's convolutions over the original's) as a whole-model ratio:
         ``f + (1 - f) * plain`` with ``f`` = :attr:`fixed_fraction`."""
@@ -342,7 +350,7 @@ def _read(path: Path, key: dict[str, Any]) -> LatencyTable | None:
         low, high = FIXED_FRACTION_RANGE
         if calibration is not None and (not low <= float(calibration["fixed_fraction"]) <= high
                                         or not isinstance(calibration.get("measured"), list)):
-            calibration = None  # measure it again (a noisy fit, or one sub-net's: before several were measured)
+            calibration = None  # measure it again (a noisy fit, or one sub-net's, from before several)
         return LatencyTable(key, sites, ms, path, 0, calibration)
     except (OSError, ValueError, KeyError, TypeError):  # missing, corrupt or of another format: measure again
         return None

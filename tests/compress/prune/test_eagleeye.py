@@ -259,7 +259,8 @@ def test_fused_model_is_refused(tiny_data):
 def test_same_seed_same_result_and_finetune_keeps_architecture(tiny_data):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
     cfg = PruneConfig.from_flat(ratio=0.4, **{**FAST, "candidates": 3, "guided": 1, "finetune_epochs": 1,
-                                              "finetune_batch": 4, "probe_sides": "less"})  # probes repeat too
+                                              "finetune_batch": 4,
+                                              "probe_sides": "less"})  # the probes must repeat too
     a, ra = prune_model(model, tiny_data, cfg)
     b, rb = prune_model(model, tiny_data, cfg)
     assert shape_spec(a) == shape_spec(b)

@@ -146,6 +146,30 @@ def test_every_candidate_of_a_latency_budget_fits_it_and_the_search_is_determini
     assert [s.counts for s in again.strategies] == [s.counts for s in plan.strategies[:6]]
 
 
+def test_a_budget_keeps_the_margin_of_the_most_under_predicted_calibration_subnet(model, stub_timer,
+                                                                                  monkeypatch):
+    exact = stub_timer.__call__
+
+    def one_slow(model_, subnets, imgsz, threads):  # one calibration sub-net runs 8% slower than the stub's
+        ratios = exact(model_, subnets, imgsz, threads)
+        return {name: r * (1.08 if name == "random 1" else 1.0) for name, r in ratios.items()}
+
+    monkeypatch.setattr(search_module, "measured_ratios", one_slow)
+    plan = plan_search(model, PruneConfig.from_flat(ratio=None, target_latency=0.5, **FAST))
+    table = plan.space.latency.table
+    errors = table.calibration["errors"]
+    assert min(errors) < 0 and table.margin == pytest.approx(max(1 / (1 + e) - 1 for e in errors), rel=1e-12)
+    assert 0.03 < table.margin < 0.08                     # the least-squares fit shares the 8% out
+    assert plan.latency_margin == table.margin and plan.limit.latency == pytest.approx(0.5 / (1 + table.margin))
+    assert all(s.latency <= 0.5 / (1 + table.margin) for s in plan.strategies)
+    assert all(s.latency > 0.45 / (1 + table.margin) for s in plan.strategies)   # scaled up to the guard
+    # a target reachable as such but not with the guard: refused, and the message says why
+    smallest = plan.space.uniform(plan.space.max_ratio).latency
+    with pytest.raises(InputError, match=r"less the latency table's margin of \d"):
+        plan_search(model, PruneConfig.from_flat(ratio=None, target_latency=smallest * (1 + table.margin / 2),
+                                                 **FAST))
+
+
 def test_a_latency_cap_keeps_every_candidate_within_the_flops_budget_and_uniforms_predicted_latency(model):
     free = plan_search(model, PruneConfig.from_flat(ratio=0.5, **{**FAST, "candidates": 8, "guided": 2}))
     cfg = PruneConfig.from_flat(ratio=0.5, latency_cap="uniform", **{**FAST, "candidates": 8, "guided": 2})
@@ -202,6 +226,7 @@ def test_prune_model_reports_the_latency_budget_predicted_and_measured(model, ti
     d = report.details
     budget, candidates = d["budget"], d["candidates"]
     assert budget["kind"] == "latency" and budget["target"] == 0.6
+    assert budget["latency_margin"] == 0.0 and budget["search_limit"] == 0.6   # the stub is exactly affine
     assert all(c["latency_ratio"] <= 0.6 for c in candidates)
     # near_tie 1.0: every candidate ties, so the one predicted fastest is chosen
     assert d["chosen"] == min(candidates, key=lambda c: c["latency_ratio"])["index"]

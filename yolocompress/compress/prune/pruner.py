@@ -232,7 +232,8 @@ def budget_summary(cfg: PruneConfig, found: SearchResult, latencies: dict[str, L
     ratio does not need to) and ``prediction_error`` (``measured / predicted - 1``); ``uniform``: the same
     ratios of the uniform strategy's sub-net; ``latency_cap``: ``"uniform"`` when a FLOPs budget also held
     every candidate to the uniform strategy's predicted latency (``SearchConfig.latency_cap``), else
-    ``"none"``."""
+    ``"none"``; with a latency budget, ``latency_margin`` (the latency table's guard) and ``search_limit``
+    (the predicted ratio every candidate was held to: ``target / (1 + latency_margin)``)."""
     plan = found.plan
     chosen = plan.strategies[found.chosen]
     original = latencies["original"].median_ms if latencies else None
@@ -251,7 +252,9 @@ def budget_summary(cfg: PruneConfig, found: SearchResult, latencies: dict[str, L
         "prediction_error": None if predicted is None or measured_ratio is None
         else measured_ratio / predicted - 1.0,
         "uniform": {"gflops_ratio": plan.uniform.flops / plan.base_flops,
-                    "predicted_ratio": plan.uniform.latency, "measured_ratio": measured.get("uniform")}}
+                    "predicted_ratio": plan.uniform.latency, "measured_ratio": measured.get("uniform")},
+        **({"latency_margin": plan.latency_margin, "search_limit": plan.limit.latency}
+           if cfg.target_latency is not None else {})}
 
 
 def preference_summary(cfg: PruneConfig, found: SearchResult) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class SearchPlan:
     uniform: Strategy
     n_guided: int = 0   # sensitivity-guided strategies still to add (``add_guided``) after the probes
     limit: Budget | None = None  # None: FLOPs <= budget
+    latency_margin: float = 0.0  # a latency budget's guard: candidates fit target / (1 + margin)
 
 
 def add_guided(plan: SearchPlan, sensitivity: np.ndarray) -> None:
@@ -62,8 +63,8 @@ def add_guided(plan: SearchPlan, sensitivity: np.ndarray) -> None:
         plan.n_guided = 0
 
 
-# the sub-nets measured whole to calibrate a latency table: the uniform strategy at these ratios, and this many
-# random strategies at the FLOPs of the middle one (the uneven kind of sub-net a search picks)
+# the sub-nets measured whole to calibrate a latency table: the uniform strategy at these ratios, and this
+# many random strategies at the FLOPs of the middle one (the uneven kind of sub-net a search picks)
 CALIBRATION_RATIOS = (0.3, 0.5, 0.7)
 CALIBRATION_RANDOM = 3
 
@@ -125,11 +126,11 @@ def latency_cost(model: nn.Module, graph: ChannelGraph, cfg: PruneConfig,
     cost = LatencyCost(table, graph)
     if table.calibration is None and space is not None:
         keeps = calibration_subnets(space)
-        measured = measured_ratios(model, {name: prune_channels(model, graph, keep) for name, keep in keeps.items()},
-                                   cfg.imgsz, cfg.latency_threads)
+        subnets = {name: prune_channels(model, graph, keep) for name, keep in keeps.items()}
+        measured = measured_ratios(model, subnets, cfg.imgsz, cfg.latency_threads)
         table.calibrated([cost.ms(keep) / cost.full_ms for keep in keeps.values()],
                          [measured[name] for name in keeps], subnets=list(keeps),
-                         runs="median of 3 session sets, each 5 interleaved rounds x 20, all sub-nets side by side")
+                         runs="median of 3 session sets, each 5 interleaved rounds x 20, side by side")
     return cost
 
 
@@ -139,8 +140,10 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     ``n_guided`` sensitivity-guided ones that complete ``cfg.search.candidates`` need scored probes and are
     added by ``add_guided``. With ``cfg.target_latency`` (or ``cfg.search.prefer == "latency"``) every
     strategy carries its predicted latency ratio (:func:`latency_cost`); with ``cfg.target_latency``
-    every candidate's is at most the target, with ``cfg.search.latency_cap == "uniform"`` at most the
-    uniform strategy's (and its FLOPs within the FLOPs budget). ``model``: float32, CPU."""
+    every candidate's is at most the target divided by ``1 +`` the table's :attr:`~yolocompress.profile.
+    latency_table.LatencyTable.margin` (so that a pick the table under-predicts as much as its worst
+    calibration sub-net still measures within the target), with ``cfg.search.latency_cap == "uniform"`` at
+    most the uniform strategy's (and its FLOPs within the FLOPs budget). ``model``: float32, CPU."""
     graph = channel_graph(model)
     importance = l1_importance(model, graph)
     rules = cfg.channels
@@ -154,10 +157,18 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     if cfg.target_latency is not None or cfg.search.prefer == "latency" or cfg.latency_capped:
         space.latency = latency_cost(model, graph, cfg, space)
     base_flops = cost.flops(graph.full_keep())
-    limit = None
+    limit, margin = None, 0.0
     if cfg.target_latency is not None:
-        limit = Budget(latency=float(cfg.target_latency))
-        uniform = space.uniform_for_budget(limit)
+        margin = space.latency.table.margin
+        limit = Budget(latency=float(cfg.target_latency) / (1.0 + margin))
+        try:
+            uniform = space.uniform_for_budget(limit)
+        except InputError as exc:
+            if not margin:
+                raise
+            raise InputError(f"{exc}; that is the target {cfg.target_latency:g} less the latency table's "
+                             f"margin of {100 * margin:.1f}% (its most under-predicted calibration sub-net)"
+                             ) from None
         budget = uniform.flops
     elif cfg.ratio is not None:
         uniform = space.uniform(cfg.ratio)
@@ -175,7 +186,8 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     n_guided = min(cfg.search.guided, n_other)
     strategies = [uniform] if cfg.search.include_uniform else []
     strategies += [space.sample(rng, limit or budget, cfg.search.spread) for _ in range(n_other - n_guided)]
-    return SearchPlan(graph, space, strategies, budget, base_flops, excluded, uniform, n_guided, limit)
+    return SearchPlan(graph, space, strategies, budget, base_flops, excluded, uniform, n_guided, limit,
+                      margin)
 
 
 def best_scored(rows: list[dict[str, Any]]) -> dict[str, Any]:
