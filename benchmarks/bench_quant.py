@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="checkpoint to measure the mAP drop on (default: the shipped baseline)")
     parser.add_argument("--baseline-calib", type=int, default=256)
     parser.add_argument("--val-images", type=int, default=None,
-                        help="evaluate on a longer demo val split (same generator; its first 128 images are the "
-                             "demo's): differences of ~0.3 mAP50-95 points are noise on 128 images")
+                        help="evaluate on a longer demo val split (same generator; its first 128 images "
+                             "are the demo's): differences of ~0.3 mAP50-95 points are noise on 128 images")
     parser.add_argument("--baseline-methods", nargs="+", default=["minmax", "percentile", "mse"])
     parser.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs on the baseline (0: skip QAT)")
     parser.add_argument("--qat-lr", type=float, default=1e-4)
