@@ -179,6 +179,9 @@ def budget_lines(budget: Mapping[str, Any], preference: Mapping[str, Any],
     if budget["predicted_ratio"] is not None or budget["measured_ratio"] is not None:
         uniform = budget["uniform"]
         target = f"latency <= {budget['target']:g}" if budget["kind"] == "latency" else budget["kind"]
+        if budget.get("latency_margin"):
+            target += (f", candidates held to {budget['search_limit']:.3f} predicted: margin "
+                       f"{100 * budget['latency_margin']:.1f}%")
         if budget.get("latency_cap") == "uniform":
             target += ", latency capped at uniform's"
         error = ("" if budget["prediction_error"] is None

@@ -234,7 +234,8 @@ class LatencyTable:
         (``measured / fitted - 1``; 0 when every one ran at or under its prediction, or without a calibration
         by several sub-nets): the guard a latency budget keeps so that a pick measures within it."""
         errors = (self.calibration or {}).get("errors") or []
-        return max([0.0] + [1.0 / (1.0 + float(e)) - 1.0 for e in errors])
+        worst = max([0.0] + [1.0 / (1.0 + float(e)) - 1.0 for e in errors])
+        return worst if worst > 1e-9 else 0.0  # an exact fit's rounding is no margin
 
     def calibrate_ratio(self, plain: float) -> float:
         """A plain ratio of sums (a sub-net's convolutions over the original's) as a whole-model ratio:

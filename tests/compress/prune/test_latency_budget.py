@@ -302,3 +302,15 @@ def test_cli_latency_cap_holds_the_pick_to_uniforms_predicted_latency(checkpoint
     assert budget["predicted_ratio"] <= budget["uniform"]["predicted_ratio"]
     assert all(c["latency_ratio"] <= budget["uniform"]["predicted_ratio"] for c in details["candidates"])
     assert "latency ratio (budget ratio, latency capped at uniform's): chosen predicted" in printed
+
+
+def test_cli_names_the_margin_a_latency_budget_kept():
+    from yolocompress.cli.prune import budget_lines
+
+    budget = {"kind": "latency", "target": 0.5, "latency_margin": 0.043, "search_limit": 0.5 / 1.043,
+              "predicted_ratio": 0.477, "measured_ratio": 0.49, "prediction_error": 0.49 / 0.477 - 1,
+              "uniform": {"predicted_ratio": 0.474, "measured_ratio": 0.472}}
+    preference = {"prefer": "accuracy", "chosen": 0, "best_score_index": 0}
+    line = budget_lines(budget, preference, [])[0]
+    assert "budget latency <= 0.5, candidates held to 0.479 predicted: margin 4.3%" in line
+    assert "margin" not in budget_lines({**budget, "latency_margin": 0.0}, preference, [])[0]
