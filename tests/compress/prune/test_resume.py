@@ -18,7 +18,7 @@ from .conftest import tiny_model
 # the backbone excluded: fewer searchable groups, fewer probes, a faster test
 SETTINGS = dict(ratio=0.5, imgsz=64, candidates=5, guided=2, calib_batches=1, calib_batch=4, eval_images=4,
                 eval_batch=4, finetune_epochs=1, finetune_batch=4, min_channels=1, round_to=1,
-                eval_baseline=False, exclude=tuple(str(i) for i in range(9)),
+                eval_baseline=False, exclude=tuple(str(i) for i in range(9)), probe_sides="less",
                 reject_below=0.0)   # one scorer call per sub-net; early rejection: test_search_speed.py
 
 
