@@ -229,6 +229,12 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def native_bf16() -> bool:
+    """True when this CPU has bfloat16 units (``amx_bf16`` or ``avx512_bf16`` among its flags): there bf16
+    autocast roughly halves a convolutional network's CPU time; elsewhere it is emulated and slower."""
+    return bool({"amx_bf16", "avx512_bf16"}.intersection(cpu_flags()))
+
+
 def interleaved_times(calls: Mapping[str, Callable[[], object]], warmup: int = 10, runs: int = 50,
                       rounds: int = 5, pause_s: float = 0.05) -> dict[str, np.ndarray]:
     """Milliseconds of ``runs`` calls of each entry of ``calls``, timed side by side.

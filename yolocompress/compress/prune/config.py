@@ -32,6 +32,7 @@ PREFER = ("accuracy", "latency")
 LATENCY_CAPS = ("none", "uniform")
 PROBE_SIDES = ("both", "less", "more")
 PROBE_METRICS = ("map", "box_loss", "distortion")
+SCORE_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _at_least(config: Any, names: tuple[str, ...], low: int) -> None:
@@ -108,6 +109,20 @@ class SearchConfig:
             *predicted* latency is also at most the uniform strategy's (the per-layer latency table's,
             measured once on this CPU at ``imgsz`` and cached), so the pick is not slower than pruning
             every layer alike at the same FLOPs; ``"none"``: FLOPs only. Ignored with ``target_latency``.
+        score_precision, probe_precision: the arithmetic of the scoring passes (BN re-estimation and
+            held-out inference) of the candidates and of the probes: ``"fp32"``, ``"bf16"`` (CPU bfloat16
+            autocast, :class:`~yolocompress.compress.prune.scoring.SubnetScorer`) or ``"auto"``: bf16 on a
+            CPU with bf16 units (``amx_bf16`` or ``avx512_bf16``), fp32 elsewhere and on a GPU. Only the
+            scores change: the chosen sub-net's BN statistics are re-estimated in fp32 before it is
+            evaluated and fine-tuned. The report's ``score_precision`` says which the candidates used.
+            Measured (``bench_prune.py search-speed``, shipped baseline, 256 px, ratio 0.5, 2-core Xeon with
+            AMX, seeds 0-2, 2026-12-06): bf16 candidates 54-60 candidates/min against fp32's 43-53 (the
+            candidate phase 5-16% faster; NMS and mAP, a third of a candidate's time, do not change), the same
+            pick on seeds 0 and 1 and on seed 2 a near-tie swapped (bf16 scores 0.0605 vs 0.0603, both within
+            ``near_tie``); bf16 probes made the whole search 0.82-0.87x the time but moved the probes'
+            sensitivities enough to build other guided candidates (a different pick on all three seeds),
+            hence ``probe_precision="fp32"``. ``score_precision="fp32"`` gives the same pick on CPUs with
+            and without bf16 units.
     """
 
     candidates: int = 20
@@ -132,6 +147,8 @@ class SearchConfig:
     prefer: str = "accuracy"
     near_tie: float = 0.005
     latency_cap: str = "none"
+    score_precision: str = "auto"
+    probe_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         _at_least(self, ("candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch",
@@ -157,6 +174,10 @@ class SearchConfig:
         if self.latency_cap not in LATENCY_CAPS:
             raise InputError(f"latency_cap must be one of {', '.join(LATENCY_CAPS)}, "
                              f"got {self.latency_cap!r}")
+        for name in ("score_precision", "probe_precision"):
+            if getattr(self, name) not in SCORE_PRECISIONS:
+                raise InputError(f"{name} must be one of {', '.join(SCORE_PRECISIONS)}, "
+                                 f"got {getattr(self, name)!r}")
         if not float(self.near_tie) >= 0.0:
             raise InputError(f"near_tie must be >= 0, got {self.near_tie}")
 

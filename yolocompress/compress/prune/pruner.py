@@ -120,7 +120,9 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         ratio), ``candidates_per_minute``, ``timing_s`` (seconds per phase; ``bn_recalibration``,
         ``inference``, ``nms_map`` summed over candidates), ``distributed_ranks``, ``probes`` (sub-nets
         scored for ``sensitivity``: score gained per GFLOP kept, per searchable group; empty without guided
-        candidates), ``budget`` (:func:`budget_summary`: the budget's kind and target, the chosen
+        candidates), ``score_precision`` / ``probe_precision`` (``"fp32"`` or ``"bf16"``: what the candidates
+        and the probes were scored in, ``SearchConfig.score_precision`` resolved on this CPU), ``budget``
+        (:func:`budget_summary`: the budget's kind and target, the chosen
         candidate's and the uniform strategy's predicted and measured latency ratios), ``preference``
         (:func:`preference_summary`) and ``notes``. ONNX Runtime latencies (``before``/``after``, the
         ``budget``'s measured ratios) are measured when ``latency`` or ``target_latency``.
@@ -300,6 +302,7 @@ def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchRe
         "finetune": measured["finetune"], "groups": groups, "candidates": found.candidates,
         "candidates_per_minute": 60.0 * len(found.candidates) / search_s if search_s > 0 else None,
         "timing_s": timing, "distributed_ranks": ranks, "probes": found.probes, "sensitivity": sens_rows,
+        "score_precision": found.precision, "probe_precision": found.probe_precision,
         "budget": budget_summary(cfg, found, latencies), "preference": preference_summary(cfg, found),
         "notes": [note]}
     return StageReport(stage="prune", config=cfg.to_dict(), before=before, after=after,

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from yolocompress.compress.prune.apply import prune_channels
@@ -19,7 +20,7 @@ from yolocompress.compress.prune.config import PruneConfig
 from yolocompress.compress.prune.cost import CostModel, LatencyCost
 from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
 from yolocompress.compress.prune.importance import l1_importance
-from yolocompress.compress.prune.scoring import SubnetScore, SubnetScorer, cache_data
+from yolocompress.compress.prune.scoring import SubnetScore, SubnetScorer, adaptive_bn, cache_data
 from yolocompress.compress.prune.searchlog import SearchLog, search_fingerprint
 from yolocompress.compress.prune.strategy import Budget, Strategy, StrategySpace, group_sensitivity
 from yolocompress.errors import InputError
@@ -341,11 +342,25 @@ def _score_candidates(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, c
     return candidates, total, chosen, winner
 
 
+def score_precision(setting: str, device: Any) -> str:
+    """The precision the scoring passes run in for ``SearchConfig.score_precision`` ``setting`` on
+    ``device``: ``"auto"`` is ``"bf16"`` on a CPU with bf16 units
+    (:func:`~yolocompress.profile.latency.native_bf16`), else ``"fp32"``; a GPU always scores in fp32."""
+    from yolocompress.profile.latency import native_bf16
+
+    if torch.device(device).type != "cpu":
+        return "fp32"
+    if setting == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return setting
+
+
 @dataclass
 class SearchResult:
     """What the search found: its plan, every candidate's row, the chosen one (index and sub-net after
-    adaptive BN), the probes' sensitivity per searchable group (NaN without guided candidates), the number
-    of probes scored, seconds per phase, and the search log (``None`` without one)."""
+    adaptive BN, in fp32), the probes' sensitivity per searchable group (NaN without guided candidates), the
+    number of probes scored, seconds per phase, the search log (``None`` without one) and the precision the
+    candidates and the probes were scored in (:func:`score_precision`)."""
 
     plan: SearchPlan
     candidates: list[dict[str, Any]]
@@ -355,6 +370,8 @@ class SearchResult:
     probes: int
     timing: dict[str, float]
     log: SearchLog | None
+    precision: str = "fp32"
+    probe_precision: str = "fp32"
 
 
 def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: Any, ctx: Any,
@@ -375,17 +392,22 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
     data_cache = cache_data(data, cfg.imgsz, stride, s.calib_batches, s.calib_batch, s.eval_images, s.eval_batch,
                             cfg.seed, s.eval_split)
     timing["data"] = data_cache.load_s
-    scorer = SubnetScorer(data_cache, data.nc, list(data.names), device, conf_thres=cfg.conf_thres)
+    precision = score_precision(s.score_precision, device)
+    probe_precision = score_precision(s.probe_precision, device)
+    scorer = SubnetScorer(data_cache, data.nc, list(data.names), device, conf_thres=cfg.conf_thres,
+                          bf16=precision == "bf16")
     log = None
     if cfg.search_log:
         path = cfg.search_log if ctx.world_size == 1 else f"{cfg.search_log}.rank{ctx.rank}"
-        scoring = {"imgsz": cfg.imgsz, "seed": cfg.seed, "conf_thres": cfg.conf_thres, **asdict(s)}
+        scoring = {"imgsz": cfg.imgsz, "seed": cfg.seed, "conf_thres": cfg.conf_thres, **asdict(s),
+                   "score_precision": precision, "probe_precision": probe_precision}
         log = SearchLog(path, search_fingerprint(base, data, scoring), cfg.resume)
     sensitivity = np.full(len(plan.space.searchable), np.nan)
     n_probes = 0
     if plan.n_guided:  # probes (sensitivity per group) for the guided candidates
         t0 = time.perf_counter()
-        sensitivity, n_probes = _probe_sensitivity(base, plan, scorer, cfg, ctx, on_progress, log)
+        probe_scorer = replace(scorer, bf16=probe_precision == "bf16")
+        sensitivity, n_probes = _probe_sensitivity(base, plan, probe_scorer, cfg, ctx, on_progress, log)
         add_guided(plan, sensitivity)
         timing["probes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -396,10 +418,15 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
         early = EarlyReject(head, s.reject_below * head(uniform).value(s.metric))
     candidates, phase, chosen, winner = _score_candidates(base, plan, scorer, cfg, ctx, on_progress, log,
                                                           early)
+    if precision != "fp32":  # the chosen sub-net leaves the search with fp32 statistics
+        winner.to(device, memory_format=torch.channels_last)
+        adaptive_bn(winner, data_cache.calib, device)
+        winner.to(memory_format=torch.contiguous_format)
     timing.update(phase)
     timing["search"] = time.perf_counter() - t0
-    return SearchResult(plan, candidates, chosen, winner, sensitivity, n_probes, timing, log)
+    return SearchResult(plan, candidates, chosen, winner, sensitivity, n_probes, timing, log, precision,
+                        probe_precision)
 
 
 __all__ = ["SearchPlan", "SearchResult", "add_guided", "best_scored", "choose_candidate", "latency_cost",
-           "plan_search", "resolve_exclusions", "search"]
+           "plan_search", "resolve_exclusions", "score_precision", "search"]
