@@ -72,13 +72,14 @@ def integer_share(path: Path, plan_source: Path) -> float:
     return integer_kernel_report(path, build_plan(plan_source)).integer_mac_share
 
 
-def pruned_uniform(model, ratio: float, imgsz: int):
-    """``model`` pruned with the uniform strategy at ``ratio`` (the GFLOPs budget of ``--ratio``; weights as
-    they are: latency does not depend on them)."""
+def pruned_uniform(model, ratio: float, imgsz: int, round_to: int = 8):
+    """``model`` pruned with the uniform strategy at ``ratio`` (the GFLOPs budget of ``--ratio``, widths a
+    multiple of ``round_to``; weights as they are: latency does not depend on them)."""
     from yolocompress.compress.prune import PruneConfig, prune_channels
     from yolocompress.compress.prune.pruner import plan_search
 
-    plan = plan_search(model, PruneConfig.from_flat(ratio=ratio, imgsz=imgsz, candidates=1, guided=0))
+    plan = plan_search(model, PruneConfig.from_flat(ratio=ratio, imgsz=imgsz, candidates=1, guided=0,
+                                                    round_to=round_to))
     uniform = next(s for s in plan.strategies if s.kind == "uniform")
     return prune_channels(model, plan.graph, plan.space.keep(uniform.counts)).eval()
 
@@ -114,7 +115,8 @@ def bench_model(name: str, imgsz: int, data: Path, args, tmp: Path) -> None:
         shares[label] = report.details["kernels"]["integer_mac_share"]
         sizes[label] = report.details["size_ratio"]
     if args.prune_ratio:
-        pruned = export_onnx(pruned_uniform(model, args.prune_ratio, imgsz), folder / "pruned.onnx", imgsz=imgsz)
+        pruned = export_onnx(pruned_uniform(model, args.prune_ratio, imgsz, args.prune_round_to),
+                             folder / "pruned.onnx", imgsz=imgsz)
         label = f"pruned {args.prune_ratio:g} fp32"
         files[label] = pruned
         sizes[label] = pruned.stat().st_size / fp32.stat().st_size
@@ -216,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imgsz", type=int, nargs="+", default=[640])
     parser.add_argument("--prune-ratio", type=float, default=0.5,
                         help="also time the uniform strategy at this ratio, fp32 and int8 (0: skip)")
+    parser.add_argument("--prune-round-to", type=int, default=8,
+                        help="the pruned rows' channel rounding (prune --round-to; 16 suits AVX-512 kernels)")
     parser.add_argument("--openvino", nargs="*", default=[], choices=("openvino", "openvino-bf16"),
                         help="also time the files on these OpenVINO backends (each against its own fp32 row)")
     parser.add_argument("--threads", type=int, default=2)
@@ -258,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench_model(name, imgsz, data, args, tmp)
             print("/fp32 = ratio of medians (then of minimums, the least disturbed rounds) to the same runtime's "
                   "fp32 row; int8 MACs = share of conv multiply-adds in integer kernels after ORT optimization; "
-                  "size = file bytes / fp32; pruned = the uniform strategy at the ratio's GFLOPs")
+                  "size = file bytes / fp32; pruned = the uniform strategy at the ratio's GFLOPs, widths a "
+                  f"multiple of {args.prune_round_to}")
         if args.baseline:
             bench_baseline(args, tmp)
     return 0

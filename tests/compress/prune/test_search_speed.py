@@ -21,7 +21,9 @@ FAST = dict(imgsz=64, candidates=4, guided=2, calib_batches=2, calib_batch=4, ev
                                        (dict(probe_sides="left"), "probe_sides"),
                                        (dict(reject_below=1.5), "reject_below"),
                                        (dict(reject_images=0), "reject_images"),
-                                       (dict(reject_calib_batches=0), "reject_calib_batches")])
+                                       (dict(reject_calib_batches=0), "reject_calib_batches"),
+                                       (dict(score_conf_thres=1.0), "score_conf_thres"),
+                                       (dict(score_conf_thres=-0.1), "score_conf_thres")])
 def test_probe_settings_are_validated_with_one_line(bad, name):
     with pytest.raises(InputError) as err:
         PruneConfig.from_flat(**bad)
@@ -157,3 +159,31 @@ def test_a_search_with_early_rejection_resumes_to_the_same_result(tiny_data, mon
     assert any(c["rejected"] for c in full.details["candidates"])
     for key in ("candidates", "chosen", "sensitivity", "groups"):
         assert resumed.details[key] == full.details[key], key
+
+
+def test_candidates_are_scored_at_the_search_threshold_and_the_result_at_val_py_s(tiny_data, monkeypatch):
+    """``score_conf_thres`` is the NMS threshold of the candidates' (and the early rejection's) scoring;
+    the final evaluation keeps ``PruneConfig.conf_thres`` (val.py's 0.001)."""
+    from yolocompress.engine import evaluator
+
+    scored: list[float] = []
+    real_call = SubnetScorer.__call__
+
+    def recording(self, sub, recalibrate=True):
+        scored.append(self.conf_thres)
+        return real_call(self, sub, recalibrate)
+
+    evaluated: list[float] = []
+    real_eval = evaluator.evaluate_model
+
+    def evaluating(*args, **kwargs):
+        evaluated.append(kwargs["conf_thres"])
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(SubnetScorer, "__call__", recording)
+    monkeypatch.setattr(evaluator, "evaluate_model", evaluating)
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
+    cfg = PruneConfig.from_flat(ratio=0.5, **{**FAST, "guided": 0}, score_conf_thres=0.05)
+    prune_model(model, tiny_data, cfg)
+    assert scored and set(scored) == {0.05}
+    assert evaluated and set(evaluated) == {0.001} and PruneConfig().search.score_conf_thres == 0.01

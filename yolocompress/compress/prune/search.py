@@ -394,7 +394,7 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
     timing["data"] = data_cache.load_s
     precision = score_precision(s.score_precision, device)
     probe_precision = score_precision(s.probe_precision, device)
-    scorer = SubnetScorer(data_cache, data.nc, list(data.names), device, conf_thres=cfg.conf_thres,
+    scorer = SubnetScorer(data_cache, data.nc, list(data.names), device, conf_thres=s.score_conf_thres,
                           bf16=precision == "bf16")
     log = None
     if cfg.search_log:
