@@ -241,8 +241,8 @@ def register(subparsers) -> None:
                         "{prune.search.latency_cap})")
     p.add_argument("--score-precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="arithmetic of the search's scoring passes (BN re-estimation, held-out inference): "
-                        "auto is bf16 on a CPU with bf16 units (AMX, AVX512-BF16; about 1.3x the "
-                        "candidates per minute), fp32 elsewhere; fp32 gives the same pick on every CPU; the "
+                        "auto is bf16 on a CPU with bf16 units (AMX, AVX512-BF16; 1.05-1.16x the "
+                        "candidates per minute measured), fp32 elsewhere; fp32 gives the same pick on every CPU; the "
                         "chosen sub-net's statistics are fp32 either way (default "
                         "{prune.search.score_precision})")
     p.add_argument("--calib-batches", type=positive_int, default=None,
