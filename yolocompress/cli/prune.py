@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 # ``--batch`` sets the three batch sizes, ``--exclude`` takes a list.
 CONFIG_FLAGS = ("ratio", "target_gflops", "target_latency", "candidates", "guided", "calib_batches",
                 "eval_images", "finetune_epochs", "round_to", "min_channels", "seed", "device", "workers",
-                "distill", "bf16", "channels_last", "latency", "resume", "prefer", "latency_cap", "score_precision")
+                "distill", "bf16", "channels_last", "latency", "resume", "prefer", "latency_cap",
+                "score_precision")
 BUDGET_FLAGS = ("ratio", "target_gflops", "target_latency")
 PRUNE_MODULE = "yolocompress.compress.prune.config"
 PRUNE_CONFIG = f"{PRUNE_MODULE}:PruneConfig"
@@ -242,8 +243,8 @@ def register(subparsers) -> None:
     p.add_argument("--score-precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="arithmetic of the search's scoring passes (BN re-estimation, held-out inference): "
                         "auto is bf16 on a CPU with bf16 units (AMX, AVX512-BF16; 1.05-1.16x the "
-                        "candidates per minute measured), fp32 elsewhere; fp32 gives the same pick on every CPU; the "
-                        "chosen sub-net's statistics are fp32 either way (default "
+                        "candidates per minute measured), fp32 elsewhere; fp32 gives the same pick on every "
+                        "CPU; the chosen sub-net's statistics are fp32 either way (default "
                         "{prune.search.score_precision})")
     p.add_argument("--calib-batches", type=positive_int, default=None,
                    help="training batches for adaptive BN (default {prune.search.calib_batches})")

@@ -204,7 +204,8 @@ def test_report_is_a_stage_report_that_round_trips_through_json(tiny_data):
         assert lat.backend == "onnxruntime" and lat.threads == 1 and lat.median_ms > 0
     assert {"imgsz", "budget_gflops", "chosen", "after_search", "after_finetune", "groups", "candidates",
             "candidates_per_minute", "timing_s", "distributed_ranks", "probes", "sensitivity",
-            "notes", "finetune", "budget", "preference", "score_precision", "probe_precision"} == set(r.details)
+            "notes", "finetune", "budget", "preference", "score_precision",
+            "probe_precision"} == set(r.details)
     assert r.details["after_finetune"] is None and r.details["distributed_ranks"] == 1
 
 
