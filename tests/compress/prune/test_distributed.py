@@ -15,10 +15,11 @@ from yolocompress.io.checkpoint import save_model
 from .conftest import tiny_model
 
 REPO = Path(__file__).resolve().parents[3]
-# probes one side only, the backbone excluded: fewer probes to shard, a faster test
+# probes one side only, the backbone excluded: fewer probes to shard, a faster test; fp32 scoring named here
+# because the torchrun workers do not see the fixture that pins it in this process
 SETTINGS = dict(ratio=0.5, imgsz=64, candidates=5, calib_batches=2, calib_batch=4, eval_images=8,
                 eval_batch=4, finetune_epochs=0, min_channels=1, round_to=1, eval_baseline=False,
-                probe_sides="less", exclude=tuple(str(i) for i in range(9)))
+                probe_sides="less", exclude=tuple(str(i) for i in range(9)), score_precision="fp32")
 
 WORKER = textwrap.dedent("""
     import json, sys
