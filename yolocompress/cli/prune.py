@@ -152,9 +152,8 @@ def _main(args: argparse.Namespace) -> int:
     probes = f" after {d['probes']} probes" if d["probes"] else ""
     rejected = sum(bool(c.get("rejected")) for c in d["candidates"])
     per_minute = nan if d["candidates_per_minute"] is None else d["candidates_per_minute"]
-    precision = d.get("score_precision", "fp32")
     print(f"EagleEye: {len(d['candidates'])} candidates{probes} ({per_minute:.1f}/min"
-          + (f", {rejected} rejected early" if rejected else "") + f", scored in {precision}), "
+          + (f", {rejected} rejected early" if rejected else "") + f", scored in {d['score_precision']}), "
           f"chosen #{d['chosen']}, {chosen['kind']} (score {scores[0]:.4f}; "
           f"median {scores[len(scores) // 2]:.4f})")
     line = (f"mAP50-95: baseline {nan if b.map50_95 is None else b.map50_95:.4f}, "

@@ -297,14 +297,25 @@ class SubnetScorer:
         finally:
             model.to(memory_format=torch.contiguous_format)
 
+    def calibrate(self, model: nn.Module) -> None:
+        """Only the BN re-estimation of scoring ``model`` (in place, in the scorer's precision), no score."""
+        model.to(self.device, memory_format=torch.channels_last)
+        try:
+            self._calibrate(model)
+        finally:
+            model.to(memory_format=torch.contiguous_format)
+
+    def _calibrate(self, model: nn.Module) -> None:
+        with self._autocast():
+            adaptive_bn(model, self.data.calib[self.calibrated:], self.device, reset=not self.calibrated)
+
     def _score(self, model: nn.Module, recalibrate: bool) -> SubnetScore:
         from yolocompress.engine.evaluator import evaluate
         from yolocompress.engine.predictors import TorchPredictor
 
         t0 = time.perf_counter()
         if recalibrate:
-            with self._autocast():
-                adaptive_bn(model, self.data.calib[self.calibrated:], self.device, reset=not self.calibrated)
+            self._calibrate(model)
         bn_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         scored = self._inference_model(model)

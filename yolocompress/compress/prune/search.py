@@ -20,7 +20,7 @@ from yolocompress.compress.prune.config import PruneConfig
 from yolocompress.compress.prune.cost import CostModel, LatencyCost
 from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
 from yolocompress.compress.prune.importance import l1_importance
-from yolocompress.compress.prune.scoring import SubnetScore, SubnetScorer, adaptive_bn, cache_data
+from yolocompress.compress.prune.scoring import SubnetScore, SubnetScorer, cache_data
 from yolocompress.compress.prune.searchlog import SearchLog, search_fingerprint
 from yolocompress.compress.prune.strategy import Budget, Strategy, StrategySpace, group_sensitivity
 from yolocompress.errors import InputError
@@ -327,7 +327,7 @@ def _score_candidates(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, c
     full (``early`` drops the hopeless ones first).
 
     Returns ``(candidate rows in index order, seconds per phase summed over ranks, chosen index, the chosen
-    sub-net after adaptive BN)``. Ties go to the lowest index, so the uniform candidate wins a tie.
+    sub-net after adaptive BN in fp32)``. Ties go to the lowest index, so the uniform candidate wins a tie.
     """
     candidates, total, best_local = _score_sharded(base, plan, plan.strategies, scorer, cfg.search.metric,
                                                     ctx, "eagleeye", on_progress, log, early)
@@ -339,6 +339,8 @@ def _score_candidates(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, c
     else:  # another rank scored it, or an earlier (killed) run did: rebuild (deterministic)
         winner = prune_channels(base, plan.graph, plan.space.keep(plan.strategies[chosen].counts))
         scorer(winner)
+    if scorer.bf16:  # the chosen sub-net leaves the search with fp32 statistics
+        replace(scorer, bf16=False).calibrate(winner)
     return candidates, total, chosen, winner
 
 
@@ -418,10 +420,6 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
         early = EarlyReject(head, s.reject_below * head(uniform).value(s.metric))
     candidates, phase, chosen, winner = _score_candidates(base, plan, scorer, cfg, ctx, on_progress, log,
                                                           early)
-    if precision != "fp32":  # the chosen sub-net leaves the search with fp32 statistics
-        winner.to(device, memory_format=torch.channels_last)
-        adaptive_bn(winner, data_cache.calib, device)
-        winner.to(memory_format=torch.contiguous_format)
     timing.update(phase)
     timing["search"] = time.perf_counter() - t0
     return SearchResult(plan, candidates, chosen, winner, sensitivity, n_probes, timing, log, precision,
