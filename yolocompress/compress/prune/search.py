@@ -334,13 +334,14 @@ def _score_candidates(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, c
     chosen = choose_candidate(candidates, plan, cfg.search)
     for c in candidates:
         c["chosen"] = c["index"] == chosen
+    fp32 = replace(scorer, bf16=False)
     if best_local is not None and best_local[1] == chosen and best_local[2] is not None:
         winner = best_local[2]
-    else:  # another rank scored it, or an earlier (killed) run did: rebuild (deterministic)
+        if scorer.bf16:  # the chosen sub-net leaves the search with fp32 statistics
+            fp32.calibrate(winner)
+    else:  # another rank scored it, or an earlier (killed) run did: rebuild (deterministic), BN statistics only
         winner = prune_channels(base, plan.graph, plan.space.keep(plan.strategies[chosen].counts))
-        scorer(winner)
-    if scorer.bf16:  # the chosen sub-net leaves the search with fp32 statistics
-        replace(scorer, bf16=False).calibrate(winner)
+        fp32.calibrate(winner)
     return candidates, total, chosen, winner
 
 
