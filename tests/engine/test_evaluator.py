@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from yolocompress.engine.evaluator import EvalResult, evaluate, evaluate_model, scale_boxes_to_original
+from yolocompress.engine.evaluator import (EvalResult, Evaluation, evaluate, evaluate_model,
+                                          scale_boxes_to_original)
 from yolocompress.engine.predictors import OnnxPredictor, TorchPredictor, onnx_input_shape
 from yolocompress.errors import InputError
 
@@ -125,6 +126,53 @@ def test_many_batches_and_result_dict():
     assert set(keys) <= set(d)
     assert set(d["speed_ms"]) >= {"pre", "inference", "nms"}
     assert d["fitness"] == pytest.approx(0.1 * r.map50 + 0.9 * r.map50_95)
+
+
+def noisy_batches(seed, n=4):
+    """``n`` batches of 4 images with random labels, and detections near them (some missed, some shifted)."""
+    rng = np.random.default_rng(seed)
+    batches, outputs = [], []
+    for _ in range(n):
+        labels = [[(int(rng.integers(0, 3)), *(lambda x, y: (x, y, x + 12, y + 12))(*rng.uniform(0, 50, 2)))
+                   for _ in range(int(rng.integers(0, 5)))] for _ in range(4)]
+        dets = [[(x1 + rng.normal(0, 2), y1 + rng.normal(0, 2), x2, y2, rng.uniform(0.05, 1), c)
+                 for c, x1, y1, x2, y2 in image if rng.uniform() < 0.8] for image in labels]
+        batches.append(batch(labels))
+        outputs.append(decoded(dets))
+    return batches, outputs
+
+
+def test_an_evaluation_in_parts_equals_one_run_to_the_bit():
+    """``Evaluation.run`` over consecutive parts of the batches gives ``evaluate``'s metrics over all of them;
+    ``result`` between the runs gives the metrics of the first part alone."""
+    batches, outputs = noisy_batches(3)
+    whole = run(batches, outputs)
+    parts = Evaluation(3).run(Replay(outputs[:1]), batches[:1])
+    first = parts.result(NAMES)
+    alone = run(batches[:1], outputs[:1])
+    assert first.to_dict() | {"speed_ms": None} == alone.to_dict() | {"speed_ms": None}
+    together = parts.run(Replay(outputs[1:]), batches[1:]).result(NAMES)
+    assert together.images == 16 and 0 < whole.map50_95 < 1 and whole.map50_95 != first.map50_95
+    assert together.to_dict() | {"speed_ms": None} == whole.to_dict() | {"speed_ms": None}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_images_reach_a_predictor_in_its_input_dtype_with_float_division_s_values(dtype):
+    """A predictor with ``input_dtype`` gets ``(imgs.float() / 255).to(input_dtype)``: every one of the 256
+    uint8 values converted as float division then rounding would."""
+    imgs = torch.arange(256, dtype=torch.uint8).repeat(3 * 16).reshape(1, 3, 64, 64)
+    seen = []
+
+    def predictor(x):
+        seen.append(x)
+        return torch.zeros(1, 8, 8)
+
+    predictor.input_dtype = dtype
+    shapes = [((64, 64), ((1.0, 1.0), (0.0, 0.0)))]
+    evaluate(predictor, [(imgs, torch.zeros(0, 6), ["0.jpg"], shapes)], 3, NAMES)
+    assert seen[0].dtype == dtype and torch.equal(seen[0], (imgs.float() / 255).to(dtype))
+    out = TorchPredictor(nn.Sequential(), input_dtype=dtype)(seen[0])   # the model gets them as they are
+    assert out.dtype == torch.float32 and torch.equal(out, seen[0].float())
 
 
 def test_label_class_out_of_range_is_input_error():

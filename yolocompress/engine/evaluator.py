@@ -152,6 +152,71 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Evaluation:
+    """val.py's detection metrics accumulated over batches: :func:`evaluate` in parts.
+
+    ``run`` adds batches (any number of calls, each image counted once: give each call other images);
+    ``result`` gives the metrics of everything added so far (it may be called between runs). The metrics of
+    runs over consecutive parts of a loader equal one run over it, to the bit.
+    """
+
+    def __init__(self, nc: int, conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300,
+                 device: str | torch.device = "cpu"):
+        self.nc = nc
+        self.settings = {"conf_thres": conf_thres, "iou_thres": iou_thres, "max_det": max_det}
+        self.device = torch.device(device)
+        self.iouv = IOU_THRESHOLDS.to(self.device)
+        self.stats = _Stats(nc)
+        self.timing = {"pre": 0.0, "inference": 0.0, "nms": 0.0, "metrics": 0.0}
+        self.longest = 0
+
+    def run(self, predictor: Predictor, loader: Iterable, on_progress: ProgressCallback | None = None
+            ) -> Evaluation:
+        """Run ``predictor`` over ``loader`` and add its batches (see :func:`evaluate`); returns ``self``."""
+        device = self.device
+        total = len(loader) if hasattr(loader, "__len__") else 0
+        input_dtype = getattr(predictor, "input_dtype", torch.float32)
+        timing = self.timing
+        with torch.inference_mode():
+            for batch_index, (imgs, targets, _paths, shapes) in enumerate(loader):
+                t0 = time.perf_counter()
+                imgs = imgs.to(device, input_dtype, non_blocking=True).div_(255)  # = (imgs.float() / 255).to
+                _, _, height, width = imgs.shape
+                self.longest = max(self.longest, height, width)
+                _sync(device)
+                t1 = time.perf_counter()
+                pred = predictor(imgs)
+                _sync(device)
+                t2 = time.perf_counter()
+                dets = non_max_suppression(pred.to(device), self.settings["conf_thres"],
+                                           self.settings["iou_thres"], max_det=self.settings["max_det"],
+                                           multi_label=True)
+                _sync(device)
+                t3 = time.perf_counter()
+                self.stats.add_batch(dets, targets, shapes, height, width, self.iouv)
+                t4 = time.perf_counter()
+                timing["pre"] += t1 - t0
+                timing["inference"] += t2 - t1
+                timing["nms"] += t3 - t2
+                timing["metrics"] += t4 - t3
+                report(on_progress, "eval", batch_index + 1, total, "batch")
+        return self
+
+    def result(self, names: Sequence[str], imgsz: int | None = None) -> EvalResult:
+        """The metrics of every batch added so far (``imgsz`` recorded; default the longest side seen)."""
+        t0 = time.perf_counter()
+        map50, map50_95, precision, recall, per_class, instances = self.stats.result(names)
+        timing = dict(self.timing, metrics=self.timing["metrics"] + time.perf_counter() - t0)
+        per_image = max(self.stats.images, 1)
+        return EvalResult(
+            map50=map50, map50_95=map50_95, precision=precision, recall=recall, per_class=per_class,
+            images=self.stats.images, instances=instances,
+            speed_ms={k: 1000 * v / per_image for k, v in timing.items()},
+            imgsz=imgsz if imgsz is not None else (self.longest or None),
+            settings=dict(self.settings),
+        )
+
+
 def evaluate(
     predictor: Predictor,
     loader: Iterable,
@@ -167,7 +232,8 @@ def evaluate(
     """Run ``predictor`` over ``loader`` and compute val.py's detection metrics.
 
     Args:
-        predictor: ``predict(imgs float Tensor[B, 3, H, W] in 0..1) -> decoded Tensor[B, N, 5 + nc]``.
+        predictor: ``predict(imgs float Tensor[B, 3, H, W] in 0..1) -> decoded Tensor[B, N, 5 + nc]``; the
+            images are given in its ``input_dtype`` when it has one (float32 otherwise).
         loader: yields ``(imgs uint8 Tensor[B, 3, H, W], targets Tensor[n, 6], paths, shapes)``.
         nc, names: number of classes and their names.
         conf_thres, iou_thres, max_det: NMS settings (val.py's defaults).
@@ -175,45 +241,8 @@ def evaluate(
         on_progress: called with a ``ProgressEvent`` (task ``eval``) after every batch.
         imgsz: recorded in the result (default: the longest image side seen).
     """
-    device = torch.device(device)
-    iouv = IOU_THRESHOLDS.to(device)
-    stats = _Stats(nc)
-    timing = {"pre": 0.0, "inference": 0.0, "nms": 0.0, "metrics": 0.0}
-    longest = 0
-    total = len(loader) if hasattr(loader, "__len__") else 0
-    with torch.inference_mode():
-        for batch_index, (imgs, targets, _paths, shapes) in enumerate(loader):
-            t0 = time.perf_counter()
-            imgs = imgs.to(device, non_blocking=True).float() / 255
-            _, _, height, width = imgs.shape
-            longest = max(longest, height, width)
-            _sync(device)
-            t1 = time.perf_counter()
-            pred = predictor(imgs)
-            _sync(device)
-            t2 = time.perf_counter()
-            dets = non_max_suppression(pred.to(device), conf_thres, iou_thres, max_det=max_det,
-                                       multi_label=True)
-            _sync(device)
-            t3 = time.perf_counter()
-            stats.add_batch(dets, targets, shapes, height, width, iouv)
-            t4 = time.perf_counter()
-            timing["pre"] += t1 - t0
-            timing["inference"] += t2 - t1
-            timing["nms"] += t3 - t2
-            timing["metrics"] += t4 - t3
-            report(on_progress, "eval", batch_index + 1, total, "batch")
-    t5 = time.perf_counter()
-    map50, map50_95, precision, recall, per_class, instances = stats.result(names)
-    timing["metrics"] += time.perf_counter() - t5
-    per_image = max(stats.images, 1)
-    return EvalResult(
-        map50=map50, map50_95=map50_95, precision=precision, recall=recall, per_class=per_class,
-        images=stats.images, instances=instances,
-        speed_ms={k: 1000 * v / per_image for k, v in timing.items()},
-        imgsz=imgsz if imgsz is not None else (longest or None),
-        settings={"conf_thres": conf_thres, "iou_thres": iou_thres, "max_det": max_det},
-    )
+    evaluation = Evaluation(nc, conf_thres, iou_thres, max_det, device)
+    return evaluation.run(predictor, loader, on_progress).result(names, imgsz)
 
 
 def evaluate_model(

@@ -14,6 +14,10 @@ import torch
 import torchvision
 from torch import Tensor
 
+# The kernel behind ``torchvision.ops.nms`` (registered when torchvision is imported), called without the
+# wrapper's per-call checks and usage logging: NMS makes one call per (image, class) group.
+_NMS_KERNEL = getattr(torch.ops, torchvision.__name__).nms   # torch.ops.torchvision.nms
+
 # Boxes entering NMS per image are capped at this many (highest confidence first), as val.py does.
 MAX_NMS = 30000
 
@@ -52,16 +56,22 @@ def _nms_per_group(boxes: Tensor, scores: Tensor, group: Tensor, iou_thres: floa
 
     ``torchvision.ops.batched_nms`` does the same, but on the CPU with many groups (images x classes)
     its per-group masking of the whole tensor costs far more than the suppression itself. Here the boxes
-    are sorted by group once and each contiguous run is suppressed on its own.
+    are sorted by group once and each contiguous run is suppressed on its own (a slice of the sorted boxes,
+    in their input order: the same boxes kept as ``torchvision.ops.nms`` on each group).
     """
     if group.numel() == 0:
         return group.new_zeros(0)
     order = group.argsort(stable=True)
     sizes = torch.unique_consecutive(group[order], return_counts=True)[1].tolist()
-    kept = []
-    for idx in order.split(sizes):
-        kept.append(idx if len(idx) == 1 else idx[torchvision.ops.nms(boxes[idx], scores[idx], iou_thres)])
-    return torch.cat(kept)
+    boxes, scores = boxes[order], scores[order]   # one gather; each group is then a slice (a view)
+    positions = torch.arange(len(order), device=order.device)
+    kept, start = [], 0
+    for size in sizes:
+        end = start + size
+        kept.append(positions[start:end] if size == 1 else
+                    _NMS_KERNEL(boxes[start:end], scores[start:end], iou_thres).add_(start))
+        start = end
+    return order[torch.cat(kept)]
 
 
 def _nms_until_max_det(boxes: Tensor, scores: Tensor, group: Tensor, image: Tensor, batch: int,

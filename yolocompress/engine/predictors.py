@@ -34,13 +34,18 @@ class TorchPredictor:
             train/eval mode it had.
         device: where to run.
         half: run in float16 (GPU only).
+        input_dtype: the floating type the images are given to the model in (float32; float16 with
+            ``half``); e.g. bfloat16 for a model that runs under bfloat16 autocast, whose first layer would
+            cast them anyway. :func:`~yolocompress.engine.evaluator.evaluate` converts the images to it.
     """
 
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", half: bool = False):
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", half: bool = False,
+                 input_dtype: torch.dtype = torch.float32):
         self.device = torch.device(device)
         if half and self.device.type == "cpu":
             raise InputError("half precision evaluation needs a GPU device")
         self.half = half
+        self.input_dtype = torch.float16 if half else input_dtype
         self.model = model.to(self.device)
         if half:
             self.model.half()
@@ -50,8 +55,7 @@ class TorchPredictor:
         self.model.eval()
         try:
             with torch.inference_mode():
-                imgs = imgs.to(self.device, non_blocking=True)
-                out = self.model(imgs.half() if self.half else imgs.float())
+                out = self.model(imgs.to(self.device, self.input_dtype, non_blocking=True))
         finally:
             self.model.train(was_training)
         if isinstance(out, (list, tuple)):
