@@ -187,3 +187,102 @@ def test_candidates_are_scored_at_the_search_threshold_and_the_result_at_val_py_
     prune_model(model, tiny_data, cfg)
     assert scored and set(scored) == {0.05}
     assert evaluated and set(evaluated) == {0.001} and PruneConfig().search.score_conf_thres == 0.01
+
+
+class LabelEcho:
+    """A stand-in for a sub-net's held-out predictions: each cached batch's labels as detections, shifted by
+    a noise that depends on the sub-net (its parameter count) and the batch, so that sub-nets score apart
+    and a sub-net scores the same every time it is evaluated."""
+
+    def __init__(self, cache, nc):
+        self.by_images = {self.key(imgs.double() / 255): (k, targets, imgs.shape[-1])
+                          for k, (imgs, targets, *_) in enumerate(cache.eval_batches)}
+        self.nc = nc
+
+    @staticmethod
+    def key(imgs: torch.Tensor) -> int:
+        return int(imgs.double().mul(255).round().sum())
+
+    def __call__(self, model):
+        params = sum(p.numel() for p in model.parameters())
+
+        def predict(imgs):
+            k, targets, size = self.by_images[self.key(imgs)]
+            g = torch.Generator().manual_seed(params * 1000 + k)
+            out = torch.zeros(len(imgs), 8, 5 + self.nc)
+            for row, (i, c, *xywh) in enumerate(targets.tolist()):
+                box = torch.tensor(xywh) * size + torch.randn(4, generator=g) * (params % 7 + 1) / 2
+                out[int(i), row % 8, :4], out[int(i), row % 8, 4] = box, 1.0
+                out[int(i), row % 8, 5 + int(c)] = float(torch.rand(1, generator=g)) * 0.9 + 0.1
+            return out
+
+        return predict
+
+
+def test_staged_scoring_counts_the_head_s_images_once_and_equals_a_full_score_to_the_bit(tiny_data,
+                                                                                         monkeypatch):
+    """``SubnetScorer.in_stages``: BN on every calibration batch, the head's batches scored first; a kept
+    sub-net's full score equals ``scorer(sub)`` to the bit, a rejected one has none; a head inside a batch is
+    refused."""
+    cache = cache_data(tiny_data, 64, 32, calib_batches=2, calib_batch=4, eval_images=8, eval_batch=4, seed=0)
+    monkeypatch.setattr(SubnetScorer, "_predictor", lambda self, model: LabelEcho(cache, tiny_data.nc)(model))
+    scorer = SubnetScorer(cache, tiny_data.nc, list(tiny_data.names))
+    model = tiny_model("yolov5n", nc=tiny_data.nc)
+    full = scorer(model)
+    head, staged = scorer.in_stages(model, 4, floor=-1.0, metric="map50_95")
+    assert 0 < full.map50_95 < 1 and head.map50_95 != full.map50_95
+    assert (staged.map50, staged.map50_95, staged.fitness) == (full.map50, full.map50_95, full.fitness)
+    on_head = scorer.on_head(2, 4)(model)
+    assert (head.map50, head.map50_95) == (on_head.map50, on_head.map50_95)
+    rejected_head, none = scorer.in_stages(model, 4, floor=head.map50_95 + 1e-9, metric="map50_95")
+    assert none is None and rejected_head.map50_95 == head.map50_95
+    for inside in (2, 8):   # inside a batch; no image left after it
+        with pytest.raises(ValueError, match="whole batches"):
+            scorer.in_stages(model, inside, floor=-1.0, metric="map50_95")
+    from yolocompress.compress.prune.search import EarlyReject
+
+    assert EarlyReject.of(scorer, scorer.on_head(2, 4), 0.0).staged
+    assert not EarlyReject.of(scorer, scorer.on_head(1, 4), 0.0).staged   # BN continued after the head
+    assert not EarlyReject.of(scorer, scorer.on_head(2, 2), 0.0).staged   # the head ends inside a batch
+
+
+def test_staged_early_rejection_keeps_the_pick_and_every_kept_score(tiny_data, monkeypatch):
+    """With the head on every calibration batch and whole held-out batches, the search scores candidates in
+    stages: the rejected are those whose head score is below the floor, the kept ones and the pick are
+    those of a search without rejection."""
+    from yolocompress.compress.prune import search as search_module
+
+    staged_calls = []
+    real_in_stages = SubnetScorer.in_stages
+
+    def in_stages(self, model, head_images, floor, metric):
+        staged_calls.append(head_images)
+        return real_in_stages(self, model, head_images, floor, metric)
+
+    cache = cache_data(tiny_data, 64, 32, calib_batches=2, calib_batch=4, eval_images=8, eval_batch=4, seed=0)
+    monkeypatch.setattr(SubnetScorer, "_predictor", lambda self, model: LabelEcho(cache, tiny_data.nc)(model))
+    monkeypatch.setattr(SubnetScorer, "in_stages", in_stages)
+    model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.25)
+    flat = {**FAST, "candidates": 10, "guided": 0, "min_channels": 2, "round_to": 2,
+            "reject_calib_batches": 2, "reject_images": 4}
+    _, plain = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **flat, reject_below=0.0))
+    assert not staged_calls
+    floor_of = {}
+    real_of = search_module.EarlyReject.of.__func__
+
+    def of(cls, scorer, head, floor):
+        early = real_of(cls, scorer, head, floor)
+        floor_of["early"] = early
+        return early
+
+    monkeypatch.setattr(search_module.EarlyReject, "of", classmethod(of))
+    _, fast = prune_model(model, tiny_data, PruneConfig.from_flat(ratio=0.5, **flat, reject_below=0.99))
+    early = floor_of["early"]
+    p, f = plain.details["candidates"], fast.details["candidates"]
+    assert early.staged and staged_calls == [4] * 10   # every candidate in stages (uniform: at its floor)
+    rejected = [c["index"] for c in f if c["rejected"]]
+    assert rejected == [c["index"] for c in f if c["head_score"] < early.floor]
+    assert 0 < len(rejected) < 9
+    kept = [c["score"] for c in f if not c["rejected"]]
+    assert kept == [c["score"] for c in p if c["index"] not in rejected]
+    assert fast.details["chosen"] == plain.details["chosen"]

@@ -48,7 +48,8 @@ def _full_eval(model: nn.Module, data: Any, cfg: PruneConfig, on_progress: Progr
     """Full val-split evaluation: ``({map50, map50_95, fitness}, {class name: mAP50-95})``."""
     from yolocompress.engine.evaluator import evaluate_model
 
-    r = evaluate_model(model, data, split="val", imgsz=cfg.imgsz, batch=cfg.search.eval_batch * 2,
+    batch = min(2 * cfg.search.eval_batch, 32)   # val.py's 32 (rectangular batches: the batch moves the mAP)
+    r = evaluate_model(model, data, split="val", imgsz=cfg.imgsz, batch=batch,
                        conf_thres=cfg.conf_thres, device=cfg.device, workers=cfg.workers,
                        on_progress=on_progress)
     metrics = {"map50": float(r.map50), "map50_95": float(r.map50_95), "fitness": float(r.fitness)}

@@ -82,6 +82,16 @@ class CachedData:
             left -= k
         return CachedData(calib, batches, sum(len(b) for b in calib), sum(len(b[0]) for b in batches), 0.0)
 
+    def split(self, eval_images: int) -> tuple[CachedData, CachedData] | None:
+        """The held-out batches split after the first ``eval_images`` images: ``(head, rest)``, both with all
+        the calibration batches; ``None`` unless that falls between two batches with images on both sides."""
+        sizes = [len(b[0]) for b in self.eval_batches]
+        cut = next((k for k in range(1, len(sizes)) if sum(sizes[:k]) == int(eval_images)), None)
+        if cut is None:
+            return None
+        return (CachedData(self.calib, self.eval_batches[:cut], self.calib_images, sum(sizes[:cut]), 0.0),
+                CachedData(self.calib, self.eval_batches[cut:], self.calib_images, sum(sizes[cut:]), 0.0))
+
 
 def _subset_batches(dataset, indices: Sequence[int], batch: int) -> list[tuple]:
     from yolocompress.data import collate
@@ -233,13 +243,23 @@ class SubnetScorer:
         return contextlib.nullcontext()
 
     def _inference_model(self, model: nn.Module) -> nn.Module:
-        if not self.fast_inference or torch.device(self.device).type != "cpu":
+        """What the held-out pass runs: with ``bf16`` ``model`` (a fused copy with ``fast_inference``) under
+        bf16 autocast; else on a CPU with ``fast_inference`` a fused copy with oneDNN kernels; else
+        ``model``."""
+        on_cpu = torch.device(self.device).type == "cpu"
+        if not on_cpu or not (self.fast_inference or self.bf16):
             return model
         from yolocompress.compress.fuse import fuse
         from yolocompress.compress.onednn import accelerate_cpu
 
-        fused = fuse(model.eval())
-        return Bf16Autocast(fused) if self.bf16 else accelerate_cpu(fused, inplace=True)
+        if self.bf16:
+            return Bf16Autocast(fuse(model.eval()) if self.fast_inference else model)
+        return accelerate_cpu(fuse(model.eval()), inplace=True)
+
+    def _input_dtype(self) -> torch.dtype:
+        """The held-out images' type: bfloat16 with ``bf16`` (autocast's first layer would cast them to it,
+        the same values), else float32."""
+        return torch.bfloat16 if self.bf16 and torch.device(self.device).type == "cpu" else torch.float32
 
     def on_head(self, calib_batches: int, eval_images: int) -> SubnetScorer:
         """The same scorer on the first ``calib_batches`` and ``eval_images`` of its data
@@ -277,7 +297,7 @@ class SubnetScorer:
         try:
             with torch.inference_mode():
                 for imgs, *_ in self.data.eval_batches:
-                    _, raw = model(imgs.to(self.device).float().div_(255))
+                    _, raw = model(imgs.to(self.device, self._input_dtype()).div_(255))
                     levels.append(list(raw))
         finally:
             model.train(was_training)
@@ -309,26 +329,71 @@ class SubnetScorer:
         with self._autocast():
             adaptive_bn(model, self.data.calib[self.calibrated:], self.device, reset=not self.calibrated)
 
-    def _score(self, model: nn.Module, recalibrate: bool) -> SubnetScore:
-        from yolocompress.engine.evaluator import evaluate
+    def _predictor(self, model: nn.Module) -> Any:
+        """The held-out pass's predictor for ``model`` (after its BN statistics are final)."""
         from yolocompress.engine.predictors import TorchPredictor
 
+        return TorchPredictor(self._inference_model(model), self.device, input_dtype=self._input_dtype())
+
+    def _evaluation(self) -> Any:
+        from yolocompress.engine.evaluator import Evaluation
+
+        return Evaluation(self.nc, self.conf_thres, self.iou_thres, device=self.device)
+
+    def _score(self, model: nn.Module, recalibrate: bool) -> SubnetScore:
         t0 = time.perf_counter()
         if recalibrate:
             self._calibrate(model)
         bn_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        scored = self._inference_model(model)
         if self.measure is not None:
-            outputs = self._raw_outputs(scored)
+            outputs = self._raw_outputs(self._inference_model(model))
             t2 = time.perf_counter()
             loss = self.measure(outputs)
             return SubnetScore(None, None, None, bn_s, t2 - t1, time.perf_counter() - t2, loss)
+        predictor = self._predictor(model)
         prepare_s = time.perf_counter() - t1
-        result = evaluate(TorchPredictor(scored, self.device), self.data.eval_batches, self.nc, self.names,
-                          conf_thres=self.conf_thres, iou_thres=self.iou_thres, device=self.device)
-        n = max(result.images, 1)
-        sp = result.speed_ms
-        inference_s = prepare_s + (sp["pre"] + sp["inference"]) * n / 1000
-        return SubnetScore(result.map50, result.map50_95, result.fitness, bn_s, inference_s,
-                           (sp["nms"] + sp["metrics"]) * n / 1000)
+        evaluation = self._evaluation().run(predictor, self.data.eval_batches)
+        return _as_score(evaluation, self.names, bn_s, prepare_s)
+
+    def in_stages(self, model: nn.Module, head_images: int, floor: float, metric: str
+                  ) -> tuple[SubnetScore, SubnetScore | None]:
+        """Score ``model`` (BN statistics re-estimated in place on every calibration batch) on its first
+        ``head_images`` held-out images, then, unless that score's ``metric`` is below ``floor``, on the
+        others: ``(head score, full score or None)``. The full score counts the head's detections once,
+        so it is ``self(model)``'s to the bit, and it costs no more than that (its timings: the rest only).
+        The head must end between two held-out batches (:meth:`CachedData.split`)."""
+        parts = self.data.split(head_images)
+        if parts is None or self.measure is not None:
+            raise ValueError(f"scoring in stages needs mAP scoring and a head of whole batches, got "
+                             f"{head_images} images")
+        head_data, rest_data = parts
+        model.to(self.device, memory_format=torch.channels_last)
+        try:
+            t0 = time.perf_counter()
+            self._calibrate(model)
+            bn_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            predictor = self._predictor(model)
+            prepare_s = time.perf_counter() - t1
+            evaluation = self._evaluation().run(predictor, head_data.eval_batches)
+            head = _as_score(evaluation, self.names, bn_s, prepare_s)
+            if head.value(metric) < floor:
+                return head, None
+            spent = dict(evaluation.timing)
+            return head, _as_score(evaluation.run(predictor, rest_data.eval_batches), self.names, 0.0, 0.0,
+                                   since=spent)
+        finally:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _as_score(evaluation: Any, names: list[str], bn_s: float, prepare_s: float,
+              since: dict[str, float] | None = None) -> SubnetScore:
+    """A candidate's score from its held-out ``Evaluation`` so far; its seconds: ``bn_s``, ``prepare_s``, the
+    evaluation's own since its ``timing`` was ``since`` (default: all of it) and the final AP computation."""
+    t0 = time.perf_counter()
+    result = evaluation.result(names)
+    ap_s = time.perf_counter() - t0
+    t = {k: v - (since or {}).get(k, 0.0) for k, v in evaluation.timing.items()}
+    return SubnetScore(result.map50, result.map50_95, result.fitness, bn_s,
+                       prepare_s + t["pre"] + t["inference"], t["nms"] + t["metrics"] + ap_s)

@@ -219,17 +219,30 @@ Best = tuple[float, int, "nn.Module | None"]  # (score, index, sub-net after ada
 @dataclass(frozen=True)
 class EarlyReject:
     """Score a candidate on ``head`` (the first of the data: ``SubnetScorer.on_head``) first and drop it,
-    unscored in full, when that score is below ``floor``."""
+    unscored in full, when that score is below ``floor``. ``staged``: the head has every calibration batch
+    and whole held-out batches, so a kept candidate's full score adds only the other held-out images to the
+    head's (``SubnetScorer.in_stages``); else it is scored again on all of them, its BN statistics continued
+    from the head's."""
 
     head: SubnetScorer
     floor: float
+    staged: bool = False
+
+    @classmethod
+    def of(cls, scorer: SubnetScorer, head: SubnetScorer, floor: float) -> EarlyReject:
+        """The rejection of candidates scored by ``scorer`` on ``head`` (``scorer.on_head(...)``), staged
+        when it can be."""
+        staged = (len(head.data.calib) == len(scorer.data.calib)
+                  and scorer.data.split(head.data.eval_images) is not None)
+        return cls(head, floor, staged)
 
 
 def _score(sub: nn.Module, scorer: SubnetScorer, metric: str, early: EarlyReject | None,
            phase: dict[str, float]) -> tuple[SubnetScore | None, float | None]:
     """``(score, its metric on early.head)`` of ``sub`` (None: not scored), its seconds added to ``phase``. A
-    candidate kept after its head score is scored in full by continuing its BN statistics: the same score as
-    without ``early``, to the bit."""
+    candidate kept after its head score is scored in full by adding the other held-out images to the head's
+    (``early.staged``) or by continuing its BN statistics: either way the same score as without ``early``,
+    to the bit."""
     def timed(score: SubnetScore) -> SubnetScore:
         phase["bn_recalibration"] += score.bn_s
         phase["inference"] += score.inference_s
@@ -237,6 +250,9 @@ def _score(sub: nn.Module, scorer: SubnetScorer, metric: str, early: EarlyReject
         return score
 
     head = None
+    if early is not None and early.staged:
+        head_score, full = scorer.in_stages(sub, early.head.data.eval_images, early.floor, metric)
+        return (None if full is None else timed(full)), timed(head_score).value(metric)
     if early is not None:
         head = timed(early.head(sub)).value(metric)
         if head < early.floor:
@@ -418,7 +434,7 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
     if s.reject_below > 0 and len(plan.strategies) > 1:  # every rank: the floor from the uniform strategy
         head = scorer.on_head(s.reject_calib_batches, s.reject_images)
         uniform = prune_channels(base, plan.graph, plan.space.keep(plan.uniform.counts))
-        early = EarlyReject(head, s.reject_below * head(uniform).value(s.metric))
+        early = EarlyReject.of(scorer, head, s.reject_below * head(uniform).value(s.metric))
     candidates, phase, chosen, winner = _score_candidates(base, plan, scorer, cfg, ctx, on_progress, log,
                                                           early)
     timing.update(phase)
