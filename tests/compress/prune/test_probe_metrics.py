@@ -96,13 +96,13 @@ def test_probes_skip_nms_and_map_and_give_one_sensitivity_per_group(tiny_data, m
     import yolocompress.engine.evaluator as evaluator
 
     mapped: list[int] = []
-    real = evaluator.evaluate
+    real = evaluator.Evaluation.run
 
-    def counted(predictor, batches, *args, **kwargs):
-        mapped.append(sum(len(b[0]) for b in batches))
-        return real(predictor, batches, *args, **kwargs)
+    def counted(self, predictor, batches, *args, **kwargs):   # every NMS + mAP pass goes through it
+        mapped.append(1)
+        return real(self, predictor, batches, *args, **kwargs)
 
-    monkeypatch.setattr(evaluator, "evaluate", counted)
+    monkeypatch.setattr(evaluator.Evaluation, "run", counted)
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
     _, report = prune_model(model, tiny_data, PruneConfig.from_flat(
         ratio=0.5, **{**FAST, "probe_metric": metric}, reject_below=0.0))
