@@ -63,6 +63,8 @@ OUR_VARIANTS: dict[str, dict[str, Any]] = {
     "eagleeye-map": {"probe_metric": "map", "probe_images": 256, "probe_calib_batches": 8},
     "eagleeye-r16": {"round_to": 16},            # channel widths in multiples of 16
     "eagleeye-cap": {"latency_cap": "uniform"},  # predicted latency at most the uniform strategy's
+    # the same cap with the guided candidates ranked by score per FLOP (before 2026-12-06: per latency)
+    "eagleeye-cap-flops": {"latency_cap": "uniform", "sensitivity_cost": "flops"},
 }
 TP_GLOBAL = ("tp-magnitude-global", "tp-groupnorm-global")  # Torch-Pruning with global ranking
 ALL_METHODS = METHODS + tuple(OUR_VARIANTS) + TP_GLOBAL

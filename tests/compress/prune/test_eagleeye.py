@@ -117,6 +117,32 @@ def test_group_sensitivity_is_score_per_flop_averaged_over_both_moves():
         group_sensitivity(center, 0.5, probes, [0.7], 3)
 
 
+def test_group_sensitivity_per_latency_divides_by_the_predicted_latency_change():
+    """``cost="latency"``: score per unit of predicted latency ratio; a probe that leaves the predicted
+    latency as it is (channels within one block) gives nothing; ``auto`` is latency when it is bounded."""
+    from yolocompress.compress.prune import PruneConfig
+    from yolocompress.compress.prune.search import sensitivity_cost
+
+    s = lambda flops, latency: Strategy(np.zeros(3), {}, flops, latency=latency)  # noqa: E731
+    center = s(100.0, 0.50)
+    probes = [Probe(0, "less", s(120.0, 0.60)), Probe(0, "more", s(90.0, 0.45)),
+              Probe(1, "more", s(80.0, 0.50)), Probe(2, "less", s(140.0, 0.52))]
+    sens = group_sensitivity(center, 0.5, probes, [0.7, 0.45, 0.3, 0.6], 3, cost="latency")
+    assert sens[0] == pytest.approx((0.2 / 0.10 + 0.05 / 0.05) / 2)
+    assert np.isnan(sens[1]) and sens[2] == pytest.approx(0.1 / 0.02)
+    by_flops = group_sensitivity(center, 0.5, probes, [0.7, 0.45, 0.3, 0.6], 3)
+    assert by_flops[1] == pytest.approx(0.2 / 20)
+    assert by_flops[2] < by_flops[0] and sens[2] > sens[0]   # the order flips
+    with pytest.raises(ValueError, match="predicted latency"):
+        group_sensitivity(s(100.0, None), 0.5, probes, [0.7, 0.45, 0.3, 0.6], 3, cost="latency")
+    assert sensitivity_cost(PruneConfig.from_flat(ratio=0.5)) == "flops"
+    assert sensitivity_cost(PruneConfig.from_flat(ratio=0.5, latency_cap="uniform")) == "latency"
+    assert sensitivity_cost(PruneConfig.from_flat(target_latency=0.5)) == "latency"
+    assert sensitivity_cost(PruneConfig.from_flat(target_latency=0.5, sensitivity_cost="flops")) == "flops"
+    with pytest.raises(InputError, match="sensitivity_cost"):
+        PruneConfig.from_flat(ratio=0.5, sensitivity_cost="params")
+
+
 def test_guided_strategies_prune_the_least_sensitive_groups_most():
     space = _space()
     budget = space.uniform(0.5).flops

@@ -30,6 +30,7 @@ from yolocompress.errors import InputError
 METRICS = ("map50_95", "map50", "fitness")
 PREFER = ("accuracy", "latency")
 LATENCY_CAPS = ("none", "uniform")
+SENSITIVITY_COSTS = ("auto", "flops", "latency")
 PROBE_SIDES = ("both", "less", "more")
 PROBE_METRICS = ("map", "box_loss", "distortion")
 SCORE_PRECISIONS = ("auto", "fp32", "bf16")
@@ -117,6 +118,11 @@ class SearchConfig:
             *predicted* latency is also at most the uniform strategy's (the per-layer latency table's,
             measured once on this CPU at ``imgsz`` and cached), so the pick is not slower than pruning
             every layer alike at the same FLOPs; ``"none"``: FLOPs only. Ignored with ``target_latency``.
+        sensitivity_cost: what a probe's score change is divided by to rank the groups for the guided
+            candidates: ``"flops"`` (score per FLOP kept), ``"latency"`` (score per unit of *predicted*
+            latency kept: a budget-bound search then prunes first what costs latency and buys little score)
+            or ``"auto"``: latency when every candidate's predicted latency is bounded (``target_latency``,
+            ``latency_cap="uniform"``), else FLOPs.
         score_precision, probe_precision: the arithmetic of the scoring passes (BN re-estimation and
             held-out inference) of the candidates and of the probes: ``"fp32"``, ``"bf16"`` (CPU bfloat16
             autocast, :class:`~yolocompress.compress.prune.scoring.SubnetScorer`) or ``"auto"``: bf16 on a
@@ -164,6 +170,7 @@ class SearchConfig:
     score_precision: str = "auto"
     probe_precision: str = "fp32"
     score_conf_thres: float = 0.01
+    sensitivity_cost: str = "auto"
 
     def __post_init__(self) -> None:
         _at_least(self, ("candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch",
@@ -189,6 +196,9 @@ class SearchConfig:
         if self.latency_cap not in LATENCY_CAPS:
             raise InputError(f"latency_cap must be one of {', '.join(LATENCY_CAPS)}, "
                              f"got {self.latency_cap!r}")
+        if self.sensitivity_cost not in SENSITIVITY_COSTS:
+            raise InputError(f"sensitivity_cost must be one of {', '.join(SENSITIVITY_COSTS)}, "
+                             f"got {self.sensitivity_cost!r}")
         if not 0.0 <= float(self.score_conf_thres) < 1.0:
             raise InputError(f"score_conf_thres must be in [0, 1), got {self.score_conf_thres}")
         for name in ("score_precision", "probe_precision"):

@@ -26,7 +26,7 @@ from yolocompress.compress.distill.feature import check_feature_layers
 from yolocompress.compress.prune.apply import prune_channels
 from yolocompress.compress.prune.config import PruneConfig
 from yolocompress.compress.prune.search import (SearchResult, best_scored, plan_search, search,
-                                                time_side_by_side)
+                                                sensitivity_cost, time_side_by_side)
 from yolocompress.compress.stage import Latency, ModelSnapshot, StageReport
 from yolocompress.errors import InputError
 from yolocompress.io.workdir import work_dir
@@ -120,9 +120,11 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         prunable group, channels before and after), ``candidates`` (kind, GFLOPs, held-out score, mean
         ratio), ``candidates_per_minute``, ``timing_s`` (seconds per phase; ``bn_recalibration``,
         ``inference``, ``nms_map`` summed over candidates), ``distributed_ranks``, ``probes`` (sub-nets
-        scored for ``sensitivity``: score gained per GFLOP kept, per searchable group; empty without guided
-        candidates), ``score_precision`` / ``probe_precision`` (``"fp32"`` or ``"bf16"``: what the candidates
-        and the probes were scored in, ``SearchConfig.score_precision`` resolved on this CPU), ``budget``
+        scored for ``sensitivity``: score gained per GFLOP kept, or with ``sensitivity_cost`` ``"latency"``
+        per unit of predicted latency ratio kept, per searchable group; empty without guided candidates),
+        ``sensitivity_cost`` (which of the two), ``score_precision`` / ``probe_precision`` (``"fp32"`` or
+        ``"bf16"``: what the candidates and the probes were scored in, ``SearchConfig.score_precision``
+        resolved on this CPU), ``budget``
         (:func:`budget_summary`: the budget's kind and target, the chosen
         candidate's and the uniform strategy's predicted and measured latency ratios), ``preference``
         (:func:`preference_summary`) and ``notes``. ONNX Runtime latencies (``before``/``after``, the
@@ -284,8 +286,10 @@ def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchRe
                "ratio": 1.0 - counts.get(g.index, g.channels) / g.channels,
                "excluded": g.index in plan.excluded, "searchable": g.index in plan.space.searchable}
               for g in graph.groups]
+    per_latency = sensitivity_cost(cfg) == "latency"
     sens_rows = [{"group": g, "name": graph.groups[g].name, "layer": graph.groups[g].layer_index,
-                  "score_per_gflop": None if not np.isfinite(v) else float(v) * 1e9}
+                  **({"score_per_latency": None if not np.isfinite(v) else float(v)} if per_latency else
+                     {"score_per_gflop": None if not np.isfinite(v) else float(v) * 1e9})}
                  for g, v in zip(plan.space.searchable, found.sensitivity)] if found.probes else []
     search_s = timing.get("search", 0.0)
     fraction = plan.budget / plan.base_flops
@@ -304,6 +308,7 @@ def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchRe
         "candidates_per_minute": 60.0 * len(found.candidates) / search_s if search_s > 0 else None,
         "timing_s": timing, "distributed_ranks": ranks, "probes": found.probes, "sensitivity": sens_rows,
         "score_precision": found.precision, "probe_precision": found.probe_precision,
+        "sensitivity_cost": sensitivity_cost(cfg),
         "budget": budget_summary(cfg, found, latencies), "preference": preference_summary(cfg, found),
         "notes": [note]}
     return StageReport(stage="prune", config=cfg.to_dict(), before=before, after=after,

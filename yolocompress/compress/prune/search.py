@@ -155,7 +155,8 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
                           [g.index for g in graph.groups if g.index not in excluded], max_ratio)
     if not space.searchable:
         raise InputError("nothing to prune: no channel group has more than --min-channels channels")
-    if cfg.target_latency is not None or cfg.search.prefer == "latency" or cfg.latency_capped:
+    if (cfg.target_latency is not None or cfg.search.prefer == "latency" or cfg.latency_capped
+            or sensitivity_cost(cfg) == "latency"):
         space.latency = latency_cost(model, graph, cfg, space)
     base_flops = cost.flops(graph.full_keep())
     limit, margin = None, 0.0
@@ -318,7 +319,8 @@ def _probe_sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, 
     """Score the uniform strategy and its one-group probes (the sides ``cfg.search.probe_sides``) on the first
     ``probe_calib_batches`` and ``probe_images`` of ``scorer``'s data, by ``cfg.search.metric`` or (with
     ``probe_metric`` ``"box_loss"`` or ``"distortion"``) by minus their box loss or their head distortion
-    from ``base``; returns ``(score per FLOP per searchable group, number of sub-nets scored)``."""
+    from ``base``; returns ``(score per FLOP or per latency (:func:`sensitivity_cost`) per searchable group,
+    number of sub-nets scored)``."""
     s = cfg.search
     probes = [p for p in plan.space.probes(plan.uniform, s.probe_step)
               if s.probe_sides in ("both", p.direction)]
@@ -331,8 +333,19 @@ def _probe_sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, 
     rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], head, metric,
                                 ctx, "probes", on_progress, log)
     scores = [r["score"] for r in rows]
-    sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable))
+    sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable),
+                             sensitivity_cost(cfg))
     return sens, len(rows)
+
+
+def sensitivity_cost(cfg: PruneConfig) -> str:
+    """What the probes' score changes are divided by (``SearchConfig.sensitivity_cost`` resolved):
+    ``"latency"`` when set, or with ``"auto"`` when every candidate's predicted latency is bounded
+    (``target_latency`` or the uniform latency cap); else ``"flops"``."""
+    setting = cfg.search.sensitivity_cost
+    if setting == "auto":
+        return "latency" if cfg.target_latency is not None or cfg.latency_capped else "flops"
+    return setting
 
 
 def _score_candidates(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
@@ -444,4 +457,4 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
 
 
 __all__ = ["SearchPlan", "SearchResult", "add_guided", "best_scored", "choose_candidate", "latency_cost",
-           "plan_search", "resolve_exclusions", "score_precision", "search"]
+           "plan_search", "resolve_exclusions", "score_precision", "search", "sensitivity_cost"]

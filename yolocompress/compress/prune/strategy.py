@@ -69,17 +69,26 @@ class Probe:
 
 
 def group_sensitivity(center: Strategy, center_score: float, probes: Sequence[Probe],
-                      scores: Sequence[float], n_groups: int) -> np.ndarray:
-    """Score gained per FLOP kept, per searchable group, from scored one-group ``probes``.
+                      scores: Sequence[float], n_groups: int, cost: str = "flops") -> np.ndarray:
+    """Score gained per FLOP kept (``cost="latency"``: per unit of predicted latency ratio kept), per
+    searchable group, from scored one-group ``probes``.
 
     A "less" probe gives ``(score - center_score) / (flops - center.flops)`` (what keeping more channels
     buys), a "more" probe ``(center_score - score) / (center.flops - flops)`` (what removing more costs);
-    a group's sensitivity is the mean of the two (or the one it has), NaN when it has none."""
+    a group's sensitivity is the mean of the two (or the one it has), NaN when it has none (a probe that
+    does not change the cost, e.g. channels within one block of the latency table, gives none)."""
+    if cost not in ("flops", "latency"):
+        raise ValueError(f"cost must be 'flops' or 'latency', got {cost!r}")
     per_group: list[list[float]] = [[] for _ in range(n_groups)]
     for probe, score in zip(probes, scores, strict=True):
-        d_flops = probe.strategy.flops - center.flops
-        if d_flops != 0.0:
-            per_group[probe.position].append((float(score) - center_score) / d_flops)
+        if cost == "latency":
+            if probe.strategy.latency is None or center.latency is None:
+                raise ValueError("sensitivity per latency needs strategies with a predicted latency")
+            d_cost = probe.strategy.latency - center.latency
+        else:
+            d_cost = probe.strategy.flops - center.flops
+        if d_cost != 0.0:
+            per_group[probe.position].append((float(score) - center_score) / d_cost)
     return np.array([np.mean(v) if v else np.nan for v in per_group])
 
 
@@ -155,9 +164,10 @@ class StrategySpace:
 
     def guided(self, sensitivity: np.ndarray, budget: float | Budget, n: int) -> list[Strategy]:
         """``n`` strategies that prune the groups in the inverse order of their ``sensitivity`` (score per
-        FLOP, one value per searchable group, NaN: unknown), each scaled to just fit ``budget``.
+        FLOP or per latency, one value per searchable group, NaN: unknown), each scaled to just fit
+        ``budget``.
 
-        With ``z_j`` the group's sensitivity rank in ``[0, 1]`` (0: the most sensitive per FLOP; unknown
+        With ``z_j`` the group's sensitivity rank in ``[0, 1]`` (0: the most sensitive per cost; unknown
         groups sit in the middle) the i-th strategy (``tau = i / n``) sets ``u_j = 1 - tau (1 - z_j)``
         before scaling: ``tau`` near 0 is the uniform strategy, ``tau = 1`` keeps the most sensitive group
         whole and prunes the least sensitive ones the most. Adaptive BN then picks among them."""
