@@ -328,8 +328,10 @@ def part_equal_latency(args) -> dict:
                   latency_threads=args.threads)
     nets: dict[str, torch.nn.Module] = {"original": base}
     info: dict[str, dict] = {}
-    for label, budget in [(f"latency {args.target_latency:g}", {"ratio": None,
-                                                                 "target_latency": args.target_latency})] + [
+    lat_labels = [f"latency {args.target_latency:g}" + ("" if v == "default" else f" {v}")
+                  for v in args.latency_variants]
+    for label, budget in [(label, {"ratio": None, "target_latency": args.target_latency, **_variant(v)})
+                          for label, v in zip(lat_labels, args.latency_variants)] + [
             (f"flops ratio {r:g}", {"ratio": r}) for r in args.flops_ratios]:
         t0 = time.perf_counter()
         nets[label], report = prune_model(model, data, PruneConfig.from_flat(**common, **budget))
@@ -353,23 +355,25 @@ def part_equal_latency(args) -> dict:
             for name in nets:
                 print(f"{size} px: {name:18} {med[name]:7.2f} ms  x orig {ratios[size][name]:.3f}",
                       flush=True)
-    lat_label = f"latency {args.target_latency:g}"
     at = ratios[args.imgsz]
-    flops_label = min((n for n in nets if n.startswith("flops")), key=lambda n: abs(at[n] - at[lat_label]))
-    print(f"nearest FLOPs pick at {args.imgsz} px: {flops_label} ({at[flops_label]:.3f} vs "
-          f"{at[lat_label]:.3f})")
+    nearest = {lat: min((n for n in nets if n.startswith("flops")), key=lambda n: abs(at[n] - at[lat]))
+               for lat in lat_labels}
+    for lat_label, flops_label in nearest.items():
+        print(f"nearest FLOPs pick at {args.imgsz} px to {lat_label}: {flops_label} "
+              f"({at[flops_label]:.3f} vs {at[lat_label]:.3f})")
     tuned = {}
-    for label in (lat_label, flops_label):
+    for label in dict.fromkeys(lat_labels + list(nearest.values())):
         cfg = FinetuneConfig(epochs=args.epochs, imgsz=args.imgsz, batch=16, nominal_batch=args.nominal_batch,
                              seed=args.seed, val=False)
         net = finetune(nets[label], data, cfg)[0]
         tuned[label] = float(evaluate_model(net, data, split="val", imgsz=args.imgsz, batch=32).map50_95)
         print(f"[{label}] mAP50-95 after {args.epochs} epochs: {tuned[label]:.4f}", flush=True)
-    print(f"latency pick - FLOPs pick of (nearly) equal measured latency: "
-          f"{100 * (tuned[lat_label] - tuned[flops_label]):+.2f} points; measured latency ratio at "
-          f"{args.imgsz} px {at[lat_label]:.3f} vs {at[flops_label]:.3f}")
+    for lat_label, flops_label in nearest.items():
+        print(f"{lat_label} - FLOPs pick of (nearly) equal measured latency: "
+              f"{100 * (tuned[lat_label] - tuned[flops_label]):+.2f} points; measured latency ratio at "
+              f"{args.imgsz} px {at[lat_label]:.3f} vs {at[flops_label]:.3f}")
     return {"cpu": cpu_name(), "flags": cpu_flags(), "info": info, "ratios": ratios, "finetuned": tuned,
-            "flops_pick": flops_label}
+            "flops_picks": nearest}
 
 
 def part_stability(args) -> dict:
@@ -478,6 +482,8 @@ def main() -> None:
                         "(SearchConfig fields); the first is the reference")
     p.add_argument("--repeats", type=int, default=1, help="search-speed: rounds of the interleaved variants")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 640], help="rounding, equal-latency: timed image sizes")
+    p.add_argument("--latency-variants", nargs="+", default=["default"],
+                   help="equal-latency: search settings of the latency picks, as --variants entries")
     p.add_argument("--search", default="default", help="rounding: search settings, as one --variants entry")
     p.add_argument("--runs", type=int, default=50, help="rounding, equal-latency: timed runs per net and size")
     p.add_argument("--target-latency", type=float, default=0.5, help="equal-latency: the latency budget")

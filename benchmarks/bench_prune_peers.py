@@ -65,6 +65,10 @@ OUR_VARIANTS: dict[str, dict[str, Any]] = {
     "eagleeye-cap": {"latency_cap": "uniform"},  # predicted latency at most the uniform strategy's
     # the same cap with the guided candidates ranked by score per FLOP (before 2026-12-06: per latency)
     "eagleeye-cap-flops": {"latency_cap": "uniform", "sensitivity_cost": "flops"},
+    # channels kept by the grouped L1 magnitude (Torch-Pruning's criterion) instead of the producers' L1
+    "uniform-gl1": {"importance": "grouped_l1", "candidates": 1, "guided": 0},
+    "eagleeye-gl1": {"importance": "grouped_l1"},
+    "eagleeye-cap-gl1": {"importance": "grouped_l1", "latency_cap": "uniform"},
 }
 TP_GLOBAL = ("tp-magnitude-global", "tp-groupnorm-global")  # Torch-Pruning with global ranking
 ALL_METHODS = METHODS + tuple(OUR_VARIANTS) + TP_GLOBAL

@@ -362,3 +362,32 @@ def test_finetune_distills_from_the_unpruned_model(tiny_data, monkeypatch):
     assert report.details["after_finetune"] is not None
     with pytest.raises(InputError):
         PruneConfig.from_flat(ratio=0.5, distill=-1.0)
+
+
+def test_grouped_l1_adds_the_weights_that_read_a_unit_and_its_batchnorm_scales():
+    """``grouped_l1_importance`` = ``l1_importance`` (the producing filters) + every dense layer's input
+    slice reading the unit + its BatchNorm scales: with those zeroed for one unit, nothing is added to that
+    unit and the same to every other; ``search.importance`` picks it."""
+    from yolocompress.compress.prune import channel_graph, l1_importance
+    from yolocompress.compress.prune.importance import IMPORTANCES, grouped_l1_importance
+
+    model = tiny_model("yolov5n")
+    graph = channel_graph(model)
+    l1, grouped = l1_importance(model, graph), grouped_l1_importance(model, graph)
+    prunable = np.flatnonzero(~graph.unit_fixed)
+    assert (grouped[prunable] > l1[prunable]).all()
+    unit = int(graph.unit_of[graph.layers[3].out_ids[0]])
+    with torch.no_grad():
+        for rec in graph.layers:
+            if rec.kind in ("conv", "linear"):
+                model.get_submodule(rec.name).weight[:, np.flatnonzero(graph.unit_of[rec.in_ids] == unit)] = 0
+        for norm in graph.norms:
+            model.get_submodule(norm.name).weight[np.flatnonzero(graph.unit_of[norm.ids] == unit)] = 0
+    # (zeroing a consumer's input slice also lowers that consumer's own filters' L1: compare what is added)
+    added, added_after = grouped - l1, grouped_l1_importance(model, graph) - l1_importance(model, graph)
+    assert added[unit] > 0 and added_after[unit] == pytest.approx(0.0, abs=1e-12)
+    others = np.arange(len(added)) != unit
+    assert np.allclose(added_after[others], added[others], rtol=1e-12, atol=1e-12)
+    assert IMPORTANCES["grouped_l1"] is grouped_l1_importance
+    with pytest.raises(InputError, match="importance"):
+        PruneConfig.from_flat(ratio=0.5, importance="l2")

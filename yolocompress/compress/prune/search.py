@@ -19,7 +19,7 @@ from yolocompress.compress.prune.apply import prune_channels
 from yolocompress.compress.prune.config import PruneConfig
 from yolocompress.compress.prune.cost import CostModel, LatencyCost
 from yolocompress.compress.prune.graph import ChannelGraph, channel_graph
-from yolocompress.compress.prune.importance import l1_importance
+from yolocompress.compress.prune.importance import IMPORTANCES
 from yolocompress.compress.prune.scoring import SubnetScore, SubnetScorer, cache_data
 from yolocompress.compress.prune.searchlog import SearchLog, search_fingerprint
 from yolocompress.compress.prune.strategy import Budget, Strategy, StrategySpace, group_sensitivity
@@ -146,7 +146,7 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     calibration sub-net still measures within the target), with ``cfg.search.latency_cap == "uniform"`` at
     most the uniform strategy's (and its FLOPs within the FLOPs budget). ``model``: float32, CPU."""
     graph = channel_graph(model)
-    importance = l1_importance(model, graph)
+    importance = IMPORTANCES[cfg.search.importance](model, graph)
     rules = cfg.channels
     excluded = resolve_exclusions(graph, cfg.exclude)
     cost = CostModel(model, graph, cfg.imgsz)
