@@ -231,7 +231,7 @@ def test_report_is_a_stage_report_that_round_trips_through_json(tiny_data):
     assert {"imgsz", "budget_gflops", "chosen", "after_search", "after_finetune", "groups", "candidates",
             "candidates_per_minute", "timing_s", "distributed_ranks", "probes", "sensitivity",
             "notes", "finetune", "budget", "preference", "score_precision",
-            "probe_precision"} == set(r.details)
+            "probe_precision", "sensitivity_cost"} == set(r.details)
     assert r.details["after_finetune"] is None and r.details["distributed_ranks"] == 1
 
 

@@ -230,8 +230,9 @@ def test_prune_model_reports_the_latency_budget_predicted_and_measured(model, ti
     assert all(c["latency_ratio"] <= 0.6 for c in candidates)
     # near_tie 1.0: every candidate ties, so the one predicted fastest is chosen
     assert d["chosen"] == min(candidates, key=lambda c: c["latency_ratio"])["index"]
+    scored = [c for c in candidates if c["score"] is not None]   # (not rejected early)
     assert d["preference"] == {"prefer": "latency", "near_tie": 1.0, "by": "predicted latency",
-                               "best_score_index": max(candidates, key=lambda c: (c["score"], -c["index"]))[
+                               "best_score_index": max(scored, key=lambda c: (c["score"], -c["index"]))[
                                    "index"], "chosen": d["chosen"]}
     assert budget["predicted_ratio"] == candidates[d["chosen"]]["latency_ratio"]
     assert budget["measured_ratio"] == pytest.approx(
