@@ -192,30 +192,14 @@ class SearchConfig:
             raise InputError(f"max_ratio must be strictly between 0 and 1, got {self.max_ratio}")
         if not 0.0 <= float(self.reject_below) <= 1.0:
             raise InputError(f"reject_below must be in [0, 1], got {self.reject_below}")
-        if self.probe_sides not in PROBE_SIDES:
-            raise InputError(f"probe_sides must be one of {', '.join(PROBE_SIDES)}, got {self.probe_sides!r}")
-        if self.probe_metric not in PROBE_METRICS:
-            raise InputError(f"probe_metric must be one of {', '.join(PROBE_METRICS)}, "
-                             f"got {self.probe_metric!r}")
-        if self.metric not in METRICS:
-            raise InputError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        if self.prefer not in PREFER:
-            raise InputError(f"prefer must be one of {', '.join(PREFER)}, got {self.prefer!r}")
-        if self.latency_cap not in LATENCY_CAPS:
-            raise InputError(f"latency_cap must be one of {', '.join(LATENCY_CAPS)}, "
-                             f"got {self.latency_cap!r}")
-        if self.importance not in IMPORTANCE_NAMES:
-            raise InputError(f"importance must be one of {', '.join(IMPORTANCE_NAMES)}, "
-                             f"got {self.importance!r}")
-        if self.sensitivity_cost not in SENSITIVITY_COSTS:
-            raise InputError(f"sensitivity_cost must be one of {', '.join(SENSITIVITY_COSTS)}, "
-                             f"got {self.sensitivity_cost!r}")
+        for name, choices in (("probe_sides", PROBE_SIDES), ("probe_metric", PROBE_METRICS),
+                              ("metric", METRICS), ("prefer", PREFER), ("latency_cap", LATENCY_CAPS),
+                              ("importance", IMPORTANCE_NAMES), ("sensitivity_cost", SENSITIVITY_COSTS),
+                              ("score_precision", SCORE_PRECISIONS), ("probe_precision", SCORE_PRECISIONS)):
+            if getattr(self, name) not in choices:
+                raise InputError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if not 0.0 <= float(self.score_conf_thres) < 1.0:
             raise InputError(f"score_conf_thres must be in [0, 1), got {self.score_conf_thres}")
-        for name in ("score_precision", "probe_precision"):
-            if getattr(self, name) not in SCORE_PRECISIONS:
-                raise InputError(f"{name} must be one of {', '.join(SCORE_PRECISIONS)}, "
-                                 f"got {getattr(self, name)!r}")
         if not float(self.near_tie) >= 0.0:
             raise InputError(f"near_tie must be >= 0, got {self.near_tie}")
 
