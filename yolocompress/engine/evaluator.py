@@ -162,7 +162,6 @@ class Evaluation:
 
     def __init__(self, nc: int, conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300,
                  device: str | torch.device = "cpu"):
-        self.nc = nc
         self.settings = {"conf_thres": conf_thres, "iou_thres": iou_thres, "max_det": max_det}
         self.device = torch.device(device)
         self.iouv = IOU_THRESHOLDS.to(self.device)

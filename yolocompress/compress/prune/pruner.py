@@ -286,7 +286,8 @@ def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchRe
                "ratio": 1.0 - counts.get(g.index, g.channels) / g.channels,
                "excluded": g.index in plan.excluded, "searchable": g.index in plan.space.searchable}
               for g in graph.groups]
-    per_latency = sensitivity_cost(cfg) == "latency"
+    cost = sensitivity_cost(cfg)
+    per_latency = cost == "latency"
     sens_rows = [{"group": g, "name": graph.groups[g].name, "layer": graph.groups[g].layer_index,
                   **({"score_per_latency": None if not np.isfinite(v) else float(v)} if per_latency else
                      {"score_per_gflop": None if not np.isfinite(v) else float(v) * 1e9})}
@@ -308,7 +309,7 @@ def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchRe
         "candidates_per_minute": 60.0 * len(found.candidates) / search_s if search_s > 0 else None,
         "timing_s": timing, "distributed_ranks": ranks, "probes": found.probes, "sensitivity": sens_rows,
         "score_precision": found.precision, "probe_precision": found.probe_precision,
-        "sensitivity_cost": sensitivity_cost(cfg),
+        "sensitivity_cost": cost,
         "budget": budget_summary(cfg, found, latencies), "preference": preference_summary(cfg, found),
         "notes": [note]}
     return StageReport(stage="prune", config=cfg.to_dict(), before=before, after=after,

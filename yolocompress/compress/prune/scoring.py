@@ -17,7 +17,7 @@ import copy
 import time
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -236,30 +236,41 @@ class SubnetScorer:
     measure: Callable[[tuple[torch.Tensor, ...]], float] | None = None
     bf16: bool = False
 
+    def _cpu_bf16(self) -> bool:
+        """``bf16`` on a CPU device: the passes run under CPU bfloat16 autocast (a GPU scores in fp32)."""
+        return self.bf16 and torch.device(self.device).type == "cpu"
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         """CPU bfloat16 autocast with ``bf16`` (a CPU device), else nothing."""
-        if self.bf16 and torch.device(self.device).type == "cpu":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self._cpu_bf16() else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _channels_last(self, model: nn.Module) -> Iterator[None]:
+        """``model`` on the scorer's device in channels-last memory format (oneDNN's fast path) for the block,
+        back in the default format afterwards."""
+        model.to(self.device, memory_format=torch.channels_last)
+        try:
+            yield
+        finally:
+            model.to(memory_format=torch.contiguous_format)
 
     def _inference_model(self, model: nn.Module) -> nn.Module:
         """What the held-out pass runs: with ``bf16`` ``model`` (a fused copy with ``fast_inference``) under
         bf16 autocast; else on a CPU with ``fast_inference`` a fused copy with oneDNN kernels; else
         ``model``."""
-        on_cpu = torch.device(self.device).type == "cpu"
-        if not on_cpu or not (self.fast_inference or self.bf16):
-            return model
         from yolocompress.compress.fuse import fuse
         from yolocompress.compress.onednn import accelerate_cpu
 
-        if self.bf16:
+        if self._cpu_bf16():
             return Bf16Autocast(fuse(model.eval()) if self.fast_inference else model)
+        if not self.fast_inference or torch.device(self.device).type != "cpu":
+            return model
         return accelerate_cpu(fuse(model.eval()), inplace=True)
 
     def _input_dtype(self) -> torch.dtype:
         """The held-out images' type: bfloat16 with ``bf16`` (autocast's first layer would cast them to it,
         the same values), else float32."""
-        return torch.bfloat16 if self.bf16 and torch.device(self.device).type == "cpu" else torch.float32
+        return torch.bfloat16 if self._cpu_bf16() else torch.float32
 
     def on_head(self, calib_batches: int, eval_images: int) -> SubnetScorer:
         """The same scorer on the first ``calib_batches`` and ``eval_images`` of its data
@@ -311,19 +322,13 @@ class SubnetScorer:
 
     def __call__(self, model: nn.Module, recalibrate: bool = True) -> SubnetScore:
         """Score ``model`` (BN statistics re-estimated in place unless ``recalibrate`` is false)."""
-        model.to(self.device, memory_format=torch.channels_last)
-        try:
+        with self._channels_last(model):
             return self._score(model, recalibrate)
-        finally:
-            model.to(memory_format=torch.contiguous_format)
 
     def calibrate(self, model: nn.Module) -> None:
         """Only the BN re-estimation of scoring ``model`` (in place, in the scorer's precision), no score."""
-        model.to(self.device, memory_format=torch.channels_last)
-        try:
+        with self._channels_last(model):
             self._calibrate(model)
-        finally:
-            model.to(memory_format=torch.contiguous_format)
 
     def _calibrate(self, model: nn.Module) -> None:
         with self._autocast():
@@ -340,19 +345,27 @@ class SubnetScorer:
 
         return Evaluation(self.nc, self.conf_thres, self.iou_thres, device=self.device)
 
-    def _score(self, model: nn.Module, recalibrate: bool) -> SubnetScore:
+    def _timed_calibration(self, model: nn.Module, recalibrate: bool = True) -> float:
+        """Seconds of re-estimating ``model``'s BN statistics (none when not ``recalibrate``)."""
         t0 = time.perf_counter()
         if recalibrate:
             self._calibrate(model)
-        bn_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
+        return time.perf_counter() - t0
+
+    def _timed_predictor(self, model: nn.Module) -> tuple[Any, float]:
+        """:meth:`_predictor` and the seconds it took (the fused copy)."""
+        t0 = time.perf_counter()
+        return self._predictor(model), time.perf_counter() - t0
+
+    def _score(self, model: nn.Module, recalibrate: bool) -> SubnetScore:
+        bn_s = self._timed_calibration(model, recalibrate)
         if self.measure is not None:
+            t1 = time.perf_counter()
             outputs = self._raw_outputs(self._inference_model(model))
             t2 = time.perf_counter()
             loss = self.measure(outputs)
             return SubnetScore(None, None, None, bn_s, t2 - t1, time.perf_counter() - t2, loss)
-        predictor = self._predictor(model)
-        prepare_s = time.perf_counter() - t1
+        predictor, prepare_s = self._timed_predictor(model)
         evaluation = self._evaluation().run(predictor, self.data.eval_batches)
         return _as_score(evaluation, self.names, bn_s, prepare_s)
 
@@ -368,14 +381,9 @@ class SubnetScorer:
             raise ValueError(f"scoring in stages needs mAP scoring and a head of whole batches, got "
                              f"{head_images} images")
         head_data, rest_data = parts
-        model.to(self.device, memory_format=torch.channels_last)
-        try:
-            t0 = time.perf_counter()
-            self._calibrate(model)
-            bn_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            predictor = self._predictor(model)
-            prepare_s = time.perf_counter() - t1
+        with self._channels_last(model):
+            bn_s = self._timed_calibration(model)
+            predictor, prepare_s = self._timed_predictor(model)
             evaluation = self._evaluation().run(predictor, head_data.eval_batches)
             head = _as_score(evaluation, self.names, bn_s, prepare_s)
             if head.value(metric) < floor:
@@ -383,8 +391,6 @@ class SubnetScorer:
             spent = dict(evaluation.timing)
             return head, _as_score(evaluation.run(predictor, rest_data.eval_batches), self.names, 0.0, 0.0,
                                    since=spent)
-        finally:
-            model.to(memory_format=torch.contiguous_format)
 
 
 def _as_score(evaluation: Any, names: list[str], bn_s: float, prepare_s: float,
