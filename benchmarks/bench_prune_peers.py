@@ -69,6 +69,15 @@ OUR_VARIANTS: dict[str, dict[str, Any]] = {
     "uniform-gl1": {"importance": "grouped_l1", "candidates": 1, "guided": 0},
     "eagleeye-gl1": {"importance": "grouped_l1"},
     "eagleeye-cap-gl1": {"importance": "grouped_l1", "latency_cap": "uniform"},
+    # a FLOPs budget with the guided candidates ranked per unit of predicted latency, no latency cap
+    "eagleeye-lat": {"sensitivity_cost": "latency"},
+    # near-ties (SearchConfig.near_tie) broken on predicted latency, per FLOP or per latency ranking
+    "eagleeye-prefer-lat": {"prefer": "latency"},
+    "eagleeye-lat-prefer-lat": {"sensitivity_cost": "latency", "prefer": "latency"},
+    # channels ranked by step-wise removal with the grouped L1 recomputed after each step
+    "uniform-igl1": {"importance": "iterative_grouped_l1", "candidates": 1, "guided": 0},
+    "eagleeye-igl1": {"importance": "iterative_grouped_l1"},
+    "eagleeye-cap-igl1": {"importance": "iterative_grouped_l1", "latency_cap": "uniform"},
 }
 TP_GLOBAL = ("tp-magnitude-global", "tp-groupnorm-global")  # Torch-Pruning with global ranking
 ALL_METHODS = METHODS + tuple(OUR_VARIANTS) + TP_GLOBAL
@@ -208,8 +217,8 @@ def table(rows: list[dict[str, Any]], base: dict[str, Any], sizes: list[int]) ->
                      f"{r['params']:9,} {cells} {pruned} {tuned} {wall}")
     means = []
     for m in dict.fromkeys(r["method"] for r in rows):
-        tuned = [r["map_finetuned"] for r in rows if r["method"] == m]
-        means.append(f"{m} {statistics.mean(tuned):.4f}")
+        tuned = [r["map_finetuned"] for r in rows if r["method"] == m and r["map_finetuned"] is not None]
+        means.append(f"{m} {statistics.mean(tuned):.4f}" if tuned else f"{m} -")
     lines.append("mean mAP50-95 after the fine-tune over seeds: " + ", ".join(means))
     return "\n".join(lines)
 
@@ -249,14 +258,14 @@ def run(args) -> dict[str, Any]:
             row = {"method": method, "seed": seed, "gflops": gflops(pruned, args.imgsz),
                    "params": num_params(pruned), "budget_gflops": budget, **info,
                    **checks(pruned, args.imgsz), "map_pruned": evaluate(pruned, data, args.imgsz)}
-            tuned = finetuned(pruned, data, args, seed)
-            row["map_finetuned"] = evaluate(tuned, data, args.imgsz)
+            tuned = finetuned(pruned, data, args, seed) if args.epochs else pruned
+            row["map_finetuned"] = evaluate(tuned, data, args.imgsz) if args.epochs else None
             rows.append(row)
             models[f"{method}/{seed}"] = tuned
             print(f"[{method} seed {seed}] {row['gflops']:.3f} GFLOPs (budget {budget:.3f}), "
                   f"{row['params']:,} params, pruned in {row['prune_s']:.1f} s; "
                   f"mAP50-95 {row['map_pruned']:.4f} "
-                  f"-> {row['map_finetuned']:.4f} after {args.epochs} epochs; ONNX parity "
+                  f"-> {row['map_finetuned'] or float('nan'):.4f} after {args.epochs} epochs; ONNX parity "
                   f"{row['onnx_parity_error']:.1e}", flush=True)
     lat = latencies(models, args)
     base["ort_ms"] = lat["original"]
@@ -285,7 +294,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="our ratio; its uniform GFLOPs are everyone's budget")
     p.add_argument("--imgsz", type=int, default=256, help="pruning, fine-tune and evaluation size")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--epochs", type=int, default=10, help="fine-tune epochs (every method)")
+    p.add_argument("--epochs", type=int, default=10,
+                   help="fine-tune epochs (every method); 0: no fine-tune (a screen of the picks' latency)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--nominal-batch", type=int, default=64)
     p.add_argument("--candidates", type=int, default=None, help="eagleeye: candidates (library default)")
