@@ -391,3 +391,45 @@ def test_grouped_l1_adds_the_weights_that_read_a_unit_and_its_batchnorm_scales()
     assert IMPORTANCES["grouped_l1"] is grouped_l1_importance
     with pytest.raises(InputError, match="importance"):
         PruneConfig.from_flat(ratio=0.5, importance="l2")
+
+
+def test_iterative_grouped_l1_removes_what_the_pruned_subnets_grouped_l1_ranks_lowest():
+    """Step ``t`` of ``iterative_grouped_l1_importance`` removes, in every group, the units that
+    ``grouped_l1_importance`` of the sub-net actually pruned by steps ``1 .. t-1`` ranks lowest (units mapped
+    between the two graphs through their BatchNorm channels); a unit removed later is worth more."""
+    from yolocompress.compress.prune import prune_channels
+    from yolocompress.compress.prune.importance import (IMPORTANCES, grouped_l1_importance,
+                                                        iterative_grouped_l1_importance)
+
+    model = tiny_model("yolov5n", width=0.5)
+    graph = channel_graph(model)
+    steps, last = 4, 0.6
+    value = iterative_grouped_l1_importance(model, graph, steps=steps, last_ratio=last)
+    keep = graph.full_keep()
+    for t in range(1, steps + 1):
+        sub = prune_channels(model, graph, keep)
+        sub_graph = channel_graph(sub)
+        old_of_new = np.full(sub_graph.n_units, -1)
+        for old, new in zip(graph.norms, sub_graph.norms):
+            assert old.name == new.name
+            kept_old = graph.unit_of[old.ids][keep[graph.unit_of[old.ids]]]
+            old_of_new[sub_graph.unit_of[new.ids]] = kept_old
+        score = np.full(graph.n_units, np.nan)
+        mapped = old_of_new >= 0
+        score[old_of_new[mapped]] = grouped_l1_importance(sub, sub_graph)[mapped]
+        removed_now = np.zeros(graph.n_units, dtype=bool)
+        for group in graph.groups:
+            alive = group.units[keep[group.units]]
+            target = max(1, round(len(group.units) * (1 - last * t / steps)))
+            lowest = alive[np.argsort(score[alive], kind="stable")][:len(alive) - target]
+            assert set(lowest.tolist()) == set(group.units[np.floor(value[group.units]) == t].tolist())
+            removed_now[lowest] = True
+        assert removed_now.any()
+        keep = keep & ~removed_now
+    survivors = np.concatenate([g.units[keep[g.units]] for g in graph.groups])
+    assert (np.floor(value[survivors]) == steps + 1).all()
+    # not the one-shot order: the removal order differs from grouped L1's somewhere
+    one_shot = grouped_l1_importance(model, graph)
+    assert any(not np.array_equal(np.argsort(value[g.units]), np.argsort(one_shot[g.units]))
+               for g in graph.groups)
+    assert IMPORTANCES["iterative_grouped_l1"] is iterative_grouped_l1_importance

@@ -31,7 +31,7 @@ METRICS = ("map50_95", "map50", "fitness")
 PREFER = ("accuracy", "latency")
 LATENCY_CAPS = ("none", "uniform")
 SENSITIVITY_COSTS = ("auto", "flops", "latency")
-IMPORTANCE_NAMES = ("l1", "grouped_l1")
+IMPORTANCE_NAMES = ("l1", "grouped_l1", "iterative_grouped_l1")
 PROBE_SIDES = ("both", "less", "more")
 PROBE_METRICS = ("map", "box_loss", "distortion")
 SCORE_PRECISIONS = ("auto", "fp32", "bf16")
@@ -119,12 +119,15 @@ class SearchConfig:
             *predicted* latency is also at most the uniform strategy's (the per-layer latency table's,
             measured once on this CPU at ``imgsz`` and cached), so the pick is not slower than pruning
             every layer alike at the same FLOPs; ``"none"``: FLOPs only. Ignored with ``target_latency``.
-        importance: which channels of a group a sub-net keeps: ``"grouped_l1"`` (the default: the largest
+        importance: which channels of a group a sub-net keeps: ``"iterative_grouped_l1"`` (the default:
+            ranked by when step-wise pruning by grouped L1, recomputed on what is left after each step,
+            removes them, as Torch-Pruning's iterative pruners keep them), ``"grouped_l1"`` (ranked once: the
             summed L1 norm of the filters producing them, the weights that read them and their BatchNorm
-            scales, Torch-Pruning's grouped magnitude) or ``"l1"`` (the producing filters only, the paper's;
-            the default until 2026-12-06); ``prune.importance``. Shipped baseline, ratio 0.5, the same
-            10-epoch fine-tune, seeds 0 and 1 (``bench_prune_peers.py``): the default search's pick ended at
-            0.6050 / 0.6114 mAP50-95 with ``grouped_l1`` against 0.5849 / 0.5542 with ``l1``.
+            scales; the default on 2026-12-06) or ``"l1"`` (the producing filters only, the paper's);
+            ``prune.importance``. Shipped baseline, ratio 0.5, seeds 0 / 1 / 2, the prune stage's 20-epoch
+            fine-tune, 2048 val images: the default search's pick ended at 0.6611 / 0.6621 / 0.6611 mAP50-95
+            with the iterative ranking, 0.6450 / 0.6525 / 0.6542 with ``grouped_l1`` and 0.6489 / 0.6296 /
+            0.6311 with ``l1`` (benchmarks/RESULTS.md).
         sensitivity_cost: what a probe's score change is divided by to rank the groups for the guided
             candidates: ``"flops"`` (score per FLOP kept), ``"latency"`` (score per unit of *predicted*
             latency kept: a budget-bound search then prunes first what costs latency and buys little score)
@@ -178,7 +181,7 @@ class SearchConfig:
     probe_precision: str = "fp32"
     score_conf_thres: float = 0.01
     sensitivity_cost: str = "auto"
-    importance: str = "grouped_l1"
+    importance: str = "iterative_grouped_l1"
 
     def __post_init__(self) -> None:
         _at_least(self, ("candidates", "calib_batches", "calib_batch", "eval_images", "eval_batch",
