@@ -167,7 +167,7 @@ def test_guided_strategies_prune_the_least_sensitive_groups_most():
 
 def test_guided_candidates_come_from_scored_probes(tiny_data):
     model = tiny_model("yolov5n", nc=tiny_data.nc, width=0.125)
-    neck = {**FAST, "exclude": tuple(str(i) for i in range(9))}   # the backbone excluded: fewer probes, faster
+    neck = {**FAST, "exclude": tuple(str(i) for i in range(9))}   # backbone excluded: fewer probes, faster
     cfg = PruneConfig.from_flat(ratio=0.5, **{**neck, "candidates": 5, "guided": 2})
     _, report = prune_model(model, tiny_data, cfg)
     d = report.details
