@@ -265,7 +265,8 @@ def run(args) -> dict[str, Any]:
             print(f"[{method} seed {seed}] {row['gflops']:.3f} GFLOPs (budget {budget:.3f}), "
                   f"{row['params']:,} params, pruned in {row['prune_s']:.1f} s; "
                   f"mAP50-95 {row['map_pruned']:.4f} "
-                  f"-> {row['map_finetuned'] or float('nan'):.4f} after {args.epochs} epochs; ONNX parity "
+                  f"-> {'-' if row['map_finetuned'] is None else format(row['map_finetuned'], '.4f')} "
+                  f"after {args.epochs} epochs; ONNX parity "
                   f"{row['onnx_parity_error']:.1e}", flush=True)
     lat = latencies(models, args)
     base["ort_ms"] = lat["original"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from yolocompress.models import DetectionModel, build_model, list_configs
+from yolocompress.models import DetectionModel, build_model, list_configs, load_config
 from yolocompress.models.activations import parse_activation
 from yolocompress.errors import InputError
 
@@ -128,8 +128,6 @@ def test_resolved_config_rebuilds_identical_model():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_exports_to_onnx_and_matches(name, tmp_path):
     from yolocompress.export.onnx import export_onnx, verify_onnx
-
-    from yolocompress.models import load_config
 
     cfg = load_config(name)
     if float(cfg.get("width_multiple", 1.0)) > 0.5:  # m / l / x: the same graph at a quarter of the channels
