@@ -152,7 +152,8 @@ def part_accuracy(args) -> dict:
     if ed["probes"]:
         print(f"probes: {ed['probes']} sub-nets in {t['probes']:.1f} s (sensitivity of each group, for the "
               f"guided candidates)")
-    marks = [("*" if c["chosen"] else "") + ("g" if c["kind"] == "guided" else "") for c in ed["candidates"]]
+    marks = [("*" if c["chosen"] else "") + ("g" if c["kind"].startswith("guided") else "")
+             for c in ed["candidates"]]
     print("candidate scores: " + ", ".join(("rejected" if c["score"] is None else f"{c['score']:.4f}") + m
                                            for c, m in zip(ed["candidates"], marks)))
     print("(* chosen, g guided; rejected: dropped early on the probes' data)")
@@ -231,7 +232,7 @@ def part_search_speed(args) -> dict:
                    "chosen_kind": chosen["kind"], "score": chosen["score"],
                    "val_map50_95": d["after_search"]["map50_95"],
                    "pick": [g["kept"] for g in d["groups"]],
-                   "sensitivity": [g["score_per_gflop"] for g in d["sensitivity"]],
+                   "sensitivity": [g.get("score_per_gflop") for g in d["sensitivity"]],
                    "scores": [c["score"] for c in d["candidates"]],
                    "kinds": [c["kind"] for c in d["candidates"]]}
             rows.append(row)
@@ -262,7 +263,8 @@ def part_search_speed(args) -> dict:
         last = [x for x in rows if x["variant"] == spec][-1]
         dropped = [i for i, v in enumerate(last["scores"]) if v is None]
         if dropped:
-            full = [ref["scores"][i] for i in dropped if last["kinds"][i] != "guided" and ref["scores"][i]]
+            full = [ref["scores"][i] for i in dropped
+                    if not last["kinds"][i].startswith("guided") and ref["scores"][i]]
             print(f"{spec}: {len(dropped)} candidates rejected early ({', '.join(map(str, dropped))}); "
                   f"full scores of the non-guided ones in the {ref['variant']!r} run: "
                   + (f"max {max(full):.4f}" if full else "none") + f" (its pick: {ref['score']:.4f})")
@@ -338,9 +340,10 @@ def part_equal_latency(args) -> dict:
         b = report.details["budget"]
         info[label] = {"search_s": time.perf_counter() - t0, "predicted_ratio": b["predicted_ratio"],
                        "measured_ratio@imgsz(prune_model)": b["measured_ratio"],
-                       "score": report.details["candidates"][report.details["chosen"]]["score"]}
-        print(f"[{label}] searched in {info[label]['search_s']:.0f} s; pick score "
-              f"{info[label]['score']:.4f}, "
+                       "score": report.details["candidates"][report.details["chosen"]]["score"],
+                       "kind": report.details["candidates"][report.details["chosen"]]["kind"]}
+        print(f"[{label}] searched in {info[label]['search_s']:.0f} s; pick #{report.details['chosen']} "
+              f"({info[label]['kind']}) score {info[label]['score']:.4f}, "
               f"{gflops(nets[label], args.imgsz):.3f} GFLOPs@{args.imgsz}", flush=True)
     print(f"CPU: {cpu_name()} ({' '.join(cpu_flags())}); ONNX Runtime, {args.threads} threads, batch 1, "
           f"interleaved: 10 warm-up + {args.runs} timed runs in 5 rounds (median)")

@@ -121,7 +121,7 @@ def test_group_sensitivity_per_latency_divides_by_the_predicted_latency_change()
     """``cost="latency"``: score per unit of predicted latency ratio; a probe that leaves the predicted
     latency as it is (channels within one block) gives nothing; ``auto`` is latency when it is bounded."""
     from yolocompress.compress.prune import PruneConfig
-    from yolocompress.compress.prune.search import sensitivity_cost
+    from yolocompress.compress.prune.search import sensitivity_cost, sensitivity_costs
 
     s = lambda flops, latency: Strategy(np.zeros(3), {}, flops, latency=latency)  # noqa: E731
     center = s(100.0, 0.50)
@@ -137,7 +137,9 @@ def test_group_sensitivity_per_latency_divides_by_the_predicted_latency_change()
         group_sensitivity(s(100.0, None), 0.5, probes, [0.7, 0.45, 0.3, 0.6], 3, cost="latency")
     assert sensitivity_cost(PruneConfig.from_flat(ratio=0.5)) == "flops"
     assert sensitivity_cost(PruneConfig.from_flat(ratio=0.5, latency_cap="uniform")) == "latency"
-    assert sensitivity_cost(PruneConfig.from_flat(target_latency=0.5)) == "latency"
+    assert sensitivity_cost(PruneConfig.from_flat(target_latency=0.5)) == "both"
+    assert sensitivity_costs(PruneConfig.from_flat(target_latency=0.5)) == ("latency", "flops")
+    assert sensitivity_costs(PruneConfig.from_flat(ratio=0.5, latency_cap="uniform")) == ("latency",)
     assert sensitivity_cost(PruneConfig.from_flat(target_latency=0.5, sensitivity_cost="flops")) == "flops"
     with pytest.raises(InputError, match="sensitivity_cost"):
         PruneConfig.from_flat(ratio=0.5, sensitivity_cost="params")

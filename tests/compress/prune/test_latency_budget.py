@@ -146,6 +146,23 @@ def test_every_candidate_of_a_latency_budget_fits_it_and_the_search_is_determini
     assert [s.counts for s in again.strategies] == [s.counts for s in plan.strategies[:6]]
 
 
+def test_a_latency_budget_shares_the_guided_candidates_between_both_rankings(model):
+    cfg = PruneConfig.from_flat(ratio=None, target_latency=0.5, **{**FAST, "candidates": 8, "guided": 5})
+    plan = plan_search(model, cfg)
+    n = len(plan.space.searchable)
+    rng = np.random.default_rng(1)
+    per_latency, per_flop = rng.random(n), rng.random(n)
+    add_guided(plan, {"latency": per_latency, "flops": per_flop})
+    kinds = [s.kind for s in plan.strategies]
+    assert kinds == ["uniform"] + ["random"] * 2 + ["guided-latency"] * 3 + ["guided-flops"] * 2
+    assert all(s.latency <= 0.5 for s in plan.strategies)
+    # each ranking's candidates are what that ranking alone builds (the same taus for its share)
+    assert [s.counts for s in plan.strategies[3:6]] == [
+        s.counts for s in plan.space.guided(per_latency, plan.limit, 3)]
+    assert [s.counts for s in plan.strategies[6:]] == [
+        s.counts for s in plan.space.guided(per_flop, plan.limit, 2)]
+
+
 def test_a_budget_keeps_the_margin_of_the_most_under_predicted_calibration_subnet(model, stub_timer,
                                                                                   monkeypatch):
     exact = stub_timer.__call__
@@ -221,7 +238,8 @@ def test_prefer_latency_picks_the_faster_of_near_tied_candidates():
 def test_prune_model_reports_the_latency_budget_predicted_and_measured(model, tiny_data):
     net = tiny_model("yolov5n", nc=tiny_data.nc, width=0.25)
     cfg = PruneConfig.from_flat(ratio=None, target_latency=0.6, prefer="latency", near_tie=1.0,
-                                latency_threads=1, **{**FAST, "candidates": 3})
+                                latency_threads=1, probe_sides="less", exclude=("0", "1", "2"),
+                                **{**FAST, "candidates": 3, "guided": 2})   # fewer probes: faster
     _, report = prune_model(net, tiny_data, cfg)
     d = report.details
     budget, candidates = d["budget"], d["candidates"]
@@ -240,6 +258,11 @@ def test_prune_model_reports_the_latency_budget_predicted_and_measured(model, ti
     assert budget["prediction_error"] == pytest.approx(budget["measured_ratio"] / budget["predicted_ratio"] - 1)
     assert budget["uniform"]["predicted_ratio"] == candidates[0]["latency_ratio"]
     assert budget["uniform"]["measured_ratio"] > 0
+    # the guided candidates: one per ranking, from the same probes; the report has both sensitivities
+    assert d["sensitivity_cost"] == "both" and [c["kind"] for c in candidates] == [
+        "uniform", "guided-latency", "guided-flops"]
+    assert d["sensitivity"] and all({"score_per_latency", "score_per_gflop"} <= set(r)
+                                    for r in d["sensitivity"])
     json.dumps(report.to_dict())  # JSON-ready
 
 

@@ -30,7 +30,7 @@ from yolocompress.errors import InputError
 METRICS = ("map50_95", "map50", "fitness")
 PREFER = ("accuracy", "latency")
 LATENCY_CAPS = ("none", "uniform")
-SENSITIVITY_COSTS = ("auto", "flops", "latency")
+SENSITIVITY_COSTS = ("auto", "flops", "latency", "both")
 IMPORTANCE_NAMES = ("l1", "grouped_l1", "iterative_grouped_l1")
 PROBE_SIDES = ("both", "less", "more")
 PROBE_METRICS = ("map", "box_loss", "distortion")
@@ -130,9 +130,12 @@ class SearchConfig:
             0.6311 with ``l1`` (benchmarks/RESULTS.md).
         sensitivity_cost: what a probe's score change is divided by to rank the groups for the guided
             candidates: ``"flops"`` (score per FLOP kept), ``"latency"`` (score per unit of *predicted*
-            latency kept: a budget-bound search then prunes first what costs latency and buys little score)
-            or ``"auto"``: latency when every candidate's predicted latency is bounded (``target_latency``,
-            ``latency_cap="uniform"``), else FLOPs.
+            latency kept: a budget-bound search then prunes first what costs latency and buys little score),
+            ``"both"`` (half the guided candidates ranked each way, from the same probes) or ``"auto"``:
+            both with ``target_latency``, latency with ``latency_cap="uniform"``, else FLOPs. Which ranking
+            gives the better latency pick depends on the machine's latency table: per latency lifted the 256
+            px proxy of item 2 by 3.8-5.9 points on one instance, per FLOP by 7.7 on another of the same CPU
+            model (benchmarks/RESULTS.md); the candidates of both compete on the same adaptive-BN score.
         score_precision, probe_precision: the arithmetic of the scoring passes (BN re-estimation and
             held-out inference) of the candidates and of the probes: ``"fp32"``, ``"bf16"`` (CPU bfloat16
             autocast, :class:`~yolocompress.compress.prune.scoring.SubnetScorer`) or ``"auto"``: bf16 on a

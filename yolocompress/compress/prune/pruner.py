@@ -120,15 +120,15 @@ def prune_model(model: nn.Module, data_cfg: Any, config: PruneConfig | None = No
         prunable group, channels before and after), ``candidates`` (kind, GFLOPs, held-out score, mean
         ratio), ``candidates_per_minute``, ``timing_s`` (seconds per phase; ``bn_recalibration``,
         ``inference``, ``nms_map`` summed over candidates), ``distributed_ranks``, ``probes`` (sub-nets
-        scored for ``sensitivity``: score gained per GFLOP kept, or with ``sensitivity_cost`` ``"latency"``
-        per unit of predicted latency ratio kept, per searchable group; empty without guided candidates),
-        ``sensitivity_cost`` (which of the two), ``score_precision`` / ``probe_precision`` (``"fp32"`` or
-        ``"bf16"``: what the candidates and the probes were scored in, ``SearchConfig.score_precision``
-        resolved on this CPU), ``budget``
-        (:func:`budget_summary`: the budget's kind and target, the chosen
-        candidate's and the uniform strategy's predicted and measured latency ratios), ``preference``
-        (:func:`preference_summary`) and ``notes``. ONNX Runtime latencies (``before``/``after``, the
-        ``budget``'s measured ratios) are measured when ``latency`` or ``target_latency``.
+        scored for ``sensitivity``: score gained per GFLOP kept, ``score_per_gflop``, and/or per unit of
+        predicted latency ratio kept, ``score_per_latency``, per searchable group; empty without guided
+        candidates), ``sensitivity_cost`` (``"flops"``, ``"latency"`` or ``"both"``), ``score_precision``
+        / ``probe_precision`` (``"fp32"`` or ``"bf16"``: what the candidates and the probes were scored in,
+        ``SearchConfig.score_precision`` resolved on this CPU), ``budget`` (:func:`budget_summary`: the
+        budget's kind and target, the chosen candidate's and the uniform strategy's predicted and measured
+        latency ratios), ``preference`` (:func:`preference_summary`) and ``notes``. ONNX Runtime latencies
+        (``before``/``after``, the ``budget``'s measured ratios) are measured when ``latency`` or
+        ``target_latency``.
     """
     from yolocompress.engine import distributed as dist_utils
 
@@ -287,11 +287,11 @@ def _report(base: nn.Module, final: nn.Module, cfg: PruneConfig, found: SearchRe
                "excluded": g.index in plan.excluded, "searchable": g.index in plan.space.searchable}
               for g in graph.groups]
     cost = sensitivity_cost(cfg)
-    per_latency = cost == "latency"
+    sens_keys = {"latency": ("score_per_latency", 1.0), "flops": ("score_per_gflop", 1e9)}
     sens_rows = [{"group": g, "name": graph.groups[g].name, "layer": graph.groups[g].layer_index,
-                  **({"score_per_latency": None if not np.isfinite(v) else float(v)} if per_latency else
-                     {"score_per_gflop": None if not np.isfinite(v) else float(v) * 1e9})}
-                 for g, v in zip(plan.space.searchable, found.sensitivity)] if found.probes else []
+                  **{sens_keys[c][0]: None if not np.isfinite(v[j]) else float(v[j]) * sens_keys[c][1]
+                     for c, v in found.sensitivity.items()}}
+                 for j, g in enumerate(plan.space.searchable)] if found.probes else []
     search_s = timing.get("search", 0.0)
     fraction = plan.budget / plan.base_flops
     if cfg.target_latency is not None:

@@ -57,11 +57,25 @@ class SearchPlan:
     latency_margin: float = 0.0  # a latency budget's guard: candidates fit target / (1 + margin)
 
 
-def add_guided(plan: SearchPlan, sensitivity: np.ndarray) -> None:
-    """Append ``plan.n_guided`` sensitivity-guided strategies (``StrategySpace.guided``) to the candidates."""
-    if plan.n_guided:
-        plan.strategies.extend(plan.space.guided(sensitivity, plan.limit or plan.budget, plan.n_guided))
-        plan.n_guided = 0
+def add_guided(plan: SearchPlan, sensitivity: np.ndarray | Mapping[str, np.ndarray]) -> None:
+    """Append ``plan.n_guided`` sensitivity-guided strategies (``StrategySpace.guided``) to the candidates.
+
+    ``sensitivity``: one ranking (score per cost, per searchable group), or several by name (``{"latency":
+    ..., "flops": ...}``), which share the guided candidates in the given order (the first gets the odd one);
+    with more than one, each ranking's strategies are of kind ``"guided-<name>"``."""
+    if not plan.n_guided:
+        return
+    if not isinstance(sensitivity, Mapping) or len(sensitivity) == 1:
+        sens = next(iter(sensitivity.values())) if isinstance(sensitivity, Mapping) else sensitivity
+        plan.strategies.extend(plan.space.guided(sens, plan.limit or plan.budget, plan.n_guided))
+    else:
+        names = list(sensitivity)
+        for k, name in enumerate(names):
+            n = plan.n_guided // len(names) + (1 if k < plan.n_guided % len(names) else 0)
+            if n:
+                plan.strategies.extend(plan.space.guided(sensitivity[name], plan.limit or plan.budget, n,
+                                                         kind=f"guided-{name}"))
+    plan.n_guided = 0
 
 
 # the sub-nets measured whole to calibrate a latency table: the uniform strategy at these ratios, and this
@@ -156,7 +170,7 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     if not space.searchable:
         raise InputError("nothing to prune: no channel group has more than --min-channels channels")
     if (cfg.target_latency is not None or cfg.search.prefer == "latency" or cfg.latency_capped
-            or sensitivity_cost(cfg) == "latency"):
+            or "latency" in sensitivity_costs(cfg)):
         space.latency = latency_cost(model, graph, cfg, space)
     base_flops = cost.flops(graph.full_keep())
     limit, margin = None, 0.0
@@ -315,12 +329,12 @@ def _score_sharded(base: nn.Module, plan: SearchPlan, strategies: list, scorer: 
 
 def _probe_sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
                        on_progress: ProgressCallback | None = None, log: SearchLog | None = None
-                       ) -> tuple[np.ndarray, int]:
+                       ) -> tuple[dict[str, np.ndarray], int]:
     """Score the uniform strategy and its one-group probes (the sides ``cfg.search.probe_sides``) on the first
     ``probe_calib_batches`` and ``probe_images`` of ``scorer``'s data, by ``cfg.search.metric`` or (with
     ``probe_metric`` ``"box_loss"`` or ``"distortion"``) by minus their box loss or their head distortion
-    from ``base``; returns ``(score per FLOP or per latency (:func:`sensitivity_cost`) per searchable group,
-    number of sub-nets scored)``."""
+    from ``base``; returns ``({cost: score per unit of it per searchable group} for each cost of
+    :func:`sensitivity_costs`, number of sub-nets scored)``: the same probes give every ranking."""
     s = cfg.search
     probes = [p for p in plan.space.probes(plan.uniform, s.probe_step)
               if s.probe_sides in ("both", p.direction)]
@@ -333,19 +347,29 @@ def _probe_sensitivity(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, 
     rows, _, _ = _score_sharded(base, plan, [plan.uniform] + [p.strategy for p in probes], head, metric,
                                 ctx, "probes", on_progress, log)
     scores = [r["score"] for r in rows]
-    sens = group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable),
-                             sensitivity_cost(cfg))
+    sens = {cost: group_sensitivity(plan.uniform, scores[0], probes, scores[1:], len(plan.space.searchable),
+                                    cost) for cost in sensitivity_costs(cfg)}
     return sens, len(rows)
 
 
 def sensitivity_cost(cfg: PruneConfig) -> str:
-    """What the probes' score changes are divided by (``SearchConfig.sensitivity_cost`` resolved):
-    ``"latency"`` when set, or with ``"auto"`` when every candidate's predicted latency is bounded
-    (``target_latency`` or the uniform latency cap); else ``"flops"``."""
+    """What the probes' score changes are divided by (``SearchConfig.sensitivity_cost`` resolved): the
+    setting when not ``"auto"``; with ``"auto"``, ``"both"`` under a latency budget (``target_latency``: the
+    guided candidates are shared by the two rankings, since which one wins depends on the machine's latency
+    table), ``"latency"`` under the uniform latency cap, else ``"flops"``."""
     setting = cfg.search.sensitivity_cost
     if setting == "auto":
-        return "latency" if cfg.target_latency is not None or cfg.latency_capped else "flops"
+        if cfg.target_latency is not None:
+            return "both"
+        return "latency" if cfg.latency_capped else "flops"
     return setting
+
+
+def sensitivity_costs(cfg: PruneConfig) -> tuple[str, ...]:
+    """The rankings of the guided candidates, in the order they share them: ``("latency", "flops")`` for
+    :func:`sensitivity_cost` ``"both"``, else that one."""
+    cost = sensitivity_cost(cfg)
+    return ("latency", "flops") if cost == "both" else (cost,)
 
 
 def _score_candidates(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, cfg: PruneConfig, ctx: Any,
@@ -390,15 +414,16 @@ def score_precision(setting: str, device: Any) -> str:
 @dataclass
 class SearchResult:
     """What the search found: its plan, every candidate's row, the chosen one (index and sub-net after
-    adaptive BN, in fp32), the probes' sensitivity per searchable group (NaN without guided candidates), the
-    number of probes scored, seconds per phase, the search log (``None`` without one) and the precision the
-    candidates and the probes were scored in (:func:`score_precision`)."""
+    adaptive BN, in fp32), the probes' sensitivity per searchable group by cost (``{"flops": ...}``,
+    ``{"latency": ...}`` or both: :func:`sensitivity_costs`; empty without guided candidates), the number of
+    probes scored, seconds per phase, the search log (``None`` without one) and the precision the candidates
+    and the probes were scored in (:func:`score_precision`)."""
 
     plan: SearchPlan
     candidates: list[dict[str, Any]]
     chosen: int
     winner: nn.Module
-    sensitivity: np.ndarray
+    sensitivity: dict[str, np.ndarray]
     probes: int
     timing: dict[str, float]
     log: SearchLog | None
@@ -434,7 +459,7 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
         scoring = {"imgsz": cfg.imgsz, "seed": cfg.seed, "conf_thres": cfg.conf_thres, **asdict(s),
                    "score_precision": precision, "probe_precision": probe_precision}
         log = SearchLog(path, search_fingerprint(base, data, scoring), cfg.resume)
-    sensitivity = np.full(len(plan.space.searchable), np.nan)
+    sensitivity: dict[str, np.ndarray] = {}
     n_probes = 0
     if plan.n_guided:  # probes (sensitivity per group) for the guided candidates
         t0 = time.perf_counter()
@@ -457,4 +482,5 @@ def search(base: nn.Module, data: Any, cfg: PruneConfig, stride: int, device: An
 
 
 __all__ = ["SearchPlan", "SearchResult", "add_guided", "best_scored", "choose_candidate", "latency_cost",
-           "plan_search", "resolve_exclusions", "score_precision", "search", "sensitivity_cost"]
+           "plan_search", "resolve_exclusions", "score_precision", "search", "sensitivity_cost",
+           "sensitivity_costs"]

@@ -162,7 +162,8 @@ class StrategySpace:
                     out.append(Probe(j, direction, s))
         return out
 
-    def guided(self, sensitivity: np.ndarray, budget: float | Budget, n: int) -> list[Strategy]:
+    def guided(self, sensitivity: np.ndarray, budget: float | Budget, n: int,
+               kind: str = "guided") -> list[Strategy]:
         """``n`` strategies that prune the groups in the inverse order of their ``sensitivity`` (score per
         FLOP or per latency, one value per searchable group, NaN: unknown), each scaled to just fit
         ``budget``.
@@ -170,7 +171,8 @@ class StrategySpace:
         With ``z_j`` the group's sensitivity rank in ``[0, 1]`` (0: the most sensitive per cost; unknown
         groups sit in the middle) the i-th strategy (``tau = i / n``) sets ``u_j = 1 - tau (1 - z_j)``
         before scaling: ``tau`` near 0 is the uniform strategy, ``tau = 1`` keeps the most sensitive group
-        whole and prunes the least sensitive ones the most. Adaptive BN then picks among them."""
+        whole and prunes the least sensitive ones the most. Adaptive BN then picks among them. ``kind``: the
+        strategies' kind."""
         sens = np.asarray(sensitivity, dtype=np.float64)
         if sens.shape != (len(self.searchable),):
             raise ValueError(f"need one sensitivity per searchable group ({len(self.searchable)}), "
@@ -180,7 +182,7 @@ class StrategySpace:
         if len(known) > 1:
             order = known[np.lexsort((known, -sens[known]))]   # most sensitive first, ties by position
             z[order] = np.arange(len(order)) / (len(order) - 1)
-        return [self._scaled(1.0 - (i / n) * (1.0 - z), budget, "guided") for i in range(1, n + 1)]
+        return [self._scaled(1.0 - (i / n) * (1.0 - z), budget, kind) for i in range(1, n + 1)]
 
     def _scaled(self, u: np.ndarray, budget: float | Budget, kind: str) -> Strategy:
         """``u`` scaled by the smallest factor (bisection) whose strategy fits ``budget``; every strategy
