@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from yolocompress.cli import main
-from yolocompress.compress.prune import PruneConfig, channel_graph, prune_channels, prune_model
+from yolocompress.compress.prune import ChannelRules, PruneConfig, channel_graph, prune_channels, prune_model
 from yolocompress.compress.prune.cost import LatencyCost
 from yolocompress.compress.prune import search as search_module
 from yolocompress.compress.prune.search import (CALIBRATION_RANDOM, CALIBRATION_RATIOS, add_guided,
@@ -19,7 +19,7 @@ from yolocompress.compress.prune.strategy import Strategy
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import save_model
 from yolocompress.profile import latency_table as latency_table_module
-from yolocompress.profile.latency_table import LayerShape, latency_table
+from yolocompress.profile.latency_table import LayerShape, channel_block, latency_table
 
 from .conftest import tiny_model
 
@@ -201,6 +201,19 @@ def test_a_latency_cap_keeps_every_candidate_within_the_flops_budget_and_uniform
     # the same seed gives the same capped strategies
     again = plan_search(model, cfg)
     assert [s.counts for s in again.strategies] == [s.counts for s in plan.strategies[:6]]
+
+
+@pytest.mark.parametrize("flags,block", [(["avx2", "avx512f"], 16), (["avx2"], 8)])
+def test_a_latency_budget_rounds_widths_to_the_cpus_channel_block_unless_told(monkeypatch, flags, block):
+    monkeypatch.setattr(latency_table_module, "channel_block", channel_block)   # the real one (the stub's: 1)
+    monkeypatch.setattr(latency_table_module, "cpu_flags", lambda: flags)
+    assert PruneConfig(target_latency=0.5).channels.round_to == block
+    assert PruneConfig.from_flat(target_latency=0.5, min_channels=4).channels == ChannelRules(4, block)
+    assert PruneConfig.from_flat(target_latency=0.5, round_to=8).channels.round_to == 8   # given: kept
+    assert PruneConfig(ratio=0.5).channels.round_to == 8 and PruneConfig().channels.round_to == 8
+    assert PruneConfig(target_latency=0.5).to_dict()["channels"]["round_to"] == block   # reported as used
+    with pytest.raises(ValueError, match="round_to is not set"):
+        ChannelRules().keep_count(64, 0.5)
 
 
 def test_a_latency_budget_below_what_min_channels_allows_is_refused(model):

@@ -25,19 +25,23 @@ class ChannelRules:
     """How many units of a group may be kept.
 
     ``min_channels``: never keep fewer units than this (groups with no more units are not pruned);
-    ``round_to``: keep a multiple of this many units (hardware-friendly widths), unless all are kept.
+    ``round_to``: keep a multiple of this many units (hardware-friendly widths), unless all are kept; ``None``
+    (the default): not chosen yet, which ``PruneConfig`` sets by its budget (``config.default_round_to``);
+    the rules cannot be applied before.
     """
 
     min_channels: int = 8
-    round_to: int = 8
+    round_to: int | None = None
 
     def __post_init__(self) -> None:
-        if self.min_channels < 1 or self.round_to < 1:
+        if self.min_channels < 1 or (self.round_to is not None and self.round_to < 1):
             raise InputError(f"min_channels and round_to must be >= 1, got {self.min_channels}, "
                              f"{self.round_to}")
 
     def floor(self, n: int) -> int:
         """The fewest units a group of ``n`` may keep."""
+        if self.round_to is None:
+            raise ValueError("ChannelRules.round_to is not set (PruneConfig sets it by the budget)")
         low = max(self.min_channels, self.round_to if n >= self.round_to else 1)
         return min(n, low)
 
@@ -45,12 +49,13 @@ class ChannelRules:
         """Units kept when a group of ``n`` units is pruned by ``ratio`` (0 keeps all)."""
         if ratio <= 0:
             return n
+        low = self.floor(n)
         k = n * (1.0 - ratio)
         if self.round_to > 1:
             k = math.floor(k / self.round_to + 0.5) * self.round_to
         else:
             k = math.floor(k + 0.5)
-        return int(min(n, max(self.floor(n), k)))
+        return int(min(n, max(low, k)))
 
     def prunable(self, n: int) -> bool:
         return self.floor(n) < n
