@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from yolocompress.compress.prune import PruneConfig, prune_model
+    from yolocompress.compress.prune.config import default_round_to
     from yolocompress.data import load_data_config
     from yolocompress.demo import baseline_path, demo_data
     from yolocompress.io.checkpoint import load_model
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> dict:
     print(f"CPU: {cpu_name()}; ISA flags: {' '.join(cpu_flags()) or '-'}; ONNX Runtime, {args.threads} "
           f"threads, batch 1, {args.imgsz} px; model {args.model or 'the shipped baseline'}", flush=True)
     t0 = time.perf_counter()
-    table = latency_table(model, args.imgsz, threads=args.threads, round_to=args.round_to)
+    round_to = args.round_to or default_round_to(latency_budget=True)
+    table = latency_table(model, args.imgsz, threads=args.threads, round_to=round_to)
     table_s = time.perf_counter() - t0
     print(f"latency table: {len(table.ms)} layer shapes, {table.measured} measured now in {table_s:.0f} s "
           f"({'cache' if table.measured == 0 else 'measured'}: {table.path}); calibration "
@@ -45,12 +47,12 @@ def run(args: argparse.Namespace) -> dict:
                                     candidates=args.candidates, guided=args.guided,
                                     eval_images=args.eval_images, calib_batches=args.calib_batches,
                                     finetune_epochs=0, seed=args.seed,
-                                    latency_threads=args.threads, eval_baseline=False, round_to=args.round_to)
+                                    latency_threads=args.threads, eval_baseline=False, round_to=round_to)
         t0 = time.perf_counter()
         _, report = prune_model(model, data, cfg)
         prune_s = time.perf_counter() - t0
         calibration = latency_table(model, args.imgsz, threads=args.threads,
-                                    round_to=args.round_to).calibration
+                                    round_to=round_to).calibration
         f = calibration["fixed_fraction"] if calibration else 0.0
         d = report.details
         budget = d["budget"]
@@ -91,7 +93,8 @@ def main() -> None:
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--target-latency", type=float, nargs="+", default=[0.5], help="one search per target")
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped baseline)")
-    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--round-to", type=int, default=None,
+                   help="default: a latency budget's (the CPU's channel block: 16 with AVX-512, else 8)")
     p.add_argument("--candidates", type=int, default=6)
     p.add_argument("--guided", type=int, default=0)
     p.add_argument("--eval-images", type=int, default=64,

@@ -78,6 +78,9 @@ OUR_VARIANTS: dict[str, dict[str, Any]] = {
     "uniform-igl1": {"importance": "iterative_grouped_l1", "candidates": 1, "guided": 0},
     "eagleeye-igl1": {"importance": "iterative_grouped_l1"},
     "eagleeye-cap-igl1": {"importance": "iterative_grouped_l1", "latency_cap": "uniform"},
+    # not at equal GFLOPs: a latency budget at about Torch-Pruning's measured latency (widths in the CPU's
+    # channel block, the latency budget's default)
+    "eagleeye-lat0.55": {"target_latency": 0.55},
 }
 TP_GLOBAL = ("tp-magnitude-global", "tp-groupnorm-global")  # Torch-Pruning with global ranking
 ALL_METHODS = METHODS + tuple(OUR_VARIANTS) + TP_GLOBAL
@@ -131,6 +134,8 @@ def our_prune(model: nn.Module, data: Any, method: str, args, seed: int,
                   if v is not None}
     variant = OUR_VARIANTS.get(method, {})
     size = {"ratio": args.ratio} if budget is None else {"target_gflops": budget}
+    if "target_latency" in variant:  # its own budget
+        size = {"ratio": None}
     cfg = PruneConfig.from_flat(**size, imgsz=args.imgsz, finetune_epochs=0, eval_baseline=False,
                                 seed=seed, latency_threads=args.threads, **search, **variant)
     t0 = time.perf_counter()
