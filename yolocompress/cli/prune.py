@@ -185,6 +185,8 @@ def budget_lines(budget: Mapping[str, Any], preference: Mapping[str, Any],
                        f"{100 * budget['latency_margin']:.1f}%")
         if budget.get("latency_cap") == "uniform":
             target += ", latency capped at uniform's"
+        if (budget.get("round_to") or 1) > 1:
+            target += f", widths in multiples of {budget['round_to']}"
         error = ("" if budget["prediction_error"] is None
                  else f", prediction error {100 * budget['prediction_error']:+.1f}%")
         lines.append(f"latency ratio (budget {target}): chosen predicted "

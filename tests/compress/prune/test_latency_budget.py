@@ -250,15 +250,16 @@ def test_prefer_latency_picks_the_faster_of_near_tied_candidates():
 
 def test_prune_model_reports_the_latency_budget_predicted_and_measured(model, tiny_data):
     net = tiny_model("yolov5n", nc=tiny_data.nc, width=0.25)
-    cfg = PruneConfig.from_flat(ratio=None, target_latency=0.6, prefer="latency", near_tie=1.0,
-                                latency_threads=1, probe_sides="less", exclude=("0", "1", "2"),
-                                **{**FAST, "candidates": 3, "guided": 2})   # fewer probes: faster
+    # the probes of the guided candidates on the neck only (the backbone excluded): fewer of them, faster
+    cfg = PruneConfig.from_flat(ratio=None, target_latency=0.85, prefer="latency", near_tie=1.0,
+                                latency_threads=1, probe_sides="less", exclude=tuple(map(str, range(9))),
+                                **{**FAST, "candidates": 3, "guided": 2})
     _, report = prune_model(net, tiny_data, cfg)
     d = report.details
     budget, candidates = d["budget"], d["candidates"]
-    assert budget["kind"] == "latency" and budget["target"] == 0.6
-    assert budget["latency_margin"] == 0.0 and budget["search_limit"] == 0.6   # the stub is exactly affine
-    assert all(c["latency_ratio"] <= 0.6 for c in candidates)
+    assert budget["kind"] == "latency" and budget["target"] == 0.85
+    assert budget["latency_margin"] == 0.0 and budget["search_limit"] == 0.85   # the stub is exactly affine
+    assert all(c["latency_ratio"] <= 0.85 for c in candidates)
     # near_tie 1.0: every candidate ties, so the one predicted fastest is chosen
     assert d["chosen"] == min(candidates, key=lambda c: c["latency_ratio"])["index"]
     scored = [c for c in candidates if c["score"] is not None]   # (not rejected early)
@@ -324,7 +325,7 @@ def test_cli_prints_the_predicted_and_measured_latency_ratio(checkpoint, tiny_da
     printed = capsys.readouterr().out
     budget = json.loads(report.read_text())["details"]["budget"]
     assert f"chosen predicted {budget['predicted_ratio']:.3f}, measured {budget['measured_ratio']:.3f}" in printed
-    assert "latency ratio (budget latency <= 0.6)" in printed
+    assert "latency ratio (budget latency <= 0.6)" in printed and budget["round_to"] == 1   # --round-to 1
 
 
 def test_cli_latency_cap_holds_the_pick_to_uniforms_predicted_latency(checkpoint, tiny_data, tmp_path, capsys):
@@ -351,3 +352,6 @@ def test_cli_names_the_margin_a_latency_budget_kept():
     line = budget_lines(budget, preference, [])[0]
     assert "budget latency <= 0.5, candidates held to 0.479 predicted: margin 4.3%" in line
     assert "margin" not in budget_lines({**budget, "latency_margin": 0.0}, preference, [])[0]
+    blocked = budget_lines({**budget, "round_to": 16}, preference, [])[0]
+    assert "margin 4.3%, widths in multiples of 16)" in blocked
+    assert "multiples" not in line   # a report without round_to (or with 1) says nothing of it
