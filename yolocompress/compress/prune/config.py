@@ -242,14 +242,14 @@ class PruneFinetuneConfig:
 
 
 def default_round_to(latency_budget: bool) -> int:
-    """The default ``ChannelRules.round_to``: 8 with a FLOPs budget; with a latency budget the channel block
-    of ONNX Runtime's convolutions on this CPU (:func:`~yolocompress.profile.latency_table.channel_block`: 16
-    with AVX-512, else 8). ONNX Runtime runs a convolution in its blocked (NCHWc) layout only when its
-    channel counts are multiples of the block; any other width falls back to a plain kernel with layout
-    changes around it. At equal FLOPs, 16-channel steps leave a nano model's search too little freedom
-    (-9 to -11 mAP50-95 points after the same fine-tune), but at equal latency they buy far more FLOPs:
-    shipped baseline, ``target_latency=0.6`` at 256 px, 10-epoch fine-tune, 2-core AVX-512 Xeon: the pick
-    with widths in 16s kept 0.251 GFLOPs against 0.126 in 8s, at 0.551 against 0.559 of the original's
+    """The default ``ChannelRules.round_to``: 8 with a FLOPs budget; with a latency budget the channel block of
+    ONNX Runtime's convolutions on this CPU (:func:`~yolocompress.profile.latency_table.channel_block`: 16
+    with AVX-512, else 8). ONNX Runtime's convolutions work in blocks of that many channels (its NCHWc
+    layout): a width between two blocks costs the next one, and a Concat of such widths falls back to plain
+    layout with reorders around it. At equal FLOPs, 16-channel steps leave a nano model's search too little
+    freedom (-9 to -11 mAP50-95 points after the same fine-tune), but at equal latency they buy far more
+    FLOPs: shipped baseline, ``target_latency=0.6`` at 256 px, 10-epoch fine-tune, 2-core AVX-512 Xeon: the
+    pick with widths in 16s kept 0.251 GFLOPs against 0.126 in 8s, at 0.551 against 0.559 of the original's
     latency, and ended 13.1 points higher (benchmarks/RESULTS.md)."""
     if not latency_budget:
         return 8
