@@ -61,8 +61,9 @@ def test_ptq_keeps_the_plan_the_timings_favour(tiny_onnx, tiny_data, tmp_path, m
     """The timer is stubbed (deterministic): the chosen candidate is the faster one, and the written file
     is that candidate's plan, checked by its op types and integer kernels."""
     def stub_times(files, imgsz, backend, threads, runs):
-        assert backend == "onnxruntime" and len(files) == 2
-        return {k: ((5.0, 4.9) if (k == "0") == (faster == "int8") else (10.0, 9.8)) for k in files}
+        assert backend == "onnxruntime" and set(files) == {"0", "1", "fp32"}   # the fp32 file timed beside
+        fast = {"0" if faster == "int8" else "1"}
+        return {k: (8.0, 7.9) if k == "fp32" else (5.0, 4.9) if k in fast else (10.0, 9.8) for k in files}
 
     monkeypatch.setattr(ptq_module, "time_plans", stub_times)
     cfg = QuantConfig(calib_images=4, silu="auto", tune_tolerance_db=100.0)
@@ -75,6 +76,20 @@ def test_ptq_keeps_the_plan_the_timings_favour(tiny_onnx, tiny_data, tmp_path, m
     assert ("Sigmoid" in op_types) == (faster == "int8")
     assert report.details["kernels"]["planned_integer"] == report.details["kernels"]["planned"]
     assert report.config["silu"] == "auto" and path.is_file()
+    assert tuning["fp32_median_ms"] == 8.0 and tuning["chosen_vs_fp32"] == 5.0 / 8.0
+    assert not any("no faster" in w for w in report.warnings)
+
+
+def test_ptq_warns_when_int8_is_no_faster_than_fp32(tiny_onnx, tiny_data, tmp_path, monkeypatch):
+    def stub_times(files, imgsz, backend, threads, runs):   # fp32 the fastest: every int8 plan loses to it
+        return {k: (4.0, 3.9) if k == "fp32" else (5.0, 4.9) for k in files}
+
+    monkeypatch.setattr(ptq_module, "time_plans", stub_times)
+    cfg = QuantConfig(calib_images=4, silu="auto", tune_tolerance_db=100.0)
+    path, report = quantize_ptq(tiny_onnx, tiny_data, cfg, output=tmp_path / "slow.onnx")
+    assert report.details["autotune"]["chosen_vs_fp32"] == 1.25
+    assert [w for w in report.warnings if "runs at 1.25x the fp32 model's latency" in w and "no faster" in w]
+    assert path.is_file()   # written all the same: the user decides
 
 
 def test_real_timing_and_qat_refuses_auto(tiny_model, tiny_onnx, tiny_data):
