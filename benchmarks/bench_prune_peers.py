@@ -133,9 +133,10 @@ def our_prune(model: nn.Module, data: Any, method: str, args, seed: int,
                                     ("calib_batches", args.calib_batches), ("eval_images", args.eval_images))
                   if v is not None}
     variant = OUR_VARIANTS.get(method, {})
-    size = {"ratio": args.ratio} if budget is None else {"target_gflops": budget}
     if "target_latency" in variant:  # its own budget
         size = {"ratio": None}
+    else:
+        size = {"ratio": args.ratio} if budget is None else {"target_gflops": budget}
     cfg = PruneConfig.from_flat(**size, imgsz=args.imgsz, finetune_epochs=0, eval_baseline=False,
                                 seed=seed, latency_threads=args.threads, **search, **variant)
     t0 = time.perf_counter()

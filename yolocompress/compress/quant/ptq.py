@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from yolocompress.compress.quant.autotune import (MIN_GAIN, PlanCandidate, autotune_details, choose_plan,
-                                                  time_plans)
+from yolocompress.compress.quant.autotune import (PlanCandidate, autotune_details, choose_plan,
+                                                  slower_than_fp32_warning, time_plans)
 from yolocompress.compress.quant.calibrate import (
     CALIBRATION_METHODS, calibrate, calibration_images, shared_ranges,
 )
@@ -66,7 +66,8 @@ class QuantConfig:
             ``stem`` may also be ``"auto"``: PTQ builds each candidate plan, times them on this machine with
             ``tune_backend`` and keeps the fastest within ``tune_tolerance_db`` of the default plan's output
             SQNR (:mod:`~yolocompress.compress.quant.autotune`); the fp32 file is timed beside them, and
-            the report warns when the chosen plan is no faster than it (:func:`slower_than_fp32_warning`).
+            the report warns when the chosen plan is no faster than it
+            (:func:`~yolocompress.compress.quant.autotune.slower_than_fp32_warning`).
         float_prefix: leading layers kept float (:class:`~yolocompress.compress.quant.plan.PlanConfig`), or
             ``"auto"``: try 0, 1 and 2.
         tune_backend: runtime the candidates are timed on (``onnxruntime``, ``openvino``, ``openvino-bf16``):
@@ -278,23 +279,9 @@ def _autotuned_int8(prepared: CalibratedGraph, config: QuantConfig,
     candidates = [PlanCandidate(cfg.silu, cfg.stem, sqnr[0], sqnr[1], *times[str(k)],
                                 float_prefix=cfg.float_prefix) for k, (cfg, _, _, sqnr) in enumerate(built)]
     chosen, reason = choose_plan(candidates, config.tune_tolerance_db)
-    details = autotune_details(candidates, chosen, reason, config.tune_backend, config.tune_threads)
-    details["fp32_median_ms"] = times["fp32"][0]
-    details["chosen_vs_fp32"] = candidates[chosen].median_ms / times["fp32"][0]
+    details = autotune_details(candidates, chosen, reason, config.tune_backend, config.tune_threads,
+                               times["fp32"][0])
     return built[chosen][1], built[chosen][2], details
-
-
-def slower_than_fp32_warning(tuning: dict[str, Any]) -> str | None:
-    """A warning when the chosen int8 plan (``details["autotune"]``) ran no faster than the fp32 file timed
-    beside it (within ``MIN_GAIN``), else ``None``. Measured on an Intel Xeon with AMX
-    (benchmarks/RESULTS.md): a latency-pruned yolov5n ran at 0.488 of the unpruned fp32 model in fp32 and
-    0.543 in int8."""
-    ratio = tuning["chosen_vs_fp32"]
-    if ratio < 1.0 - MIN_GAIN:
-        return None
-    return (f"the int8 model runs at {ratio:.2f}x the fp32 model's latency on this CPU ({tuning['cpu']}, "
-            f"{tuning['backend']}, {tuning['threads']} threads): no faster; deploy the fp32 model here, or "
-            f"measure on the target CPU")
 
 
 def write_verified(prepared: CalibratedGraph, plan: QuantPlan, config: QuantConfig, qdq: Path, output: Path,
@@ -350,4 +337,4 @@ def kernel_summary(report: KernelCheckResult) -> str:
 
 __all__: Sequence[str] = ("ACTIVATION_TYPES", "AUTO", "CalibratedGraph", "QuantConfig", "build_int8",
                           "calibrated_graph", "default_output", "kernel_summary", "quantize_ptq",
-                          "slower_than_fp32_warning", "write_verified")
+                          "write_verified")
