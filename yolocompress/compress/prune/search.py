@@ -63,18 +63,12 @@ def add_guided(plan: SearchPlan, sensitivity: np.ndarray | Mapping[str, np.ndarr
     ``sensitivity``: one ranking (score per cost, per searchable group), or several by name (``{"latency":
     ..., "flops": ...}``), which share the guided candidates in the given order (the first gets the odd one);
     with more than one, each ranking's strategies are of kind ``"guided-<name>"``."""
-    if not plan.n_guided:
-        return
-    if not isinstance(sensitivity, Mapping) or len(sensitivity) == 1:
-        sens = next(iter(sensitivity.values())) if isinstance(sensitivity, Mapping) else sensitivity
-        plan.strategies.extend(plan.space.guided(sens, plan.limit or plan.budget, plan.n_guided))
-    else:
-        names = list(sensitivity)
-        for k, name in enumerate(names):
-            n = plan.n_guided // len(names) + (1 if k < plan.n_guided % len(names) else 0)
-            if n:
-                plan.strategies.extend(plan.space.guided(sensitivity[name], plan.limit or plan.budget, n,
-                                                         kind=f"guided-{name}"))
+    rankings = sensitivity if isinstance(sensitivity, Mapping) else {"": sensitivity}
+    for k, (name, sens) in enumerate(rankings.items()):
+        n = plan.n_guided // len(rankings) + (1 if k < plan.n_guided % len(rankings) else 0)
+        if n:
+            kind = f"guided-{name}" if len(rankings) > 1 else "guided"
+            plan.strategies.extend(plan.space.guided(sens, plan.limit or plan.budget, n, kind=kind))
     plan.n_guided = 0
 
 
