@@ -151,6 +151,12 @@ def _print(report: StageReport) -> None:
                   f"calibration images: {sqnr:.1f} dB (scores {score_sqnr:.1f} dB); "
                   f"{d['calib_images']} images, {report.config['calibration']} calibration, "
                   f"{report.seconds:.1f} s")
+    speed = d.get("speed")
+    if speed:
+        console.print(f"speed on this machine ({speed['backend']}, {speed['threads']} threads, batch 1, medians "
+                      f"side by side): int8 {speed['int8_median_ms']:.2f} ms vs fp32 "
+                      f"{speed['fp32_median_ms']:.2f} ms = {speed['int8_vs_fp32']:.2f}x")
+        console.print(f"  CPU: {speed['cpu']}; ISA: {' '.join(speed['cpu_flags']) or 'none listed'}")
     tuning = d.get("autotune")
     if tuning:
         console.print(f"plan chosen on {tuning['cpu']} with {tuning['backend']}, {tuning['threads']} threads: "

@@ -76,20 +76,38 @@ def test_ptq_keeps_the_plan_the_timings_favour(tiny_onnx, tiny_data, tmp_path, m
     assert ("Sigmoid" in op_types) == (faster == "int8")
     assert report.details["kernels"]["planned_integer"] == report.details["kernels"]["planned"]
     assert report.config["silu"] == "auto" and path.is_file()
-    assert tuning["fp32_median_ms"] == 8.0 and tuning["chosen_vs_fp32"] == 5.0 / 8.0
+    speed = report.details["speed"]   # the chosen plan's timing against the fp32 file's, not timed again
+    assert speed["fp32_median_ms"] == 8.0 and speed["int8_median_ms"] == 5.0 and speed["int8_vs_fp32"] == 0.625
     assert not any("no faster" in w for w in report.warnings)
 
 
-def test_ptq_warns_when_int8_is_no_faster_than_fp32(tiny_onnx, tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("autotune", [True, False])
+def test_ptq_warns_when_int8_is_no_faster_than_fp32(tiny_onnx, tiny_data, tmp_path, monkeypatch, autotune):
+    """Every run times the written int8 file beside the fp32 one (the default plan too, not only autotune)
+    and warns when int8 is no faster on this CPU."""
+    timed = []
+
     def stub_times(files, imgsz, backend, threads, runs):   # fp32 the fastest: every int8 plan loses to it
+        timed.append(sorted(files))
         return {k: (4.0, 3.9) if k == "fp32" else (5.0, 4.9) for k in files}
 
     monkeypatch.setattr(ptq_module, "time_plans", stub_times)
-    cfg = QuantConfig(calib_images=4, silu="auto", tune_tolerance_db=100.0)
+    cfg = QuantConfig(calib_images=4, silu="auto" if autotune else "int8", tune_tolerance_db=100.0)
     path, report = quantize_ptq(tiny_onnx, tiny_data, cfg, output=tmp_path / "slow.onnx")
-    assert report.details["autotune"]["chosen_vs_fp32"] == 1.25
+    assert timed == ([["0", "1", "fp32"]] if autotune else [["fp32", "int8"]])   # one timing per run
+    speed = report.details["speed"]
+    assert speed["int8_vs_fp32"] == 1.25 and speed["backend"] == "onnxruntime" and speed["cpu"]
+    assert isinstance(speed["cpu_flags"], list)
     assert [w for w in report.warnings if "runs at 1.25x the fp32 model's latency" in w and "no faster" in w]
     assert path.is_file()   # written all the same: the user decides
+
+
+def test_ptq_does_not_warn_when_int8_is_faster(tiny_onnx, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(ptq_module, "time_plans",
+                        lambda files, *a: {k: (4.0, 3.9) if k == "fp32" else (3.0, 2.9) for k in files})
+    _, report = quantize_ptq(tiny_onnx, tiny_data, QuantConfig(calib_images=4), output=tmp_path / "fast.onnx")
+    assert report.details["speed"]["int8_vs_fp32"] == 0.75 and "autotune" not in report.details
+    assert not any("no faster" in w for w in report.warnings)
 
 
 def test_real_timing_and_qat_refuses_auto(tiny_model, tiny_onnx, tiny_data):

@@ -45,12 +45,18 @@ def test_eval_and_bench_on_int8(int8_file, tiny_data, tmp_path):
     assert json.loads(bench.read_text())["median_ms"] > 0
 
 
-def test_exclude_and_per_tensor(tiny_onnx, tiny_data, tmp_path):
+def test_exclude_and_per_tensor(tiny_onnx, tiny_data, tmp_path, capsys):
     out, report = tmp_path / "x.onnx", tmp_path / "x.json"
     assert main(["quantize", str(tiny_onnx), "--data", str(tiny_data), "--calib-images", "2", "--per-tensor",
                  "--exclude", "model.17", "model.20.cv3", "--silu", "float", "-o", str(out),
                  "--json", str(report)]) == 0
     r = json.loads(report.read_text())
+    speed = r["details"]["speed"]   # int8 timed against fp32 on this machine, printed with the CPU
+    assert speed["int8_median_ms"] > 0 and speed["fp32_median_ms"] > 0
+    assert speed["int8_vs_fp32"] == pytest.approx(speed["int8_median_ms"] / speed["fp32_median_ms"], rel=1e-12)
+    printed = capsys.readouterr().out
+    assert f"int8 {speed['int8_median_ms']:.2f} ms vs fp32 {speed['fp32_median_ms']:.2f} ms" in printed
+    assert speed["cpu"] in printed
     float_convs = r["details"]["plan"]["float_convs"]
     assert "model.17.cv1.conv" in float_convs and float_convs["model.20.cv3.conv"] == "excluded"
     assert r["details"]["kernels"]["stayed_float"] == []

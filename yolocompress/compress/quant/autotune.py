@@ -99,31 +99,40 @@ def time_plans(files: Mapping[str, str | os.PathLike], imgsz: int, backend: str 
 
 
 def autotune_details(candidates: Sequence[PlanCandidate], chosen: int, reason: str, backend: str,
-                     threads: int, fp32_median_ms: float) -> dict[str, Any]:
-    """The ``details["autotune"]`` entry of the quantize report; ``fp32_median_ms``: the fp32 file timed
-    beside the candidates, and ``chosen_vs_fp32`` the chosen plan's median over it."""
+                     threads: int) -> dict[str, Any]:
+    """The ``details["autotune"]`` entry of the quantize report (the int8-vs-fp32 speed of the chosen plan
+    is ``details["speed"]``: :func:`speed_details`)."""
     from yolocompress.profile.latency import cpu_flags, cpu_name
 
     return {"backend": backend, "threads": threads, "cpu": cpu_name(), "cpu_flags": cpu_flags(),
             "chosen": {"silu": candidates[chosen].silu, "stem": candidates[chosen].stem,
                        "float_prefix": candidates[chosen].float_prefix}, "reason": reason,
-            "candidates": [{**asdict(c), "chosen": i == chosen} for i, c in enumerate(candidates)],
-            "fp32_median_ms": fp32_median_ms,
-            "chosen_vs_fp32": candidates[chosen].median_ms / fp32_median_ms}
+            "candidates": [{**asdict(c), "chosen": i == chosen} for i, c in enumerate(candidates)]}
 
 
-def slower_than_fp32_warning(details: Mapping[str, Any]) -> str | None:
-    """A warning when the chosen int8 plan (``details``: :func:`autotune_details`) ran no faster than the
-    fp32 file timed beside it (within ``MIN_GAIN``), else ``None``. Measured on an Intel Xeon with AMX
+def speed_details(int8_ms: float, fp32_ms: float, backend: str, threads: int) -> dict[str, Any]:
+    """The ``details["speed"]`` entry of every quantize report: the written int8 file's median batch-1
+    latency against the fp32 file's, timed side by side on this machine, with the CPU model and ISA flags
+    (the ratio differs between CPUs: benchmarks/RESULTS.md)."""
+    from yolocompress.profile.latency import cpu_flags, cpu_name
+
+    return {"backend": backend, "threads": threads, "cpu": cpu_name(), "cpu_flags": cpu_flags(),
+            "int8_median_ms": float(int8_ms), "fp32_median_ms": float(fp32_ms),
+            "int8_vs_fp32": float(int8_ms) / float(fp32_ms)}
+
+
+def slower_than_fp32_warning(speed: Mapping[str, Any]) -> str | None:
+    """A warning when the int8 file (``speed``: :func:`speed_details`) ran no faster than the fp32 file
+    timed beside it (within ``MIN_GAIN``), else ``None``. Measured on an Intel Xeon with AMX
     (benchmarks/RESULTS.md): a latency-pruned yolov5n ran at 0.488 of the unpruned fp32 model in fp32 and
     0.543 in int8."""
-    ratio = details["chosen_vs_fp32"]
+    ratio = speed["int8_vs_fp32"]
     if ratio < 1.0 - MIN_GAIN:
         return None
-    return (f"the int8 model runs at {ratio:.2f}x the fp32 model's latency on this CPU ({details['cpu']}, "
-            f"{details['backend']}, {details['threads']} threads): no faster; deploy the fp32 model here, "
+    return (f"the int8 model runs at {ratio:.2f}x the fp32 model's latency on this CPU ({speed['cpu']}, "
+            f"{speed['backend']}, {speed['threads']} threads): no faster; deploy the fp32 model here, "
             f"or measure on the target CPU")
 
 
 __all__ = ["MIN_GAIN", "PlanCandidate", "autotune_details", "choose_plan", "slower_than_fp32_warning",
-           "time_plans"]
+           "speed_details", "time_plans"]

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from yolocompress.compress.quant.autotune import (PlanCandidate, autotune_details, choose_plan,
-                                                  slower_than_fp32_warning, time_plans)
+                                                  slower_than_fp32_warning, speed_details, time_plans)
 from yolocompress.compress.quant.calibrate import (
     CALIBRATION_METHODS, calibrate, calibration_images, shared_ranges,
 )
@@ -65,14 +65,14 @@ class QuantConfig:
         silu, stem, head, exclude: see :class:`~yolocompress.compress.quant.plan.PlanConfig`; ``silu`` and
             ``stem`` may also be ``"auto"``: PTQ builds each candidate plan, times them on this machine with
             ``tune_backend`` and keeps the fastest within ``tune_tolerance_db`` of the default plan's output
-            SQNR (:mod:`~yolocompress.compress.quant.autotune`); the fp32 file is timed beside them, and
-            the report warns when the chosen plan is no faster than it
-            (:func:`~yolocompress.compress.quant.autotune.slower_than_fp32_warning`).
+            SQNR (:mod:`~yolocompress.compress.quant.autotune`).
         float_prefix: leading layers kept float (:class:`~yolocompress.compress.quant.plan.PlanConfig`), or
             ``"auto"``: try 0, 1 and 2.
-        tune_backend: runtime the candidates are timed on (``onnxruntime``, ``openvino``, ``openvino-bf16``):
-            where the file will be deployed.
-        tune_threads, tune_runs: threads and timed batch-1 calls per candidate.
+        tune_backend: runtime the candidates, and the written int8 file against the fp32 one, are timed on
+            (``onnxruntime``, ``openvino``, ``openvino-bf16``): where the file will be deployed. Every run
+            reports that speed (``details["speed"]``) and warns when int8 is no faster on this CPU
+            (:func:`~yolocompress.compress.quant.autotune.slower_than_fp32_warning`).
+        tune_threads, tune_runs: threads and timed batch-1 calls per file.
         tune_tolerance_db: SQNR a candidate may lose against the default plan and still be chosen.
         imgsz: export size for a PyTorch model (an ONNX file keeps its own fixed size); ``None``: a
             checkpoint's recorded training size, 640 for an in-memory model.
@@ -256,36 +256,34 @@ def quantize_ptq(model_or_onnx: Any, data_cfg: Any, config: QuantConfig | None =
         if not config.autotune:
             qdq = build_int8(prepared, prepared.plan, config, tmp / "int8.onnx")
             return output, write_verified(prepared, prepared.plan, config, qdq, output, t0)
-        plan, qdq, tuning = _autotuned_int8(prepared, config, tmp)
-        report = write_verified(prepared, plan, config, qdq, output, t0)
-    warning = slower_than_fp32_warning(tuning)
-    return output, report.replace(details={**report.details, "autotune": tuning},
-                                  warnings=report.warnings + ((warning,) if warning else ()))
+        plan, qdq, tuning, speed = _autotuned_int8(prepared, config, tmp)
+        report = write_verified(prepared, plan, config, qdq, output, t0, speed=speed)
+    return output, report.replace(details={**report.details, "autotune": tuning})
 
 
 def _autotuned_int8(prepared: CalibratedGraph, config: QuantConfig,
-                    folder: Path) -> tuple[QuantPlan, Path, dict[str, Any]]:
-    """Build every candidate plan of ``config`` from one calibration, measure and time them, and return the
-    chosen (plan, int8 file, ``details["autotune"]``)."""
+                    folder: Path) -> tuple[QuantPlan, Path, dict[str, Any], dict[str, Any]]:
+    """Build every candidate plan of ``config`` from one calibration, measure and time them (the fp32 file
+    beside them), and return the chosen (plan, int8 file, ``details["autotune"]``, ``details["speed"]``)."""
     built = []
     for k, plan_cfg in enumerate(config.plan_candidates()):
         plan = build_plan(prepared.pre, plan_cfg)
         qdq = build_int8(prepared, plan, config, folder / f"candidate-{k}.onnx")
         sqnr = output_sqnr(prepared.fp32, qdq, prepared.images[:config.check_images])
         built.append((plan_cfg, plan, qdq, sqnr))
-    # the fp32 file is timed beside the candidates: an int8 file no faster than it is worth a warning
     times = time_plans({**{str(k): b[2] for k, b in enumerate(built)}, "fp32": prepared.fp32},
                        prepared.imgsz[0], config.tune_backend, config.tune_threads, config.tune_runs)
     candidates = [PlanCandidate(cfg.silu, cfg.stem, sqnr[0], sqnr[1], *times[str(k)],
                                 float_prefix=cfg.float_prefix) for k, (cfg, _, _, sqnr) in enumerate(built)]
     chosen, reason = choose_plan(candidates, config.tune_tolerance_db)
-    details = autotune_details(candidates, chosen, reason, config.tune_backend, config.tune_threads,
-                               times["fp32"][0])
-    return built[chosen][1], built[chosen][2], details
+    details = autotune_details(candidates, chosen, reason, config.tune_backend, config.tune_threads)
+    speed = speed_details(candidates[chosen].median_ms, times["fp32"][0], config.tune_backend,
+                          config.tune_threads)
+    return built[chosen][1], built[chosen][2], details, speed
 
 
 def write_verified(prepared: CalibratedGraph, plan: QuantPlan, config: QuantConfig, qdq: Path, output: Path,
-                   t0: float, method: str = "ptq") -> StageReport:
+                   t0: float, method: str = "ptq", speed: dict[str, Any] | None = None) -> StageReport:
     """Verify the integer kernels of ``qdq``, measure it against ``prepared.fp32``, write it atomically to
     ``output`` and return the ``quantize`` stage report (the one place it is built; QAT adds its own
     ``config["qat"]`` and ``details["qat"]`` with ``StageReport.replace``).
@@ -295,18 +293,28 @@ def write_verified(prepared: CalibratedGraph, plan: QuantPlan, config: QuantConf
     ``calib_images``, ``imgsz`` ([h, w]), ``plan``, ``kernels`` (the integer-kernel verification of the
     optimized graph), ``fp32_bytes``, ``int8_bytes``, ``size_ratio`` (int8 / fp32 file bytes), ``sqnr_db``
     (int8 vs fp32 decoded outputs, all columns, on ``check_images`` calibration images; ``None`` for a
-    noiseless output), ``score_sqnr_db`` (objectness and class-score columns only) and ``qat`` (``None``).
+    noiseless output), ``score_sqnr_db`` (objectness and class-score columns only), ``qat`` (``None``) and
+    ``speed`` (:func:`~yolocompress.compress.quant.autotune.speed_details`: ``speed`` when the caller timed
+    the file already, else ``qdq`` and the fp32 file timed side by side here on ``config.tune_backend``, a
+    second or two); a warning when the int8 file is no faster on this CPU.
     """
     from yolocompress.io.atomic import atomic_path
 
     kernels = integer_kernel_report(qdq, plan)
     sqnr, score_sqnr = output_sqnr(prepared.fp32, qdq, prepared.images[:config.check_images])
+    if speed is None:
+        times = time_plans({"int8": qdq, "fp32": prepared.fp32}, prepared.imgsz[0], config.tune_backend,
+                           config.tune_threads, config.tune_runs)
+        speed = speed_details(times["int8"][0], times["fp32"][0], config.tune_backend, config.tune_threads)
     with atomic_path(output) as target:
         shutil.copyfile(qdq, target)
     warnings = []
     if kernels.stayed_float:
         warnings.append(f"{len(kernels.stayed_float)} planned convolutions stayed float after ONNX Runtime "
                         f"optimization: {', '.join(kernels.stayed_float[:6])}")
+    slower = slower_than_fp32_warning(speed)
+    if slower:
+        warnings.append(slower)
     fp32_bytes, int8_bytes = prepared.fp32.stat().st_size, qdq.stat().st_size
     side = int(prepared.imgsz[0])
     return StageReport(
@@ -317,7 +325,7 @@ def write_verified(prepared: CalibratedGraph, plan: QuantPlan, config: QuantConf
         details={"output": str(output), "calib_images": len(prepared.images), "imgsz": list(prepared.imgsz),
                  "plan": _plan_summary(plan), "kernels": kernels.to_dict(), "fp32_bytes": fp32_bytes,
                  "int8_bytes": int8_bytes, "size_ratio": int8_bytes / fp32_bytes, "sqnr_db": sqnr,
-                 "score_sqnr_db": score_sqnr, "qat": None})
+                 "score_sqnr_db": score_sqnr, "qat": None, "speed": speed})
 
 
 def _plan_summary(plan: QuantPlan) -> dict[str, Any]:
