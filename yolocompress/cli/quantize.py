@@ -155,7 +155,8 @@ def _print(report: StageReport) -> None:
     if speed:
         console.print(f"speed on this machine ({speed['backend']}, {speed['threads']} threads, batch 1, medians "
                       f"side by side): int8 {speed['int8_median_ms']:.2f} ms vs fp32 "
-                      f"{speed['fp32_median_ms']:.2f} ms = {speed['int8_vs_fp32']:.2f}x")
+                      f"{speed['fp32_median_ms']:.2f} ms = {speed['int8_vs_fp32']:.2f}x "
+                      f"({speed['int8_vs_fp32_min']:.2f}x of the minimums)")
         console.print(f"  CPU: {speed['cpu']}; ISA: {' '.join(speed['cpu_flags']) or 'none listed'}")
     tuning = d.get("autotune")
     if tuning:

@@ -277,8 +277,8 @@ def _autotuned_int8(prepared: CalibratedGraph, config: QuantConfig,
                                 float_prefix=cfg.float_prefix) for k, (cfg, _, _, sqnr) in enumerate(built)]
     chosen, reason = choose_plan(candidates, config.tune_tolerance_db)
     details = autotune_details(candidates, chosen, reason, config.tune_backend, config.tune_threads)
-    speed = speed_details(candidates[chosen].median_ms, times["fp32"][0], config.tune_backend,
-                          config.tune_threads)
+    speed = speed_details((candidates[chosen].median_ms, candidates[chosen].min_ms), times["fp32"],
+                          config.tune_backend, config.tune_threads)
     return built[chosen][1], built[chosen][2], details, speed
 
 
@@ -305,7 +305,7 @@ def write_verified(prepared: CalibratedGraph, plan: QuantPlan, config: QuantConf
     if speed is None:
         times = time_plans({"int8": qdq, "fp32": prepared.fp32}, prepared.imgsz[0], config.tune_backend,
                            config.tune_threads, config.tune_runs)
-        speed = speed_details(times["int8"][0], times["fp32"][0], config.tune_backend, config.tune_threads)
+        speed = speed_details(times["int8"], times["fp32"], config.tune_backend, config.tune_threads)
     with atomic_path(output) as target:
         shutil.copyfile(qdq, target)
     warnings = []
