@@ -30,7 +30,7 @@ def quantize_argv(tiny_model, tiny_data, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("draw", [0, 1])
+@pytest.mark.parametrize("draw", [0])   # one seeded draw here; the fixed early kill is in test_cli_quantize
 def test_kill_at_a_random_point_leaves_nothing_and_the_next_run_cleans_up(quantize_argv, tmp_path, draw,
                                                                          kill_at_random_point):
     """No output or temporary file beside it unless complete (a kill after the rename); what the dead run left
