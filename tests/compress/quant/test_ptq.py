@@ -48,7 +48,8 @@ def test_every_planned_conv_is_an_integer_kernel(ptq):
     k = report.details["kernels"]
     assert k["planned"] == report.details["plan"]["int8_convs"] == 59
     assert k["planned_integer"] == k["planned"] and k["planned_mac_share"] == pytest.approx(1.0)
-    assert k["stayed_float"] == [] and not [w for w in report.warnings if "stayed float" in w]
+    # no warning but, on a CPU where this tiny int8 file runs no faster, the measured-speed one
+    assert k["stayed_float"] == [] and not [w for w in report.warnings if "no faster" not in w]
     assert k["integer_convs"] == k["planned"]  # the stem really stays float
     assert k["op_counts"].get("QLinearConv") == 56
     assert k["op_counts"].get("MatMulIntegerToFloat") == 3  # the Detect convs: integer kernels, float outputs
