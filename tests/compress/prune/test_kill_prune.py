@@ -126,7 +126,7 @@ def test_kill_9_at_a_random_point_of_search_or_fine_tune_then_resume(checkpoint,
     assert proc.wait(timeout=300) == 0
     span = time.monotonic() - began  # search, evaluations, fine-tune and saving
 
-    seed = int(os.environ.get("YC_KILL_SEED", random.SystemRandom().randrange(2 ** 31)))
+    seed = int(os.environ.get("YC_KILL_SEED", "19"))  # as the other kill tests: set it to try other points
     delay = random.Random(seed).uniform(0.0, 0.9 * span)
     why = f"(YC_KILL_SEED={seed}: killed {delay:.2f} s into a search and fine-tune of {span:.2f} s)"
     out = tmp_path / "killed.pt"
@@ -134,8 +134,15 @@ def test_kill_9_at_a_random_point_of_search_or_fine_tune_then_resume(checkpoint,
     time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    if proc.returncode == -signal.SIGKILL:
-        assert not out.exists() and not Path(f"{out}.json").exists(), why
+    if proc.returncode == -signal.SIGKILL and out.exists():
+        # killed after its atomic save (in the report's write, the clean-up or the interpreter's exit):
+        # the model is whole, and the report, written after it, is whole or absent
+        load_model(out)
+        if Path(f"{out}.json").exists():
+            json.loads(Path(f"{out}.json").read_text())
+        why += "; killed after the model was saved"
+    elif proc.returncode == -signal.SIGKILL:
+        assert not Path(f"{out}.json").exists(), why  # the report is written after the model
         why += f"; {where_killed(out)}"
     resumed = subprocess.run(argv(out, "--resume"), capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, f"{why}\n{resumed.stderr[-2000:]}"
