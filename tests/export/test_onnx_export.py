@@ -139,3 +139,16 @@ def test_simplify_without_onnxslim_is_an_input_error(model, tmp_path):
     with pytest.raises(InputError, match="onnxslim"):
         export_onnx(model, tmp_path / "s.onnx", imgsz=64, simplify=True)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("env, given, threads",
+                         [("3", None, 3), (None, None, 0), ("3", 1, 1), ("x", None, 0)])
+def test_onnx_runtime_takes_omp_num_threads_unless_a_count_is_given(static_onnx, monkeypatch, env, given,
+                                                                      threads):
+    """PyTorch reads OMP_NUM_THREADS; our ORT sessions do too, unless a count is given (0: ORT's default)."""
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    session = create_session(static_onnx, threads=given)
+    assert session.get_session_options().intra_op_num_threads == threads
