@@ -14,7 +14,11 @@ import torch
 FIXTURES = Path(__file__).parent / "fixtures"
 ULTRA = FIXTURES / "ultralytics-yolov5"
 
-torch.set_num_threads(2)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one thread each
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"  # the commands they start, and ORT
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")

@@ -344,7 +344,8 @@ def untimed_runs(world, dead_tag, tmp_path_factory) -> dict[str, Ran]:
 def test_issue_19_case(case: Case, world, dead_tag, tmp_path, request):
     if not _runnable(case, world):
         pytest.skip("no folder here is read-only to this user (root outside a container)")
-    ran = (_run_case(case, world, dead_tag, tmp_path, 2) if case.seconds is not None
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))  # 1 in a worker of pytest -n 2
+    ran = (_run_case(case, world, dead_tag, tmp_path, threads) if case.seconds is not None
            else request.getfixturevalue("untimed_runs")[case.id])
     cwd, work, proc = ran.cwd, ran.work, ran.proc
     out, err = proc.stdout, proc.stderr
