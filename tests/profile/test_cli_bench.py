@@ -22,8 +22,9 @@ def test_bench_checkpoint_writes_json(tmp_path, backend, capsys):
     result = json.loads(out.read_text())
     assert KEYS <= set(result)
     assert result["backend"] == backend and result["threads"] == 1 and result["median_ms"] > 0
-    assert result["imgsz"] == [64, 64]
-    assert "median ms" in capsys.readouterr().out
+    assert result["imgsz"] == [64, 64] and isinstance(result["cpu_flags"], list)
+    printed = capsys.readouterr().out
+    assert "median ms" in printed and f"CPU: {result['cpu']}; ISA: " in printed
 
 
 def test_a_checkpoint_is_timed_at_its_recorded_size(tmp_path):

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from yolocompress.cli.common import (ProgressPrinter, console, err_console, image_size, non_negative_int,
-                                     positive_int, write_json)
+from yolocompress.cli.common import (ProgressPrinter, console, cpu_line, err_console, image_size,
+                                     non_negative_int, positive_int, write_json)
 from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.paths import preflight
 
@@ -42,7 +42,8 @@ def _main(args: argparse.Namespace) -> int:
                       warmup=args.warmup, batch=args.batch, on_progress=ProgressPrinter())
     console.print(_table(args.model, bench))
     load = "n/a" if bench.load_average is None else f"{bench.load_average:.2f}"
-    console.print(f"CPU: {bench.latency.cpu} ({bench.cpus} logical CPUs), {bench.latency.threads} threads; "
+    console.print(f"{cpu_line(bench.latency.cpu, bench.latency.cpu_flags)}; {bench.cpus} logical CPUs, "
+                  f"{bench.latency.threads} threads; "
                   f"load average before timing {load}; timings {bench.stability} "
                   f"(p90/median {bench.spread:.2f})", highlight=False, soft_wrap=True)
     for warning in bench.warnings:

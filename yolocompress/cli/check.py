@@ -6,7 +6,7 @@ import dataclasses
 
 from rich.table import Table
 
-from yolocompress.cli.common import console, print_gate, write_json
+from yolocompress.cli.common import console, cpu_line, print_gate, write_json
 from yolocompress.report.gate import LATENCY_BACKENDS
 from yolocompress.io.paths import preflight
 
@@ -47,6 +47,10 @@ def _main(args: argparse.Namespace) -> int:
         console.print("gate passed" if gate.passed else "gate FAILED", markup=False)
     else:
         print_gate(gate)
+    if any(v.name == "max_latency_ratio" for v in gate.verdicts):  # the CPU the latencies were measured on
+        cpu = (result.report.get("provenance") or {}).get("cpu") or {}
+        console.print(f"latency: {cpu_line(cpu.get('model'), cpu.get('flags'))}", markup=False,
+                      highlight=False)
     if args.junit:
         atomic_write_text(junit_xml(gate), args.junit)
     if args.md:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from yolocompress.cli.common import add_max_map_drop, config_help, image_size, positive_int
+from yolocompress.cli.common import add_max_map_drop, config_help, cpu_line, image_size, positive_int
 from yolocompress.cli.distill import DISTILL_CONFIG, add_method_flags, distill_option
 from yolocompress.errors import InputError
 from yolocompress.io.paths import file_size, preflight
@@ -142,10 +142,14 @@ def _main(args: argparse.Namespace) -> int:
           f"GFLOPs@{d['imgsz']} {b.gflops:.3f} -> {p.gflops:.3f} ({p.gflops / b.gflops:.2f}x; "
           f"budget {d['budget_gflops']:.3f})")
     if "onnxruntime" in b.latency:
-        print(f"ONNX Runtime latency {b.latency['onnxruntime'].median_ms:.1f} ms -> "
-              f"{p.latency['onnxruntime'].median_ms:.1f} ms")
-    for line in budget_lines(d["budget"], d["preference"], d["candidates"]):
+        ort = b.latency["onnxruntime"]
+        print(f"ONNX Runtime latency {ort.median_ms:.1f} ms -> {p.latency['onnxruntime'].median_ms:.1f} ms; "
+              f"{cpu_line(ort.cpu, ort.cpu_flags)}")
+    lines = budget_lines(d["budget"], d["preference"], d["candidates"])
+    for line in lines:
         print(line)
+    if lines and d["budget"].get("cpu"):
+        print(f"  {cpu_line(d['budget']['cpu'], d['budget']['cpu_flags'])}")
     # candidates rejected early (on the probes' data) have no score
     scores = sorted((c["score"] for c in d["candidates"] if c["score"] is not None), reverse=True) or [nan]
     chosen = d["candidates"][d["chosen"]]

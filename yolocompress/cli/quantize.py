@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from yolocompress.cli.common import (add_max_map_drop, config_help, console, image_size, positive_int,
-                                     print_stage_warnings, write_json)
+from yolocompress.cli.common import (add_max_map_drop, config_help, console, cpu_line, image_size,
+                                     positive_int, print_stage_warnings, write_json)
 from yolocompress.cli.distill import DISTILL_CONFIG, add_method_flags, distill_option
 from yolocompress.errors import InputError
 from yolocompress.export.openvino import ONNX_BACKENDS
@@ -157,7 +157,7 @@ def _print(report: StageReport) -> None:
                       f"side by side): int8 {speed['int8_median_ms']:.2f} ms vs fp32 "
                       f"{speed['fp32_median_ms']:.2f} ms = {speed['int8_vs_fp32']:.2f}x "
                       f"({speed['int8_vs_fp32_min']:.2f}x of the minimums)")
-        console.print(f"  CPU: {speed['cpu']}; ISA: {' '.join(speed['cpu_flags']) or 'none listed'}")
+        console.print(f"  {cpu_line(speed['cpu'], speed['cpu_flags'])}")
     tuning = d.get("autotune")
     if tuning:
         console.print(f"plan chosen on {tuning['cpu']} with {tuning['backend']}, {tuning['threads']} threads: "

@@ -45,7 +45,8 @@ def plain_data(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Latency:
-    """Batch-1 latency of one artifact on one backend: median and p90 milliseconds per call."""
+    """Batch-1 latency of one artifact on one backend: median and p90 milliseconds per call, on the CPU
+    ``cpu`` with the ISA flags ``cpu_flags`` (empty in reports written before they were recorded)."""
 
     backend: str
     median_ms: float
@@ -53,20 +54,23 @@ class Latency:
     threads: int
     cpu: str
     runs: int = 0
+    cpu_flags: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "cpu_flags": list(self.cpu_flags)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Latency":
         return cls(backend=str(d["backend"]), median_ms=float(d["median_ms"]), p90_ms=float(d["p90_ms"]),
-                   threads=int(d["threads"]), cpu=str(d["cpu"]), runs=int(d.get("runs", 0)))
+                   threads=int(d["threads"]), cpu=str(d["cpu"]), runs=int(d.get("runs", 0)),
+                   cpu_flags=tuple(str(f) for f in d.get("cpu_flags") or ()))
 
     @classmethod
     def from_result(cls, result: Any) -> "Latency":
         """From a :class:`~yolocompress.profile.latency.LatencyResult`."""
         return cls(backend=result.backend, median_ms=float(result.median_ms), p90_ms=float(result.p90_ms),
-                   threads=int(result.threads), cpu=str(result.cpu), runs=int(result.runs))
+                   threads=int(result.threads), cpu=str(result.cpu), runs=int(result.runs),
+                   cpu_flags=tuple(result.cpu_flags))
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class LatencyResult:
         cpu: CPU model name.
         imgsz: ``(H, W)`` of the input in pixels.
         batch: images per call.
+        cpu_flags: the ISA flags of interest this CPU has (:func:`cpu_flags`): what a latency depends on.
     """
 
     median_ms: float
@@ -48,10 +49,11 @@ class LatencyResult:
     cpu: str
     imgsz: tuple[int, int]
     batch: int = 1
+    cpu_flags: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["imgsz"] = list(self.imgsz)
+        d["imgsz"], d["cpu_flags"] = list(self.imgsz), list(self.cpu_flags)
         return d
 
 
@@ -103,6 +105,7 @@ def _result(times: np.ndarray, threads: int, backend: str, imgsz: tuple[int, int
         cpu=cpu_name(),
         imgsz=imgsz,
         batch=batch,
+        cpu_flags=tuple(cpu_flags()),
     )
 
 

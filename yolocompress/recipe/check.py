@@ -35,7 +35,7 @@ def _folder(path: str | Path) -> Path:
 def remeasure(report: dict[str, Any], report_dir: Path, stored: dict[str, Any], stored_dir: Path,
               runs: int = 50) -> tuple[dict[str, Any], dict[str, Any]]:
     """Copies of both reports whose last rows carry latencies timed now, side by side, on this machine."""
-    from yolocompress.profile.latency import cpu_name
+    from yolocompress.profile.latency import cpu_flags, cpu_name
 
     new_row, old_row = report["rows"][-1], stored["rows"][-1]
     new_art, old_art = report_dir / new_row["artifact"], stored_dir / old_row["artifact"]
@@ -50,7 +50,7 @@ def remeasure(report: dict[str, Any], report_dir: Path, stored: dict[str, Any], 
     for rep, art in ((report, new_art), (stored, old_art)):
         rep = copy.deepcopy(rep)
         rep["rows"][-1]["latency"] = {k: v.to_dict() for k, v in timed[art].items()}
-        rep.setdefault("provenance", {}).setdefault("cpu", {})["model"] = cpu_name()
+        rep.setdefault("provenance", {})["cpu"] = {"model": cpu_name(), "flags": cpu_flags()}
         out.append(rep)
     return out[0], out[1]
 

@@ -19,6 +19,7 @@ from yolocompress.compress.prune.strategy import Strategy
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import save_model
 from yolocompress.profile import latency_table as latency_table_module
+from yolocompress.profile.latency import cpu_flags, cpu_name
 from yolocompress.profile.latency_table import LayerShape, channel_block, latency_table
 
 from .conftest import tiny_model
@@ -326,6 +327,8 @@ def test_cli_prints_the_predicted_and_measured_latency_ratio(checkpoint, tiny_da
     budget = json.loads(report.read_text())["details"]["budget"]
     assert f"chosen predicted {budget['predicted_ratio']:.3f}, measured {budget['measured_ratio']:.3f}" in printed
     assert "latency ratio (budget latency <= 0.6)" in printed and budget["round_to"] == 1   # --round-to 1
+    assert budget["cpu"] == cpu_name() and budget["cpu_flags"] == cpu_flags()
+    assert f"CPU: {cpu_name()}; ISA: {' '.join(cpu_flags()) or 'none listed'}" in printed  # beside them
 
 
 def test_cli_latency_cap_holds_the_pick_to_uniforms_predicted_latency(checkpoint, tiny_data, tmp_path, capsys):

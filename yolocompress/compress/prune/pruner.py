@@ -240,7 +240,8 @@ def budget_summary(cfg: PruneConfig, found: SearchResult, latencies: dict[str, L
     ``"none"``; ``round_to``: the kept widths' multiple (``PruneConfig.channels``, by default 8, or the CPU's
     channel block under a latency budget); with a latency budget, ``latency_margin`` (the latency table's
     guard) and ``search_limit`` (the predicted ratio every candidate was held to: ``target / (1 +
-    latency_margin)``)."""
+    latency_margin)``); ``cpu`` and ``cpu_flags``: the CPU the latencies were measured on (``None`` and
+    ``[]`` when none was measured)."""
     plan = found.plan
     chosen = plan.strategies[found.chosen]
     original = latencies["original"].median_ms if latencies else None
@@ -261,6 +262,8 @@ def budget_summary(cfg: PruneConfig, found: SearchResult, latencies: dict[str, L
         else measured_ratio / predicted - 1.0,
         "uniform": {"gflops_ratio": plan.uniform.flops / plan.base_flops,
                     "predicted_ratio": plan.uniform.latency, "measured_ratio": measured.get("uniform")},
+        "cpu": latencies["original"].cpu if latencies else None,
+        "cpu_flags": list(latencies["original"].cpu_flags) if latencies else [],
         **({"latency_margin": plan.latency_margin, "search_limit": plan.limit.latency}
            if cfg.target_latency is not None else {})}
 
