@@ -300,7 +300,8 @@ def test_cli_eval_prints_table_and_writes_json(tmp_path, capsys):
     code = main(["eval", str(CHECKPOINT), "--data", str(data), "--imgsz", "256", "--batch", "64",
                  "--json", str(out)])
     assert code == 0
-    assert "rectangle" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "rectangle" in printed and "times per image on CPU: " in printed and "; ISA: " in printed
     report = json.loads(out.read_text())
     for key in ("map50", "map50_95", "precision", "recall", "per_class", "imgsz", "images", "speed_ms"):
         assert key in report

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from yolocompress.cli.common import (ProgressPrinter, add_workers, console, image_size, positive_int,
-                                     write_json)
+from yolocompress.cli.common import (ProgressPrinter, add_workers, console, cpu_line, image_size,
+                                     positive_int, write_json)
 from yolocompress.errors import InputError
 from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.paths import preflight
@@ -56,6 +56,10 @@ def _main(args: argparse.Namespace) -> int:
                  split=args.split, max_det=args.max_det, threads=args.threads, device=args.device,
                  workers=args.workers, on_progress=ProgressPrinter(), backend=args.backend)
     console.print(eval_table(args.model, result))
+    if args.device == "cpu":  # the per-image times of the table's caption hold for this CPU
+        from yolocompress.profile.latency import cpu_flags, cpu_name
+
+        console.print(f"times per image on {cpu_line(cpu_name(), cpu_flags())}", markup=False, highlight=False)
     report: dict[str, Any] = {"model": str(args.model), "data": str(args.data), "split": args.split,
                               **result.to_dict()}
     if args.model.lower().endswith(".onnx"):
