@@ -141,15 +141,16 @@ def _main(args: argparse.Namespace) -> int:
     print(f"pruned {args.model} -> {args.output}: params {b.params:,} -> {p.params:,}, "
           f"GFLOPs@{d['imgsz']} {b.gflops:.3f} -> {p.gflops:.3f} ({p.gflops / b.gflops:.2f}x; "
           f"budget {d['budget_gflops']:.3f})")
-    if "onnxruntime" in b.latency:
-        ort = b.latency["onnxruntime"]
-        print(f"ONNX Runtime latency {ort.median_ms:.1f} ms -> {p.latency['onnxruntime'].median_ms:.1f} ms; "
-              f"{cpu_line(ort.cpu, ort.cpu_flags)}")
-    lines = budget_lines(d["budget"], d["preference"], d["candidates"])
+    ort, lines = b.latency.get("onnxruntime"), []
+    if ort:
+        after = p.latency["onnxruntime"].median_ms
+        lines.append(f"ONNX Runtime latency {ort.median_ms:.1f} ms -> {after:.1f} ms")
+    lines += budget_lines(d["budget"], d["preference"], d["candidates"])
+    cpu, flags = (ort.cpu, ort.cpu_flags) if ort else (d["budget"].get("cpu"), d["budget"].get("cpu_flags"))
+    if lines and cpu:  # one CPU line under every latency figure above
+        lines.append(f"  {cpu_line(cpu, flags)}")
     for line in lines:
         print(line)
-    if lines and d["budget"].get("cpu"):
-        print(f"  {cpu_line(d['budget']['cpu'], d['budget']['cpu_flags'])}")
     # candidates rejected early (on the probes' data) have no score
     scores = sorted((c["score"] for c in d["candidates"] if c["score"] is not None), reverse=True) or [nan]
     chosen = d["candidates"][d["chosen"]]
