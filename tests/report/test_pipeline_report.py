@@ -9,6 +9,7 @@ from rich.console import Console
 
 from yolocompress.cli import main
 from yolocompress.errors import InputError
+from yolocompress.report.tables import cpu_line
 from yolocompress.report.pipeline import (load_report, pipeline_markdown, pipeline_table, plot_tradeoff,
                                           report_rows)
 
@@ -104,7 +105,9 @@ def test_table_renders():
         assert header in text
     assert "-0.41" in text and "-2.00" in text and "+0.00" in text
     assert "0.52x" in text and "0.25x" in text and "1,767,976" in text
-    assert CPU in text and "avx512_vnni" in text and "differ on others" in text
+    # the caption's CPU line is the commands' (cli prints the same ``cpu_line`` beside its latencies)
+    machine = f"{cpu_line(CPU, ['avx2', 'avx512f', 'avx512_vnni'])}; 2 threads,"
+    assert " ".join(machine.split()) in " ".join(text.split()) and "differ on others" in text
     finetune = next(line for line in text.splitlines() if "finetune" in line)
     assert finetune.count(" - ") >= 4  # missing figures shown as "-"
 
@@ -112,7 +115,8 @@ def test_table_renders():
 def test_markdown():
     md = pipeline_markdown(REPORT)
     assert md.startswith("# ") and "prune-int8" in md.splitlines()[0]
-    assert "0123456789ab" in md and "2.14.1" in md and CPU in md and "512 train / 128 val" in md
+    assert "0123456789ab" in md and "2.14.1" in md and "512 train / 128 val" in md
+    assert f"CPU: {CPU}; ISA: avx2 avx512f avx512_vnni; 2 threads," in md
     lines = md.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| stage |"))
     assert set(lines[start + 1]) <= set("|:-")

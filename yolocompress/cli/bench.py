@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from yolocompress.cli.common import (ProgressPrinter, console, cpu_line, err_console, image_size,
+from yolocompress.cli.common import (ProgressPrinter, console, err_console, image_size,
                                      non_negative_int, positive_int, write_json)
+from yolocompress.report.tables import cpu_line
 from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.paths import preflight
 

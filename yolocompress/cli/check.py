@@ -6,7 +6,8 @@ import dataclasses
 
 from rich.table import Table
 
-from yolocompress.cli.common import console, cpu_line, print_gate, write_json
+from yolocompress.cli.common import console, print_gate, write_json
+from yolocompress.report.tables import cpu_line
 from yolocompress.report.gate import LATENCY_BACKENDS
 from yolocompress.io.paths import preflight
 

@@ -156,11 +156,6 @@ def print_warnings(report: dict[str, Any]) -> None:
         err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
-def cpu_line(cpu: str | None, flags: Any) -> str:
-    """``CPU: <model>; ISA: <flags>``: printed beside every latency figure (the figures hold for that CPU)."""
-    return f"CPU: {cpu or 'unknown'}; ISA: {' '.join(flags or ()) or 'none listed'}"
-
-
 def print_gate(gate: Any, failed: str = "gate FAILED") -> None:
     """One line per verdict of a ``GateResult`` (``PASS max_map_drop 0.41 <= 1 points``), then the outcome
     (``failed`` when a limit does not hold)."""

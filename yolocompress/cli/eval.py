@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from yolocompress.cli.common import (ProgressPrinter, add_workers, console, cpu_line, image_size,
+from yolocompress.cli.common import (ProgressPrinter, add_workers, console, image_size,
                                      positive_int, write_json)
+from yolocompress.report.tables import cpu_line
 from yolocompress.errors import InputError
 from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.paths import preflight

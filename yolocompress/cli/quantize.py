@@ -5,9 +5,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from yolocompress.cli.common import (add_max_map_drop, config_help, console, cpu_line, image_size,
+from yolocompress.cli.common import (add_max_map_drop, config_help, console, image_size,
                                      positive_int, print_stage_warnings, write_json)
 from yolocompress.cli.distill import DISTILL_CONFIG, add_method_flags, distill_option
+from yolocompress.report.tables import cpu_line
 from yolocompress.errors import InputError
 from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.paths import file_size, preflight

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from rich.table import Table
 
 from yolocompress.errors import InputError
+from yolocompress.report.tables import cpu_line
 
 # (key in report_rows, header); the table, the Markdown table and the cell formatting share this order.
 COLUMNS = (("stage", "stage"), ("params", "params"), ("gflops", "GFLOPs"), ("size_mb", "size MB"),
@@ -127,17 +128,18 @@ def _cells(row: Mapping[str, Any], columns: tuple[tuple[str, str], ...] = COLUMN
 
 
 def _machine(report: Mapping[str, Any]) -> tuple[str, list[str], Any, Any]:
-    """(CPU model, ISA flags, threads, image size) from the provenance."""
+    """(CPU model or "", ISA flags, threads, image size) from the provenance."""
     prov = report.get("provenance") or {}
     cpu = prov.get("cpu") or {}
     flags = [str(f) for f in cpu.get("flags") or ()]
-    return str(cpu.get("model") or "unknown CPU"), flags, prov.get("threads"), prov.get("imgsz")
+    return str(cpu.get("model") or ""), flags, prov.get("threads"), prov.get("imgsz")
 
 
 def _machine_line(report: Mapping[str, Any]) -> str:
+    """``CPU: <model>; ISA: <flags>; N threads, P px``: the commands' CPU line, then the timing settings."""
     model, flags, threads, imgsz = _machine(report)
-    return (f"{model}" + (f" ({', '.join(flags)})" if flags else "") + f", {threads if threads is not None else '?'} "
-            f"threads, {imgsz if imgsz is not None else '?'} px")
+    return (f"{cpu_line(model, flags)}; {threads if threads is not None else '?'} threads, "
+            f"{imgsz if imgsz is not None else '?'} px")
 
 
 def _recipe_name(report: Mapping[str, Any]) -> str:
@@ -176,7 +178,7 @@ def pipeline_markdown(report: Mapping[str, Any]) -> str:
               f"{data.get('nc', '?')} classes")
     lines = [f"# Compression report: {_recipe_name(report)}", "",
              f"Recipe sha256 `{sha}`, seed {prov.get('seed', '?')}; {versions or 'versions unknown'}; "
-             f"CPU {_machine_line(report)}; data: {counts}.", ""]
+             f"{_machine_line(report)}; data: {counts}.", ""]
     rows = report_rows(report)
     columns = shown_columns(rows)
     cells = [_cells(r, columns) for r in rows]
@@ -232,7 +234,7 @@ def plot_tradeoff(report: Mapping[str, Any], png_path: str | Path | None,
             ax.set_ylabel("mAP50-95")
             ax.grid(True, alpha=0.3)
             ax.margins(0.15)  # room for the labels of the outermost points
-        fig.suptitle(f"{_recipe_name(report)} on {_machine(report)[0]}")
+        fig.suptitle(f"{_recipe_name(report)} on {_machine(report)[0] or 'an unknown CPU'}")
         written = []
         for path, fmt, kwargs in ((png_path, "png", {"dpi": 120}), (svg_path, "svg", {})):
             if path is not None:
