@@ -203,3 +203,27 @@ def test_a_large_accuracy_loss_is_a_warning_naming_the_stages():
     assert "quantize -0.05" in warning
     kept = [rows[0], {"stage": "quantize", "type": "quantize", "map50_95": 0.80 - RUIN_POINTS / 100}]
     assert accuracy_warnings(kept) == []  # exactly at the bound: no warning
+
+
+def test_remeasure_records_the_cpu_its_own_timings_ran_on(tmp_path, monkeypatch):
+    """`check --remeasure` replaces both reports' last-row latencies; their provenance CPU is then the one the
+    new timings carry (not the CPU the stored report was timed on), and the inputs stay as they were."""
+    import copy
+
+    from yolocompress.compress.stage import Latency
+    from yolocompress.recipe import check as check_module
+
+    for name in ("new", "stored"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx").write_bytes(b"onnx")
+    old_latency = {"backend": "onnxruntime", "median_ms": 9.0, "p90_ms": 9.5, "threads": 2, "cpu": "Old CPU"}
+    report = {"rows": [{"artifact": "model.onnx", "latency": {"onnxruntime": old_latency}}],
+              "provenance": {"imgsz": 64, "threads": 2, "cpu": {"model": "Old CPU", "flags": ["avx2"]}}}
+    timed = Latency("onnxruntime", 4.0, 4.5, 2, "Timing CPU", 50, ("avx512f", "amx_int8"))
+    monkeypatch.setattr(check_module, "measure_latencies",
+                        lambda artifacts, *args: {a: {"onnxruntime": timed} for a in artifacts})
+    new, stored = check_module.remeasure(report, tmp_path / "new", copy.deepcopy(report), tmp_path / "stored")
+    for rep in (new, stored):
+        assert rep["provenance"]["cpu"] == {"model": "Timing CPU", "flags": ["avx512f", "amx_int8"]}
+        assert rep["rows"][-1]["latency"]["onnxruntime"]["median_ms"] == 4.0
+    assert report["provenance"]["cpu"]["model"] == "Old CPU"

@@ -34,9 +34,8 @@ def _folder(path: str | Path) -> Path:
 
 def remeasure(report: dict[str, Any], report_dir: Path, stored: dict[str, Any], stored_dir: Path,
               runs: int = 50) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Copies of both reports whose last rows carry latencies timed now, side by side, on this machine."""
-    from yolocompress.profile.latency import cpu_flags, cpu_name
-
+    """Copies of both reports whose last rows carry latencies timed now, side by side, on this machine (the
+    provenance's CPU is the one those timings record)."""
     new_row, old_row = report["rows"][-1], stored["rows"][-1]
     new_art, old_art = report_dir / new_row["artifact"], stored_dir / old_row["artifact"]
     for art in (new_art, old_art):
@@ -50,7 +49,9 @@ def remeasure(report: dict[str, Any], report_dir: Path, stored: dict[str, Any], 
     for rep, art in ((report, new_art), (stored, old_art)):
         rep = copy.deepcopy(rep)
         rep["rows"][-1]["latency"] = {k: v.to_dict() for k, v in timed[art].items()}
-        rep.setdefault("provenance", {})["cpu"] = {"model": cpu_name(), "flags": cpu_flags()}
+        latency = next(iter(timed[art].values()), None)  # None: no backend runs this artifact
+        if latency is not None:
+            rep.setdefault("provenance", {})["cpu"] = {"model": latency.cpu, "flags": list(latency.cpu_flags)}
         out.append(rep)
     return out[0], out[1]
 
