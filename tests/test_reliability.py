@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from yolocompress.export.ort import omp_threads
+
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "yolocompress" / "assets" / "baseline.pt"
 
@@ -344,7 +346,7 @@ def untimed_runs(world, dead_tag, tmp_path_factory) -> dict[str, Ran]:
 def test_issue_19_case(case: Case, world, dead_tag, tmp_path, request):
     if not _runnable(case, world):
         pytest.skip("no folder here is read-only to this user (root outside a container)")
-    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))  # 1 in a worker of pytest -n 2
+    threads = omp_threads() or 2  # OMP_NUM_THREADS: 1 in a worker of pytest -n 2
     ran = (_run_case(case, world, dead_tag, tmp_path, threads) if case.seconds is not None
            else request.getfixturevalue("untimed_runs")[case.id])
     cwd, work, proc = ran.cwd, ran.work, ran.proc
