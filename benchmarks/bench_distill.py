@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--share-every", type=float, default=20.0)
     args = p.parse_args(argv)
     from yolocompress.demo import demo_data
-    from yolocompress.profile import cpu_name
+    from yolocompress.profile.cpu import cpu_name
 
     args.data = args.data or str(demo_data())
     Path(args.work).mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,8 @@ import torch
 from yolocompress.compress.fuse import fuse, relative_error
 from yolocompress.compress.onednn import accelerate_cpu
 from yolocompress.models import build_model
-from yolocompress.profile import count_params, cpu_name, gflops, measure_ort_latency, measure_torch_latency
+from yolocompress.profile import count_params, gflops, measure_ort_latency, measure_torch_latency
+from yolocompress.profile.cpu import cpu_name
 
 TARGETS = {"yolov5s": 0.9, "yolov5s-rep": 0.6}
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from yolocompress.export.onnx import export_onnx
 from yolocompress.models import build_model
-from yolocompress.profile import cpu_name, gflops, measure_ort_latency, measure_torch_latency
+from yolocompress.profile import gflops, measure_ort_latency, measure_torch_latency
+from yolocompress.profile.cpu import cpu_name
 
 
 def main(argv: list[str] | None = None) -> int:

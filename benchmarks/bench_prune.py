@@ -64,7 +64,8 @@ def part_structure(args) -> dict:
     from yolocompress.compress.prune.pruner import ort_latency
     from yolocompress.compress.prune.search import plan_search
     from yolocompress.models import build_model
-    from yolocompress.profile import cpu_name, gflops
+    from yolocompress.profile import gflops
+    from yolocompress.profile.cpu import cpu_name
 
     rows = []
     for name in args.models:
@@ -204,8 +205,7 @@ def _variant(spec: str) -> dict:
 
 def part_search_speed(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_model
-    from yolocompress.profile import cpu_name
-    from yolocompress.profile.latency import cpu_flags
+    from yolocompress.profile.cpu import cpu_flags, cpu_name
 
     model, data = _baseline_and_data(args)
     print(f"CPU: {cpu_name()} ({' '.join(cpu_flags())}), {torch.get_num_threads()} threads; {args.imgsz} px, "
@@ -276,8 +276,9 @@ def part_rounding(args) -> dict:
     from yolocompress.compress.prune.search import plan_search
     from yolocompress.export.onnx import export_onnx
     from yolocompress.io.workdir import work_dir
-    from yolocompress.profile import cpu_name, gflops
-    from yolocompress.profile.latency import cpu_flags, time_onnx_files
+    from yolocompress.profile import gflops
+    from yolocompress.profile.cpu import cpu_flags, cpu_name
+    from yolocompress.profile.latency import time_onnx_files
 
     model, data = _baseline_and_data(args)
     base = copy.deepcopy(model).float().eval()
@@ -321,8 +322,9 @@ def part_equal_latency(args) -> dict:
     from yolocompress.engine.evaluator import evaluate_model
     from yolocompress.export.onnx import export_onnx
     from yolocompress.io.workdir import work_dir
-    from yolocompress.profile import cpu_name, gflops
-    from yolocompress.profile.latency import cpu_flags, time_onnx_files
+    from yolocompress.profile import gflops
+    from yolocompress.profile.cpu import cpu_flags, cpu_name
+    from yolocompress.profile.latency import time_onnx_files
 
     model, data = _baseline_and_data(args)
     base = copy.deepcopy(model).float().eval()

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> dict:
     from yolocompress.data import load_data_config
     from yolocompress.demo import baseline_path, demo_data
     from yolocompress.io.checkpoint import load_model
-    from yolocompress.profile.latency import cpu_flags, cpu_name
+    from yolocompress.profile.cpu import cpu_flags, cpu_name
     from yolocompress.profile.latency_table import latency_table
 
     torch.set_num_threads(args.threads)

@@ -232,7 +232,7 @@ def table(rows: list[dict[str, Any]], base: dict[str, Any], sizes: list[int]) ->
 def run(args) -> dict[str, Any]:
     from yolocompress.models.shapes import num_params
     from yolocompress.profile import gflops
-    from yolocompress.profile.latency import cpu_flags, cpu_name
+    from yolocompress.profile.cpu import cpu_flags, cpu_name
 
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     data, model = data_and_model(args, work)

@@ -40,8 +40,8 @@ from yolocompress.compress.quant.verify import integer_kernel_report
 from yolocompress.export.onnx import export_onnx
 from yolocompress.export.openvino import openvino_version
 from yolocompress.models import build_model
-from yolocompress.profile import cpu_name
-from yolocompress.profile.latency import cpu_flags, time_onnx_files
+from yolocompress.profile.cpu import cpu_flags, cpu_name
+from yolocompress.profile.latency import time_onnx_files
 
 
 def naive_quantize(fp32: Path, out: Path, images: np.ndarray, activations: str) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 from yolocompress.compress.quant.ptq import quantize_ptq
 from yolocompress.demo import baseline_path, demo_data
 from yolocompress.io.checkpoint import load_model
-from yolocompress.profile.latency import cpu_flags, cpu_name
+from yolocompress.profile.cpu import cpu_flags, cpu_name
 from yolocompress.recipe import load_recipe, run_recipe
 from yolocompress.recipe.runner import measure_latencies
 

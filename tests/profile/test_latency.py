@@ -6,8 +6,8 @@ import torch
 from yolocompress.errors import InputError
 from yolocompress.export.onnx import export_onnx
 from yolocompress.models import build_model
-from yolocompress.profile import LatencyResult, cpu_name, measure_ort_latency, measure_torch_latency
-from yolocompress.profile.latency import cpu_flags
+from yolocompress.profile import LatencyResult, measure_ort_latency, measure_torch_latency
+from yolocompress.profile.cpu import cpu_flags, cpu_name
 
 KEYS = {"median_ms", "p90_ms", "mean_ms", "runs", "threads", "backend", "cpu", "imgsz", "batch", "cpu_flags"}
 

@@ -185,7 +185,7 @@ def test_check_remeasure_compares_reports_from_different_cpus(finished_run, tmp_
     assert main([*argv, "--remeasure", "--json", str(out)]) == 0  # the same artifact timed twice, side by side
     verdicts = {v["name"]: v for v in json.loads(out.read_text())["verdicts"]}
     assert 0.33 < verdicts["max_latency_ratio"]["value"] < 3 and verdicts["not_dominated"]["passed"]
-    from yolocompress.profile.latency import cpu_flags, cpu_name
+    from yolocompress.profile.cpu import cpu_flags, cpu_name
 
     isa = " ".join(cpu_flags()) or "none listed"
     assert f"latency: CPU: {cpu_name()}; ISA: {isa}" in capsys.readouterr().out

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from yolocompress.cli import main
 from yolocompress.errors import InputError
-from yolocompress.report.tables import cpu_line
+from yolocompress.profile.cpu import cpu_line
 from yolocompress.report.pipeline import (load_report, pipeline_markdown, pipeline_table, plot_tradeoff,
                                           report_rows)
 

@@ -8,9 +8,9 @@ from rich.table import Table
 
 from yolocompress.cli.common import (ProgressPrinter, console, err_console, image_size,
                                      non_negative_int, positive_int, write_json)
-from yolocompress.report.tables import cpu_line
 from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.paths import preflight
+from yolocompress.profile.cpu import cpu_line
 
 if TYPE_CHECKING:  # torch is imported only when the command runs
     from yolocompress.compress.benchmark import BenchResult

@@ -7,9 +7,9 @@ import dataclasses
 from rich.table import Table
 
 from yolocompress.cli.common import console, print_gate, write_json
-from yolocompress.report.tables import cpu_line
-from yolocompress.report.gate import LATENCY_BACKENDS
 from yolocompress.io.paths import preflight
+from yolocompress.profile.cpu import cpu_line
+from yolocompress.report.gate import LATENCY_BACKENDS
 
 # (flag, GateLimits field, help)
 LIMIT_FLAGS = (

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 from yolocompress.cli.common import (ProgressPrinter, add_workers, console, image_size,
                                      positive_int, write_json)
-from yolocompress.report.tables import cpu_line
 from yolocompress.errors import InputError
 from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.paths import preflight
+from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
 
 if TYPE_CHECKING:  # torch is imported only when the command runs
     from yolocompress.engine.evaluator import EvalResult
@@ -58,8 +58,6 @@ def _main(args: argparse.Namespace) -> int:
                  workers=args.workers, on_progress=ProgressPrinter(), backend=args.backend)
     console.print(eval_table(args.model, result))
     if args.device == "cpu":  # the per-image times of the table's caption hold for this CPU
-        from yolocompress.profile.latency import cpu_flags, cpu_name
-
         console.print(f"times per image on {cpu_line(cpu_name(), cpu_flags())}", markup=False, highlight=False)
     report: dict[str, Any] = {"model": str(args.model), "data": str(args.data), "split": args.split,
                               **result.to_dict()}

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from yolocompress.cli.common import add_max_map_drop, config_help, image_size, positive_int
 from yolocompress.cli.distill import DISTILL_CONFIG, add_method_flags, distill_option
-from yolocompress.report.tables import cpu_line
 from yolocompress.errors import InputError
 from yolocompress.io.paths import file_size, preflight
+from yolocompress.profile.cpu import cpu_line
 
 if TYPE_CHECKING:
     from yolocompress.compress.stage import ModelSnapshot

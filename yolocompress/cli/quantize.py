@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 from yolocompress.cli.common import (add_max_map_drop, config_help, console, image_size,
                                      positive_int, print_stage_warnings, write_json)
 from yolocompress.cli.distill import DISTILL_CONFIG, add_method_flags, distill_option
-from yolocompress.report.tables import cpu_line
 from yolocompress.errors import InputError
 from yolocompress.export.openvino import ONNX_BACKENDS
 from yolocompress.io.paths import file_size, preflight
+from yolocompress.profile.cpu import cpu_line
 
 if TYPE_CHECKING:  # onnxruntime and torch are imported only when the command runs
     from yolocompress.compress.accuracy import AccuracyVerdict
@@ -161,8 +161,8 @@ def _print(report: StageReport) -> None:
         console.print(f"  {cpu_line(speed['cpu'], speed['cpu_flags'])}")
     tuning = d.get("autotune")
     if tuning:
-        console.print(f"plan chosen on {tuning['cpu']} with {tuning['backend']}, {tuning['threads']} threads: "
-                      f"{tuning['reason']}")
+        console.print(f"plan chosen with {tuning['backend']}, {tuning['threads']} threads on "
+                      f"{cpu_line(tuning['cpu'], tuning.get('cpu_flags'))}: {tuning['reason']}")
     qat = d.get("qat")
     if qat:
         console.print(f"QAT: {qat['epochs']} epochs at lr {qat['lr']}; ONNX Runtime int8 vs torch "

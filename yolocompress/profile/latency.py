@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +20,7 @@ from yolocompress.errors import InputError
 from yolocompress.export.ort import create_session
 from yolocompress.progress import ProgressCallback, report
 from yolocompress.models.inputs import check_image_size, image_hw, input_channels
+from yolocompress.profile.cpu import cpu_flags, cpu_name
 
 
 @dataclass(frozen=True)
@@ -56,15 +55,6 @@ class LatencyResult:
         d["imgsz"], d["cpu_flags"] = list(self.imgsz), list(self.cpu_flags)
         return d
 
-
-def cpu_name() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` ('model name'), else ``platform.processor()``."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def _check_counts(threads: int, warmup: int, runs: int) -> None:
@@ -215,27 +205,6 @@ def time_onnx_files(files: Mapping[str, str | os.PathLike], imgsz: int, backend:
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     calls = {name: onnx_call(path, backend, threads, x) for name, path in files.items()}
     return interleaved_times(calls, warmup=warmup, runs=runs, rounds=rounds)
-
-
-# ISA extensions that decide which int8 / bf16 / fp32 kernels a runtime picks (printed beside latency figures).
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-
-
-def cpu_flags() -> list[str]:
-    """The ISA flags of interest (``ISA_FLAGS``) that ``/proc/cpuinfo`` lists for this CPU."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags":
-                present = set(value.split())
-                return [f for f in ISA_FLAGS if f in present]
-    return []
-
-
-def native_bf16() -> bool:
-    """True when this CPU has bfloat16 units (``amx_bf16`` or ``avx512_bf16`` among its flags): there bf16
-    autocast roughly halves a convolutional network's CPU time; elsewhere it is emulated and slower."""
-    return bool({"amx_bf16", "avx512_bf16"}.intersection(cpu_flags()))
 
 
 def interleaved_times(calls: Mapping[str, Callable[[], object]], warmup: int = 10, runs: int = 50,

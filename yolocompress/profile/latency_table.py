@@ -29,7 +29,7 @@ sub-net's plain prediction was 10% slow and uneven ones' 0-8%, so that the calib
 hence several sub-nets, uniform and uneven (``compress.prune.search.calibration_subnets``).
 
 The table is cached as JSON in the cache folder (:func:`yolocompress.io.workdir.cache_dir`,
-``latency-tables/``) under a key of the CPU model (:func:`~yolocompress.profile.latency.cpu_name`), the image
+``latency-tables/``) under a key of the CPU model (:func:`~yolocompress.profile.cpu.cpu_name`), the image
 size, the threads, the grid and the model's sites: a table measured on another CPU, at another size or for
 another architecture is never reused; it is measured again. ``timer`` is injectable (tests use a
 deterministic stub).
@@ -55,7 +55,8 @@ from yolocompress.io.atomic import atomic_write_json
 from yolocompress.io.workdir import cache_dir, work_dir
 from yolocompress.models.inputs import image_hw, input_channels
 from yolocompress.profile.flops import meta_copy
-from yolocompress.profile.latency import cpu_flags, cpu_name, measure_ort_latency
+from yolocompress.profile.latency import measure_ort_latency
+from yolocompress.profile.cpu import cpu_flags, cpu_name
 
 FORMAT = 2  # 2: priced at effective widths (``block``), calibration
 DEFAULT_GRID = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
@@ -64,7 +65,7 @@ FIXED_FRACTION_RANGE = (-0.5, 0.9)  # a calibration's fitted fraction is clipped
 
 def channel_block(flags: Sequence[str] | None = None) -> int:
     """The channel block of ONNX Runtime's x86 convolution kernels on this CPU (its NCHWc layout): 16 with
-    AVX-512 (``avx512f`` in ``flags``, default :func:`~yolocompress.profile.latency.cpu_flags`), else 8."""
+    AVX-512 (``avx512f`` in ``flags``, default :func:`~yolocompress.profile.cpu.cpu_flags`), else 8."""
     return 16 if "avx512f" in (cpu_flags() if flags is None else flags) else 8
 
 
@@ -373,7 +374,7 @@ def latency_table(model: nn.Module, imgsz: int = 640, threads: int = 2, grid: Se
         block: widths are priced rounded up to multiples of this (default :func:`channel_block`; 1: as
             they are); the grid's widths are multiples of ``lcm(round_to, block)``. Part of the key.
         timer: milliseconds of one layer; a stub in tests.
-        cpu: the CPU model of the key (default :func:`~yolocompress.profile.latency.cpu_name`).
+        cpu: the CPU model of the key (default :func:`~yolocompress.profile.cpu.cpu_name`).
         cache: read and write the cache (``False``: always measure, write nothing).
     """
     if not grid or not all(0.0 < float(f) <= 1.0 for f in grid):

@@ -279,7 +279,7 @@ def provenance(plan: RecipePlan, data: Any, resolved_text: str) -> dict[str, Any
 
     from yolocompress import __version__
     from yolocompress.data.scan import list_images
-    from yolocompress.profile.latency import cpu_flags, cpu_name
+    from yolocompress.profile.cpu import cpu_flags, cpu_name
 
     d = plan.document
     return {

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from rich.table import Table
 
 from yolocompress.errors import InputError
-from yolocompress.report.tables import cpu_line
+from yolocompress.profile.cpu import cpu_line
 
 # (key in report_rows, header); the table, the Markdown table and the cell formatting share this order.
 COLUMNS = (("stage", "stage"), ("params", "params"), ("gflops", "GFLOPs"), ("size_mb", "size MB"),

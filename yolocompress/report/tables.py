@@ -1,7 +1,6 @@
 """Rich tables shared by the commands that print results."""
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from rich.table import Table
@@ -21,9 +20,3 @@ def eval_table(title: str, result: Any) -> Table:
     table.caption = (f"per image: {speed['pre']:.1f} ms pre, {speed['inference']:.1f} ms inference, "
                      f"{speed['nms']:.1f} ms NMS, {speed.get('metrics', 0.0):.1f} ms metrics")
     return table
-
-
-def cpu_line(cpu: str | None, flags: Iterable[str] | None) -> str:
-    """``CPU: <model>; ISA: <flags>``: written beside every latency figure, in the commands' output and in the
-    recipe report (the figures hold for that CPU)."""
-    return f"CPU: {cpu or 'unknown'}; ISA: {' '.join(flags or ()) or 'none listed'}"

@@ -32,9 +32,9 @@ def _fp32_scoring_on_every_cpu(request, monkeypatch):
     CPUs with and without bf16 units (bf16 autocast made 64 px tiny models about 15% slower to score on an
     AMX CPU); ``test_score_precision.py`` tests the bf16 scoring and the resolution per CPU."""
     if request.module.__name__.rsplit(".", 1)[-1] != "test_score_precision":
-        from yolocompress.profile import latency
+        from yolocompress.profile import cpu
 
-        monkeypatch.setattr(latency, "native_bf16", lambda: False)
+        monkeypatch.setattr(cpu, "native_bf16", lambda: False)
 
 
 @pytest.fixture(scope="session")

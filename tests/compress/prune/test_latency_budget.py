@@ -19,7 +19,7 @@ from yolocompress.compress.prune.strategy import Strategy
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import save_model
 from yolocompress.profile import latency_table as latency_table_module
-from yolocompress.profile.latency import cpu_flags, cpu_name
+from yolocompress.profile.cpu import cpu_flags, cpu_name
 from yolocompress.profile.latency_table import LayerShape, channel_block, latency_table
 
 from .conftest import tiny_model

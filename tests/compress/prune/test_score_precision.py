@@ -12,7 +12,7 @@ from yolocompress.compress.prune import PruneConfig, adaptive_bn, prune_model
 from yolocompress.compress.prune import search as search_module
 from yolocompress.compress.prune.scoring import SubnetScorer, cache_data
 from yolocompress.errors import InputError
-from yolocompress.profile import latency as latency_module
+from yolocompress.profile import cpu as cpu_module
 
 from .conftest import tiny_model
 
@@ -33,8 +33,8 @@ def test_score_precision_is_validated_with_one_line(name):
     (["amx_bf16"], True, "cpu", "bf16"), (["avx512_bf16"], True, "cpu", "bf16"),
     (["avx2", "avx512f"], False, "cpu", "fp32")])
 def test_auto_is_bf16_only_on_a_cpu_with_bf16_units(monkeypatch, flags, native, device, expected):
-    monkeypatch.setattr(latency_module, "cpu_flags", lambda: flags)
-    assert latency_module.native_bf16() is native
+    monkeypatch.setattr(cpu_module, "cpu_flags", lambda: flags)
+    assert cpu_module.native_bf16() is native
     assert search_module.score_precision("auto", device) == expected
     assert search_module.score_precision("fp32", "cpu") == "fp32"
     assert search_module.score_precision("bf16", "cpu") == "bf16"

@@ -8,6 +8,7 @@ from yolocompress.compress.quant.autotune import (MIN_GAIN, PlanCandidate, choos
                                                   speed_details, time_plans)
 from yolocompress.compress.quant.ptq import QuantConfig, quantize_ptq
 from yolocompress.errors import InputError
+from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
 
 
 def _cand(silu: str, ms: float, sqnr: float = 40.0, score: float = 45.0, stem: str = "float") -> PlanCandidate:
@@ -111,6 +112,10 @@ def test_the_warning_needs_int8_clearly_faster():
     # within MIN_GAIN of fp32 is no speed-up: timing noise must not hide it
     assert "0.99x" in slower_than_fp32_warning(speed(9.9)) and "onnxruntime, 2 threads" in \
         slower_than_fp32_warning(speed(9.9))
+    # the CPU is written as beside every latency figure: model and ISA flags (the ratio holds for that CPU)
+    assert cpu_line(cpu_name(), cpu_flags()) in slower_than_fp32_warning(speed(9.9))
+    flagged = {**speed(9.9), "cpu": "Some CPU", "cpu_flags": ["avx2", "amx_int8"]}
+    assert "(CPU: Some CPU; ISA: avx2 amx_int8; onnxruntime, 2 threads)" in slower_than_fp32_warning(flagged)
 
 
 def test_real_timing_and_qat_refuses_auto(tiny_model, tiny_onnx, tiny_data):

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from yolocompress.cli import main
+from yolocompress.profile.cpu import cpu_flags, cpu_line
 
 CKPT = Path(__file__).parents[2] / "fixtures" / "ultralytics-yolov5" / "yolov5n-shapes-e12.pt"
 FAST = ["--imgsz", "64", "--calib-images", "4"]
@@ -60,6 +61,26 @@ def test_exclude_and_per_tensor(tiny_onnx, tiny_data, tmp_path, capsys):
     float_convs = r["details"]["plan"]["float_convs"]
     assert "model.17.cv1.conv" in float_convs and float_convs["model.20.cv3.conv"] == "excluded"
     assert r["details"]["kernels"]["stayed_float"] == []
+
+
+def test_the_chosen_plan_is_printed_with_the_cpu_and_its_flags(tiny_onnx, tiny_data, tmp_path, monkeypatch,
+                                                                 capsys):
+    """``--silu auto`` times the candidate plans (a stub timer here: int8 SiLU faster) and says on which CPU,
+    model and ISA flags, the plan was chosen: the choice holds for that CPU."""
+    from yolocompress.compress.quant import ptq as ptq_module
+
+    def stub_times(files, imgsz, backend, threads, runs):
+        return {k: (8.0, 7.9) if k == "fp32" else (5.0, 4.9) if k == "0" else (10.0, 9.8) for k in files}
+
+    monkeypatch.setattr(ptq_module, "time_plans", stub_times)
+    out, report = tmp_path / "auto.onnx", tmp_path / "auto.json"
+    assert main(["quantize", str(tiny_onnx), "--data", str(tiny_data), "--calib-images", "2", "--silu", "auto",
+                 "-o", str(out), "--json", str(report)]) == 0
+    tuning = json.loads(report.read_text())["details"]["autotune"]
+    printed = " ".join(capsys.readouterr().out.split())   # rich wraps long lines
+    assert f"plan chosen with onnxruntime, {tuning['threads']} threads on " \
+           f"{cpu_line(tuning['cpu'], tuning['cpu_flags'])}: " in printed
+    assert tuning["cpu_flags"] == cpu_flags()
 
 
 def test_qat_command(tiny_data, tmp_path):

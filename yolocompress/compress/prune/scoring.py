@@ -221,7 +221,7 @@ class SubnetScorer:
     copy: the oneDNN kernels are fp32 only). On a CPU with bf16 units (AMX, AVX512-BF16) both take about half
     the time; the scores are those of a bf16 network, close to but not equal to the fp32 ones (weights, BN
     statistics and the returned model stay fp32). On a CPU without bf16 units it is slower: see
-    :func:`~yolocompress.profile.latency.native_bf16`.
+    :func:`~yolocompress.profile.cpu.native_bf16`.
     """
 
     data: CachedData

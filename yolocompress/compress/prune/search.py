@@ -395,8 +395,8 @@ def _score_candidates(base: nn.Module, plan: SearchPlan, scorer: SubnetScorer, c
 def score_precision(setting: str, device: Any) -> str:
     """The precision the scoring passes run in for ``SearchConfig.score_precision`` ``setting`` on
     ``device``: ``"auto"`` is ``"bf16"`` on a CPU with bf16 units
-    (:func:`~yolocompress.profile.latency.native_bf16`), else ``"fp32"``; a GPU always scores in fp32."""
-    from yolocompress.profile.latency import native_bf16
+    (:func:`~yolocompress.profile.cpu.native_bf16`), else ``"fp32"``; a GPU always scores in fp32."""
+    from yolocompress.profile.cpu import native_bf16
 
     if torch.device(device).type != "cpu":
         return "fp32"

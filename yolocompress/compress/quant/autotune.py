@@ -24,6 +24,7 @@ import numpy as np
 
 from yolocompress.errors import InputError
 from yolocompress.export.openvino import ONNX_BACKENDS
+from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
 
 # A candidate must be at least this much faster (relative, medians) than the reference to replace it: timing
 # noise on a shared machine must not flip the choice between two plans of equal speed.
@@ -102,8 +103,6 @@ def autotune_details(candidates: Sequence[PlanCandidate], chosen: int, reason: s
                      threads: int) -> dict[str, Any]:
     """The ``details["autotune"]`` entry of the quantize report (the int8-vs-fp32 speed of the chosen plan
     is ``details["speed"]``: :func:`speed_details`)."""
-    from yolocompress.profile.latency import cpu_flags, cpu_name
-
     return {"backend": backend, "threads": threads, "cpu": cpu_name(), "cpu_flags": cpu_flags(),
             "chosen": {"silu": candidates[chosen].silu, "stem": candidates[chosen].stem,
                        "float_prefix": candidates[chosen].float_prefix}, "reason": reason,
@@ -116,8 +115,6 @@ def speed_details(int8_ms: tuple[float, float], fp32_ms: tuple[float, float], ba
     (median, minimum) against the fp32 file's, timed side by side on this machine, with the CPU model and ISA
     flags (the ratio differs between CPUs: benchmarks/RESULTS.md). ``int8_vs_fp32`` is the ratio of the
     medians, ``int8_vs_fp32_min`` of the minimums (the least disturbed calls)."""
-    from yolocompress.profile.latency import cpu_flags, cpu_name
-
     (int8_med, int8_min), (fp32_med, fp32_min) = int8_ms, fp32_ms
     return {"backend": backend, "threads": threads, "cpu": cpu_name(), "cpu_flags": cpu_flags(),
             "int8_median_ms": float(int8_med), "fp32_median_ms": float(fp32_med),
@@ -134,9 +131,9 @@ def slower_than_fp32_warning(speed: Mapping[str, Any]) -> str | None:
     ratio = speed["int8_vs_fp32"]
     if ratio < 1.0 - MIN_GAIN:
         return None
-    return (f"the int8 model runs at {ratio:.2f}x the fp32 model's latency on this CPU ({speed['cpu']}, "
-            f"{speed['backend']}, {speed['threads']} threads): no faster; deploy the fp32 model here, "
-            f"or measure on the target CPU")
+    return (f"the int8 model runs at {ratio:.2f}x the fp32 model's latency on this CPU "
+            f"({cpu_line(speed['cpu'], speed.get('cpu_flags'))}; {speed['backend']}, {speed['threads']} threads): "
+            f"no faster; deploy the fp32 model here, or measure on the target CPU")
 
 
 __all__ = ["MIN_GAIN", "PlanCandidate", "autotune_details", "choose_plan", "slower_than_fp32_warning",
