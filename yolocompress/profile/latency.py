@@ -56,7 +56,6 @@ class LatencyResult:
         return d
 
 
-
 def _check_counts(threads: int, warmup: int, runs: int) -> None:
     if threads < 1:
         raise InputError(f"threads must be >= 1, got {threads}")
