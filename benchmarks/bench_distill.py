@@ -203,11 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--share-every", type=float, default=20.0)
     args = p.parse_args(argv)
     from yolocompress.demo import demo_data
-    from yolocompress.profile.cpu import cpu_name
+    from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
 
     args.data = args.data or str(demo_data())
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    print(f"CPU: {cpu_name()}; torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}", flush=True)
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}", flush=True)
     lock = SharedLock(args.share_lock, args.share_every)
     rows = part_pruned(args, lock) if args.part == "pruned" else part_scratch(args, lock)
     print(table(rows))

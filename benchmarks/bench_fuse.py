@@ -32,7 +32,7 @@ from yolocompress.compress.fuse import fuse, relative_error
 from yolocompress.compress.onednn import accelerate_cpu
 from yolocompress.models import build_model
 from yolocompress.profile import count_params, gflops, measure_ort_latency, measure_torch_latency
-from yolocompress.profile.cpu import cpu_name
+from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
 
 TARGETS = {"yolov5s": 0.9, "yolov5s-rep": 0.6}
 
@@ -127,7 +127,7 @@ def main() -> None:
             ort = _medians(ort_latency, files, args.rounds, args.verbose)
 
     clock = "process CPU time" if args.cpu_time else "wall clock"
-    print(f"CPU: {cpu_name()}; threads {args.threads}, batch 1, imgsz {args.imgsz}, {clock}; "
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; threads {args.threads}, batch 1, imgsz {args.imgsz}, {clock}; "
           f"{args.rounds} rounds x ({args.warmup} warm-up + {args.runs} timed runs), models in turns")
     header = f"{'model':12s} {'form':9s} {'params':>10s} {'GFLOPs':>7s} | {'torch med':>9s} {'p90':>7s}"
     header += f" | {'ORT med':>8s} {'p90':>7s}" if ort else ""

@@ -17,7 +17,7 @@ from pathlib import Path
 from yolocompress.export.onnx import export_onnx
 from yolocompress.models import build_model
 from yolocompress.profile import gflops, measure_ort_latency, measure_torch_latency
-from yolocompress.profile.cpu import cpu_name
+from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     args = parser.parse_args(argv)
 
-    print(f"CPU: {cpu_name()}; threads {args.threads}, batch 1, "
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; threads {args.threads}, batch 1, "
           f"{args.warmup} warm-up + {args.runs} timed runs")
     header = (f"{'model':<10} {'imgsz':>5} {'GFLOPs':>7} | {'torch med':>9} {'p90':>7} | "
               f"{'ORT med':>8} {'p90':>7} | {'ORT/torch':>9}")

@@ -65,7 +65,7 @@ def part_structure(args) -> dict:
     from yolocompress.compress.prune.search import plan_search
     from yolocompress.models import build_model
     from yolocompress.profile import gflops
-    from yolocompress.profile.cpu import cpu_name
+    from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
 
     rows = []
     for name in args.models:
@@ -85,7 +85,7 @@ def part_structure(args) -> dict:
             rows.append({"model": name, "variant": kind, "gflops": g, "ort_ms": lat,
                          "params": sum(p.numel() for p in net.parameters()),
                          "gflops_ratio": g / base[0], "latency_ratio": lat / base[1]})
-    print(f"CPU: {cpu_name()}; ONNX Runtime, {args.threads} threads, batch 1, 10 warm-up + 50 timed runs "
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; ONNX Runtime, {args.threads} threads, batch 1, 10 warm-up + 50 timed runs "
           f"(median), {args.imgsz} px, ratio {args.ratio}")
     print(f"{'model':9} {'variant':9} {'params':>10} {'GFLOPs':>7} {'x orig':>7} | "
           f"{'ORT ms':>7} {'x orig':>7}")
@@ -205,10 +205,10 @@ def _variant(spec: str) -> dict:
 
 def part_search_speed(args) -> dict:
     from yolocompress.compress.prune import PruneConfig, prune_model
-    from yolocompress.profile.cpu import cpu_flags, cpu_name
+    from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
 
     model, data = _baseline_and_data(args)
-    print(f"CPU: {cpu_name()} ({' '.join(cpu_flags())}), {torch.get_num_threads()} threads; {args.imgsz} px, "
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; {torch.get_num_threads()} threads; {args.imgsz} px, "
           f"ratio {args.ratio}, seed {args.seed}, {args.calib_batches}x16 calibration images, "
           f"{args.eval_images} scored images; variants interleaved, {args.repeats} round(s)", flush=True)
     extra = {"candidates": args.candidates} if args.candidates else {}
@@ -277,7 +277,7 @@ def part_rounding(args) -> dict:
     from yolocompress.export.onnx import export_onnx
     from yolocompress.io.workdir import work_dir
     from yolocompress.profile import gflops
-    from yolocompress.profile.cpu import cpu_flags, cpu_name
+    from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
     from yolocompress.profile.latency import time_onnx_files
 
     model, data = _baseline_and_data(args)
@@ -294,7 +294,7 @@ def part_rounding(args) -> dict:
         print(f"round_to {r}: budget {plan.budget / 1e9:.4f} GFLOPs@{args.imgsz}, "
               f"search {time.perf_counter() - t0:.0f} s", flush=True)
         budget = {"ratio": None, "target_gflops": plan.budget / 1e9}   # 16: the same GFLOPs as 8
-    print(f"CPU: {cpu_name()} ({' '.join(cpu_flags())}); ONNX Runtime, {args.threads} threads, batch 1, "
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; ONNX Runtime, {args.threads} threads, batch 1, "
           f"interleaved: 10 warm-up + {args.runs} timed runs in 5 rounds (median)")
     out = {"rows": []}
     with work_dir("yc-bench-round-") as tmp:
@@ -323,7 +323,7 @@ def part_equal_latency(args) -> dict:
     from yolocompress.export.onnx import export_onnx
     from yolocompress.io.workdir import work_dir
     from yolocompress.profile import gflops
-    from yolocompress.profile.cpu import cpu_flags, cpu_name
+    from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
     from yolocompress.profile.latency import time_onnx_files
 
     model, data = _baseline_and_data(args)
@@ -347,7 +347,7 @@ def part_equal_latency(args) -> dict:
         print(f"[{label}] searched in {info[label]['search_s']:.0f} s; pick #{report.details['chosen']} "
               f"({info[label]['kind']}) score {info[label]['score']:.4f}, "
               f"{gflops(nets[label], args.imgsz):.3f} GFLOPs@{args.imgsz}", flush=True)
-    print(f"CPU: {cpu_name()} ({' '.join(cpu_flags())}); ONNX Runtime, {args.threads} threads, batch 1, "
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; ONNX Runtime, {args.threads} threads, batch 1, "
           f"interleaved: 10 warm-up + {args.runs} timed runs in 5 rounds (median)")
     ratios: dict[int, dict[str, float]] = {}
     with work_dir("yc-bench-eqlat-") as tmp:

@@ -26,13 +26,13 @@ def run(args: argparse.Namespace) -> dict:
     from yolocompress.data import load_data_config
     from yolocompress.demo import baseline_path, demo_data
     from yolocompress.io.checkpoint import load_model
-    from yolocompress.profile.cpu import cpu_flags, cpu_name
+    from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
     from yolocompress.profile.latency_table import latency_table
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model or baseline_path()).float().eval()
     data = load_data_config(args.data or demo_data())
-    print(f"CPU: {cpu_name()}; ISA flags: {' '.join(cpu_flags()) or '-'}; ONNX Runtime, {args.threads} "
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; ONNX Runtime, {args.threads} "
           f"threads, batch 1, {args.imgsz} px; model {args.model or 'the shipped baseline'}", flush=True)
     t0 = time.perf_counter()
     round_to = args.round_to or default_round_to(latency_budget=True)

@@ -232,13 +232,13 @@ def table(rows: list[dict[str, Any]], base: dict[str, Any], sizes: list[int]) ->
 def run(args) -> dict[str, Any]:
     from yolocompress.models.shapes import num_params
     from yolocompress.profile import gflops
-    from yolocompress.profile.cpu import cpu_flags, cpu_name
+    from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
 
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     data, model = data_and_model(args, work)
     cpu = {"cpu": cpu_name(), "isa": cpu_flags(), "threads": args.threads,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    print(f"CPU: {cpu['cpu']}; ISA: {' '.join(cpu['isa']) or '-'}; {args.threads} threads; {cpu['date']}",
+    print(f"{cpu_line(cpu['cpu'], cpu['isa'])}; {args.threads} threads; {cpu['date']}",
           flush=True)
     base = {"method": "original", "gflops": gflops(model, args.imgsz), "params": num_params(model),
             "map_pruned": None, "map_finetuned": evaluate(model, data, args.imgsz)}

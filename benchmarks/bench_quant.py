@@ -40,7 +40,7 @@ from yolocompress.compress.quant.verify import integer_kernel_report
 from yolocompress.export.onnx import export_onnx
 from yolocompress.export.openvino import openvino_version
 from yolocompress.models import build_model
-from yolocompress.profile.cpu import cpu_flags, cpu_name
+from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
 from yolocompress.profile.latency import time_onnx_files
 
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime
 
-    print(f"CPU: {cpu_name()} ({', '.join(cpu_flags()) or 'no flags of interest'}); onnxruntime "
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; onnxruntime "
           f"{onnxruntime.__version__}; openvino {openvino_version() or 'not installed'}; {args.threads} threads, "
           f"batch 1, {args.warmup} warm-up + {args.runs} timed calls per model in interleaved blocks of 5")
     header = (f"{'model':<8} {'imgsz':>5} {'runtime':<13} {'variant':<28} {'med ms':>8} {'p90 ms':>8} {'/fp32':>7} "

@@ -24,7 +24,7 @@ from pathlib import Path
 from yolocompress.compress.quant.ptq import quantize_ptq
 from yolocompress.demo import baseline_path, demo_data
 from yolocompress.io.checkpoint import load_model
-from yolocompress.profile.cpu import cpu_flags, cpu_name
+from yolocompress.profile.cpu import cpu_flags, cpu_line, cpu_name
 from yolocompress.recipe import load_recipe, run_recipe
 from yolocompress.recipe.runner import measure_latencies
 
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    print(f"CPU: {cpu_name()} ({', '.join(cpu_flags())}); threads {args.threads}; {time.strftime('%Y-%m-%d')}")
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; threads {args.threads}; {time.strftime('%Y-%m-%d')}")
     for name in args.recipes:
         out = Path(args.out) / name
         loaded = load_recipe(name, overrides=args.set, model=baseline_path(), data=demo_data())
