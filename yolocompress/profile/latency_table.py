@@ -55,8 +55,8 @@ from yolocompress.io.atomic import atomic_write_json
 from yolocompress.io.workdir import cache_dir, work_dir
 from yolocompress.models.inputs import image_hw, input_channels
 from yolocompress.profile.flops import meta_copy
-from yolocompress.profile.latency import measure_ort_latency
 from yolocompress.profile.cpu import cpu_flags, cpu_name
+from yolocompress.profile.latency import measure_ort_latency
 
 FORMAT = 2  # 2: priced at effective widths (``block``), calibration
 DEFAULT_GRID = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
