@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"{cpu_line(cpu_name(), cpu_flags())}; ONNX Runtime, {args.threads} "
           f"threads, batch 1, {args.imgsz} px; model {args.model or 'the shipped baseline'}", flush=True)
     t0 = time.perf_counter()
-    round_to = args.round_to or default_round_to(latency_budget=True)
+    round_to = args.round_to or default_round_to()
     table = latency_table(model, args.imgsz, threads=args.threads, round_to=round_to)
     table_s = time.perf_counter() - t0
     print(f"latency table: {len(table.ms)} layer shapes, {table.measured} measured now in {table_s:.0f} s "

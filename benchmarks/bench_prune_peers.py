@@ -13,15 +13,16 @@ On the shipped baseline and the demo data (or ``--model`` / ``--data``), at the 
 ``uniform``       our uniform strategy at ``--ratio`` (one candidate, no search).
 
 Besides these (``--methods``): ``OUR_VARIANTS``, our search with other settings at the same GFLOPs
-(``eagleeye-map``: the search before its probes were scored by the box loss; ``eagleeye-r16``: widths in
-multiples of 16; ``eagleeye-cap``: every candidate's predicted latency at most the uniform strategy's), and
-``TP_GLOBAL``, Torch-Pruning's pruners with ``global_pruning=True``.
+(``eagleeye-map``: the search before its probes were scored by the box loss; ``eagleeye-r8`` / ``-r16``: widths
+in multiples of 8 (the default before 2026-12-07) / 16; ``eagleeye-r16n``: widths of 8 or multiples of 16, the
+default on AVX-512 CPUs since; ``eagleeye-cap``: every candidate's predicted latency at most the uniform
+strategy's), and ``TP_GLOBAL``, Torch-Pruning's pruners with ``global_pruning=True``.
 
 Torch-Pruning prunes the way its YOLOv5 example and its benchmark do: the ``Detect`` module is an ignored
 layer (its output convs keep their ``na * (nc + 5)`` channels, which Detect reshapes by anchors; their input
 channels follow the neck), and the pruner steps iteratively (``pruning_ratio=1``, ``--tp-steps`` linear
 steps, at most ``max_pruning_ratio`` per layer, channels rounded to ``round_to``) until the model's GFLOPs
-(``profile.gflops`` at ``--imgsz``) are at or under the budget. Both get our ``max_ratio`` and ``round_to``.
+(``profile.gflops`` at ``--imgsz``) are at or under the budget. TP gets our ``max_ratio`` and ``--round-to`` 8.
 TP prunes in place, so it works on a deep copy; the result is still our ``DetectionModel``, which our
 evaluator, trainer, exporter and checkpoint format take as it is (the script checks the ONNX export against
 PyTorch and a checkpoint round trip).
@@ -61,7 +62,11 @@ METHODS = ("tp-magnitude", "tp-groupnorm", "eagleeye", "uniform")
 OUR_VARIANTS: dict[str, dict[str, Any]] = {
     # the search before probes were scored by the box loss
     "eagleeye-map": {"probe_metric": "map", "probe_images": 256, "probe_calib_batches": 8},
-    "eagleeye-r16": {"round_to": 16},            # channel widths in multiples of 16
+    "eagleeye-r8": {"round_to": 8, "narrow": False},    # widths in multiples of 8 (the default before 2026-12-07)
+    "eagleeye-r16": {"round_to": 16, "narrow": False},  # channel widths in multiples of 16
+    # widths 8 or multiples of 16 (a 16-channel group may go to 8, as Torch-Pruning's uniform widths do)
+    "eagleeye-r16n": {"round_to": 16, "narrow": True},
+    "eagleeye-r16n-cap": {"round_to": 16, "narrow": True, "latency_cap": "uniform"},
     "eagleeye-cap": {"latency_cap": "uniform"},  # predicted latency at most the uniform strategy's
     # the same cap with the guided candidates ranked by score per FLOP (before 2026-12-06: per latency)
     "eagleeye-cap-flops": {"latency_cap": "uniform", "sensitivity_cost": "flops"},
@@ -312,7 +317,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tp-steps", type=int, default=200, help="Torch-Pruning: iterative steps to ratio 1")
     p.add_argument("--max-ratio", type=float, default=defaults.search.max_ratio,
                    help="Torch-Pruning: max_pruning_ratio")
-    p.add_argument("--round-to", type=int, default=defaults.channels.round_to, help="Torch-Pruning: round_to")
+    p.add_argument("--round-to", type=int, default=8,
+                   help="Torch-Pruning: round_to (8: every run before 2026-12-07, when it was our default too)")
     p.add_argument("--tp-global", action="store_true",
                    help="Torch-Pruning: global_pruning (default: off, TP's default and its YOLOv5 example's)")
     p.add_argument("--latency-sizes", type=int, nargs="+", default=[256, 640])

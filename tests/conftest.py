@@ -33,6 +33,15 @@ def reference() -> dict:
     return json.loads((ULTRA / "reference.json").read_text())
 
 
+@pytest.fixture(autouse=True)
+def pinned_channel_block(monkeypatch):
+    """Pruning's default widths follow ONNX Runtime's channel block on the CPU (16 with AVX-512, else 8):
+    pinned to 16 in every test, so a test prunes alike on every machine (tests of the block patch it)."""
+    from yolocompress.profile import latency_table
+
+    monkeypatch.setattr(latency_table, "channel_block", lambda flags=None: 16)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread, and far more steadily on a shared, busy machine."""

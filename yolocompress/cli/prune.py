@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 # read only when help is shown, PruneConfig imports torch).
 # ``--batch`` sets the three batch sizes, ``--exclude`` takes a list.
 CONFIG_FLAGS = ("ratio", "target_gflops", "target_latency", "candidates", "guided", "calib_batches",
-                "eval_images", "finetune_epochs", "round_to", "min_channels", "seed", "device", "workers",
-                "distill", "bf16", "channels_last", "latency", "resume", "prefer", "latency_cap",
+                "eval_images", "finetune_epochs", "round_to", "min_channels", "narrow", "seed", "device",
+                "workers", "distill", "bf16", "channels_last", "latency", "resume", "prefer", "latency_cap",
                 "score_precision")
 BUDGET_FLAGS = ("ratio", "target_gflops", "target_latency")
 PRUNE_MODULE = "yolocompress.compress.prune.config"
@@ -192,7 +192,10 @@ def budget_lines(budget: Mapping[str, Any], preference: Mapping[str, Any],
         if budget.get("latency_cap") == "uniform":
             target += ", latency capped at uniform's"
         if (budget.get("round_to") or 1) > 1:
-            target += f", widths in multiples of {budget['round_to']}"
+            narrowest = budget.get("min_channels") if budget.get("narrow") else None
+            target += (f", widths {narrowest} or multiples of {budget['round_to']}"
+                       if narrowest and narrowest < budget["round_to"]
+                       else f", widths in multiples of {budget['round_to']}")
         error = ("" if budget["prediction_error"] is None
                  else f", prediction error {100 * budget['prediction_error']:+.1f}%")
         lines.append(f"latency ratio (budget {target}): chosen predicted "
@@ -263,10 +266,13 @@ def register(subparsers) -> None:
                         "quick look: ratio 0.5 on a nano model needs about 150 to come within a point, and a "
                         "larger fall than 5 points is warned about)")
     p.add_argument("--round-to", type=positive_int, default=None,
-                   help="keep channel counts a multiple of this (default {prune.channels.round_to}; with "
-                        "--target-latency the CPU's channel block: 16 with AVX-512, else 8)")
+                   help="keep channel counts a multiple of this (default: the CPU's channel block, 16 with "
+                        "AVX-512, else 8; here {prune.channels.round_to})")
     p.add_argument("--min-channels", type=positive_int, default=None,
                    help="never keep fewer channels in a group (default {prune.channels.min_channels})")
+    p.add_argument("--narrow", action=argparse.BooleanOptionalAction, default=None,
+                   help="also let a group keep --min-channels channels, below --round-to (widths 8, 16, 32, "
+                        "48, ... with 8 and 16; default: on with a FLOPs budget, off with --target-latency)")
     p.add_argument("--exclude", default=None,
                    help="comma-separated layer indices or module names never pruned")
     p.add_argument("--batch", type=positive_int, default=None,

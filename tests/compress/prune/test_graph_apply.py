@@ -177,6 +177,22 @@ def test_channel_rules():
     assert free.keep_count(10, 0.55) == 5 and free.keep_count(3, 0.9) == 1
 
 
+def test_narrow_channel_rules_allow_min_channels_below_round_to():
+    blocks = ChannelRules(min_channels=8, round_to=16, narrow=False)
+    narrow = ChannelRules(min_channels=8, round_to=16, narrow=True)
+    assert not blocks.prunable(16) and blocks.keep_count(32, 0.9) == 16   # 16s only
+    assert narrow.prunable(16) and narrow.keep_count(16, 0.5) == 8 and narrow.keep_count(32, 0.9) == 8
+    assert narrow.keep_count(32, 0.5) == 16 and narrow.keep_count(64, 0.5) == 32   # Torch-Pruning's widths
+    # n * (1 - ratio) goes to the nearest allowed width: 8, or a multiple of 16
+    assert [narrow.keep_count(64, r) for r in (0.85, 0.78, 0.7, 0.6)] == [8, 16, 16, 32]
+    widths = {narrow.keep_count(n, r / 20) for n in (16, 32, 48, 64, 128) for r in range(20)}
+    assert widths and all(w == 8 or w % 16 == 0 for w in widths)
+    assert not narrow.prunable(8)   # min_channels is still the floor
+    same = ChannelRules(min_channels=8, round_to=8, narrow=True)   # round_to <= min_channels: no change
+    assert all(same.keep_count(n, r / 10) == ChannelRules(8, 8).keep_count(n, r / 10)
+               for n in (8, 16, 40, 64) for r in range(10))
+
+
 @pytest.mark.parametrize("name", ["yolov5s-ghost", "yolov5-mobilenetv3-small", "yolov7-tiny-like"])
 def test_pruned_models_export_and_fuse(name, tmp_path):
     from yolocompress.compress.fuse import fuse

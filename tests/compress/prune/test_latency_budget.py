@@ -205,13 +205,16 @@ def test_a_latency_cap_keeps_every_candidate_within_the_flops_budget_and_uniform
 
 
 @pytest.mark.parametrize("flags,block", [(["avx2", "avx512f"], 16), (["avx2"], 8)])
-def test_a_latency_budget_rounds_widths_to_the_cpus_channel_block_unless_told(monkeypatch, flags, block):
+def test_widths_default_to_the_cpus_channel_block_unless_told(monkeypatch, flags, block):
     monkeypatch.setattr(latency_table_module, "channel_block", channel_block)   # the real one (the stub's: 1)
     monkeypatch.setattr(latency_table_module, "cpu_flags", lambda: flags)
     assert PruneConfig(target_latency=0.5).channels.round_to == block
-    assert PruneConfig.from_flat(target_latency=0.5, min_channels=4).channels == ChannelRules(4, block)
+    assert PruneConfig.from_flat(target_latency=0.5, min_channels=4).channels == ChannelRules(4, block, False)
     assert PruneConfig.from_flat(target_latency=0.5, round_to=8).channels.round_to == 8   # given: kept
-    assert PruneConfig(ratio=0.5).channels.round_to == 8 and PruneConfig().channels.round_to == 8
+    # a FLOPs budget: the same block, and the narrowest width (min_channels) allowed below it
+    assert PruneConfig(ratio=0.5).channels == PruneConfig().channels == ChannelRules(8, block, True)
+    assert PruneConfig.from_flat(ratio=0.5, narrow=False).channels == ChannelRules(8, block, False)
+    assert PruneConfig.from_flat(target_latency=0.5, narrow=True).channels.narrow   # given: kept
     assert PruneConfig(target_latency=0.5).to_dict()["channels"]["round_to"] == block   # reported as used
     with pytest.raises(ValueError, match="round_to is not set"):
         ChannelRules().keep_count(64, 0.5)
@@ -357,4 +360,6 @@ def test_cli_names_the_margin_a_latency_budget_kept():
     assert "margin" not in budget_lines({**budget, "latency_margin": 0.0}, preference, [])[0]
     blocked = budget_lines({**budget, "round_to": 16}, preference, [])[0]
     assert "margin 4.3%, widths in multiples of 16)" in blocked
+    narrowed = budget_lines({**budget, "round_to": 16, "narrow": True, "min_channels": 8}, preference, [])[0]
+    assert "margin 4.3%, widths 8 or multiples of 16)" in narrowed
     assert "multiples" not in line   # a report without round_to (or with 1) says nothing of it

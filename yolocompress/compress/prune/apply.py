@@ -26,12 +26,17 @@ class ChannelRules:
 
     ``min_channels``: never keep fewer units than this (groups with no more units are not pruned);
     ``round_to``: keep a multiple of this many units (hardware-friendly widths), unless all are kept; ``None``
-    (the default): not chosen yet, which ``PruneConfig`` sets by its budget (``config.default_round_to``);
+    (the default): not chosen yet, which ``PruneConfig`` sets (``config.default_round_to``: the CPU's channel block);
     the rules cannot be applied before.
+    ``narrow``: a group may also keep exactly ``min_channels`` units when that is fewer than ``round_to``
+    (widths ``min_channels``, ``round_to``, ``2 * round_to``, ...: with 8 and 16, a 16-channel group may go
+    to 8 as in Torch-Pruning's uniform widths, while wider groups stay in ONNX Runtime's 16-channel blocks);
+    ``None``: not chosen yet (``PruneConfig`` sets it by its budget, ``config.default_narrow``).
     """
 
     min_channels: int = 8
     round_to: int | None = None
+    narrow: bool | None = None
 
     def __post_init__(self) -> None:
         if self.min_channels < 1 or (self.round_to is not None and self.round_to < 1):
@@ -42,16 +47,22 @@ class ChannelRules:
         """The fewest units a group of ``n`` may keep."""
         if self.round_to is None:
             raise ValueError("ChannelRules.round_to is not set (PruneConfig sets it by the budget)")
+        if self.narrow:
+            return min(n, self.min_channels)
         low = max(self.min_channels, self.round_to if n >= self.round_to else 1)
         return min(n, low)
 
     def keep_count(self, n: int, ratio: float) -> int:
-        """Units kept when a group of ``n`` units is pruned by ``ratio`` (0 keeps all)."""
+        """Units kept when a group of ``n`` units is pruned by ``ratio`` (0 keeps all): ``n * (1 - ratio)``
+        rounded to the nearest allowed width (a multiple of ``round_to``; with ``narrow`` also
+        ``min_channels``)."""
         if ratio <= 0:
             return n
         low = self.floor(n)
         k = n * (1.0 - ratio)
-        if self.round_to > 1:
+        if self.narrow and self.min_channels < self.round_to and k < (self.min_channels + self.round_to) / 2:
+            k = self.min_channels
+        elif self.round_to > 1:
             k = math.floor(k / self.round_to + 0.5) * self.round_to
         else:
             k = math.floor(k + 0.5)

@@ -241,21 +241,28 @@ class PruneFinetuneConfig:
         return {**asdict(self), "distill": distill_json(self.distill)}
 
 
-def default_round_to(latency_budget: bool) -> int:
-    """The default ``ChannelRules.round_to``: 8 with a FLOPs budget; with a latency budget the channel block of
-    ONNX Runtime's convolutions on this CPU (:func:`~yolocompress.profile.latency_table.channel_block`: 16
-    with AVX-512, else 8). ONNX Runtime's convolutions work in blocks of that many channels (its NCHWc
-    layout): a width between two blocks costs the next one, and a Concat of such widths falls back to plain
-    layout with reorders around it. At equal FLOPs, 16-channel steps leave a nano model's search too little
-    freedom (-9 to -11 mAP50-95 points after the same fine-tune), but at equal latency they buy far more
-    FLOPs: shipped baseline, ``target_latency=0.6`` at 256 px, 10-epoch fine-tune, 2-core AVX-512 Xeon: the
-    pick with widths in 16s kept 0.251 GFLOPs against 0.126 in 8s, at 0.551 against 0.559 of the original's
-    latency, and ended 13.1 points higher (benchmarks/RESULTS.md)."""
-    if not latency_budget:
-        return 8
+def default_round_to() -> int:
+    """The default ``ChannelRules.round_to``, for either budget: the channel block of ONNX Runtime's
+    convolutions on this CPU (:func:`~yolocompress.profile.latency_table.channel_block`: 16 with AVX-512,
+    else 8). ONNX Runtime's convolutions work in blocks of that many channels (its NCHWc layout): a width
+    between two blocks costs the next one, and a Concat of such widths falls back to plain layout with
+    reorders around it. With a FLOPs budget the narrowest width is also allowed (:func:`default_narrow`)."""
     from yolocompress.profile.latency_table import channel_block
 
     return channel_block()
+
+
+def default_narrow(latency_budget: bool) -> bool:
+    """The default ``ChannelRules.narrow``: on with a FLOPs budget, off with a latency budget.
+
+    At equal FLOPs, widths in 16s alone leave a nano model's 16-channel groups unprunable, so the budget is
+    taken from the deep layers (-9 to -11 mAP50-95 points after the same fine-tune), while widths in 8s run
+    1.14-1.35x slower than Torch-Pruning's uniform widths. Widths of 8 or multiples of 16 give both: shipped
+    baseline, ratio 0.5, 256 px, 10-epoch fine-tune, seeds 0 / 1, 2-core AMD EPYC (Zen 5):
+    +6.12 / +7.47 points over Torch-Pruning's magnitude pruner at 0.495 / 0.475 of the original's latency
+    against its 0.506 / 0.497 (benchmarks/RESULTS.md). Under a latency budget, widths in 16s buy about twice
+    the FLOPs at equal latency (-> 10-13 points) and were measured without the narrow width."""
+    return not latency_budget
 
 
 @dataclass(frozen=True)
@@ -273,8 +280,9 @@ class PruneConfig:
         search: :class:`SearchConfig`, how the strategy is searched and scored.
         finetune: :class:`PruneFinetuneConfig`, the fine-tune of the winner.
         channels: :class:`~yolocompress.compress.prune.apply.ChannelRules` (kept counts multiples of
-            ``round_to``, >= ``min_channels``); a ``round_to`` of ``None`` (the default) is set to
-            :func:`default_round_to` of the budget: 8, or with ``target_latency`` the CPU's channel block.
+            ``round_to``, >= ``min_channels``; with ``narrow`` also ``min_channels`` itself); ``round_to``
+            and ``narrow`` of ``None`` (the defaults) are set by :func:`default_round_to` (the CPU's channel
+            block) and :func:`default_narrow` (on with a FLOPs budget).
         exclude: layer selectors never pruned: layer indices (``"0"``) or module paths (``"model.9.cv1"``, the
             module and everything under it); see :mod:`yolocompress.models.selectors`.
         seed: strategy sampling, data subsets and fine-tuning.
@@ -316,7 +324,8 @@ class PruneConfig:
         "finetune_epochs": ("finetune", "epochs"), "finetune_batch": ("finetune", "batch"),
         "finetune_nominal_batch": ("finetune", "nominal_batch"),
         **{name: ("finetune", name) for name in ("distill", "bf16", "channels_last")},
-        "round_to": ("channels", "round_to"), "min_channels": ("channels", "min_channels")}
+        "round_to": ("channels", "round_to"), "min_channels": ("channels", "min_channels"),
+        "narrow": ("channels", "narrow")}
 
     @classmethod
     def from_flat(cls, **settings: Any) -> PruneConfig:
@@ -343,7 +352,9 @@ class PruneConfig:
         if not given:
             object.__setattr__(self, "ratio", DEFAULT_RATIO)
         if self.channels.round_to is None:
-            object.__setattr__(self, "channels", replace(self.channels, round_to=default_round_to(
+            object.__setattr__(self, "channels", replace(self.channels, round_to=default_round_to()))
+        if self.channels.narrow is None:
+            object.__setattr__(self, "channels", replace(self.channels, narrow=default_narrow(
                 self.target_latency is not None)))
         if self.target_latency is not None and not 0.0 < float(self.target_latency) < 1.0:
             raise InputError(f"target latency must be strictly between 0 and 1 (a fraction of the original's "
@@ -372,4 +383,4 @@ class PruneConfig:
 
 
 __all__ = ["DEFAULT_RATIO", "METRICS", "PROBE_METRICS", "PruneConfig", "PruneFinetuneConfig", "SearchConfig",
-           "default_round_to"]
+           "default_narrow", "default_round_to"]

@@ -237,11 +237,12 @@ def budget_summary(cfg: PruneConfig, found: SearchResult, latencies: dict[str, L
     ratio does not need to) and ``prediction_error`` (``measured / predicted - 1``); ``uniform``: the same
     ratios of the uniform strategy's sub-net; ``latency_cap``: ``"uniform"`` when a FLOPs budget also held
     every candidate to the uniform strategy's predicted latency (``SearchConfig.latency_cap``), else
-    ``"none"``; ``round_to``: the kept widths' multiple (``PruneConfig.channels``, by default 8, or the CPU's
-    channel block under a latency budget); with a latency budget, ``latency_margin`` (the latency table's
-    guard) and ``search_limit`` (the predicted ratio every candidate was held to: ``target / (1 +
-    latency_margin)``); ``cpu`` and ``cpu_flags``: the CPU the latencies were measured on (``None`` and
-    ``[]`` when none was measured)."""
+    ``"none"``; ``round_to``: the kept widths' multiple (``PruneConfig.channels``, by default the CPU's channel
+    block); ``narrow``: whether a group could also keep ``min_channels`` (also reported) below ``round_to``
+    (``ChannelRules.narrow``); with a latency budget, ``latency_margin`` (the latency table's guard) and
+    ``search_limit`` (the predicted ratio every candidate was held to: ``target / (1 + latency_margin)``);
+    ``cpu`` and ``cpu_flags``: the CPU the latencies were measured on (``None`` and ``[]`` when none was
+    measured)."""
     plan = found.plan
     chosen = plan.strategies[found.chosen]
     original = latencies["original"].median_ms if latencies else None
@@ -253,7 +254,8 @@ def budget_summary(cfg: PruneConfig, found: SearchResult, latencies: dict[str, L
     predicted, measured_ratio = chosen.latency, measured.get("chosen")
     return {
         "kind": kind, "target": target, "latency_cap": "uniform" if cfg.latency_capped else "none",
-        "round_to": cfg.channels.round_to,
+        "round_to": cfg.channels.round_to, "narrow": cfg.channels.narrow,
+        "min_channels": cfg.channels.min_channels,
         "gflops_ratio": chosen.flops / plan.base_flops,
         "predicted_ratio": predicted, "measured_ratio": measured_ratio,
         "predicted_ms": None if predicted is None or original is None else predicted * original,

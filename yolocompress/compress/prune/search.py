@@ -143,6 +143,20 @@ def latency_cost(model: nn.Module, graph: ChannelGraph, cfg: PruneConfig,
     return cost
 
 
+def ratio_budget(space: StrategySpace, ratio: float) -> float | None:
+    """The FLOPs budget of ``--ratio``, when it is not simply the uniform strategy's at ``ratio`` in ``space``
+    (``None``): with narrow widths (``ChannelRules.narrow``, ``round_to`` above ``min_channels``), the
+    uniform strategy's FLOPs in widths of ``min_channels`` (8: the same budget on every CPU, whatever its
+    channel block, and Torch-Pruning's uniform widths); the search's candidates, the uniform one included,
+    then keep widths of ``min_channels`` or multiples of ``round_to`` within it."""
+    rules = space.rules
+    if not rules.narrow or rules.round_to <= rules.min_channels:
+        return None
+    fine = replace(rules, round_to=rules.min_channels, narrow=False)
+    reference = StrategySpace(space.graph, space.cost, space.importance, fine, space.searchable, space.max_ratio)
+    return reference.uniform(ratio).flops
+
+
 def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
     """Dependency analysis, L1 importance, the budget and the candidate strategies, all deterministic in
     ``cfg.seed``: the uniform one first (when ``cfg.search.include_uniform``), then the random ones; the
@@ -181,8 +195,9 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
                              ) from None
         budget = uniform.flops
     elif cfg.ratio is not None:
-        uniform = space.uniform(cfg.ratio)
-        budget = uniform.flops
+        budget = ratio_budget(space, cfg.ratio)
+        uniform = space.uniform(cfg.ratio) if budget is None else space.uniform_for_budget(budget)
+        budget = uniform.flops if budget is None else budget
     else:
         budget = cfg.target_gflops * 1e9
         if budget >= base_flops:
