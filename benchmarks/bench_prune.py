@@ -195,6 +195,8 @@ def _variant(spec: str) -> dict:
         return {} if spec == "default" else dict(OLD_PROBES)
     pairs = (kv.split("=", 1) for kv in spec.split(","))
     def value(v: str):
+        if v.lower() in ("true", "false"):
+            return v.lower() == "true"
         try:
             return int(v) if v.lstrip("-").isdigit() else float(v)
         except ValueError:
