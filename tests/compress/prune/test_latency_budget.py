@@ -13,8 +13,8 @@ from yolocompress.cli import main
 from yolocompress.compress.prune import ChannelRules, PruneConfig, channel_graph, prune_channels, prune_model
 from yolocompress.compress.prune.cost import LatencyCost
 from yolocompress.compress.prune import search as search_module
-from yolocompress.compress.prune.search import (CALIBRATION_RANDOM, CALIBRATION_RATIOS, add_guided,
-                                                calibration_subnets, choose_candidate, plan_search)
+from yolocompress.compress.prune.search import (CALIBRATION_RANDOM, CALIBRATION_RATIOS, CALIBRATION_SESSIONS,
+                                                add_guided, calibration_subnets, choose_candidate, plan_search)
 from yolocompress.compress.prune.strategy import Strategy
 from yolocompress.errors import InputError
 from yolocompress.io.checkpoint import save_model
@@ -57,9 +57,9 @@ class StubWholeModel:
         table = latency_table(model, imgsz, round_to=1, timer=StubTimer(), cpu="stub", cache=False)
         return (table.predict(subnet) + STUB_FIXED_MS) / (table.predict(model) + STUB_FIXED_MS)
 
-    def __call__(self, model, subnets, imgsz, threads):
+    def __call__(self, model, subnets, imgsz, threads, sessions=3):
         self.calls += 1
-        self.names = list(subnets)
+        self.names, self.sessions = list(subnets), sessions
         return {name: self.ratio(model, sub, imgsz) for name, sub in subnets.items()}
 
 
@@ -97,7 +97,7 @@ def test_latency_cost_of_a_keep_mask_is_the_tables_prediction_of_the_built_subne
 def test_the_table_is_calibrated_once_by_subnets_measured_whole_and_cached(model, stub_timer):
     cfg = PruneConfig.from_flat(ratio=None, target_latency=0.5, **FAST)
     plan = plan_search(model, cfg)
-    assert stub_timer.calls == 1
+    assert stub_timer.calls == 1 and stub_timer.sessions == CALIBRATION_SESSIONS == 7   # the median of 7 sets
     table = plan.space.latency.table
     calibration = table.calibration
     # f = (m - p) / (1 - p) recovers the share of the original's stub latency that does not shrink
@@ -168,8 +168,8 @@ def test_a_budget_keeps_the_margin_of_the_most_under_predicted_calibration_subne
                                                                                   monkeypatch):
     exact = stub_timer.__call__
 
-    def one_slow(model_, subnets, imgsz, threads):  # one calibration sub-net runs 8% slower than the stub's
-        ratios = exact(model_, subnets, imgsz, threads)
+    def one_slow(model_, subnets, imgsz, threads, sessions=3):  # one calibration sub-net runs 8% slower
+        ratios = exact(model_, subnets, imgsz, threads, sessions)
         return {name: r * (1.08 if name == "random 1" else 1.0) for name, r in ratios.items()}
 
     monkeypatch.setattr(search_module, "measured_ratios", one_slow)
