@@ -131,7 +131,7 @@ def latency_cost(model: nn.Module, graph: ChannelGraph, cfg: PruneConfig,
     with ONNX Runtime now and cached: :func:`~yolocompress.profile.latency_table.latency_table`). A table
     without a calibration is calibrated once (and cached) when ``space`` is given: the sub-nets of
     :func:`calibration_subnets` are built and measured whole beside ``model`` (:func:`measured_ratios`, a few
-    seconds at 256 px, about a minute for yolov5s at 640), which fits the share of the latency that the
+    seconds at 256 px, about two minutes for yolov5s at 640), which fits the share of the latency that the
     convolutions' sum leaves out (least squares over the sub-nets)."""
     from yolocompress.profile.latency_table import latency_table
 
@@ -158,8 +158,8 @@ def ratio_budget(space: StrategySpace, ratio: float) -> float | None:
     if not rules.narrow or rules.round_to <= rules.min_channels:
         return None
     fine = replace(rules, round_to=rules.min_channels, narrow=False)
-    reference = StrategySpace(space.graph, space.cost, space.importance, fine, space.searchable, space.max_ratio)
-    return reference.uniform(ratio).flops
+    counts = {g: fine.keep_count(space.graph.groups[g].channels, ratio) for g in space.searchable}
+    return space.cost.flops(space.keep(counts))
 
 
 def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
@@ -201,8 +201,11 @@ def plan_search(model: nn.Module, cfg: PruneConfig) -> SearchPlan:
         budget = uniform.flops
     elif cfg.ratio is not None:
         budget = ratio_budget(space, cfg.ratio)
-        uniform = space.uniform(cfg.ratio) if budget is None else space.uniform_for_budget(budget)
-        budget = uniform.flops if budget is None else budget
+        if budget is None:
+            uniform = space.uniform(cfg.ratio)
+            budget = uniform.flops
+        else:
+            uniform = space.uniform_for_budget(budget)
     else:
         budget = cfg.target_gflops * 1e9
         if budget >= base_flops:
