@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.data = args.data or str(demo_data())
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    print(f"{cpu_line(cpu_name(), cpu_flags())}; torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}", flush=True)
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}",
+          flush=True)
     lock = SharedLock(args.share_lock, args.share_every)
     rows = part_pruned(args, lock) if args.part == "pruned" else part_scratch(args, lock)
     print(table(rows))

@@ -85,8 +85,8 @@ def part_structure(args) -> dict:
             rows.append({"model": name, "variant": kind, "gflops": g, "ort_ms": lat,
                          "params": sum(p.numel() for p in net.parameters()),
                          "gflops_ratio": g / base[0], "latency_ratio": lat / base[1]})
-    print(f"{cpu_line(cpu_name(), cpu_flags())}; ONNX Runtime, {args.threads} threads, batch 1, 10 warm-up + 50 timed runs "
-          f"(median), {args.imgsz} px, ratio {args.ratio}")
+    print(f"{cpu_line(cpu_name(), cpu_flags())}; ONNX Runtime, {args.threads} threads, batch 1, 10 warm-up + "
+          f"50 timed runs (median), {args.imgsz} px, ratio {args.ratio}")
     print(f"{'model':9} {'variant':9} {'params':>10} {'GFLOPs':>7} {'x orig':>7} | "
           f"{'ORT ms':>7} {'x orig':>7}")
     for r in rows:

@@ -260,8 +260,9 @@ def default_narrow(latency_budget: bool) -> bool:
     1.03-1.40x as long as Torch-Pruning's uniform widths. Widths of 8 or multiples of 16 give both: shipped
     baseline, ratio 0.5, 256 px, 10-epoch fine-tune, seeds 0 / 1, 2-core AMD EPYC (Zen 5): +6.12 / +7.47
     points over Torch-Pruning's magnitude pruner, as accurate as widths in 8s, and about Torch-Pruning's
-    latency (median ratio 1.01 at 256 px, 1.02 at 640 px over five timings; benchmarks/RESULTS.md). Under a latency budget, widths in 16s buy about twice the FLOPs at equal latency (10-13
-    points) and were measured without the narrow width."""
+    latency (median ratio 1.01 at 256 px, 1.02 at 640 px over five timings; benchmarks/RESULTS.md). Under a
+    latency budget, widths in 16s buy about twice the FLOPs at equal latency (10-13 points) and were
+    measured without the narrow width."""
     return not latency_budget
 
 
